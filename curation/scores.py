@@ -1,0 +1,190 @@
+"""Purification scores of section 3.1.2 / appendix A, computed strip by strip.
+
+All scores read the grey image ``grey = cv2.cvtColor(img8, BGR2GRAY)`` (here RGB2GRAY of
+the RGB array, identical weights), ``(H, W)`` uint8. Variances are population variances.
+
+* ``exposure_fraction`` -- fraction of grey pixels ``> 250`` or ``< 5``. The paper names
+  no channel; grey is our choice.
+* ``laplacian_var`` -- variance of ``cv2.Laplacian(grey, CV_64F)`` (ksize 1, i.e. the
+  3x3 kernel [[0,1,0],[1,-4,1],[0,1,0]], default border REFLECT_101) over the image.
+* ``flat_fraction`` (appendix A) -- grey split into 240x240 non-overlapping patches from
+  the top-left, partial edge patches ignored; per patch *on its own* (default border inside
+  the patch) Sobel dx, dy (CV_64F, ksize 3), magnitude ``sqrt(gx^2 + gy^2)``; a patch is
+  textureless if the variance of its magnitude is ``< 750``. ``flat_fraction`` =
+  textureless / patches, ``None`` when the image has no full patch.
+* ``entropy`` -- Shannon entropy (base 2) of the 256-bin grey histogram.
+
+Memory: the strip functions never hold more than one ``strip x W`` float64 buffer besides
+the uint8 grey image, so a 100 MP image costs ~0.1 GB of work memory instead of several
+full-size float copies. :func:`reference_scores` is the straightforward whole-image
+version the tests compare against (equal to 1e-9 relative).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import cv2
+import numpy as np
+
+FLAT_PATCH = 240  # appendix A; never scaled by a profile
+
+
+@dataclass(frozen=True)
+class PurificationScores:
+    exposure_fraction: float
+    laplacian_var: float
+    flat_fraction: float | None
+    entropy: float
+    flat_patches: int
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+# -- histogram based: exposure and entropy ------------------------------------------------
+
+def grey_histogram(grey: np.ndarray, rows: int = 2048) -> np.ndarray:
+    """256-bin histogram of a uint8 image as int64 counts, accumulated per strip."""
+    hist = np.zeros(256, dtype=np.int64)
+    for y in range(0, grey.shape[0], rows):
+        h = cv2.calcHist([grey[y : y + rows]], [0], None, [256], [0, 256])
+        hist += np.asarray(h).reshape(-1).astype(np.int64)
+    return hist
+
+
+def exposure_fraction_from_hist(hist: np.ndarray, low_exclusive: int = 5, high_exclusive: int = 250) -> float:
+    """Fraction of pixels with grey < low or > high (exclusive bounds)."""
+    n = int(hist.sum())
+    bad = int(hist[:low_exclusive].sum()) + int(hist[high_exclusive + 1 :].sum())
+    return bad / n
+
+
+def entropy_from_hist(hist: np.ndarray) -> float:
+    """Shannon entropy in bits of a histogram (empty bins contribute 0)."""
+    n = float(hist.sum())
+    p = hist[hist > 0].astype(np.float64) / n
+    return float(-(p * np.log2(p)).sum())
+
+
+# -- Laplacian variance ------------------------------------------------------------------
+
+def laplacian_var(grey: np.ndarray, rows: int = 1024) -> float:
+    """Population variance of the ksize-1 Laplacian, strip-wise with a one-row halo.
+
+    The Laplacian of uint8 input is an integer in [-1020, 1020], so sums and sums of
+    squares are accumulated exactly as Python integers; the variance is then computed
+    in exact rational arithmetic before one final rounding to float.
+    """
+    h, w = grey.shape
+    total = 0
+    total_sq = 0
+    for y0 in range(0, h, rows):
+        y1 = min(h, y0 + rows)
+        a = max(0, y0 - 1)
+        b = min(h, y1 + 1)
+        lap = cv2.Laplacian(grey[a:b], cv2.CV_16S, ksize=1)
+        lap = lap[y0 - a : y0 - a + (y1 - y0)]
+        lap64 = lap.astype(np.int64)
+        total += int(lap64.sum())
+        total_sq += int(np.einsum("ij,ij->", lap64, lap64))
+    n = h * w
+    # var = (n*sumsq - sum^2) / n^2, exact
+    return (n * total_sq - total * total) / (n * n)
+
+
+# -- flatness ------------------------------------------------------------------------------
+
+def patch_magnitude_variances(grey: np.ndarray, patch: int = FLAT_PATCH, ksize: int = 3) -> np.ndarray:
+    """Variance of the Sobel gradient magnitude of every full ``patch x patch`` tile.
+
+    Returns an ``(rows, cols)`` float64 array in raster order; each tile is filtered on its
+    own (REFLECT_101 border inside the tile), processed one 240-row strip at a time.
+    """
+    h, w = grey.shape
+    ny, nx = h // patch, w // patch
+    out = np.empty((ny, nx), dtype=np.float64)
+    for j in range(ny):
+        strip = np.ascontiguousarray(grey[j * patch : (j + 1) * patch, : nx * patch])
+        for i in range(nx):
+            tile = strip[:, i * patch : (i + 1) * patch]
+            gx = cv2.Sobel(tile, cv2.CV_64F, 1, 0, ksize=ksize)
+            gy = cv2.Sobel(tile, cv2.CV_64F, 0, 1, ksize=ksize)
+            mag = cv2.magnitude(gx, gy)
+            _, std = cv2.meanStdDev(mag)
+            out[j, i] = float(std[0, 0]) ** 2
+    return out
+
+
+def flat_fraction(
+    grey: np.ndarray, patch: int = FLAT_PATCH, min_var: float = 750.0, ksize: int = 3
+) -> tuple[float | None, int]:
+    """(textureless fraction or None, number of full patches)."""
+    var = patch_magnitude_variances(grey, patch, ksize)
+    n = var.size
+    if n == 0:
+        return None, 0
+    return float((var < min_var).sum()) / n, n
+
+
+# -- all scores --------------------------------------------------------------------------
+
+def purification_scores(grey: np.ndarray, cfg_purification: dict | None = None) -> PurificationScores:
+    """Every per-image purification score of a uint8 grey image, strip-wise."""
+    p = cfg_purification or {}
+    exp = p.get("exposure", {})
+    flat = p.get("flatness", {})
+    hist = grey_histogram(grey)
+    ff, n = flat_fraction(
+        grey,
+        patch=int(flat.get("patch", FLAT_PATCH)),
+        min_var=float(flat.get("min_patch_magnitude_var", 750)),
+        ksize=int(flat.get("sobel_ksize", 3)),
+    )
+    return PurificationScores(
+        exposure_fraction=exposure_fraction_from_hist(
+            hist, int(exp.get("low_value_exclusive", 5)), int(exp.get("high_value_exclusive", 250))
+        ),
+        laplacian_var=laplacian_var(grey),
+        flat_fraction=ff,
+        entropy=entropy_from_hist(hist),
+        flat_patches=n,
+    )
+
+
+def absolute_verdicts(s: PurificationScores, cfg_purification: dict) -> dict[str, bool]:
+    """Pass/fail of each absolute filter on its own (True = passes)."""
+    p = cfg_purification
+    return {
+        "exposure": s.exposure_fraction <= p["exposure"]["max_fraction"],
+        "sharpness": s.laplacian_var >= p["sharpness"]["min_laplacian_var"],
+        "flatness": s.flat_fraction is None or s.flat_fraction <= p["flatness"]["max_textureless_fraction"],
+    }
+
+
+def reference_scores(grey: np.ndarray) -> PurificationScores:
+    """Whole-image, textbook implementation (several full-size float copies); for tests."""
+    g = grey.astype(np.float64)
+    expo = float(((grey > 250) | (grey < 5)).mean())
+    lap = cv2.Laplacian(grey, cv2.CV_64F)
+    lv = float(lap.var())
+    h, w = grey.shape
+    vals = []
+    for y in range(0, h - FLAT_PATCH + 1, FLAT_PATCH):
+        for x in range(0, w - FLAT_PATCH + 1, FLAT_PATCH):
+            p = grey[y : y + FLAT_PATCH, x : x + FLAT_PATCH].copy()
+            gx = cv2.Sobel(p, cv2.CV_64F, 1, 0, ksize=3)
+            gy = cv2.Sobel(p, cv2.CV_64F, 0, 1, ksize=3)
+            vals.append(float(np.sqrt(gx**2 + gy**2).var()))
+    ff = None if not vals else float(np.mean(np.array(vals) < 750))
+    counts = np.bincount(grey.ravel(), minlength=256)
+    p = counts[counts > 0] / g.size
+    ent = float(-(p * np.log2(p)).sum())
+    return PurificationScores(expo, lv, ff, ent, len(vals))
+
+
+def isclose_rel(a: float | None, b: float | None, rel: float = 1e-9) -> bool:
+    if a is None or b is None:
+        return a is b
+    return math.isclose(a, b, rel_tol=rel, abs_tol=1e-12)
