@@ -100,6 +100,7 @@ def probe(path: str | os.PathLike, max_pixels: int) -> ImageHeader:
         with Image.open(path) as im:
             w, h = im.size
             mode = im.mode
+            frames = int(getattr(im, "n_frames", 1) or 1)
             orientation = 1
             try:
                 orientation = int(im.getexif().get(_EXIF_ORIENTATION, 1) or 1)
@@ -109,6 +110,8 @@ def probe(path: str | os.PathLike, max_pixels: int) -> ImageHeader:
         raise ImageReadError(reasons.UNREADABLE, f"header: {exc}") from exc
     if w <= 0 or h <= 0:
         raise ImageReadError(reasons.UNREADABLE, f"bad size {w}x{h}")
+    if frames > 1:
+        raise ImageReadError(reasons.ANIMATED, f"{frames} frames")
     if w * h > max_pixels:
         raise ImageReadError(reasons.TOO_MANY_PIXELS, f"{w}x{h} = {w * h} > {max_pixels}")
     if orientation in (5, 6, 7, 8):

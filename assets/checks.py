@@ -1,0 +1,59 @@
+"""Asset checks built on great_expectations: schema, score ranges, rows conserved.
+
+The checks run inside the materialisation (``check_specs`` on the asset), one result per
+partition. ``rows_conserved`` is blocking: when rows in != passed + rejected, or the
+manifest lost a row of its input, downstream assets in the run do not execute.
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+from dagster import AssetCheckResult, AssetCheckSeverity, AssetCheckSpec, MetadataValue
+
+from assets import gx_checks
+
+SCORE_RANGES = {
+    "exposure_fraction": (0.0, 1.0),
+    "flat_fraction": (0.0, 1.0),
+    "entropy": (0.0, 8.0),
+    "laplacian_var": (0.0, None),
+    "megapixels": (0.0, None),
+}
+
+
+def specs(asset_key: str, with_scores: bool = True) -> list[AssetCheckSpec]:
+    out = [
+        AssetCheckSpec("manifest_schema", asset=asset_key, description="GX: columns match the stage schema; non-null columns have no nulls; decisions consistent."),
+        AssetCheckSpec("rows_conserved", asset=asset_key, blocking=True, description="GX: rows in = passed + rejected = rows of the input (no row lost)."),
+    ]
+    if with_scores:
+        out.append(AssetCheckSpec("score_ranges", asset=asset_key, description="GX: every score inside its valid range."))
+    return out
+
+
+def _result(name: str, asset_key: str, ok: bool, details: list[dict], extra: dict | None = None) -> AssetCheckResult:
+    md = {"expectations": MetadataValue.json(details)}
+    md.update(extra or {})
+    return AssetCheckResult(check_name=name, asset_key=asset_key, passed=ok, severity=AssetCheckSeverity.ERROR, metadata=md)
+
+
+def run_checks(asset_key: str, table: pa.Table, expected_rows: int, with_scores: bool = True) -> list[AssetCheckResult]:
+    """Validate one manifest; ``expected_rows`` = rows the stage received from its input."""
+    df = table.to_pandas()
+    ok_s, det_s = gx_checks.validate(
+        gx_checks.with_decision_column(df), gx_checks.schema_expectations(table.schema) + gx_checks.decision_expectations()
+    )
+    passed = int(df["passed"].sum())
+    rejected = int((~df["passed"].astype(bool)).sum())
+    ok_r, det_r = gx_checks.validate(df, gx_checks.row_count_expectation(expected_rows))
+    ok_r = ok_r and passed + rejected == expected_rows
+    results = [
+        _result("manifest_schema", asset_key, ok_s, det_s),
+        _result("rows_conserved", asset_key, ok_r, det_r,
+                {"rows_in": expected_rows, "passed": passed, "rejected": rejected}),
+    ]
+    if with_scores:
+        ranges = {c: r for c, r in SCORE_RANGES.items() if c in df.columns}
+        ok_v, det_v = gx_checks.validate(df, gx_checks.range_expectations(ranges))
+        results.append(_result("score_ranges", asset_key, ok_v, det_v))
+    return results

@@ -1,0 +1,85 @@
+"""Assets ``image_scores`` (map, per shard) and ``purification_thresholds`` (reduce, all shards).
+
+Section 3.1.2: the five detections run on every screened image of the raw pool. One
+decode per image yields every score; the absolute filters decide per image, the relative
+cuts (entropy, aesthetics) get one global threshold over all shards.
+"""
+
+
+from dagster import AssetExecutionContext, AssetKey, MaterializeResult, MetadataValue, asset
+
+from assets._metadata import base_metadata, counts_table, sheet_and_histograms
+from assets.checks import run_checks, specs
+from curation.manifest import read_manifest
+from curation.stages import CODE_VERSIONS, run_image_scores, run_thresholds
+from orchestration.partitions import shard_partitions
+from orchestration.resources import AestheticModels, CurationSettings
+
+
+@asset(
+    partitions_def=shard_partitions,
+    deps=["raw_pool"],
+    code_version=CODE_VERSIONS["image_scores"],
+    group_name="curation",
+    kinds={"python", "parquet"},
+    check_specs=specs("image_scores"),
+    description="Per-image purification scores (exposure, Laplacian, flatness, entropy, aesthetics), one decode each.",
+)
+def image_scores(context: AssetExecutionContext, settings: CurationSettings, aesthetics: AestheticModels) -> MaterializeResult:
+    cfg = settings.config()
+    layout = settings.layout()
+    shard = context.partition_key
+    scorers, unavailable = aesthetics.load(cfg)
+    for name, reason in unavailable.items():
+        context.log.warning(f"aesthetic scorer {name} not available: {reason}")
+    res = run_image_scores(layout, shard, cfg, scorers, unavailable)
+    rows = res.rows
+    pur = cfg["purification"]
+    md = base_metadata(res.table, res.path, res.summary)
+    md["absolute_filters"] = counts_table(
+        [[name, sum(1 for r in rows if r[col] is not None), sum(1 for r in rows if r[col])]
+         for name, col in (("exposure", "pass_exposure"), ("sharpness", "pass_sharpness"), ("flatness", "pass_flatness"))],
+        [("filter", "string"), ("evaluated", "int"), ("passed", "int")],
+    )
+    md["aesthetic_scorers"] = MetadataValue.json(
+        {"available": [s.name for s in scorers], "unavailable": unavailable}
+    )
+    md["decode_and_score_seconds"] = res.summary["seconds_total"]
+    md.update(sheet_and_histograms(
+        rows, layout.report_dir("image_scores", shard),
+        ["exposure_fraction", "laplacian_var", "flat_fraction", "entropy", "laion_score"],
+        {"exposure_fraction": pur["exposure"]["max_fraction"], "laplacian_var": pur["sharpness"]["min_laplacian_var"],
+         "flat_fraction": pur["flatness"]["max_textureless_fraction"]},
+        f"image_scores {shard}",
+    ))
+    n_in = sum(read_manifest(layout.manifest("raw_pool", shard)).column("passed").to_pylist())
+    return MaterializeResult(metadata=md, check_results=run_checks("image_scores", res.table, n_in))
+
+
+@asset(
+    deps=[AssetKey("image_scores")],
+    code_version=CODE_VERSIONS["purification_thresholds"],
+    group_name="curation",
+    kinds={"python", "json"},
+    description="Global relative-cut thresholds over all shards: entropy top 60 %, LAION / ArtiMuse top 60 %.",
+)
+def purification_thresholds(context: AssetExecutionContext, settings: CurationSettings,
+                            aesthetics: AestheticModels) -> MaterializeResult:
+    cfg = settings.config()
+    _, unavailable = aesthetics.load(cfg)
+    th, path = run_thresholds(settings.layout(), cfg, unavailable)
+    context.log.info(th.aesthetics_note)
+    return MaterializeResult(
+        metadata={
+            "threshold_version": th.version,
+            "entropy_threshold": th.entropy,
+            "laion_threshold": th.laion,
+            "artimuse_threshold": th.artimuse,
+            "pool_size": th.n_pool,
+            "kept_by_rank": int(-(-th.keep_fraction_entropy * th.n_pool // 1)),
+            "aesthetics_applied": th.aesthetics_applied,
+            "aesthetics_note": th.aesthetics_note,
+            "shards": MetadataValue.json(th.shards),
+            "thresholds_file": MetadataValue.path(str(path)),
+        }
+    )

@@ -1,0 +1,43 @@
+"""Asset ``raw_pool`` (section 3.1.1): ingest a shard, dedup by content hash, resolution screen."""
+
+
+from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, asset
+
+from assets._metadata import base_metadata, counts_table, sheet_and_histograms
+from assets.checks import run_checks, specs
+from curation.raw_pool import list_shard_files
+from curation.stages import CODE_VERSIONS, run_raw_pool
+from orchestration.partitions import shard_partitions
+from orchestration.resources import CurationSettings
+
+
+@asset(
+    partitions_def=shard_partitions,
+    code_version=CODE_VERSIONS["raw_pool"],
+    group_name="curation",
+    kinds={"python", "parquet"},
+    check_specs=specs("raw_pool"),
+    description="Every file of a raw shard: content-hash id, licence, dedup (first seen wins), resolution screen.",
+)
+def raw_pool(context: AssetExecutionContext, settings: CurationSettings) -> MaterializeResult:
+    cfg = settings.config()
+    layout = settings.layout()
+    res = run_raw_pool(layout, settings.raw_dir(), context.partition_key, cfg)
+    rows = res.rows
+    md = base_metadata(res.table, res.path, res.summary)
+    md["config_hash"] = cfg.hash
+    md["profile"] = cfg.name
+    md["by_tier"] = counts_table(
+        [[k or "none", v] for k, v in sorted(res.summary["by_tier"].items(), key=lambda kv: str(kv[0]))],
+        [("tier", "string"), ("images", "int")],
+    )
+    md["megapixels_total"] = float(sum(r["megapixels"] or 0 for r in rows))
+    md.update(sheet_and_histograms(
+        [dict(r, thumb_path=None) for r in rows], layout.report_dir("raw_pool", context.partition_key),
+        ["megapixels"], {}, f"raw_pool {context.partition_key}", with_sheet=False,
+    ))
+    md["licences"] = MetadataValue.json(
+        {k: sum(1 for r in rows if r["licence"] == k) for k in sorted({r["licence"] for r in rows})}
+    )
+    expected = len(list_shard_files(settings.raw_dir() / context.partition_key))
+    return MaterializeResult(metadata=md, check_results=run_checks("raw_pool", res.table, expected, with_scores=True))

@@ -1,0 +1,54 @@
+"""Where things live under a data root (local folder; the object store arrives with the platform issue).
+
+```
+<data_root>/
+  manifests/<stage>/<shard>.parquet        one typed manifest per stage and shard
+  manifests/purification_thresholds/<version>.json, latest.json
+  thumbs/<image_id>.jpg                     contact-sheet thumbnails
+  views/<image_id>.png                      aesthetic-model views (short side 224)
+  cache/<stage>/<config_hash>/<image_id>.json   per-image results, for resuming a killed run
+  reports/<stage>/<shard>/...               contact sheets, histograms, tables
+```
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class DataLayout:
+    root: Path
+
+    @classmethod
+    def at(cls, root: str | os.PathLike) -> "DataLayout":
+        return cls(Path(root).resolve())
+
+    def manifest(self, stage: str, shard: str) -> Path:
+        return self.root / "manifests" / stage / f"{shard}.parquet"
+
+    def manifests(self, stage: str) -> list[Path]:
+        d = self.root / "manifests" / stage
+        return sorted(d.glob("*.parquet")) if d.exists() else []
+
+    def shards_with(self, stage: str) -> list[str]:
+        return [p.stem for p in self.manifests(stage)]
+
+    def thresholds_dir(self) -> Path:
+        return self.root / "manifests" / "purification_thresholds"
+
+    def thumb(self, image_id: str) -> Path:
+        return self.root / "thumbs" / f"{image_id}.jpg"
+
+    def view(self, image_id: str) -> Path:
+        return self.root / "views" / f"{image_id}.png"
+
+    def cache(self, stage: str, config_hash: str) -> Path:
+        return self.root / "cache" / stage / config_hash
+
+    def report_dir(self, stage: str, shard: str = "all") -> Path:
+        d = self.root / "reports" / stage / shard
+        d.mkdir(parents=True, exist_ok=True)
+        return d

@@ -1,0 +1,135 @@
+"""Typed Parquet manifests, one table per stage and shard.
+
+Rows are never deleted: each row carries ``passed``, ``reject_reason``, the scores, the
+thresholds and ``config_hash`` that decided it, and the stage's ``code_version``.
+Writes are atomic (temp file + rename), so the manifest's presence is the commit marker
+of a shard: a crash leaves no half-visible shard.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Iterable
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+_COMMON = [
+    pa.field("image_id", pa.string(), nullable=False),
+    pa.field("shard", pa.string(), nullable=False),
+    pa.field("source_path", pa.string(), nullable=False),
+]
+_DECISION = [
+    pa.field("passed", pa.bool_(), nullable=False),
+    pa.field("reject_reason", pa.string()),
+    pa.field("reject_detail", pa.string()),
+    pa.field("config_hash", pa.string(), nullable=False),
+    pa.field("code_version", pa.string(), nullable=False),
+]
+
+RAW_POOL = pa.schema(
+    _COMMON
+    + [
+        pa.field("sha256", pa.string(), nullable=False),
+        pa.field("licence", pa.string(), nullable=False),
+        pa.field("origin", pa.string()),
+        pa.field("file_bytes", pa.int64(), nullable=False),
+        pa.field("format", pa.string()),
+        pa.field("width", pa.int32()),
+        pa.field("height", pa.int32()),
+        pa.field("megapixels", pa.float64()),
+        pa.field("duplicate_of", pa.string()),
+        pa.field("screen_tier", pa.string()),  # "large" (> 25 MP) | "medium" (10-25 MP) | null
+    ]
+    + _DECISION,
+    metadata={"stage": "raw_pool"},
+)
+
+IMAGE_SCORES = pa.schema(
+    _COMMON
+    + [
+        pa.field("width", pa.int32()),
+        pa.field("height", pa.int32()),
+        pa.field("megapixels", pa.float64()),
+        pa.field("exposure_fraction", pa.float64()),
+        pa.field("laplacian_var", pa.float64()),
+        pa.field("flat_fraction", pa.float64()),
+        pa.field("flat_patches", pa.int32()),
+        pa.field("entropy", pa.float64()),
+        pa.field("laion_score", pa.float64()),
+        pa.field("artimuse_score", pa.float64()),
+        pa.field("pass_exposure", pa.bool_()),
+        pa.field("pass_sharpness", pa.bool_()),
+        pa.field("pass_flatness", pa.bool_()),
+        pa.field("thumb_path", pa.string()),
+        pa.field("aesthetic_models", pa.string()),
+        pa.field("seconds", pa.float64()),
+    ]
+    + _DECISION,
+    metadata={"stage": "image_scores"},
+)
+
+CANDIDATE_POOL = pa.schema(
+    _COMMON
+    + [
+        pa.field("width", pa.int32()),
+        pa.field("height", pa.int32()),
+        pa.field("megapixels", pa.float64()),
+        pa.field("exposure_fraction", pa.float64()),
+        pa.field("laplacian_var", pa.float64()),
+        pa.field("flat_fraction", pa.float64()),
+        pa.field("entropy", pa.float64()),
+        pa.field("laion_score", pa.float64()),
+        pa.field("artimuse_score", pa.float64()),
+        pa.field("pass_exposure", pa.bool_()),
+        pa.field("pass_sharpness", pa.bool_()),
+        pa.field("pass_flatness", pa.bool_()),
+        pa.field("pass_richness", pa.bool_()),
+        pa.field("pass_aesthetics", pa.bool_()),
+        pa.field("aesthetics_applied", pa.bool_(), nullable=False),
+        pa.field("reject_reasons", pa.string()),  # every failing criterion, comma-separated
+        pa.field("entropy_threshold", pa.float64()),
+        pa.field("laion_threshold", pa.float64()),
+        pa.field("artimuse_threshold", pa.float64()),
+        pa.field("threshold_version", pa.string(), nullable=False),
+        pa.field("thumb_path", pa.string()),
+    ]
+    + _DECISION,
+    metadata={"stage": "candidate_pool"},
+)
+
+SCHEMAS: dict[str, pa.Schema] = {
+    "raw_pool": RAW_POOL,
+    "image_scores": IMAGE_SCORES,
+    "candidate_pool": CANDIDATE_POOL,
+}
+
+
+def to_table(rows: Iterable[dict], schema: pa.Schema) -> pa.Table:
+    """Rows (dicts) -> a table of exactly ``schema``; missing keys become null, extras fail."""
+    rows = list(rows)
+    names = set(schema.names)
+    for r in rows:
+        extra = set(r) - names
+        if extra:
+            raise KeyError(f"columns not in schema {schema.metadata.get(b'stage')}: {sorted(extra)}")
+    cols = {f.name: [r.get(f.name) for r in rows] for f in schema}
+    return pa.Table.from_pydict(cols, schema=schema)
+
+
+def write_manifest(table: pa.Table, path: str | os.PathLike) -> Path:
+    """Atomically write a Parquet manifest (tmp + rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    pq.write_table(table, tmp, compression="zstd")
+    os.replace(tmp, path)
+    return path
+
+
+def read_manifest(path: str | os.PathLike, schema: pa.Schema | None = None) -> pa.Table:
+    table = pq.read_table(path)
+    if schema is not None and not table.schema.equals(schema, check_metadata=False):
+        raise ValueError(f"{path}: schema differs from the stage schema")
+    return table

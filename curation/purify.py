@@ -1,0 +1,196 @@
+"""Per-image purification (section 3.1.2): one decode, every score, each filter on its own.
+
+:func:`score_one` decodes an image once, computes the strip-wise scores of
+:mod:`curation.scores`, writes a contact-sheet thumbnail and (optionally) the 224-px view
+the aesthetic models read, and returns a plain dict. It never raises for a bad file: a
+decode failure becomes ``reject_reason`` with null scores.
+
+:func:`score_files` runs it over a shard with a bounded process pool (``runtime.workers``),
+caching each result as JSON keyed by (config hash, image id) so that a killed run resumes
+where it stopped and a re-run is idempotent.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
+from pathlib import Path
+from typing import Callable
+
+import cv2
+
+from curation import reasons
+from curation.imageio import ImageReadError, decode_rgb, thumbnail, to_grey
+from curation.scores import absolute_verdicts, purification_scores
+
+VIEW_SHORT_SIDE = 224  # CLIP ViT-L/14 input side
+
+
+def _save_jpeg(path: Path, rgb, quality: int = 85) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    ok, enc = cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, quality])
+    if ok:
+        tmp.write_bytes(enc.tobytes())
+        os.replace(tmp, path)
+
+
+def _save_view(path: Path, rgb) -> None:
+    h, w = rgb.shape[:2]
+    s = VIEW_SHORT_SIDE / min(h, w)
+    size = (max(VIEW_SHORT_SIDE, round(w * s)), max(VIEW_SHORT_SIDE, round(h * s)))
+    view = cv2.resize(rgb, size, interpolation=cv2.INTER_AREA if s < 1 else cv2.INTER_CUBIC)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    cv2.imwrite(str(tmp) + ".png", cv2.cvtColor(view, cv2.COLOR_RGB2BGR))
+    os.replace(str(tmp) + ".png", path)
+
+
+def score_one(
+    path: str,
+    image_id: str,
+    purification: dict,
+    max_pixels: int,
+    thumb_path: str | None = None,
+    thumb_px: int = 256,
+    view_path: str | None = None,
+) -> dict:
+    """Decode once and compute every per-image score. Keys: see IMAGE_SCORES manifest."""
+    t0 = time.perf_counter()
+    out: dict = {"image_id": image_id, "source_path": path}
+    try:
+        rgb = decode_rgb(path, max_pixels)
+    except ImageReadError as exc:
+        out.update(reject_reason=exc.reason, reject_detail=exc.detail, seconds=time.perf_counter() - t0)
+        return out
+    except MemoryError as exc:  # a header that lied about its size
+        out.update(reject_reason=reasons.TOO_MANY_PIXELS, reject_detail=f"out of memory: {exc}")
+        return out
+    except Exception as exc:  # any decoder failure is a recorded reason, never a crash
+        out.update(reject_reason=reasons.UNREADABLE, reject_detail=f"{type(exc).__name__}: {exc}")
+        return out
+    h, w = rgb.shape[:2]
+    if thumb_path:
+        _save_jpeg(Path(thumb_path), thumbnail(rgb, thumb_px))
+    if view_path:
+        _save_view(Path(view_path), rgb)
+    grey = to_grey(rgb)
+    del rgb
+    s = purification_scores(grey, purification)
+    verdicts = absolute_verdicts(s, purification)
+    out.update(
+        width=w,
+        height=h,
+        megapixels=w * h / 1e6,
+        exposure_fraction=s.exposure_fraction,
+        laplacian_var=s.laplacian_var,
+        flat_fraction=s.flat_fraction,
+        flat_patches=s.flat_patches,
+        entropy=s.entropy,
+        pass_exposure=verdicts["exposure"],
+        pass_sharpness=verdicts["sharpness"],
+        pass_flatness=verdicts["flatness"],
+        thumb_path=thumb_path,
+        seconds=time.perf_counter() - t0,
+    )
+    return out
+
+
+def first_absolute_reason(row: dict) -> str | None:
+    """The first failing absolute filter in verdict order (exposure, sharpness, flatness)."""
+    if row.get("reject_reason"):
+        return row["reject_reason"]
+    if row.get("pass_exposure") is False:
+        return reasons.OVER_OR_UNDER_EXPOSED
+    if row.get("pass_sharpness") is False:
+        return reasons.BLURRED
+    if row.get("pass_flatness") is False:
+        return reasons.FLAT
+    return None
+
+
+def score_files(
+    jobs: list[dict],
+    purification: dict,
+    max_pixels: int,
+    workers: int,
+    cache_dir: Path | None,
+    progress: Callable[[int], None] | None = None,
+) -> list[dict]:
+    """Score many images. ``jobs``: dicts with ``path, image_id, thumb_path, thumb_px, view_path``.
+
+    Results come back in job order. Cached results (``cache_dir/<image_id>.json``) are
+    reused; a crashed worker process marks its images ``unreadable`` (worker crashed)
+    instead of losing them.
+    """
+    results: dict[int, dict] = {}
+    todo = []
+    for i, job in enumerate(jobs):
+        cached = _read_cache(cache_dir, job["image_id"]) if cache_dir else None
+        if cached is not None and (not job.get("thumb_path") or Path(job["thumb_path"]).exists()):
+            cached["source_path"] = job["path"]
+            results[i] = cached
+            if progress:
+                progress(1)
+        else:
+            todo.append(i)
+
+    def _done(i: int, res: dict) -> None:
+        results[i] = res
+        if cache_dir:
+            _write_cache(cache_dir, res)
+        if progress:
+            progress(1)
+
+    def _args(job: dict):
+        return (job["path"], job["image_id"], purification, max_pixels, job.get("thumb_path"),
+                job.get("thumb_px", 256), job.get("view_path"))
+
+    if workers <= 1 or len(todo) <= 1:
+        for i in todo:
+            _done(i, score_one(*_args(jobs[i])))
+    else:
+        try:
+            with ProcessPoolExecutor(max_workers=workers) as pool:
+                futs = {pool.submit(score_one, *_args(jobs[i])): i for i in todo}
+                for fut in as_completed(futs):
+                    i = futs[fut]
+                    try:
+                        _done(i, fut.result())
+                    except BrokenProcessPool:
+                        raise
+                    except Exception as exc:
+                        _done(i, {"image_id": jobs[i]["image_id"], "source_path": jobs[i]["path"],
+                                  "reject_reason": reasons.UNREADABLE, "reject_detail": repr(exc)})
+        except BrokenProcessPool as exc:
+            for i in todo:
+                if i not in results:
+                    # retry alone in this process; if that dies too the whole run fails loudly
+                    try:
+                        _done(i, score_one(*_args(jobs[i])))
+                    except Exception as exc2:  # pragma: no cover - defensive
+                        _done(i, {"image_id": jobs[i]["image_id"], "source_path": jobs[i]["path"],
+                                  "reject_reason": reasons.UNREADABLE,
+                                  "reject_detail": f"worker crashed ({exc}); retry: {exc2!r}"})
+    return [results[i] for i in range(len(jobs))]
+
+
+def _read_cache(cache_dir: Path, image_id: str) -> dict | None:
+    p = cache_dir / f"{image_id}.json"
+    try:
+        with open(p) as fh:
+            return json.load(fh)
+    except (OSError, ValueError):
+        return None
+
+
+def _write_cache(cache_dir: Path, res: dict) -> None:
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    p = cache_dir / f"{res['image_id']}.json"
+    tmp = p.with_name(f".{p.name}.{os.getpid()}.tmp")
+    with open(tmp, "w") as fh:
+        json.dump(res, fh)
+    os.replace(tmp, p)

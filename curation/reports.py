@@ -1,0 +1,101 @@
+"""Pictures and tables a person would rather look at: contact sheets, histograms, pass rates.
+
+Everything is written as files under the data root; Dagster metadata links to them.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import OrderedDict
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+
+def contact_sheet(
+    groups: "OrderedDict[str, list[tuple[str, str]]]",
+    out_path: str | os.PathLike,
+    cell: int = 160,
+    per_group: int = 12,
+) -> Path | None:
+    """Grid of thumbnails, one row block per group (e.g. ``pass``, each reject reason).
+
+    ``groups`` maps a title to ``[(thumb_path, caption), ...]``; missing thumbnails show as
+    grey cells with their caption, so a reject without pixels (unreadable) still appears.
+    """
+    blocks = []
+    width = cell * per_group
+    for title, items in groups.items():
+        items = items[:per_group]
+        header = np.full((28, width, 3), 255, np.uint8)
+        cv2.putText(header, f"{title} ({len(items)} shown)", (6, 20), cv2.FONT_HERSHEY_SIMPLEX, 0.6, (0, 0, 0), 1, cv2.LINE_AA)
+        row = np.full((cell + 18, width, 3), 235, np.uint8)
+        for i, (thumb, caption) in enumerate(items):
+            img = cv2.imread(thumb, cv2.IMREAD_COLOR) if thumb and Path(thumb).exists() else None
+            x0 = i * cell
+            if img is not None:
+                h, w = img.shape[:2]
+                s = (cell - 4) / max(h, w)
+                img = cv2.resize(img, (max(1, int(w * s)), max(1, int(h * s))), interpolation=cv2.INTER_AREA)
+                ih, iw = img.shape[:2]
+                oy, ox = (cell - ih) // 2, x0 + (cell - iw) // 2
+                row[oy : oy + ih, ox : ox + iw] = img
+            else:
+                cv2.rectangle(row, (x0 + 4, 4), (x0 + cell - 4, cell - 4), (160, 160, 160), -1)
+                cv2.putText(row, "no pixels", (x0 + 12, cell // 2), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 0, 0), 1)
+            cv2.putText(row, caption[:22], (x0 + 3, cell + 13), cv2.FONT_HERSHEY_SIMPLEX, 0.38, (0, 0, 0), 1, cv2.LINE_AA)
+        blocks += [header, row]
+    if not blocks:
+        return None
+    sheet = np.vstack(blocks)
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    cv2.imwrite(str(out_path), sheet)
+    return out_path
+
+
+def histograms(
+    columns: dict[str, list],
+    thresholds: dict[str, float | None],
+    out_path: str | os.PathLike,
+    title: str = "",
+) -> Path | None:
+    """One histogram panel per score with its threshold drawn as a vertical line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cols = {k: [v for v in vals if v is not None and np.isfinite(v)] for k, vals in columns.items()}
+    cols = {k: v for k, v in cols.items() if v}
+    if not cols:
+        return None
+    fig, axes = plt.subplots(1, len(cols), figsize=(4 * len(cols), 3.2), squeeze=False)
+    for ax, (name, vals) in zip(axes[0], cols.items()):
+        ax.hist(vals, bins=min(30, max(5, len(vals) // 2)), color="#4477aa")
+        t = thresholds.get(name)
+        if t is not None:
+            ax.axvline(t, color="#cc3311", linestyle="--", label=f"threshold {t:.3g}")
+            ax.legend(fontsize=7)
+        ax.set_title(name, fontsize=9)
+        ax.tick_params(labelsize=7)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out_path, dpi=90)
+    plt.close(fig)
+    return out_path
+
+
+def markdown_table(headers: list[str], rows: list[list]) -> str:
+    def fmt(v):
+        if isinstance(v, float):
+            return f"{v:.3f}"
+        return "" if v is None else str(v)
+
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(fmt(v) for v in r) + " |" for r in rows]
+    return "\n".join(lines)

@@ -1,0 +1,229 @@
+"""Shard-level stage functions: the whole work of each asset, without Dagster.
+
+Each function reads the previous stage's manifest from the :class:`DataLayout`, writes
+its own manifest atomically (the commit marker of the shard) and returns a
+:class:`StageResult` with the table and a summary the asset turns into metadata.
+Re-running a stage rewrites the same manifest from the same inputs (idempotent);
+per-image work is cached so a killed run resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import Counter, OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import pyarrow as pa
+
+from curation import reasons
+from curation.config import Config
+from curation.layout import DataLayout
+from curation.manifest import CANDIDATE_POOL, IMAGE_SCORES, RAW_POOL, read_manifest, to_table, write_manifest
+from curation.purify import score_files
+from curation.raw_pool import build_raw_pool_rows, list_shard_files
+from curation.selection import Thresholds, compute_thresholds, decide_candidate
+
+# Bump when the logic of a stage changes: Dagster marks its partitions stale.
+CODE_VERSIONS = {
+    "raw_pool": "raw_pool-1",
+    "image_scores": "image_scores-1",
+    "purification_thresholds": "thresholds-1",
+    "candidate_pool": "candidate_pool-1",
+}
+
+
+class StageError(RuntimeError):
+    """A stage cannot run (missing input, out-of-order shard); the message says what to do."""
+
+
+@dataclass
+class StageResult:
+    table: pa.Table
+    path: Path
+    summary: dict = field(default_factory=dict)
+
+    @property
+    def rows(self) -> list[dict]:
+        return self.table.to_pylist()
+
+
+def _count(rows: list[dict]) -> dict:
+    passed = sum(1 for r in rows if r["passed"])
+    by_reason = Counter(r["reject_reason"] for r in rows if not r["passed"])
+    return {"rows_in": len(rows), "passed": passed, "rejected": len(rows) - passed, "by_reason": dict(by_reason)}
+
+
+# -- raw pool -----------------------------------------------------------------------------
+
+def run_raw_pool(layout: DataLayout, raw_root: str | Path, shard: str, cfg: Config,
+                 progress: Callable[[int], None] | None = None) -> StageResult:
+    """Ingest ``<raw_root>/<shard>``: one row per file, dedup against earlier shards, screen.
+
+    Dedup needs every shard with a smaller key to be committed first (first seen wins
+    across shards); otherwise StageError names the missing ones.
+    """
+    shard_dir = Path(raw_root) / shard
+    if not shard_dir.is_dir():
+        raise StageError(f"raw shard folder {shard_dir} does not exist")
+    earlier = sorted(p.name for p in Path(raw_root).iterdir() if p.is_dir() and p.name < shard and list_shard_files(p))
+    missing = [s for s in earlier if not layout.manifest("raw_pool", s).exists()]
+    if missing:
+        raise StageError(
+            f"shard {shard}: earlier shards {missing} are not materialised yet; raw_pool dedups against "
+            "every earlier shard (first seen wins), so materialise shards in key order"
+        )
+    seen: dict[str, str] = {}
+    for s in earlier:
+        t = read_manifest(layout.manifest("raw_pool", s)).select(["sha256", "source_path", "reject_reason"])
+        for sha, src, rr in zip(*(t.column(c).to_pylist() for c in ("sha256", "source_path", "reject_reason"))):
+            if rr != reasons.DUPLICATE:
+                seen.setdefault(sha, src)
+    rows = build_raw_pool_rows(shard, list_shard_files(shard_dir), cfg, seen, CODE_VERSIONS["raw_pool"], progress)
+    table = to_table(rows, RAW_POOL)
+    path = write_manifest(table, layout.manifest("raw_pool", shard))
+    summary = _count(rows)
+    summary["by_tier"] = dict(Counter(r.get("screen_tier") for r in rows if r["passed"]))
+    return StageResult(table, path, summary)
+
+
+# -- per-image scores (map) ------------------------------------------------------------
+
+def run_image_scores(layout: DataLayout, shard: str, cfg: Config, scorers: list | None = None,
+                     unavailable: dict[str, str] | None = None,
+                     progress: Callable[[int], None] | None = None) -> StageResult:
+    """Decode every screened image of the shard once; all per-image scores + aesthetic scores.
+
+    ``scorers``: available aesthetic scorers (objects with ``name``, ``version`` and
+    ``score(list_of_rgb) -> array``); their views are 224-px copies written during decode.
+    """
+    src = layout.manifest("raw_pool", shard)
+    if not src.exists():
+        raise StageError(f"raw_pool manifest for {shard} is missing: materialise raw_pool first")
+    raw = [r for r in read_manifest(src).to_pylist() if r["passed"]]
+    scorers = scorers or []
+    thumb_px = int(cfg.get("report.thumb_px"))
+    jobs = [
+        {
+            "path": r["source_path"],
+            "image_id": r["image_id"],
+            "thumb_path": str(layout.thumb(r["image_id"])),
+            "thumb_px": thumb_px,
+            "view_path": str(layout.view(r["image_id"])) if scorers else None,
+        }
+        for r in raw
+    ]
+    results = score_files(
+        jobs, cfg["purification"], int(cfg.get("io.max_pixels")), int(cfg.get("runtime.workers")),
+        layout.cache("image_scores", cfg.hash), progress,
+    )
+    aest_models = []
+    for scorer in scorers:
+        ok_idx = [i for i, r in enumerate(results) if not r.get("reject_reason")]
+        values = _score_views(scorer, [jobs[i]["view_path"] for i in ok_idx])
+        for i, v in zip(ok_idx, values):
+            results[i][f"{scorer.name}_score"] = float(v)
+        aest_models.append(f"{scorer.name}={scorer.version}")
+    rows = []
+    for r, res in zip(raw, results):
+        row = {k: v for k, v in res.items() if k in IMAGE_SCORES.names}
+        row.update(image_id=r["image_id"], shard=shard, source_path=r["source_path"],
+                   config_hash=cfg.hash, code_version=CODE_VERSIONS["image_scores"],
+                   aesthetic_models=";".join(aest_models) or None)
+        row["passed"] = not res.get("reject_reason")
+        rows.append(row)
+    table = to_table(rows, IMAGE_SCORES)
+    path = write_manifest(table, layout.manifest("image_scores", shard))
+    summary = _count(rows)
+    summary["unavailable_scorers"] = dict(unavailable or {})
+    summary["seconds_total"] = float(sum(r.get("seconds") or 0 for r in results))
+    return StageResult(table, path, summary)
+
+
+def _score_views(scorer, view_paths: list[str]):
+    import cv2
+    import numpy as np
+
+    out = []
+    batch = int(getattr(scorer, "batch_size", 16) or 16)
+    for i in range(0, len(view_paths), batch):
+        imgs = [cv2.cvtColor(cv2.imread(p, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB) for p in view_paths[i : i + batch]]
+        out.extend(np.asarray(scorer.score(imgs), dtype=float).tolist())
+    return out
+
+
+# -- global thresholds (reduce) ------------------------------------------------------
+
+def run_thresholds(layout: DataLayout, cfg: Config, unavailable: dict[str, str] | None = None) -> tuple[Thresholds, Path]:
+    """One threshold set over every committed image_scores shard; saved as <version>.json and latest.json."""
+    shards = layout.shards_with("image_scores")
+    if not shards:
+        raise StageError("no image_scores shard is materialised yet")
+    ent, lai, art = [], [], []
+    digest = hashlib.sha256()
+    for s in shards:
+        p = layout.manifest("image_scores", s)
+        digest.update(s.encode() + hashlib.sha256(p.read_bytes()).digest())
+        t = read_manifest(p).select(["passed", "entropy", "laion_score", "artimuse_score"]).to_pylist()
+        for r in t:
+            if r["passed"]:
+                ent.append(r["entropy"])
+                lai.append(r["laion_score"])
+                art.append(r["artimuse_score"])
+    pur = cfg["purification"]
+    th = compute_thresholds(
+        ent, lai, art,
+        float(pur["richness"]["keep_top_fraction"]), float(pur["aesthetics"]["keep_top_fraction"]),
+        unavailable=unavailable, shards=shards, inputs_digest=digest.hexdigest()[:16],
+    )
+    d = layout.thresholds_dir()
+    d.mkdir(parents=True, exist_ok=True)
+    path = d / f"{th.version}.json"
+    for target in (path, d / "latest.json"):
+        tmp = target.with_name(f".{target.name}.tmp")
+        tmp.write_text(th.to_json())
+        tmp.replace(target)
+    return th, path
+
+
+def load_thresholds(layout: DataLayout) -> Thresholds:
+    p = layout.thresholds_dir() / "latest.json"
+    if not p.exists():
+        raise StageError("purification_thresholds is not materialised yet")
+    return Thresholds.from_json(p.read_text())
+
+
+# -- candidate pool (apply) -----------------------------------------------------------
+
+_CARRY = ("width", "height", "megapixels", "exposure_fraction", "laplacian_var", "flat_fraction", "entropy",
+          "laion_score", "artimuse_score", "pass_exposure", "pass_sharpness", "pass_flatness", "thumb_path")
+
+
+def run_candidate_pool(layout: DataLayout, shard: str, cfg: Config, th: Thresholds | None = None) -> StageResult:
+    """Intersection of the five detections for one shard, using the global thresholds."""
+    th = th or load_thresholds(layout)
+    if shard not in th.shards:
+        raise StageError(f"thresholds {th.version} do not include shard {shard}: re-materialise purification_thresholds")
+    src = layout.manifest("image_scores", shard)
+    scored = read_manifest(src).to_pylist()
+    rows = []
+    for r in scored:
+        row = {k: r.get(k) for k in ("image_id", "shard", "source_path") + _CARRY}
+        row["reject_reason"] = r.get("reject_reason")
+        row["reject_detail"] = r.get("reject_detail")
+        row.update(decide_candidate(row, th))
+        row.update(config_hash=cfg.hash, code_version=CODE_VERSIONS["candidate_pool"])
+        rows.append(row)
+    table = to_table(rows, CANDIDATE_POOL)
+    path = write_manifest(table, layout.manifest("candidate_pool", shard))
+    summary = _count(rows)
+    crit = OrderedDict()
+    for name, col in (("exposure", "pass_exposure"), ("sharpness", "pass_sharpness"), ("flatness", "pass_flatness"),
+                      ("richness", "pass_richness"), ("aesthetics", "pass_aesthetics")):
+        vals = [r[col] for r in rows if r[col] is not None]
+        crit[name] = {"evaluated": len(vals), "passed": sum(vals), "applied": bool(vals)}
+    summary["criteria"] = crit
+    summary["threshold_version"] = th.version
+    summary["aesthetics_note"] = th.aesthetics_note
+    return StageResult(table, path, summary)
