@@ -67,6 +67,8 @@ class AestheticModels(ConfigurableResource):
             try:
                 scorer = create_scorer(name, opts)
                 ok, reason = scorer.availability()
+                if ok:
+                    scorer.load()  # corrupt weights show up here, not mid-shard
             except Exception as exc:  # a broken adapter must not take the shard down
                 ok, reason = False, f"{type(exc).__name__}: {exc}"
             if ok:
