@@ -10,6 +10,8 @@ from assets.raw_pool import raw_pool
 from orchestration.partitions import shard_partitions
 from orchestration.resources import resources_from_env
 
+ASSETS = [raw_pool, image_scores, purification_thresholds, candidate_pool]
+
 shard_purification_job = define_asset_job(
     "shard_purification",
     selection=AssetSelection.assets(raw_pool, image_scores),
@@ -22,10 +24,17 @@ candidate_job = define_asset_job(
     partitions_def=shard_partitions,
     description="Apply step for one shard (after purification_thresholds).",
 )
-thresholds_job = define_asset_job("purification_thresholds_job", selection=AssetSelection.assets(purification_thresholds))
-
-defs = Definitions(
-    assets=[raw_pool, image_scores, purification_thresholds, candidate_pool],
-    jobs=[shard_purification_job, candidate_job, thresholds_job],
-    resources=resources_from_env(),
+thresholds_job = define_asset_job(
+    "purification_thresholds_job",
+    selection=AssetSelection.assets(purification_thresholds),
+    description="Reduce step over all shards: the global relative-cut thresholds.",
 )
+JOBS = [shard_purification_job, candidate_job, thresholds_job]
+
+
+def build_definitions(resources: dict | None = None) -> Definitions:
+    """Definitions with the given resources (tests) or the ones the environment configures."""
+    return Definitions(assets=ASSETS, jobs=JOBS, resources=resources or resources_from_env())
+
+
+defs = build_definitions()

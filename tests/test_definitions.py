@@ -1,0 +1,39 @@
+"""The code location loads: assets, checks, jobs, resources, and asset selection strings."""
+
+from dagster import AssetKey, AssetSelection
+
+from orchestration.definitions import defs
+
+
+def test_definitions_load_with_every_asset_and_check():
+    graph = defs.resolve_asset_graph()
+    keys = {k.to_user_string() for k in graph.get_all_asset_keys()}
+    assert keys == {"raw_pool", "image_scores", "purification_thresholds", "candidate_pool"}
+    checks = {(c.asset_key.to_user_string(), c.name) for c in graph.asset_check_keys}
+    for asset in ("raw_pool", "image_scores", "candidate_pool"):
+        assert (asset, "rows_conserved") in checks and (asset, "manifest_schema") in checks
+    for job in ("shard_purification", "candidate_selection", "purification_thresholds_job"):
+        assert defs.resolve_job_def(job) is not None
+    # every asset declares a code version
+    for key in graph.get_all_asset_keys():
+        assert graph.get(key).code_version, key
+
+
+def test_asset_selection_strings_resolve():
+    # needs antlr 4.13 (hydra-core==1.4.0rc3 pin): antlr 4.9 breaks selection strings
+    graph = defs.resolve_asset_graph()
+    one = AssetSelection.from_string("key:raw_pool+1").resolve(graph)
+    assert one == {AssetKey("raw_pool"), AssetKey("image_scores")}
+    down = AssetSelection.from_string("key:raw_pool+").resolve(graph)
+    assert AssetKey("candidate_pool") in down and len(down) == 4
+    up = AssetSelection.from_string("1+key:candidate_pool").resolve(graph)
+    assert AssetKey("purification_thresholds") in up and AssetKey("raw_pool") not in up
+
+
+def test_rows_conserved_check_is_blocking():
+    specs = {}
+    for a in defs.assets:
+        for spec in getattr(a, "check_specs", []) or []:
+            specs[(spec.asset_key.to_user_string(), spec.name)] = spec
+    assert specs[("candidate_pool", "rows_conserved")].blocking
+    assert specs[("image_scores", "rows_conserved")].blocking
