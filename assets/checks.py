@@ -41,7 +41,7 @@ def run_checks(asset_key: str, table: pa.Table, expected_rows: int, with_scores:
     """Validate one manifest; ``expected_rows`` = rows the stage received from its input."""
     df = table.to_pandas()
     ok_s, det_s = gx_checks.validate(
-        gx_checks.with_decision_column(df), gx_checks.schema_expectations(table.schema) + gx_checks.decision_expectations()
+        gx_checks.with_decision_column(df), gx_checks.schema_expectations(table.schema, ("decision_consistent",)) + gx_checks.decision_expectations()
     )
     passed = int(df["passed"].sum())
     rejected = int((~df["passed"].astype(bool)).sum())

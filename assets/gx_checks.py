@@ -52,10 +52,11 @@ def validate(df: pd.DataFrame, expectations: list) -> tuple[bool, list[dict]]:
     return ok, out
 
 
-def schema_expectations(schema: pa.Schema) -> list:
+def schema_expectations(schema: pa.Schema, derived: tuple[str, ...] = ()) -> list:
+    """Columns exactly the stage schema (plus ``derived`` check columns appended), non-nulls hold."""
     import great_expectations as gx
 
-    exps = [gx.expectations.ExpectTableColumnsToMatchOrderedList(column_list=list(schema.names))]
+    exps = [gx.expectations.ExpectTableColumnsToMatchOrderedList(column_list=list(schema.names) + list(derived))]
     for f in schema:
         if not f.nullable:
             exps.append(gx.expectations.ExpectColumnValuesToNotBeNull(column=f.name))

@@ -68,11 +68,11 @@ def best(fn, repeat: int) -> float:
 
 
 def make_image(megapixels: float, seed: int = 0) -> np.ndarray:
-    from curation.synth import synth_photo
+    from curation.synth import generate_photo
 
     w = int(round((megapixels * 1e6 * 4 / 3) ** 0.5))
     h = int(round(megapixels * 1e6 / w))
-    return synth_photo(h, w, np.random.default_rng(seed))
+    return generate_photo(w, h, seed=seed)
 
 
 def main() -> None:

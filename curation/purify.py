@@ -130,7 +130,11 @@ def score_files(
     todo = []
     for i, job in enumerate(jobs):
         cached = _read_cache(cache_dir, job["image_id"]) if cache_dir else None
-        if cached is not None and (not job.get("thumb_path") or Path(job["thumb_path"]).exists()):
+        # reuse unless a file it produced (thumbnail / model view) has gone missing since
+        produced = [cached.get("thumb_path")] if cached else []
+        if cached and not cached.get("reject_reason") and job.get("view_path"):
+            produced.append(job["view_path"])
+        if cached is not None and all(Path(p).exists() for p in produced if p):
             cached["source_path"] = job["path"]
             results[i] = cached
             if progress:
