@@ -48,14 +48,14 @@ def sheet_and_histograms(rows: list[dict], out_dir: Path, score_cols: list[str],
                          with_sheet: bool = True) -> dict:
     """Contact sheet (passes + rejects per reason) and score histograms, linked as paths."""
     groups: "OrderedDict[str, list]" = OrderedDict()
-    groups["pass"] = [(r.get("thumb_path"), r["image_id"][:10]) for r in rows if r["passed"]]
+    groups["pass"] = [(r.get("thumb_path"), Path(r["source_path"]).name) for r in rows if r["passed"]]
     for r in rows:
         if not r["passed"]:
             groups.setdefault(f"reject: {r['reject_reason']}", []).append(
                 (r.get("thumb_path"), Path(r["source_path"]).name)
             )
     md = {}
-    sheet = contact_sheet(groups, out_dir / "contact_sheet.jpg") if with_sheet else None
+    sheet = contact_sheet(groups, out_dir / "contact_sheet.png") if with_sheet else None
     if sheet:
         md["contact_sheet"] = MetadataValue.path(str(sheet))
     hist = histograms({c: [r.get(c) for r in rows] for c in score_cols}, thresholds, out_dir / "histograms.png", title)

@@ -28,6 +28,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 
 def _peak_rss_mb() -> float:
+    """This process's RSS high-water mark (VmHWM; ru_maxrss would include the parent's peak)."""
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024.0
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
