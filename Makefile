@@ -12,6 +12,7 @@ export TRANSFORMERS_OFFLINE := 1
 
 env:
 	@bash infra/bootstrap.sh
+	@bash infra/install_services.sh
 
 demo: env
 	$(VENV)/bin/uhr demo --data-root $(DATA) --profile $(PROFILE)
