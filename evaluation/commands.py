@@ -55,4 +55,76 @@ def metric_cmd(name: str, paths: tuple[str, ...], as_json: bool) -> None:
             click.echo(f"{path}\t{r.metric}\t{shown}")
 
 
-COMMANDS = [metric_cmd]
+@click.command("bench")
+@click.argument("model_dir", type=click.Path(exists=True, file_okay=False))
+@click.option("--prompts", required=True, type=click.Path(exists=True, dir_okay=False),
+              help="Bench prompts file (JSONL: file_name, short_caption, long_caption per line).")
+@click.option("--reference", type=click.Path(exists=True, file_okay=False), default=None,
+              help="Folder of the real bench images (FID family), matched by file stem.")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
+              help="Output folder for this model (default <data root>/bench/<name>).")
+@click.option("--name", default=None, help="Model name in reports and MLflow (default: the folder's name).")
+@click.option("--metric", "metrics", multiple=True, help="Run only these metrics (repeatable; default all).")
+@click.option("--eval-size", type=int, default=4096, show_default=True,
+              help="FID evaluation size S (4096 / 8192 / 10240 for the 4K / 8K / 10K tiers).")
+@click.option("--data-root", default=None, help="Data root for default outputs and the MLflow store "
+              "(default $UHR_DATA_ROOT or data/demo).")
+@click.option("--judge", "judge_backend", type=click.Choice(["auto", "vllm", "heuristic", "none"]), default=None,
+              help="MSFI / ICS judge backend (default $UHR_JUDGE_BACKEND or auto: vllm with --judge-endpoint, "
+                   "else the offline heuristic judge, reported as msfi_heuristic / ics_heuristic).")
+@click.option("--judge-endpoint", default=None, help="OpenAI-compatible judge endpoint (default $UHR_JUDGE_ENDPOINT).")
+@click.option("--judge-model", default=None, help="Served judge model name (default $UHR_JUDGE_MODEL or Qwen3.5-35B-A3B).")
+@click.option("--no-mlflow", is_flag=True, help="Do not log an MLflow run.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object: model, metrics (value or null and "
+              "reason), images, missing, files, MLflow run.")
+def bench_cmd(model_dir: str, prompts: str, reference: str | None, out_dir: str | None, name: str | None,
+              metrics: tuple[str, ...], eval_size: int, data_root: str | None, judge_backend: str | None,
+              judge_endpoint: str | None, judge_model: str | None, no_mlflow: bool, as_json: bool) -> None:
+    """Score the images in MODEL_DIR on the bench (every registered metric; unavailable ones say
+    why), write per-image CSV / HTML and scores.json, and log an MLflow run
+    ($MLFLOW_TRACKING_URI, default a sqlite store under the data root)."""
+    import json
+    import os
+    from pathlib import Path
+
+    from evaluation.reports import display_name, table3_markdown
+    from evaluation.runner import BenchConfig, _jsonable, default_data_root, make_judge, run_bench
+
+    root = Path(data_root) if data_root else default_data_root()
+    judge = make_judge(judge_backend or os.environ.get("UHR_JUDGE_BACKEND") or "auto",
+                       judge_endpoint or os.environ.get("UHR_JUDGE_ENDPOINT"),
+                       judge_model or os.environ.get("UHR_JUDGE_MODEL"), os.environ.get("UHR_JUDGE_API_KEY_ENV"),
+                       root / "cache" / "vlm")
+    cfg = BenchConfig(metrics=list(metrics) or None, eval_size=eval_size, judge=judge, data_root=str(root),
+                      mlflow=not no_mlflow)
+    log = (lambda _m: None) if as_json else (lambda m: click.echo(m, err=True))
+    try:
+        result = run_bench(model_dir, prompts, reference=reference, out_dir=out_dir, config=cfg, name=name, log=log)
+    except (KeyError, ValueError) as exc:
+        raise click.UsageError(str(exc)) from None
+    if as_json:
+        click.echo(json.dumps(_jsonable({
+            "model": result.model,
+            "n_prompts": result.n_prompts,
+            "n_images": result.n_images,
+            "missing": result.missing,
+            "extra_files": result.extra_files,
+            "metrics": {k: {"value": v["value"], **({"reason": v["reason"]} if v["value"] is None else {}),
+                            "kind": v["kind"], "protocol_version": v["protocol_version"]}
+                        for k, v in result.metrics.items()},
+            "judge": result.judge,
+            "timings": result.timings,
+            "files": result.files,
+            "mlflow": result.mlflow,
+        })))
+    else:
+        click.echo(table3_markdown([result]))
+        click.echo(f"per-image page: {result.files.get('html')}")
+        for k, v in result.metrics.items():
+            if v["value"] is None:
+                click.echo(f"  {display_name(k)}: {v['reason']}", err=True)
+    if result.n_images == 0:
+        raise SystemExit(1)
+
+
+COMMANDS = [metric_cmd, bench_cmd]

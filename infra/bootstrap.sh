@@ -9,7 +9,8 @@ PY=${PYTHON:-python3.11}
 command -v "$PY" >/dev/null 2>&1 || PY=python3
 MARKER="$VENV/.uhrforge-complete"
 LOCK=requirements/requirements.lock
-if [[ -f "$MARKER" && "$(cat "$MARKER")" == "$(sha256sum "$LOCK" pyproject.toml | sha256sum | cut -c1-16)" ]]; then
+NODEPS=requirements/requirements-nodeps.txt
+if [[ -f "$MARKER" && "$(cat "$MARKER")" == "$(sha256sum "$LOCK" "$NODEPS" pyproject.toml | sha256sum | cut -c1-16)" ]]; then
   exit 0
 fi
 echo "[bootstrap] building $VENV (torch first, then $LOCK) ..."
@@ -28,7 +29,8 @@ for idx in /opt/pypi/simple /opt/pypi-more/simple; do
 done
 [[ -f /etc/xdg/pip/constraints.txt ]] && UV_FLAGS+=(-c /etc/xdg/pip/constraints.txt)
 "$VENV/bin/uv" pip install -q "${UV_FLAGS[@]}" -r "$LOCK"
+"$VENV/bin/uv" pip install -q "${UV_FLAGS[@]}" --no-deps -r "$NODEPS"
 "$VENV/bin/uv" pip install -q "${UV_FLAGS[@]}" --no-deps -e .
 "$VENV/bin/python" -m pip check >/dev/null 2>&1 || "$VENV/bin/python" -m pip check || true
-sha256sum "$LOCK" pyproject.toml | sha256sum | cut -c1-16 > "$MARKER"
+sha256sum "$LOCK" "$NODEPS" pyproject.toml | sha256sum | cut -c1-16 > "$MARKER"
 echo "[bootstrap] done in $(( $(date +%s) - start )) s"

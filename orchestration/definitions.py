@@ -4,13 +4,15 @@ from __future__ import annotations
 
 from dagster import AssetSelection, Definitions, define_asset_job
 
+from assets.bench import bench_model_partitions, bench_scores
 from assets.candidate_pool import candidate_pool
 from assets.purification import image_scores, purification_thresholds
 from assets.raw_pool import raw_pool
+from orchestration.bench_resources import bench_settings_from_env
 from orchestration.partitions import shard_partitions
 from orchestration.resources import resources_from_env
 
-ASSETS = [raw_pool, image_scores, purification_thresholds, candidate_pool]
+ASSETS = [raw_pool, image_scores, purification_thresholds, candidate_pool, bench_scores]
 
 shard_purification_job = define_asset_job(
     "shard_purification",
@@ -29,12 +31,25 @@ thresholds_job = define_asset_job(
     selection=AssetSelection.assets(purification_thresholds),
     description="Reduce step over all shards: the global relative-cut thresholds.",
 )
-JOBS = [shard_purification_job, candidate_job, thresholds_job]
+bench_job = define_asset_job(
+    "bench_scores_job",
+    selection=AssetSelection.assets(bench_scores),
+    partitions_def=bench_model_partitions,
+    description="Score one model (a folder of generated images) on the bench: bench_scores[model].",
+)
+JOBS = [shard_purification_job, candidate_job, thresholds_job, bench_job]
 
 
 def build_definitions(resources: dict | None = None) -> Definitions:
-    """Definitions with the given resources (tests) or the ones the environment configures."""
-    return Definitions(assets=ASSETS, jobs=JOBS, resources=resources or resources_from_env())
+    """Definitions with the given resources (tests) or the ones the environment configures.
+
+    A resource dict without ``bench`` gets the bench settings from the environment, under the
+    curation settings' data root when one is given."""
+    res = dict(resources or resources_from_env())
+    if "bench" not in res:
+        settings = res.get("settings")
+        res["bench"] = bench_settings_from_env(getattr(settings, "data_root", None))
+    return Definitions(assets=ASSETS, jobs=JOBS, resources=res)
 
 
 defs = build_definitions()

@@ -86,13 +86,13 @@ def image_files(tmp_path_factory):
 # ---------------------------------------------------------------------------------------------
 # registry
 # ---------------------------------------------------------------------------------------------
-ALL = ["aesthetics", "clipscore", "compression_ratio", "fgclip2", "fid", "fid_patch", "glcm", "glcm_entropy",
-       "ics", "msfi"]
+ALL = ["aesthetics", "clipscore", "compression_ratio", "fgclip2", "fid", "fid_fidhelper_inception", "fid_patch",
+       "fid_patch_fidhelper_inception", "glcm", "glcm_entropy", "ics", "msfi"]
 
 
 def test_registry_lists_every_bench_metric():
     assert list_metrics() == ALL
-    assert set(list_metrics("per_set")) == {"fid", "fid_patch"}
+    assert set(list_metrics("per_set")) == {"fid", "fid_patch", "fid_fidhelper_inception", "fid_patch_fidhelper_inception"}
     for info in describe_metrics():
         m = create_metric(info["name"])
         assert m.kind in ("per_image", "per_set")

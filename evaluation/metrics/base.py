@@ -38,6 +38,24 @@ METRICS: dict[str, type["Metric"]] = {}
 
 
 @dataclass
+class BenchItem:
+    """One bench row as the runner hands it to :meth:`Metric.score_item`.
+
+    ``path`` is the generated image (None when missing); ``index`` is the row's position in
+    the prompts file (bench order); ``image_id`` identifies the file's exact bytes
+    (``sha256:<hex>``); ``views_dir`` is where a metric keeps what its judge saw (None: keep
+    nothing)."""
+
+    index: int
+    stem: str
+    path: str | None
+    short_caption: str | None = None
+    long_caption: str | None = None
+    image_id: str | None = None
+    views_dir: str | None = None
+
+
+@dataclass
 class MetricResult:
     """One score. ``value`` is None exactly when ``reason`` says why."""
 
@@ -150,6 +168,18 @@ class Metric:
             reasons = sorted({r.reason or "" for r in results})
             return self.result(None, reasons[0] if len(reasons) == 1 else "no image could be scored", **extra)
         return self.result(math.fsum(values) / len(values), **extra)
+
+    # ---- bench runner hooks ------------------------------------------------------------
+    def begin_set(self) -> None:
+        """Called by the runner before the first image of a set (reset per-set state, e.g. a
+        generator shared over the images in bench order)."""
+
+    def score_item(self, item: BenchItem) -> MetricResult:
+        """Score one bench row (the runner's entry point). Default: :meth:`score_path`;
+        metrics that need captions or keep judge views override it."""
+        if item.path is None:
+            return self.result(None, "missing image")
+        return self.score_path(item.path)
 
     # ---- hooks -------------------------------------------------------------------------
     def _score_path(self, path: str) -> MetricResult:

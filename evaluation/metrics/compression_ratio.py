@@ -64,6 +64,21 @@ class CompressionRatioMetric(Metric):
     def _score_image(self, rgb: Any, **context: Any) -> MetricResult:
         return self.unavailable("needs the encoded file (score_path), not decoded pixels")
 
+    def aggregate(self, results: Sequence[MetricResult]) -> MetricResult:
+        """The set value from per-image results: the ratio of the totals (not the mean)."""
+        ok = [r for r in results if r.value is not None]
+        formats: dict[str, int] = {}
+        for r in ok:
+            fmt = r.extra.get("format", "")
+            formats[fmt] = formats.get(fmt, 0) + 1
+        raw_total = sum(int(r.extra["raw_rgb_bytes"]) for r in ok)
+        file_total = sum(int(r.extra["file_bytes"]) for r in ok)
+        extra = {"n_images": len(results), "n_scored": len(ok), "formats": formats,
+                 "raw_rgb_bytes": raw_total, "file_bytes": file_total}
+        if file_total == 0:
+            return self.result(None, "no image could be measured", **extra)
+        return self.result(raw_total / file_total, **extra)
+
     def score_set(self, paths: Sequence[str | os.PathLike], **kwargs: Any) -> MetricResult:
         raw_total = file_total = 0
         formats: dict[str, int] = {}

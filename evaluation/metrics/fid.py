@@ -9,7 +9,6 @@ from evaluation.metrics.base import (
     PER_SET,
     Metric,
     MetricResult,
-    missing_or_not_wired,
     module_available,
     register,
     torch_hub_checkpoint,
@@ -49,9 +48,10 @@ class FidMetric(Metric):
       generated for each pair, ``compute()``;
     * S = 4096, 8192, 10240 for the 4K, 8K, 10K tiers (``EVAL_SIZES``).
 
-    Needs the Inception weights and the real reference set. Without the weights this metric
-    reports "not available"; a stand-in backbone would be a different metric with its own
-    name, never ``fid``.
+    Needs the Inception weights (torch-fidelity's, in the torch hub cache) and the real
+    reference set. Without the weights this metric reports "not available"; the offline
+    stand-in on another copy of the network is ``fid_fidhelper_inception``, never ``fid``.
+    Pairs with a missing image on either side are dropped (``extra["n_pairs"]``).
     """
 
     name = "fid"
@@ -60,16 +60,56 @@ class FidMetric(Metric):
     protocol_version = "pixverve-3f9e7bd/fid-bilinear-SxS-uint8trunc/1"
     higher_is_better = False
 
-    def __init__(self, size: int = 4096, device: str = "cpu") -> None:
+    def __init__(self, size: int = 4096, device: str = "cpu", feature_module: Any = None) -> None:
         self.size = int(size)
         self.device = device
+        # test hook: a custom torchmetrics feature extractor is another backbone, so another name
+        self.feature_module = feature_module
+        if feature_module is not None:
+            self.name = f"{type(self).name}_custom_features"
 
     def availability(self) -> tuple[bool, str | None]:
-        return False, missing_or_not_wired(inception_missing())
+        if self.feature_module is not None:
+            return True, None
+        missing = inception_missing()
+        return (False, "; ".join(missing)) if missing else (True, None)
 
-    def score_set(self, paths: Sequence[str | os.PathLike], reference_paths: Sequence[str | os.PathLike] | None = None,
-                  **kwargs: Any) -> MetricResult:
+    def score_set(self, paths: Sequence[str | os.PathLike | None],
+                  reference_paths: Sequence[str | os.PathLike | None] | None = None, **kwargs: Any) -> MetricResult:
+        from evaluation.metrics.fid_common import pair_up, whole_view
+
         gated = self._gate()
         if gated is not None:
             return gated
-        return self.unavailable("not implemented")  # pragma: no cover
+        pairs, why = pair_up(paths, reference_paths)
+        extra = {"n_pairs": len(pairs), "eval_size": self.size}
+        if why:
+            return self.unavailable(why, **extra) if reference_paths is None else self.result(None, why, **extra)
+        try:
+            fid = torchmetrics_fid(self.feature_module, self.device)
+            for r, g in pairs:  # the reference updates real then generated, pair by pair
+                fid_update(fid, whole_view(r, self.size), real=True, device=self.device)
+                fid_update(fid, whole_view(g, self.size), real=False, device=self.device)
+            return self.result(float(fid.compute()), **extra)
+        except (OSError, ValueError, RuntimeError) as exc:
+            return self.result(None, f"failed: {type(exc).__name__}: {exc}", **extra)
+
+
+def torchmetrics_fid(feature_module: Any = None, device: str = "cpu") -> Any:
+    """``FrechetInceptionDistance(normalize=False)`` with the 2048-d FID Inception (or a custom
+    feature module, for tests), as the reference constructs it."""
+    from torchmetrics.image.fid import FrechetInceptionDistance
+
+    feature = feature_module if feature_module is not None else 2048
+    return FrechetInceptionDistance(feature=feature, normalize=False).to(device)
+
+
+def fid_update(fid: Any, chw_or_nchw: Any, real: bool, device: str = "cpu") -> None:
+    """One ``update`` with uint8 image(s) (3, H, W) or (N, 3, H, W)."""
+    import numpy as np
+    import torch
+
+    a = np.asarray(chw_or_nchw)
+    if a.ndim == 3:
+        a = a[None]
+    fid.update(torch.from_numpy(np.ascontiguousarray(a)).to(device), real=real)

@@ -8,7 +8,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from evaluation.metrics.base import PER_SET, Metric, MetricResult, missing_or_not_wired, register
+from evaluation.metrics.base import PER_SET, Metric, MetricResult, register
 from evaluation.metrics.fid import inception_missing
 
 N_CROPS = 20
@@ -68,19 +68,42 @@ class FidPatchMetric(Metric):
     protocol_version = "pixverve-3f9e7bd/fid-patch-20x299-random42/1"
     higher_is_better = False
 
-    def __init__(self, size: int = 4096, device: str = "cpu") -> None:
+    def __init__(self, size: int = 4096, device: str = "cpu", feature_module: Any = None) -> None:
         self.size = int(size)
         self.device = device
+        self.feature_module = feature_module  # test hook: another backbone, another name
+        if feature_module is not None:
+            self.name = f"{type(self).name}_custom_features"
 
     def availability(self) -> tuple[bool, str | None]:
-        return False, missing_or_not_wired(inception_missing())
+        if self.feature_module is not None:
+            return True, None
+        missing = inception_missing()
+        return (False, "; ".join(missing)) if missing else (True, None)
 
     def crop_positions(self, n_images: int) -> np.ndarray:
         return crop_positions(n_images, self.size)
 
-    def score_set(self, paths: Sequence[str | os.PathLike], reference_paths: Sequence[str | os.PathLike] | None = None,
-                  **kwargs: Any) -> MetricResult:
+    def score_set(self, paths: Sequence[str | os.PathLike | None],
+                  reference_paths: Sequence[str | os.PathLike | None] | None = None, **kwargs: Any) -> MetricResult:
+        from evaluation.metrics.fid import fid_update, torchmetrics_fid
+        from evaluation.metrics.fid_common import pair_up, patch_views
+
         gated = self._gate()
         if gated is not None:
             return gated
-        return self.unavailable("not implemented")  # pragma: no cover
+        pairs, why = pair_up(paths, reference_paths)
+        extra = {"n_pairs": len(pairs), "eval_size": self.size, "n_crops": N_CROPS}
+        if why:
+            return self.unavailable(why, **extra) if reference_paths is None else self.result(None, why, **extra)
+        try:
+            pos = self.crop_positions(len(pairs))
+            fid = torchmetrics_fid(self.feature_module, self.device)
+            for i, (r, g) in enumerate(pairs):
+                fid_update(fid, patch_views(r, self.size, pos[i], CROP, keep_if_sized=False), real=True,
+                           device=self.device)
+                fid_update(fid, patch_views(g, self.size, pos[i], CROP, keep_if_sized=True), real=False,
+                           device=self.device)
+            return self.result(float(fid.compute()), **extra)
+        except (OSError, ValueError, RuntimeError) as exc:
+            return self.result(None, f"failed: {type(exc).__name__}: {exc}", **extra)

@@ -1,9 +1,10 @@
-"""Instance-centric Compliance Score (ICS): preprocessing and scoring maths (judge wired later)."""
+"""Instance-centric Compliance Score (ICS): preprocessing, scoring maths and the judge call (VLM client)."""
 
 from __future__ import annotations
 
 import math
-from typing import Any
+import os
+from typing import Any, Sequence
 
 from evaluation.metrics.base import PER_IMAGE, Metric, MetricResult, register
 from evaluation.metrics.msfi import jpeg_bytes, parse_score  # noqa: F401  (re-exported helpers)
@@ -68,14 +69,19 @@ class IcsMetric(Metric):
     """ICS (PixVerve appendix F.3): a VLM judge checks the image against its long caption.
 
     Protocol (reference: PixVerve-95K ``eval/ics_evaluator.py`` @3f9e7bd; prompt of appendix
-    I, project-written prompt file, hash recorded per score):
+    I, project-written prompt file ``prompts/ics.md``, hash recorded per score):
 
     * image ``convert("RGB")``, Lanczos-resized to long edge 3072 when larger
       (:func:`judge_view`), JPEG quality 98;
-    * one call with the long caption; request settings :data:`JUDGE_REQUEST` (temperature 0.1,
-      thinking off; the reference sets no JSON response format for ICS);
+    * one call with the long caption (VLM client task ``ics``); request settings
+      :data:`JUDGE_REQUEST` (temperature 0.1, thinking off; the reference sets no JSON
+      response format for ICS);
     * answer keys IEV, AAA, SRA on 1..10; ICS = ``sqrt(IEV / 10) * (0.6 AAA + 0.4 SRA)``;
       set score = mean over the images with a valid answer, the count of valid answers reported.
+
+    Judges: only a model endpoint (client backend ``vllm``) yields ``ics``; any other backend
+    (the offline ``heuristic`` judge, which does not even read the caption) is reported as
+    ``ics_<backend>``. Without a judge or a long caption: "not available".
 
     Deviations: none in the maths; answers outside 1..10 are judge failures (the reference
     would score any number it can parse).
@@ -86,16 +92,68 @@ class IcsMetric(Metric):
     requires = ("judge", "captions")
     protocol_version = "pixverve-3f9e7bd/ics-judge/1"
     higher_is_better = True
+    TASKS = ("ics",)
 
     def __init__(self, judge: Any = None) -> None:
+        from evaluation.metrics.judging import metric_name_for
+
         self.judge = judge
+        self.name = metric_name_for(type(self).name, judge)
 
     def availability(self) -> tuple[bool, str | None]:
-        return False, "no judge: the VLM judge client is not wired to ICS yet"
+        if self.judge is None:
+            from evaluation.metrics.judging import no_judge_reason
+
+            return False, no_judge_reason("ICS")
+        return True, None
 
     def score_answer(self, answer: Any, **extra: Any) -> MetricResult:
-        """A MetricResult from a judge answer (for the runner once the judge is wired)."""
+        """A MetricResult from a judge answer (a dict; None for a failed call)."""
         value, info = ics_from_answer(answer)
         if value is None:
             return self.result(None, "judge failure: " + "; ".join(info["failures"]), **info, **extra)
         return self.result(value, **info, **extra)
+
+    def _score_path(self, path: str) -> MetricResult:
+        return self.unavailable("ICS needs the long caption: score it through the bench runner")
+
+    def score_item(self, item: Any) -> MetricResult:
+        if item.path is None:
+            return self.result(None, "missing image")
+        gated = self._gate()
+        if gated is not None:
+            return gated
+        if not item.long_caption:
+            return self.unavailable("no long caption for this image")
+        from PIL import Image
+
+        Image.MAX_IMAGE_PIXELS = None
+        try:
+            with Image.open(item.path) as im:
+                view = judge_view(im.convert("RGB"))
+        except (OSError, ValueError, SyntaxError) as exc:
+            return self.result(None, f"unreadable: {type(exc).__name__}: {exc}")
+        image_id = item.image_id or f"file:{os.path.abspath(item.path)}"
+        return self.score_view(jpeg_bytes(view, JPEG_QUALITY), view.size, item.long_caption, image_id, item.views_dir)
+
+    def score_view(self, jpeg: bytes, size: tuple[int, int], long_caption: str, image_id: str,
+                   views_dir: str | None = None) -> MetricResult:
+        """Send the judge view with the long caption and score the answer."""
+        from curation.vlm import VLMRequest
+
+        from evaluation.metrics.judging import judge_backend, save_view
+
+        r = self.judge.run([VLMRequest("ics", image_id=f"{image_id}@ics{LONG_EDGE}", images=[jpeg],
+                                       variables={"long_caption": long_caption})])[0]
+        extra = {"judge_backend": judge_backend(self.judge), "judge_model": getattr(self.judge, "model", None),
+                 "prompt_hashes": {"ics": r.prompt_hash}, "view": save_view(jpeg, views_dir, "ics_view.jpg"),
+                 "view_size": list(size), "judge_status": r.status}
+        if not r.ok:
+            return self.result(None, f"judge failure: {r.reason}", failures=[r.reason], **extra)
+        return self.score_answer(r.answer, **extra)
+
+    def aggregate(self, results: Sequence[MetricResult]) -> MetricResult:
+        agg = super().aggregate(results)
+        agg.extra["n_valid_answers"] = agg.extra.get("n_scored", 0)
+        agg.extra["judge_backend"] = next((r.extra["judge_backend"] for r in results if "judge_backend" in r.extra), None)
+        return agg

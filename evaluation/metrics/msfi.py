@@ -1,10 +1,13 @@
-"""Multi-scale Fidelity Index (MSFI): preprocessing and scoring maths (judge wired later)."""
+"""Multi-scale Fidelity Index (MSFI): preprocessing, scoring maths and the judge calls (VLM client)."""
 
 from __future__ import annotations
 
 import json
 import math
+import os
+import random
 import re
+from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
 from evaluation.metrics.base import PER_IMAGE, Metric, MetricResult, register
@@ -177,24 +180,52 @@ def local_patches(img: Any, rng: Any) -> list:
     return sample_patches(img, patch_size_for(*img.size), rng)
 
 
+@dataclass
+class MsfiViews:
+    """What the judge sees for one image: the global view and the patches, as sent (JPEG 98)."""
+
+    width: int
+    height: int
+    patch_size: int
+    global_jpeg: bytes
+    patches: list  # [(PatchBox, jpeg bytes)]
+
+
+def build_views(img: Any, rng: Any) -> MsfiViews:
+    """The reference's views of one RGB PIL image: global view (long edge 2048, JPEG 98) and the
+    10 patches (6 + 4 from :func:`local_patches` with the shared ``rng``, JPEG 98)."""
+    if img.mode != "RGB":
+        img = img.convert("RGB")
+    w, h = img.size
+    boxes = local_patches(img, rng)
+    return MsfiViews(w, h, patch_size_for(w, h), jpeg_bytes(global_view(img)),
+                     [(b, jpeg_bytes(img.crop(b.pil_box()))) for b in boxes])
+
+
 @register
 class MsfiMetric(Metric):
     """MSFI (PixVerve appendix F.2): a VLM judge scores a global view and 10 local patches.
 
     Protocol (reference: PixVerve-95K ``eval/msfi_evaluator.py``, ``eval/util/image_process.py``
-    @3f9e7bd; prompts of appendix I, project-written prompt files, hash recorded per score):
+    @3f9e7bd; prompts of appendix I, project-written prompt files ``prompts/msfi_global.md``,
+    ``prompts/msfi_local.md``, hash recorded per score):
 
     * image ``convert("RGB")``; global view Lanczos-resized to long edge 2048, JPEG quality 98;
     * patch size 512, or 1024 when the long edge is >= 7680; 10 patches from
       :mod:`curation.patch_sampler` (analysis copy at long edge 2048, Sobel-variance grid, top 6
-      + 4 random with one generator seeded 42 over the images in bench order), cropped at full
-      resolution, JPEG 98;
+      + 4 random with one ``random.Random(42)`` over the images in bench order), cropped at
+      full resolution, JPEG 98;
     * one global call (4 sub-dimensions: SC-global, PI, LC, CH) and one call per patch (the
       patch, then the global view, with the patch's relative coordinates ``[x0, y0, x1, y1]``
       in the prompt; 5 sub-dimensions NGE, GA, TF, MGC, SC-local), scores 1..5, request
-      settings :data:`JUDGE_REQUEST` (temperature 0.1, JSON answers, thinking off);
+      settings :data:`JUDGE_REQUEST` (temperature 0.1, JSON answers, thinking off), through
+      the VLM client (:mod:`curation.vlm`, tasks ``msfi_global`` / ``msfi_local``);
     * ``S_g`` = weighted mean (5, 3, 2, 2), ``S_l_i`` = weighted mean (2, 3, 5, 2, 2),
       MSFI = ``S_g + (S_g / 5) * mean_i S_l_i`` (range 1.2 .. 10); set score = mean over images.
+
+    Judges: only a model endpoint (client backend ``vllm``) yields ``msfi``. Any other backend
+    (the offline ``heuristic`` judge) is reported as ``msfi_<backend>`` (``msfi_heuristic``),
+    so a stand-in number never appears under this name. Without a judge: "not available".
 
     Deviations: a missing or malformed sub-dimension is recorded as a judge failure and that
     answer is left out (the reference silently scores it 3); the number of images with all 11
@@ -208,22 +239,104 @@ class MsfiMetric(Metric):
     requires = ("judge",)
     protocol_version = "pixverve-3f9e7bd/msfi-6+4-judge/1"
     higher_is_better = True
+    TASKS = ("msfi_global", "msfi_local")
 
     def __init__(self, judge: Any = None) -> None:
+        from evaluation.metrics.judging import metric_name_for
+
         self.judge = judge
+        self.name = metric_name_for(type(self).name, judge)
+        self._rng = random.Random(SEED)
 
     def availability(self) -> tuple[bool, str | None]:
-        return False, "no judge: the VLM judge client is not wired to MSFI yet"
+        if self.judge is None:
+            from evaluation.metrics.judging import no_judge_reason
+
+            return False, no_judge_reason("MSFI")
+        return True, None
+
+    def begin_set(self) -> None:
+        """One generator seeded 42 for the whole set, drawn image by image in bench order."""
+        self._rng = random.Random(SEED)
 
     def score_answers(self, global_answer: Any, local_answers: Sequence[Any], **extra: Any) -> MetricResult:
-        """A MetricResult from judge answers (for the runner once the judge is wired)."""
+        """A MetricResult from judge answers (dicts; None for a failed call)."""
         value, info = msfi_from_answers(global_answer, local_answers)
         if value is None:
             where = "; ".join(f"{f['where']}: {', '.join(f['problems'])}" for f in info["failures"]) or "incomplete"
             return self.result(None, f"judge failure: {where}", **info, **extra)
         return self.result(value, **info, **extra)
 
+    def _score_path(self, path: str) -> MetricResult:
+        import hashlib
+
+        with open(path, "rb") as f:
+            image_id = "sha256:" + hashlib.sha256(f.read()).hexdigest()
+        return self._score_file(path, image_id, None)
+
+    def score_item(self, item: Any) -> MetricResult:
+        if item.path is None:
+            return self.result(None, "missing image")
+        gated = self._gate()
+        if gated is not None:
+            return gated
+        return self._score_file(item.path, item.image_id or f"file:{os.path.abspath(item.path)}", item.views_dir)
+
+    def _score_file(self, path: str, image_id: str, views_dir: str | None) -> MetricResult:
+        from PIL import Image
+
+        Image.MAX_IMAGE_PIXELS = None
+        try:
+            with Image.open(path) as im:
+                img = im.convert("RGB")
+        except (OSError, ValueError, SyntaxError) as exc:
+            return self.result(None, f"unreadable: {type(exc).__name__}: {exc}")
+        views = build_views(img, self._rng)
+        return self.score_views(views, image_id, views_dir)
+
+    def score_views(self, views: MsfiViews, image_id: str, views_dir: str | None = None) -> MetricResult:
+        """Send the views to the judge and score its answers (views kept under ``views_dir``)."""
+        from curation.vlm import VLMRequest, patch_image_id
+
+        from evaluation.metrics.judging import judge_backend, save_view
+
+        gid = f"{image_id}@msfi-global{GLOBAL_LONG_EDGE}"
+        reqs = [VLMRequest("msfi_global", image_id=gid, images=[views.global_jpeg])]
+        for b, data in views.patches:
+            reqs.append(VLMRequest("msfi_local", image_id=patch_image_id(image_id, b.box, f"msfi{views.patch_size}"),
+                                   images=[data, views.global_jpeg],
+                                   variables={"relative_coords": b.relative_coords(views.width, views.height)}))
+        results = self.judge.run(reqs)
+        answers = [r.answer if r.ok else None for r in results]
+        gpath = save_view(views.global_jpeg, views_dir, "msfi_global.jpg")
+        patches = []
+        for i, ((b, data), r) in enumerate(zip(views.patches, results[1:])):
+            ppath = save_view(data, views_dir, f"msfi_patch_{i:02d}.jpg")
+            sub = {k: r.answer.get(k) for k in LOCAL_WEIGHTS} if r.ok else {}
+            patches.append({"i": i, "box": list(b.box), "source": b.source, "rank": b.rank,
+                            "sobel_var": round(b.score, 3), "relative_coords": b.relative_coords(views.width, views.height),
+                            "view": ppath, "status": r.status, "reason": r.reason, "sub": sub})
+        g = results[0]
+        extra = {
+            "judge_backend": judge_backend(self.judge),
+            "judge_model": getattr(self.judge, "model", None),
+            "prompt_hashes": {"msfi_global": g.prompt_hash,
+                              "msfi_local": results[1].prompt_hash if len(results) > 1 else None},
+            "global_view": gpath,
+            "global_status": g.status,
+            "global_reason": g.reason,
+            "patch_size": views.patch_size,
+            "patches": patches,
+            "judge_failures": [f"{r.task}[{r.image_id}]: {r.reason}" for r in results if not r.ok],
+        }
+        if len(views.patches) < N_PATCHES:
+            extra["note"] = f"only {len(views.patches)} patch cells in this image (expected {N_PATCHES})"
+        return self.score_answers(answers[0], answers[1:], **extra)
+
     def aggregate(self, results: Sequence[MetricResult]) -> MetricResult:
         agg = super().aggregate(results)
         agg.extra["n_complete"] = sum(1 for r in results if r.extra.get("complete"))
+        if results:
+            agg.extra["judge_backend"] = next((r.extra["judge_backend"] for r in results if "judge_backend" in r.extra),
+                                              None)
         return agg

@@ -1,0 +1,645 @@
+"""The bench runner: score one "model" on the bench with every registered metric.
+
+A model is either a **folder of generated images** or an :class:`~evaluation.generation.ImageGenerator`
+(the runner generates the bench first, then scores the folder). The **prompts file** is JSONL,
+one row per bench image with ``file_name, short_caption, long_caption`` (PixVerve-Bench's
+``benchmark.jsonl`` layout); its order is the bench order, and a generated (or reference) image
+matches a row by its file stem (``0001.png`` <-> ``{"file_name": "0001.jpg", ...}``).
+
+What a run produces (``out_dir``, default ``<data root>/bench/<model>``):
+
+* ``scores.json`` -- everything: per-image rows (path, sha256, size, every metric's value or
+  reason, the metric's extra including the judges' sub-scores), per-set results, protocol
+  versions, judge backend / model / prompt hashes, missing / extra / ambiguous files, timings
+  and peak memory, the MLflow run;
+* ``per_image.csv`` -- one row per bench row, one column per metric (empty = no value), plus
+  ``<metric>_reason``;
+* ``index.html`` -- the per-image audit page (thumbnail, the patches the judges saw, sub-scores);
+* ``views/<stem>/`` -- the exact bytes each judge was sent (MSFI global view and patches, ICS
+  view); ``thumbs/<stem>.jpg``;
+* an MLflow run (one per model): params = metric protocol versions, judge backend / model,
+  prompt hashes, prompts file hash, evaluation size; metrics = the set values that exist;
+  tags ``unavailable.<metric>`` = the reason of each metric without a value; artifacts = the
+  reports above. Tracking URI: ``BenchConfig.tracking_uri``, else ``$MLFLOW_TRACKING_URI``, else
+  ``sqlite:///<data root>/mlflow/mlflow.db`` (artifacts next to it).
+
+Unavailable metrics are kept with their reason ("not available: ..."), never a number. A judge
+whose backend is not a model endpoint (the offline ``heuristic`` client) produces
+``msfi_heuristic`` / ``ics_heuristic``; ``msfi`` / ``ics`` then say why they have no value.
+
+Library only: no Dagster import (the asset in ``assets/bench.py`` and ``uhr bench`` call it).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import re
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp")
+DEFAULT_EXPERIMENT = "uhrforge-bench"
+RESULT_FILE = "scores.json"
+THUMB_PX = 256
+
+Log = Callable[[str], None]
+
+
+# =============================================================================================
+# prompts file and matching
+# =============================================================================================
+@dataclass(frozen=True)
+class BenchPrompt:
+    """One row of the prompts file; ``index`` is its position (bench order)."""
+
+    index: int
+    file_name: str
+    short_caption: str
+    long_caption: str
+
+    @property
+    def stem(self) -> str:
+        return Path(self.file_name).stem
+
+
+def load_prompts(path: str | os.PathLike) -> list[BenchPrompt]:
+    """Read the JSONL prompts file. Blank lines are skipped; a row without ``file_name`` or with
+    a stem seen before raises ``ValueError`` (with the line number); a missing caption is ''."""
+    rows: list[BenchPrompt] = []
+    seen: dict[str, int] = {}
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except ValueError as exc:
+                raise ValueError(f"{path}:{lineno}: not JSON ({exc})") from None
+            if not isinstance(obj, dict) or not obj.get("file_name"):
+                raise ValueError(f"{path}:{lineno}: a row needs a 'file_name'")
+            p = BenchPrompt(len(rows), str(obj["file_name"]), str(obj.get("short_caption") or ""),
+                            str(obj.get("long_caption") or ""))
+            if p.stem in seen:
+                raise ValueError(f"{path}:{lineno}: stem {p.stem!r} already on line {seen[p.stem]}")
+            seen[p.stem] = lineno
+            rows.append(p)
+    if not rows:
+        raise ValueError(f"{path}: no prompts")
+    return rows
+
+
+def file_sha256(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(chunk), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+@dataclass
+class Matching:
+    """Images of a folder matched to bench rows by file stem."""
+
+    paths: dict[str, str]                 # stem -> file
+    missing: list[str]                    # stems without an image (bench order)
+    extra: list[str]                      # image files whose stem is no bench row
+    ambiguous: dict[str, list[str]]       # stem -> several files (none is used)
+
+    def path_list(self, prompts: Sequence[BenchPrompt]) -> list[str | None]:
+        return [self.paths.get(p.stem) for p in prompts]
+
+
+def match_images(folder: str | os.PathLike, prompts: Sequence[BenchPrompt]) -> Matching:
+    """Match the image files directly inside ``folder`` to the bench rows by stem."""
+    folder = Path(folder)
+    by_stem: dict[str, list[str]] = {}
+    for p in sorted(folder.iterdir()):
+        if p.is_file() and p.suffix.lower() in IMAGE_EXTS:
+            by_stem.setdefault(p.stem, []).append(str(p))
+    wanted = {p.stem for p in prompts}
+    paths = {s: v[0] for s, v in by_stem.items() if s in wanted and len(v) == 1}
+    ambiguous = {s: v for s, v in by_stem.items() if s in wanted and len(v) > 1}
+    extra = [f for s, v in by_stem.items() if s not in wanted for f in v]
+    missing = [p.stem for p in prompts if p.stem not in paths]
+    return Matching(paths, missing, sorted(extra), ambiguous)
+
+
+# =============================================================================================
+# configuration
+# =============================================================================================
+def default_data_root() -> Path:
+    """``$UHR_DATA_ROOT`` or ``data/demo`` (the resources' default)."""
+    return Path(os.environ.get("UHR_DATA_ROOT") or Path("data") / "demo")
+
+
+PAPER_JUDGE_MODEL = "Qwen3.5-35B-A3B"
+
+
+def make_judge(backend: str | None, endpoint: str | None = None, model: str | None = None,
+               api_key_env: str | None = None, cache_dir: str | os.PathLike | None = None) -> Any:
+    """The MSFI / ICS judge: a :mod:`curation.vlm` client, or None for backend ``none``.
+
+    ``auto``: ``vllm`` when an endpoint is given (served model name ``model``, default the
+    paper's judge ``Qwen3.5-35B-A3B``), else the offline ``heuristic`` client (whose scores the
+    metrics report as ``msfi_heuristic`` / ``ics_heuristic``)."""
+    backend = (backend or "auto").lower()
+    if backend == "none":
+        return None
+    from curation.vlm import create_vlm_client
+
+    cfg: dict[str, Any] = {"backend": backend}
+    if endpoint:
+        cfg.update(endpoint=endpoint, model=model or PAPER_JUDGE_MODEL, api_key_env=api_key_env)
+    return create_vlm_client(cfg, cache_dir=str(cache_dir) if cache_dir else None)
+
+
+def default_tracking_uri(data_root: str | os.PathLike | None = None) -> str:
+    """``$MLFLOW_TRACKING_URI``, else a local sqlite store under the data root."""
+    env = os.environ.get("MLFLOW_TRACKING_URI")
+    if env:
+        return env
+    root = Path(data_root) if data_root else default_data_root()
+    db = (root / "mlflow" / "mlflow.db").resolve()
+    return f"sqlite:///{db}"
+
+
+@dataclass
+class BenchConfig:
+    """How a bench run scores.
+
+    * ``metrics``: names to run (default: every registered metric); the result lists the
+      others as "not run (not selected)";
+    * ``metric_options``: ``{name: {kwarg: value}}`` passed to ``create_metric``;
+    * ``eval_size``: FID evaluation size S (4096 / 8192 / 10240 for the 4K / 8K / 10K tiers);
+    * ``judge``: a VLM client (:mod:`curation.vlm`) for MSFI / ICS, or None;
+    * ``mlflow``: log a run; ``tracking_uri`` / ``experiment``;
+    * ``save_views``: keep what the judges saw; ``thumbnails``: write HTML thumbnails;
+    * generation (when the model is a generator): ``width``, ``height``, ``base_seed``,
+      ``prompt_field`` (which caption is the prompt);
+    * ``feature_cache_dir``: where FID features are cached (a reference set is embedded once).
+    """
+
+    metrics: Sequence[str] | None = None
+    metric_options: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    eval_size: int = 4096
+    device: str = "cpu"
+    judge: Any = None
+    data_root: str | None = None
+    mlflow: bool = True
+    tracking_uri: str | None = None
+    experiment: str = DEFAULT_EXPERIMENT
+    save_views: bool = True
+    thumbnails: bool = True
+    width: int = 4096
+    height: int = 4096
+    base_seed: int = 0
+    prompt_field: str = "long_caption"
+    feature_cache_dir: str | None = None
+
+
+# =============================================================================================
+# result
+# =============================================================================================
+@dataclass
+class BenchResult:
+    """Everything one bench run produced (``scores.json`` is :meth:`to_dict`)."""
+
+    model: str
+    source: dict[str, Any]
+    out_dir: str
+    prompts_file: str
+    prompts_sha256: str
+    reference_dir: str | None
+    n_prompts: int
+    rows: list[dict[str, Any]]
+    metrics: dict[str, dict[str, Any]]          # name -> {value, reason, kind, higher_is_better, protocol_version, extra}
+    missing: list[str]
+    extra_files: list[str]
+    ambiguous: dict[str, list[str]]
+    reference_missing: list[str]
+    judge: dict[str, Any]
+    config: dict[str, Any]
+    timings: dict[str, Any]
+    generation: dict[str, Any] | None = None
+    mlflow: dict[str, Any] | None = None
+    files: dict[str, str] = field(default_factory=dict)
+
+    # -- views ------------------------------------------------------------------------------
+    def value(self, metric: str) -> float | None:
+        m = self.metrics.get(metric)
+        return None if m is None else m.get("value")
+
+    def reason(self, metric: str) -> str | None:
+        m = self.metrics.get(metric)
+        return None if m is None else m.get("reason")
+
+    @property
+    def protocols(self) -> dict[str, str]:
+        return {k: v["protocol_version"] for k, v in self.metrics.items() if v.get("protocol_version")}
+
+    @property
+    def n_images(self) -> int:
+        return sum(1 for r in self.rows if r["status"] == "ok")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "BenchResult":
+        names = cls.__dataclass_fields__.keys()
+        return cls(**{k: d[k] for k in names if k in d})
+
+    def save(self, path: str | os.PathLike | None = None) -> str:
+        path = Path(path or Path(self.out_dir) / RESULT_FILE)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(_jsonable(self.to_dict()), indent=1, allow_nan=False))
+        os.replace(tmp, path)
+        return str(path)
+
+
+def load_result(path: str | os.PathLike) -> BenchResult:
+    """A saved run (``scores.json`` or the folder holding it)."""
+    p = Path(path)
+    if p.is_dir():
+        p = p / RESULT_FILE
+    return BenchResult.from_dict(json.loads(p.read_text()))
+
+
+def _jsonable(x: Any) -> Any:
+    """JSON-safe copy: NaN/inf -> None, numpy scalars -> Python, tuples -> lists, bytes dropped."""
+    if isinstance(x, dict):
+        return {str(k): _jsonable(v) for k, v in x.items() if not isinstance(v, (bytes, bytearray))}
+    if isinstance(x, (list, tuple)):
+        return [_jsonable(v) for v in x]
+    if isinstance(x, float):
+        return x if math.isfinite(x) else None
+    if isinstance(x, (str, int, bool)) or x is None:
+        return x
+    try:
+        import numpy as np
+
+        if isinstance(x, np.generic):
+            return _jsonable(x.item())
+        if isinstance(x, np.ndarray):
+            return _jsonable(x.tolist())
+    except ImportError:  # pragma: no cover
+        pass
+    return str(x)
+
+
+# =============================================================================================
+# metrics
+# =============================================================================================
+FID_FAMILY = ("fid", "fid_patch", "fid_fidhelper_inception", "fid_patch_fidhelper_inception")
+JUDGED = ("msfi", "ics")
+NOT_SELECTED = "not run: not selected for this bench run"
+
+
+def _make_metric(name: str, cfg: BenchConfig, cache_dir: str | None) -> Any:
+    from evaluation.metrics import create_metric
+
+    opts = dict(cfg.metric_options.get(name, {}))
+    if name in FID_FAMILY:
+        opts.setdefault("size", cfg.eval_size)
+        opts.setdefault("device", cfg.device)
+        if name.endswith("fidhelper_inception"):
+            opts.setdefault("cache_dir", cache_dir)
+    elif name in JUDGED:
+        opts.setdefault("judge", cfg.judge)
+    elif name in ("aesthetics", "clipscore", "fgclip2"):
+        opts.setdefault("device", cfg.device)
+    return create_metric(name, **opts)
+
+
+def _metric_record(m: Any, value: float | None, reason: str | None, extra: Mapping[str, Any]) -> dict[str, Any]:
+    cls = type(m)
+    return {"value": value, "reason": reason, "kind": cls.kind, "higher_is_better": cls.higher_is_better,
+            "protocol_version": cls.protocol_version, "base_metric": cls.name, "extra": _jsonable(dict(extra))}
+
+
+def _image_info(path: str, hash_images: bool = True) -> dict[str, Any]:
+    from PIL import Image
+
+    Image.MAX_IMAGE_PIXELS = None
+    info: dict[str, Any] = {"bytes": os.path.getsize(path)}
+    if hash_images:
+        info["sha256"] = file_sha256(path)
+    try:
+        with Image.open(path) as im:
+            info.update(width=int(im.size[0]), height=int(im.size[1]), format=(im.format or "").lower(), mode=im.mode)
+    except (OSError, ValueError, SyntaxError) as exc:
+        info["error"] = f"{type(exc).__name__}: {exc}"
+    return info
+
+
+def _thumbnail(path: str, dest: Path) -> str | None:
+    from PIL import Image
+
+    Image.MAX_IMAGE_PIXELS = None
+    try:
+        with Image.open(path) as im:
+            im.draft("RGB", (THUMB_PX * 2, THUMB_PX * 2))  # JPEG: decode at a reduced scale
+            im = im.convert("RGB")
+            im.thumbnail((THUMB_PX, THUMB_PX), Image.LANCZOS)
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            im.save(dest, quality=90)
+        return str(dest)
+    except (OSError, ValueError, SyntaxError):
+        return None
+
+
+# =============================================================================================
+# the run
+# =============================================================================================
+def _safe_name(name: str) -> str:
+    s = re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._")
+    return s or "model"
+
+
+def run_bench(model: str | os.PathLike | Any, prompts: str | os.PathLike, reference: str | os.PathLike | None = None,
+              out_dir: str | os.PathLike | None = None, config: BenchConfig | None = None, name: str | None = None,
+              log: Log | None = None) -> BenchResult:
+    """Score ``model`` (a folder of images or an ImageGenerator) on the bench ``prompts``.
+
+    ``reference``: folder of the real bench images (matched by stem like the generated ones),
+    needed by the FID family. ``out_dir``: this model's output folder (default
+    ``<data root>/bench/<name>``). ``name``: the model's name in reports and MLflow (default:
+    the folder's name or the generator's ``name``). Returns the :class:`BenchResult` (also
+    saved as ``scores.json``)."""
+    from evaluation.generation import PeakMemory, generate_bench, generator_availability
+
+    cfg = config or BenchConfig()
+    log = log or (lambda _msg: None)
+    t_start = time.perf_counter()
+    prompts_path = Path(prompts).resolve()
+    rows = load_prompts(prompts_path)
+    data_root = Path(cfg.data_root) if cfg.data_root else default_data_root()
+
+    generation = None
+    if isinstance(model, (str, os.PathLike)):
+        folder = Path(model).resolve()
+        if not folder.is_dir():
+            raise FileNotFoundError(f"model folder {folder} does not exist")
+        name = name or folder.name
+        source = {"kind": "folder", "path": str(folder)}
+    else:
+        gen = model
+        if not callable(getattr(gen, "generate", None)):
+            raise TypeError(f"model must be a folder or an ImageGenerator, got {type(gen).__name__}")
+        ok, why = generator_availability(gen)
+        name = name or str(getattr(gen, "name", type(gen).__name__))
+        if not ok:
+            raise RuntimeError(f"generator {name} not available: {why}")
+        source = {"kind": "generator", "generator": name}
+        folder = None
+    out = Path(out_dir).resolve() if out_dir else (data_root / "bench" / _safe_name(name)).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    if folder is None:
+        folder = out / "images"
+        log(f"[{name}] generating {len(rows)} images at {cfg.width}x{cfg.height} ...")
+        rep = generate_bench(model, rows, folder, cfg.width, cfg.height, cfg.base_seed, cfg.prompt_field, log=log)
+        generation = rep.summary()
+        generation["records"] = [asdict(r) for r in rep.records]
+        source["path"] = str(folder)
+
+    matching = match_images(folder, rows)
+    gen_paths = matching.path_list(rows)
+    ref_paths: list[str | None] | None = None
+    ref_missing: list[str] = []
+    if reference is not None:
+        ref_match = match_images(Path(reference).resolve(), rows)
+        ref_paths, ref_missing = ref_match.path_list(rows), ref_match.missing
+    log(f"[{name}] {len(rows) - len(matching.missing)}/{len(rows)} images matched"
+        + (f", {len(matching.missing)} missing" if matching.missing else "")
+        + (f", {len(matching.extra)} extra files ignored" if matching.extra else ""))
+
+    # ---- metrics ---------------------------------------------------------------------------
+    from evaluation.metrics import PER_IMAGE, BenchItem, list_metrics
+    from evaluation.metrics.judging import is_model_judge, judge_backend, judge_info
+
+    registered = list_metrics()
+    selected = list(cfg.metrics) if cfg.metrics is not None else registered
+    unknown = [m for m in selected if m not in registered]
+    if unknown:
+        raise KeyError(f"unknown metric(s) {unknown}; known: {', '.join(registered)}")
+    cache_dir = cfg.feature_cache_dir or str(data_root / "cache" / "fid_features")
+    metrics: dict[str, Any] = {}
+    records: dict[str, dict[str, Any]] = {}
+    for mname in selected:
+        m = _make_metric(mname, cfg, cache_dir)
+        metrics[m.name] = m
+        if m.name != mname:  # the real name says why it has no value
+            if mname in JUDGED:
+                why = (f"not available: the judge client's backend is {judge_backend(cfg.judge)!r}, not a model "
+                       f"endpoint; its stand-in scores are reported as {m.name}")
+            else:
+                why = f"not run: options {dict(cfg.metric_options.get(mname, {}))} change the protocol; see {m.name}"
+            records[mname] = _metric_record(m, None, why, {})
+    available: dict[str, Any] = {}
+    for mname, m in metrics.items():
+        ok, why = m.availability()
+        if ok:
+            available[mname] = m
+        else:
+            reason = why if (why or "").startswith("not available") else f"not available: {why}"
+            records[mname] = _metric_record(m, None, reason, {})
+    per_image = {k: m for k, m in available.items() if m.kind == PER_IMAGE}
+    per_set = {k: m for k, m in available.items() if m.kind != PER_IMAGE}
+
+    # ---- per image, in bench order ----------------------------------------------------------
+    views_root = out / "views"
+    thumbs_root = out / "thumbs"
+    for m in per_image.values():
+        m.begin_set()
+    metric_seconds: dict[str, float] = {k: 0.0 for k in available}
+    image_results: dict[str, list] = {k: [] for k in per_image}
+    out_rows: list[dict[str, Any]] = []
+    t_score = time.perf_counter()
+    with PeakMemory() as mem:
+        for p, path in zip(rows, gen_paths):
+            row: dict[str, Any] = {"index": p.index, "stem": p.stem, "file_name": p.file_name, "path": path,
+                                   "reference_path": ref_paths[p.index] if ref_paths else None,
+                                   "short_caption": p.short_caption, "long_caption": p.long_caption,
+                                   "values": {}, "reasons": {}, "extra": {}}
+            if path is None:
+                row["status"] = "ambiguous" if p.stem in matching.ambiguous else "missing"
+                why = ("ambiguous: several files " + ", ".join(matching.ambiguous[p.stem])
+                       if p.stem in matching.ambiguous else "missing image")
+                for k in per_image:
+                    row["values"][k], row["reasons"][k] = None, why
+                out_rows.append(row)
+                continue
+            row["status"] = "ok"
+            info = _image_info(path)
+            row.update(info)
+            if cfg.thumbnails:
+                row["thumb"] = _thumbnail(path, thumbs_root / f"{_safe_name(p.stem)}.jpg")
+            item = BenchItem(p.index, p.stem, path, p.short_caption, p.long_caption,
+                             image_id=f"sha256:{info['sha256']}" if "sha256" in info else None,
+                             views_dir=str(views_root / _safe_name(p.stem)) if cfg.save_views else None)
+            for k, m in per_image.items():
+                t0 = time.perf_counter()
+                try:
+                    r = m.score_item(item)
+                except Exception as exc:  # a metric bug must not lose the other scores
+                    r = m.result(None, f"failed: {type(exc).__name__}: {exc}")
+                metric_seconds[k] += time.perf_counter() - t0
+                image_results[k].append(r)
+                row["values"][k] = r.value
+                if r.value is None:
+                    row["reasons"][k] = r.reason
+                if r.extra:
+                    row["extra"][k] = _jsonable(r.extra)
+            judged = [row["extra"].get(k, {}).get("judge_backend") for k in per_image if k.split("_")[0] in JUDGED]
+            row["judge_backend"] = next((b for b in judged if b), None)
+            out_rows.append(row)
+            log(f"[{name}] {p.stem}: " + ", ".join(
+                f"{k}={row['values'][k]:.4g}" for k in per_image if row["values"].get(k) is not None))
+
+        # ---- per-image metrics over the set, then per-set metrics ------------------------------
+        for k, m in per_image.items():
+            agg = m.aggregate(image_results[k]) if image_results[k] else m.result(None, "no image to score")
+            extra = {**agg.extra, "n_missing": len(matching.missing), "seconds": round(metric_seconds[k], 4)}
+            records[k] = _metric_record(m, agg.value, agg.reason, extra)
+        for k, m in per_set.items():
+            t0 = time.perf_counter()
+            log(f"[{name}] {k} over the set ...")
+            try:
+                r = m.score_set(gen_paths, reference_paths=ref_paths)
+            except Exception as exc:
+                r = m.result(None, f"failed: {type(exc).__name__}: {exc}")
+            metric_seconds[k] += time.perf_counter() - t0
+            records[k] = _metric_record(m, r.value, r.reason, {**r.extra, "seconds": round(metric_seconds[k], 4)})
+    scoring_s = time.perf_counter() - t_score
+
+    # the reasons of unavailable per-image metrics go in every row too
+    for k, rec in records.items():
+        if rec["kind"] == PER_IMAGE and k not in per_image and rec["value"] is None:
+            for row in out_rows:
+                row["values"].setdefault(k, None)
+                row["reasons"].setdefault(k, rec["reason"])
+    for mname in registered:
+        if mname not in selected:
+            from evaluation.metrics import create_metric
+
+            records[mname] = _metric_record(create_metric(mname), None, NOT_SELECTED, {})
+
+    n_ok = sum(1 for r in out_rows if r["status"] == "ok")
+    timings = {
+        "scoring_s": round(scoring_s, 4),
+        "scoring_per_image_s": round(scoring_s / n_ok, 4) if n_ok else None,
+        "metric_s": {k: round(v, 4) for k, v in metric_seconds.items()},
+        "peak_memory_bytes": mem.peak_bytes,
+        "memory_kind": mem.kind,
+    }
+    order = {n: i for i, n in enumerate(registered)}
+    records = dict(sorted(records.items(), key=lambda kv: (order.get(kv[0].split("_heuristic")[0], 99), kv[0])))
+    judge = judge_info(cfg.judge, tuple(t for k in ("msfi", "ics") if k in selected for t in
+                                        (("msfi_global", "msfi_local") if k == "msfi" else ("ics",))))
+    judge["is_model"] = is_model_judge(cfg.judge)
+    result = BenchResult(
+        model=name, source=source, out_dir=str(out), prompts_file=str(prompts_path),
+        prompts_sha256=file_sha256(prompts_path), reference_dir=str(Path(reference).resolve()) if reference else None,
+        n_prompts=len(rows), rows=out_rows, metrics=records, missing=matching.missing, extra_files=matching.extra,
+        ambiguous=matching.ambiguous, reference_missing=ref_missing, judge=judge,
+        config={"eval_size": cfg.eval_size, "device": cfg.device, "selected": selected,
+                "metric_options": _jsonable(dict(cfg.metric_options)), "prompt_field": cfg.prompt_field,
+                "width": cfg.width, "height": cfg.height, "base_seed": cfg.base_seed},
+        timings=timings, generation=generation,
+    )
+    write_outputs(result)
+    if cfg.mlflow:
+        uri = cfg.tracking_uri or default_tracking_uri(data_root)
+        log(f"[{name}] logging to MLflow at {uri} ...")
+        result.mlflow = log_to_mlflow(result, uri, cfg.experiment)
+    result.timings["total_s"] = round(time.perf_counter() - t_start, 4)
+    result.save()
+    return result
+
+
+def write_outputs(result: BenchResult) -> None:
+    """scores.json, per_image.csv and index.html under the result's folder."""
+    from evaluation.reports import per_image_csv, per_image_html
+
+    out = Path(result.out_dir)
+    result.files["per_image_csv"] = per_image_csv(result, out / "per_image.csv")
+    result.files["html"] = per_image_html(result, out / "index.html")
+    result.files["scores_json"] = str(out / RESULT_FILE)
+    result.save()
+
+
+# =============================================================================================
+# MLflow
+# =============================================================================================
+def _artifact_location(uri: str) -> str | None:
+    """For a local sqlite store, artifacts next to the database (never the CWD's ./mlruns)."""
+    if uri.startswith("sqlite:///"):
+        db = Path(uri[len("sqlite:///"):])
+        return (db.parent / "artifacts").resolve().as_uri()
+    return None
+
+
+def _param_value(v: Any) -> str:
+    s = v if isinstance(v, str) else json.dumps(v, sort_keys=True, default=str)
+    return s[:6000]
+
+
+def log_to_mlflow(result: BenchResult, tracking_uri: str, experiment: str = DEFAULT_EXPERIMENT) -> dict[str, Any]:
+    """One MLflow run for this model: params, metrics, tags and the report files."""
+    import logging
+
+    from mlflow.entities import Metric as MlMetric
+    from mlflow.entities import Param, RunTag
+    from mlflow.tracking import MlflowClient
+
+    for logger in ("mlflow", "mlflow.store.db.utils", "alembic"):  # the store's first-use chatter
+        logging.getLogger(logger).setLevel(logging.WARNING)
+
+    if tracking_uri.startswith("sqlite:///"):
+        Path(tracking_uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+    client = MlflowClient(tracking_uri)
+    exp = client.get_experiment_by_name(experiment)
+    exp_id = exp.experiment_id if exp else client.create_experiment(experiment,
+                                                                     artifact_location=_artifact_location(tracking_uri))
+    tags = {"model": result.model, "source": result.source.get("kind", ""),
+            "judge_backend": str(result.judge.get("backend")), "uhrforge.component": "bench"}
+    run = client.create_run(exp_id, run_name=result.model, tags=tags)
+    rid = run.info.run_id
+    params: dict[str, Any] = {f"protocol.{k}": v for k, v in result.protocols.items()}
+    params.update({
+        "judge.backend": result.judge.get("backend"), "judge.model": result.judge.get("model"),
+        "prompts_file": result.prompts_file, "prompts_sha256": result.prompts_sha256,
+        "reference_dir": result.reference_dir, "n_prompts": result.n_prompts, "eval_size": result.config["eval_size"],
+        "source": result.source.get("path") or result.source.get("generator"),
+    })
+    for task, h in (result.judge.get("prompt_hashes") or {}).items():
+        params[f"prompt_hash.{task}"] = h
+    if result.generation:
+        for k in ("generator", "width", "height", "prompt_field", "base_seed"):
+            params[f"generation.{k}"] = result.generation.get(k)
+    ts = int(time.time() * 1000)
+    metrics = {k: v["value"] for k, v in result.metrics.items() if v["value"] is not None}
+    metrics.update({"n_images": result.n_images, "n_missing": len(result.missing),
+                    "scoring_s": result.timings["scoring_s"]})
+    if result.timings.get("peak_memory_bytes"):
+        metrics["scoring_peak_memory_mb"] = result.timings["peak_memory_bytes"] / 2**20
+    if result.generation and result.generation.get("latency_mean_s") is not None:
+        metrics["generation_latency_mean_s"] = result.generation["latency_mean_s"]
+        if result.generation.get("peak_memory_bytes"):
+            metrics["generation_peak_memory_mb"] = result.generation["peak_memory_bytes"] / 2**20
+    run_tags = [RunTag(f"unavailable.{k}", str(v["reason"])[:5000]) for k, v in result.metrics.items()
+                if v["value"] is None]
+    client.log_batch(rid, metrics=[MlMetric(k, float(v), ts, 0) for k, v in metrics.items()],
+                     params=[Param(k, _param_value(v)) for k, v in params.items()], tags=run_tags)
+    for key in ("scores_json", "per_image_csv", "html", "table_md", "table_csv"):
+        p = result.files.get(key)
+        if p and os.path.exists(p):
+            client.log_artifact(rid, p, artifact_path="reports")
+    client.set_terminated(rid)
+    return {"tracking_uri": tracking_uri, "experiment": experiment, "experiment_id": exp_id, "run_id": rid}
