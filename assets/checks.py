@@ -57,3 +57,35 @@ def run_checks(asset_key: str, table: pa.Table, expected_rows: int, with_scores:
         ok_v, det_v = gx_checks.validate(df, gx_checks.range_expectations(ranges))
         results.append(_result("score_ranges", asset_key, ok_v, det_v))
     return results
+
+
+def corpus_specs(asset_key: str) -> list[AssetCheckSpec]:
+    return specs(asset_key, with_scores=False) + [
+        AssetCheckSpec("passed_at_least_100mp", asset=asset_key, blocking=True,
+                       description="GX: every passed image has >= 100 MP (scaled by the profile)."),
+        AssetCheckSpec("lineage_and_scores_present", asset=asset_key,
+                       description="GX: parent id on every row; every passed SR image carries all final-filter scores."),
+    ]
+
+
+def run_corpus_checks(asset_key: str, table: pa.Table, expected_rows: int, cfg) -> list[AssetCheckResult]:
+    import great_expectations as gx
+
+    from curation.upscale.tiers import tier_bounds
+
+    results = run_checks(asset_key, table, expected_rows, with_scores=False)
+    df = table.to_pandas()
+    passed = df[df["passed"].astype(bool)].copy()
+    min_mp = tier_bounds(cfg)["archive_min_pixels_inclusive"] / 1e6
+    ok, det = gx_checks.validate(passed, [gx.expectations.ExpectColumnValuesToBeBetween(
+        column="megapixels", min_value=min_mp, max_value=None)]) if len(passed) else (True, [])
+    results.append(_result("passed_at_least_100mp", asset_key, ok, det, {"min_megapixels": min_mp}))
+    sr = passed[passed["tier"].isin(["2x", "4x"])]
+    exps = [gx.expectations.ExpectColumnValuesToNotBeNull(column="parent_id")]
+    ok1, det1 = gx_checks.validate(df, exps)
+    ok2, det2 = (True, [])
+    if len(sr):
+        ok2, det2 = gx_checks.validate(sr, [gx.expectations.ExpectColumnValuesToNotBeNull(column=c) for c in
+                                            ("seam_max_ratio", "psnr", "ssim", "region_patches", "sha256")])
+    results.append(_result("lineage_and_scores_present", asset_key, ok1 and ok2, det1 + det2))
+    return results

@@ -99,10 +99,54 @@ CANDIDATE_POOL = pa.schema(
     metadata={"stage": "candidate_pool"},
 )
 
+CORPUS = pa.schema(
+    _COMMON
+    + [
+        pa.field("parent_id", pa.string(), nullable=False),
+        pa.field("sha256", pa.string()),
+        pa.field("output_path", pa.string()),
+        pa.field("tier", pa.string()),  # archive | 2x | 4x
+        pa.field("scale", pa.int32()),
+        pa.field("backend", pa.string()),
+        pa.field("backend_detail", pa.string()),
+        pa.field("tile", pa.int32()),
+        pa.field("overlap", pa.int32()),
+        pa.field("ramp", pa.string()),
+        pa.field("file_format", pa.string()),
+        pa.field("width", pa.int32()),
+        pa.field("height", pa.int32()),
+        pa.field("megapixels", pa.float64()),
+        pa.field("checks", pa.string()),
+        pa.field("seam_max_ratio", pa.float64()),
+        pa.field("seam_count", pa.int32()),
+        pa.field("seam_flagged", pa.bool_()),
+        pa.field("psnr", pa.float64()),
+        pa.field("ssim", pa.float64()),
+        pa.field("psnr_block_min", pa.float64()),
+        pa.field("ssim_block_min", pa.float64()),
+        pa.field("lpips", pa.float64()),
+        pa.field("lpips_reason", pa.string()),
+        pa.field("consistency_passed", pa.bool_()),
+        pa.field("consistency_failed", pa.string()),
+        pa.field("region_patches", pa.int32()),
+        pa.field("region_flagged", pa.int32()),
+        pa.field("region_judge_failed", pa.int32()),
+        pa.field("region_decision", pa.string()),
+        pa.field("region_passed", pa.bool_()),
+        pa.field("judge_backend", pa.string()),
+        pa.field("instance_status", pa.string()),
+        pa.field("instance_reason", pa.string()),
+        pa.field("seconds", pa.float64()),
+    ]
+    + _DECISION,
+    metadata={"stage": "corpus_100mp"},
+)
+
 SCHEMAS: dict[str, pa.Schema] = {
     "raw_pool": RAW_POOL,
     "image_scores": IMAGE_SCORES,
     "candidate_pool": CANDIDATE_POOL,
+    "corpus_100mp": CORPUS,
 }
 
 

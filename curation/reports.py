@@ -99,3 +99,38 @@ def markdown_table(headers: list[str], rows: list[list]) -> str:
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     lines += ["| " + " | ".join(fmt(v) for v in r) + " |" for r in rows]
     return "\n".join(lines)
+
+
+def corpus_contact_sheet(rows: list[dict], out_path: str | os.PathLike, crop: int = 128, zoom: int = 2,
+                         max_rows: int = 6) -> Path | None:
+    """Native vs SR, side by side: per SR image a ``crop``-px input crop (nearest-zoomed to the
+    SR scale) next to the same region of the SR output, both shown at ``zoom``x."""
+    from curation.upscale.storage import open_source
+
+    panels = []
+    for r in [r for r in rows if r.get("tier") in ("2x", "4x") and r.get("output_path")][:max_rows]:
+        try:
+            lr, sr = open_source(r["source_path"]), open_source(r["output_path"])
+            s = int(r["scale"])
+            y0, x0 = max(0, lr.height // 2 - crop // 2), max(0, lr.width // 2 - crop // 2)
+            a = lr.read(y0, min(lr.height, y0 + crop), x0, min(lr.width, x0 + crop))
+            b = sr.read(y0 * s, min(sr.height, (y0 + crop) * s), x0 * s, min(sr.width, (x0 + crop) * s))
+        except Exception:
+            continue
+        size = (crop * s * zoom // s, crop * s * zoom // s)
+        a = cv2.resize(a, size, interpolation=cv2.INTER_NEAREST)
+        b = cv2.resize(b, size, interpolation=cv2.INTER_AREA if b.shape[0] > size[0] else cv2.INTER_NEAREST)
+        label = np.full((22, size[0] * 2 + 6, 3), 255, np.uint8)
+        verdict = "pass" if r["passed"] else r.get("reject_reason", "")
+        cv2.putText(label, f"{r['tier']} {r['image_id'][:10]} native | SR ({verdict})", (4, 16),
+                    cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 0, 0), 1, cv2.LINE_AA)
+        gap = np.full((size[1], 6, 3), 255, np.uint8)
+        panels.append(np.vstack([label, np.hstack([a, gap, b])]))
+    if not panels:
+        return None
+    w = max(p.shape[1] for p in panels)
+    panels = [np.pad(p, ((0, 4), (0, w - p.shape[1]), (0, 0)), constant_values=255) for p in panels]
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    cv2.imwrite(str(out_path), cv2.cvtColor(np.vstack(panels), cv2.COLOR_RGB2BGR))
+    return out_path

@@ -31,6 +31,7 @@ CODE_VERSIONS = {
     "image_scores": "image_scores-1",
     "purification_thresholds": "thresholds-1",
     "candidate_pool": "candidate_pool-1",
+    "corpus_100mp": "corpus_100mp-1",
 }
 
 

@@ -13,6 +13,7 @@ import click
 # (module, attribute) of every command or command group added to ``uhr``.
 COMMAND_MODULES: list[tuple[str, str]] = [
     ("curation.commands", "COMMANDS"),
+    ("curation.upscale.commands", "COMMANDS"),
     ("orchestration.commands", "COMMANDS"),
     ("evaluation.commands", "COMMANDS"),
 ]

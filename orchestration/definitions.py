@@ -6,13 +6,14 @@ from dagster import AssetSelection, Definitions, define_asset_job
 
 from assets.bench import bench_model_partitions, bench_scores
 from assets.candidate_pool import candidate_pool
+from assets.corpus import corpus_100mp
 from assets.purification import image_scores, purification_thresholds
 from assets.raw_pool import raw_pool
 from orchestration.bench_resources import bench_settings_from_env
 from orchestration.partitions import shard_partitions
 from orchestration.resources import resources_from_env
 
-ASSETS = [raw_pool, image_scores, purification_thresholds, candidate_pool, bench_scores]
+ASSETS = [raw_pool, image_scores, purification_thresholds, candidate_pool, corpus_100mp, bench_scores]
 
 shard_purification_job = define_asset_job(
     "shard_purification",
@@ -31,13 +32,19 @@ thresholds_job = define_asset_job(
     selection=AssetSelection.assets(purification_thresholds),
     description="Reduce step over all shards: the global relative-cut thresholds.",
 )
+corpus_job = define_asset_job(
+    "corpus_100mp_job",
+    selection=AssetSelection.assets(corpus_100mp),
+    partitions_def=shard_partitions,
+    description="Tiered SR + final filtering for one shard (after candidate_pool).",
+)
 bench_job = define_asset_job(
     "bench_scores_job",
     selection=AssetSelection.assets(bench_scores),
     partitions_def=bench_model_partitions,
     description="Score one model (a folder of generated images) on the bench: bench_scores[model].",
 )
-JOBS = [shard_purification_job, candidate_job, thresholds_job, bench_job]
+JOBS = [shard_purification_job, candidate_job, thresholds_job, corpus_job, bench_job]
 
 
 def build_definitions(resources: dict | None = None) -> Definitions:

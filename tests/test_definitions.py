@@ -8,11 +8,13 @@ from orchestration.definitions import defs
 def test_definitions_load_with_every_asset_and_check():
     graph = defs.resolve_asset_graph()
     keys = {k.to_user_string() for k in graph.get_all_asset_keys()}
-    assert keys == {"raw_pool", "image_scores", "purification_thresholds", "candidate_pool", "bench_scores"}
+    assert keys == {"raw_pool", "image_scores", "purification_thresholds", "candidate_pool", "corpus_100mp",
+                    "bench_scores"}
     checks = {(c.asset_key.to_user_string(), c.name) for c in graph.asset_check_keys}
     for asset in ("raw_pool", "image_scores", "candidate_pool"):
         assert (asset, "rows_conserved") in checks and (asset, "manifest_schema") in checks
-    for job in ("shard_purification", "candidate_selection", "purification_thresholds_job", "bench_scores_job"):
+    for job in ("shard_purification", "candidate_selection", "purification_thresholds_job", "corpus_100mp_job",
+                "bench_scores_job"):
         assert defs.resolve_job_def(job) is not None
     # every asset declares a code version
     for key in graph.get_all_asset_keys():
@@ -25,7 +27,7 @@ def test_asset_selection_strings_resolve():
     one = AssetSelection.from_string("key:raw_pool+1").resolve(graph)
     assert one == {AssetKey("raw_pool"), AssetKey("image_scores")}
     down = AssetSelection.from_string("key:raw_pool+").resolve(graph)
-    assert AssetKey("candidate_pool") in down and len(down) == 4
+    assert AssetKey("candidate_pool") in down and AssetKey("corpus_100mp") in down
     up = AssetSelection.from_string("1+key:candidate_pool").resolve(graph)
     assert AssetKey("purification_thresholds") in up and AssetKey("raw_pool") not in up
 
@@ -37,3 +39,4 @@ def test_rows_conserved_check_is_blocking():
             specs[(spec.asset_key.to_user_string(), spec.name)] = spec
     assert specs[("candidate_pool", "rows_conserved")].blocking
     assert specs[("image_scores", "rows_conserved")].blocking
+    assert specs[("corpus_100mp", "passed_at_least_100mp")].blocking

