@@ -44,13 +44,26 @@ def data_flow(layout: DataLayout, cfg) -> list[list]:
         rows.append([f"  {name}", "pass on its own" if vals else "not applied", sum(vals) if vals else None, None])
     passed = sum(1 for r in cand if r["passed"])
     rows.append(["Preliminary data purification", "Candidate Data Pool", passed, t1.get("candidate_pool")])
+    corpus = _rows(layout, "corpus_100mp")
+    if corpus:
+        done = [r for r in corpus if r["reject_reason"] != "deferred_by_profile_cap"]
+        deferred = len(corpus) - len(done)
+        for tier, label in (("archive", "archived (native >= 100 MP)"), ("2x", "2x SR"), ("4x", "4x SR")):
+            t = [r for r in done if r["tier"] == tier]
+            rows.append([f"  {label}", "processed / passed", f"{len(t)} / {sum(r['passed'] for r in t)}", None])
+        if deferred:
+            rows.append(["  deferred (profile cap on SR per shard)", "not processed", deferred, None])
+        for reason in sorted({r["reject_reason"] for r in done if not r["passed"]}):
+            rows.append([f"  rejected: {reason}", "", sum(r["reject_reason"] == reason for r in done), None])
+        rows.append(["Final data filtering", "Final Data (>= 100 MP)", sum(r["passed"] for r in corpus),
+                     t1.get("final")])
     return rows
 
 
 def summary_markdown(layout: DataLayout, raw_root: Path, cfg) -> tuple[str, list[dict]]:
     flow = data_flow(layout, cfg)
     raw_pool_n = flow[2][2]
-    cand_n = flow[-1][2]
+    cand_n = next(r[2] for r in flow if r[1] == "Candidate Data Pool")
     paper_ratio = cfg.get("paper_table1.candidate_pool") / cfg.get("paper_table1.raw_pool")
     md = ["## Data flow (like the paper's Table 1)", "",
           markdown_table(["stage", "subset", "images", "paper (Table 1)"], flow), "",
