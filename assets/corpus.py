@@ -38,7 +38,7 @@ def corpus_100mp(context: AssetExecutionContext, settings: CurationSettings) -> 
         [[t, s["by_tier"].get(t, 0), s["passed_by_tier"].get(t, 0)] for t in ("archive", "2x", "4x")],
         [("tier", "string"), ("processed", "int"), ("passed", "int")],
     )
-    sr = [r for r in rows if r.get("tier") in ("2x", "4x") and r.get("checks", "").startswith("seams")]
+    sr = [r for r in rows if r.get("tier") in ("2x", "4x") and (r.get("checks") or "").startswith("seams")]
     checks = []
     for name, col in (("seam continuity", "seam_flagged"), ("post-SR consistency", "consistency_passed"),
                       ("region artifacts", "region_passed")):

@@ -58,11 +58,12 @@ def corpus_blob(layout: DataLayout, image_id: str, ext: str) -> Path:
 
 def select_for_upscale(rows: list[dict], cap: int | None) -> set[str]:
     """Which SR candidates this run upscales when a profile caps the count (demo): alternate
-    tiers (4x, 2x, ...) in image-id order so both tiers are represented. ``None`` = all."""
+    tiers (4x, 2x, ...), smallest inputs first (then image id), so both tiers are represented
+    at the least cost. ``None`` = all."""
     if cap is None:
         return {r["image_id"] for r in rows}
     by_tier: dict[str, list[str]] = {}
-    for r in sorted(rows, key=lambda r: r["image_id"]):
+    for r in sorted(rows, key=lambda r: (r["width"] * r["height"], r["image_id"])):
         by_tier.setdefault(r["tier"], []).append(r["image_id"])
     chosen: list[str] = []
     order = [t for t in ("4x", "2x") if t in by_tier]

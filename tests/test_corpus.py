@@ -156,3 +156,28 @@ def test_profile_cap_defers_rows_without_losing_them(candidates, tmp_path):
     assert len(rows) == n_cand
     done = [r for r in rows if r["tier"] in ("2x", "4x") and r["reject_reason"] != corpus_mod.DEFERRED]
     assert len(done) == 2 and {r["tier"] for r in done} == {"2x", "4x"}
+
+
+def test_corpus_asset_materialises_with_a_capped_profile(candidates, tmp_path):
+    """The Dagster asset on a profile that defers some SR (the demo's case), checks included."""
+    import yaml
+    from dagster import AssetKey, DagsterInstance, materialize
+
+    from assets.corpus import corpus_100mp
+    from orchestration.resources import CurationSettings
+
+    cfg, layout, shard = candidates
+    layout = _fresh(layout, tmp_path)
+    prof = tmp_path / "capped.yaml"
+    prof.write_text(yaml.safe_dump({"profile": "capped", "sizes": {"linear_scale": 0.125, "shard_size": 30},
+                                    "io": {"max_pixels": 8000000}, "corpus": {"max_upscales_per_shard": 1}}))
+    instance = DagsterInstance.ephemeral()
+    instance.add_dynamic_partitions("shards", [shard])
+    # the capped profile has its own config hash, so it decides afresh (no cache reuse)
+    res = materialize([corpus_100mp], partition_key=shard, instance=instance,
+                      resources={"settings": CurationSettings(data_root=str(layout.root), profile=str(prof))})
+    assert res.success
+    md = instance.get_latest_materialization_event(AssetKey("corpus_100mp")).asset_materialization.metadata
+    assert md["dagster/row_count"].value >= 2
+    checks = {c.check_name: c.passed for c in res.get_asset_check_evaluations()}
+    assert all(checks.values()) and "rows_conserved" in checks
