@@ -68,7 +68,9 @@ def run_raw_pool(layout: DataLayout, raw_root: str | Path, shard: str, cfg: Conf
     shard_dir = Path(raw_root) / shard
     if not shard_dir.is_dir():
         raise StageError(f"raw shard folder {shard_dir} does not exist")
-    earlier = sorted(p.name for p in Path(raw_root).iterdir() if p.is_dir() and p.name < shard and list_shard_files(p))
+    # earlier shards: local raw folders, plus shards committed elsewhere (manifests fetched from the store)
+    local = {p.name for p in Path(raw_root).iterdir() if p.is_dir() and p.name < shard and list_shard_files(p)}
+    earlier = sorted(local | {s for s in layout.shards_with("raw_pool") if s < shard})
     missing = [s for s in earlier if not layout.manifest("raw_pool", s).exists()]
     if missing:
         raise StageError(

@@ -4,13 +4,29 @@
 * ``UHR_RAW_ROOT``   folder of raw shard folders (default ``<data root>/raw``)
 * ``UHR_PROFILE``    config profile: paper (default), demo, test or a YAML path
 * ``UHR_LAION_CLIP`` / ``UHR_LAION_HEAD``  CLIP ViT-L/14 id or path, LAION head path
+
+Platform (production services; every one has an embedded default, secrets only from the
+environment through :class:`dagster.EnvVar`, never in logs, metadata or manifests):
+
+* ``UHR_S3_ENDPOINT`` / ``UHR_S3_BUCKET`` / ``UHR_S3_PREFIX`` / ``UHR_S3_SECURE``  object store
+  (MinIO, SeaweedFS, AWS) for blobs and manifests; ``UHR_S3_ACCESS_KEY`` / ``UHR_S3_SECRET_KEY``
+  its credentials; ``UHR_S3_RAW_PREFIX`` (e.g. ``raw``) makes the store the raw-shard source.
+  No endpoint: no sync, unless ``UHR_STORE_ROOT`` names a local folder to use as the store.
+* ``MLFLOW_TRACKING_URI`` / ``UHR_MLFLOW_EXPERIMENT``  MLflow (default: sqlite under the data root)
+* ``UHR_VLM_ENDPOINT`` / ``UHR_VLM_MODEL`` / ``UHR_VLM_API_KEY_ENV``  OpenAI-compatible VLM server
+  (vLLM); the key's *name* is configured, its value read from that variable at call time
+* ``UHR_DVC_REMOTE`` / ``UHR_DVC_ENDPOINT``  DVC remote URL (``s3://bucket/dvc``) and its endpoint
+* ``DAGSTER_PG_HOST`` / ``DAGSTER_PG_PORT`` / ``DAGSTER_PG_USER`` / ``DAGSTER_PG_DB`` /
+  ``DAGSTER_PG_PASSWORD``  Postgres for Dagster storage (``infra/dagster/postgres.yaml``)
 """
 
 
 import os
 from pathlib import Path
+from typing import ClassVar
+from urllib.parse import quote
 
-from dagster import ConfigurableResource
+from dagster import ConfigurableResource, EnvVar
 
 from curation.config import Config, load_config
 from curation.layout import DataLayout
@@ -78,6 +94,235 @@ class AestheticModels(ConfigurableResource):
         return available, unavailable
 
 
+def _value(v):
+    """A field's value; an unresolved ``EnvVar`` (resource used outside a run) is read now."""
+    return v.get_value() if isinstance(v, EnvVar) else v
+
+
+class _NoSecretsRepr:
+    """``repr``/``str`` list the configuration, the fields named in ``SECRET_FIELDS`` masked."""
+
+    SECRET_FIELDS: ClassVar[tuple[str, ...]] = ()
+
+    def __repr__(self) -> str:
+        fields = []
+        for name in type(self).model_fields:
+            v = getattr(self, name, None)
+            if name in self.SECRET_FIELDS:
+                v = "***" if v else None
+            fields.append(f"{name}={v!r}")
+        return f"{type(self).__name__}({', '.join(fields)})"
+
+    __str__ = __repr__
+
+
+class ObjectStoreResource(_NoSecretsRepr, ConfigurableResource):
+    """The object store for blobs and manifests (``curation.store``), plus the worker sync.
+
+    With an ``endpoint``: an S3 bucket through the ``minio`` SDK. Without one: a local folder
+    (``local_root``), or no store at all -- then :meth:`prepare` / :meth:`publish` do nothing
+    and the data root is the only copy (the laptop default).
+    ``raw_prefix`` makes ``<store>/<raw_prefix>/<shard>/`` the raw-shard source: a stage
+    downloads the shard into the local raw root before ingest.
+    """
+
+    SECRET_FIELDS: ClassVar[tuple[str, ...]] = ("access_key", "secret_key")
+
+    endpoint: str | None = None
+    bucket: str = "uhrforge"
+    prefix: str = ""
+    access_key: str | None = None
+    secret_key: str | None = None
+    secure: bool = False
+    region: str | None = None
+    local_root: str | None = None
+    raw_prefix: str | None = None
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.endpoint or self.local_root)
+
+    def get_store(self):
+        from curation.store import LocalStore, S3Store
+
+        if self.endpoint:
+            return S3Store(self.endpoint, self.bucket, self.prefix, _value(self.access_key), _value(self.secret_key),
+                           secure=self.secure or None, region=self.region)
+        if self.local_root:
+            return LocalStore(self.local_root)
+        raise RuntimeError("no object store configured (set UHR_S3_ENDPOINT or UHR_STORE_ROOT)")
+
+    def describe(self) -> dict:
+        """For metadata and logs: where things go, never the credentials."""
+        if not self.enabled:
+            return {"kind": "none"}
+        d = self.get_store().describe()
+        if self.raw_prefix:
+            d["raw_prefix"] = self.raw_prefix
+        return d
+
+    def prepare(self, settings: "CurationSettings", stage: str, shard: str | None = None) -> dict:
+        """Fetch ``stage``'s inputs for ``shard`` into the local data root (no-op without a store)."""
+        if not self.enabled:
+            return {}
+        from curation.store import prepare_stage
+
+        return prepare_stage(self.get_store(), settings.layout(), stage, shard, raw_root=settings.raw_dir(),
+                             raw_prefix=self.raw_prefix)
+
+    def publish(self, settings: "CurationSettings", stage: str, shard: str | None = None) -> dict:
+        """Upload what ``stage`` wrote for ``shard``: blobs, then the manifest (no-op without a store)."""
+        if not self.enabled:
+            return {}
+        from curation.store import publish_stage
+
+        return publish_stage(self.get_store(), settings.layout(), stage, shard)
+
+    def list_raw_shards(self) -> list[str]:
+        from curation.store import list_raw_shards
+
+        return list_raw_shards(self.get_store(), self.raw_prefix or "raw")
+
+
+class MLflowSettings(ConfigurableResource):
+    """MLflow tracking: a server (``http://...``) in production, sqlite under the data root otherwise."""
+
+    tracking_uri: str | None = None
+    experiment: str = "uhrforge-curation"
+
+    def uri(self, data_root: str | os.PathLike | None = None) -> str:
+        if self.tracking_uri:
+            return self.tracking_uri
+        root = Path(data_root or default_data_root()).resolve()
+        return f"sqlite:///{root / 'mlflow' / 'mlflow.db'}"
+
+
+class VLMEndpoint(ConfigurableResource):
+    """An OpenAI-compatible VLM server (vLLM in compose). ``api_key_env`` is the *name* of the
+    variable holding the key; the key itself is read by the client at call time."""
+
+    endpoint: str | None = None
+    model: str = "Qwen3.5-35B-A3B"
+    api_key_env: str | None = None
+    max_concurrency: int = 8
+
+    def client_config(self) -> dict:
+        """The ``curation.vlm.create_vlm_client`` config: vllm with an endpoint, else the heuristic."""
+        if not self.endpoint:
+            return {"backend": "heuristic"}
+        cfg = {"backend": "vllm", "endpoint": self.endpoint, "model": self.model,
+               "max_concurrency": self.max_concurrency}
+        if self.api_key_env:
+            cfg["api_key_env"] = self.api_key_env
+        return cfg
+
+
+class DVCRemote(ConfigurableResource):
+    """The DVC remote (``s3://bucket/dvc`` on the object store; a local folder by default).
+
+    Credentials are not fields: :meth:`env` hands the object store's variables to ``dvc`` as the
+    standard AWS ones at call time."""
+
+    url: str | None = None
+    endpoint_url: str | None = None
+    name: str = "storage"
+
+    def remote_url(self, data_root: str | os.PathLike | None = None) -> str:
+        return self.url or str(Path(data_root or default_data_root()).resolve() / "dvc-remote")
+
+    def env(self, base: dict | None = None) -> dict:
+        env = dict(os.environ if base is None else base)
+        for src, dst in (("UHR_S3_ACCESS_KEY", "AWS_ACCESS_KEY_ID"), ("UHR_S3_SECRET_KEY", "AWS_SECRET_ACCESS_KEY")):
+            if env.get(src) and not env.get(dst):
+                env[dst] = env[src]
+        if self.endpoint_url:
+            env.setdefault("AWS_ENDPOINT_URL", self.endpoint_url)
+        return env
+
+
+class PostgresSettings(_NoSecretsRepr, ConfigurableResource):
+    """Postgres for Dagster storage (and the releases table); sqlite under the data root when no host."""
+
+    SECRET_FIELDS: ClassVar[tuple[str, ...]] = ("password",)
+
+    host: str | None = None
+    port: int = 5432
+    user: str = "dagster"
+    password: str | None = None
+    db: str = "dagster"
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.host)
+
+    def url(self, db: str | None = None) -> str:
+        """The SQLAlchemy URL, password included: hand it to a driver, never to a log."""
+        if not self.host:
+            raise RuntimeError("no Postgres configured (DAGSTER_PG_HOST)")
+        auth = quote(self.user, safe="")
+        password = _value(self.password)
+        if password:
+            auth += ":" + quote(password, safe="")
+        return f"postgresql://{auth}@{self.host}:{self.port}/{db or self.db}"
+
+    def masked_url(self, db: str | None = None) -> str:
+        if not self.host:
+            return "none"
+        return f"postgresql://{self.user}:***@{self.host}:{self.port}/{db or self.db}"
+
+
+def _env(name: str, env) -> str | None:
+    v = env.get(name)
+    return v.strip() if v and v.strip() else None
+
+
+def _secret(name: str, env):
+    """An ``EnvVar`` (resolved at run time, shown by name in the UI) when the variable is set."""
+    return EnvVar(name) if _env(name, env) else None
+
+
+def platform_resources_from_env(env=None) -> dict:
+    """The platform's resources: object store, MLflow, VLM endpoint, DVC remote, Postgres."""
+    env = os.environ if env is None else env
+    endpoint = _env("UHR_S3_ENDPOINT", env)
+    secure = str(env.get("UHR_S3_SECURE", "")).strip().lower() in ("1", "true", "yes", "on")
+    store = ObjectStoreResource(
+        endpoint=endpoint,
+        bucket=_env("UHR_S3_BUCKET", env) or "uhrforge",
+        prefix=_env("UHR_S3_PREFIX", env) or "",
+        access_key=_secret("UHR_S3_ACCESS_KEY", env) if endpoint else None,
+        secret_key=_secret("UHR_S3_SECRET_KEY", env) if endpoint else None,
+        secure=secure or bool(endpoint and endpoint.startswith("https://")),
+        region=_env("UHR_S3_REGION", env),
+        local_root=None if endpoint else _env("UHR_STORE_ROOT", env),
+        raw_prefix=_env("UHR_S3_RAW_PREFIX", env),
+    )
+    dvc_endpoint = _env("UHR_DVC_ENDPOINT", env)
+    if not dvc_endpoint and endpoint:
+        dvc_endpoint = endpoint if "://" in endpoint else f"{'https' if secure else 'http'}://{endpoint}"
+    pg_host = _env("DAGSTER_PG_HOST", env)
+    return {
+        "store": store,
+        "mlflow": MLflowSettings(
+            tracking_uri=_env("MLFLOW_TRACKING_URI", env),
+            experiment=_env("UHR_MLFLOW_EXPERIMENT", env) or "uhrforge-curation",
+        ),
+        "vlm": VLMEndpoint(
+            endpoint=_env("UHR_VLM_ENDPOINT", env) or _env("UHR_JUDGE_ENDPOINT", env),
+            model=_env("UHR_VLM_MODEL", env) or _env("UHR_JUDGE_MODEL", env) or "Qwen3.5-35B-A3B",
+            api_key_env=_env("UHR_VLM_API_KEY_ENV", env) or _env("UHR_JUDGE_API_KEY_ENV", env),
+        ),
+        "dvc": DVCRemote(url=_env("UHR_DVC_REMOTE", env), endpoint_url=dvc_endpoint),
+        "postgres": PostgresSettings(
+            host=pg_host,
+            port=int(_env("DAGSTER_PG_PORT", env) or 5432),
+            user=_env("DAGSTER_PG_USER", env) or "dagster",
+            password=_secret("DAGSTER_PG_PASSWORD", env) if pg_host else None,
+            db=_env("DAGSTER_PG_DB", env) or "dagster",
+        ),
+    }
+
+
 def resources_from_env() -> dict:
     data_root = default_data_root()
     return {
@@ -91,4 +336,5 @@ def resources_from_env() -> dict:
             head_path=os.environ.get("UHR_LAION_HEAD") or None,
             artimuse_endpoint=os.environ.get("UHR_ARTIMUSE_ENDPOINT") or None,
         ),
+        **platform_resources_from_env(),
     }

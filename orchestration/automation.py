@@ -1,0 +1,262 @@
+"""Automation: new-shard sensor, nightly re-run of what is stale, weekly bench, GPU pool, run retries.
+
+* :data:`new_shard_sensor` -- watches the raw root (a local folder, or ``<store>/<raw_prefix>/``
+  when the object store is the raw source) for shard folders it has not seen, registers them as
+  ``shards`` dynamic partitions and requests a ``shard_purification`` run for each, in key order
+  (``raw_pool`` dedups first-seen-wins across shards). Its cursor holds the shards already
+  handled; a shard still being written (newest file younger than ``UHR_SHARD_SETTLE_S``,
+  default 120 s) waits for the next tick.
+* Nightly, declaratively: :func:`apply_automation` puts :func:`nightly_if_stale` on the curation
+  assets downstream of ``raw_pool``; :data:`curation_automation_sensor` evaluates them. At the
+  nightly tick an asset partition is requested only if it is missing, one of its parents was
+  updated since it last ran, or its code version changed -- so only what is stale re-runs.
+* :data:`weekly_bench_schedule` -- benches the newest registered checkpoint (today: the newest
+  ``bench_models`` partition) unless it is already scored with the current bench code version.
+* GPU pool: GPU assets carry ``pool="gpu"``; the instance caps it (``concurrency: pools:``
+  in ``infra/dagster/*.yaml``; ``dagster instance concurrency set gpu N`` per host).
+* Retries: ``run_retries`` in the instance yaml, :data:`RUN_RETRY_TAGS` on the jobs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+from dagster import (
+    AssetKey,
+    AssetRecordsFilter,
+    AssetSelection,
+    AutomationCondition,
+    AutomationConditionSensorDefinition,
+    DefaultScheduleStatus,
+    DefaultSensorStatus,
+    RunRequest,
+    ScheduleEvaluationContext,
+    SensorEvaluationContext,
+    SensorResult,
+    SkipReason,
+    map_asset_specs,
+    schedule,
+    sensor,
+)
+
+from orchestration.partitions import shard_partitions
+from orchestration.resources import CurationSettings, ObjectStoreResource
+
+NIGHTLY_CRON = os.environ.get("UHR_NIGHTLY_CRON", "0 2 * * *")
+WEEKLY_BENCH_CRON = os.environ.get("UHR_WEEKLY_BENCH_CRON", "0 4 * * 1")
+TIMEZONE = os.environ.get("UHR_SCHEDULE_TZ", "UTC")
+
+#: the Dagster concurrency pool of the GPU stages (instance: ``concurrency: pools:``)
+GPU_POOL = "gpu"
+#: assets (= step keys) that hold a GPU: CLIP aesthetics, SR, bench models; extended as stages land
+GPU_ASSETS = ("image_scores", "corpus_100mp", "bench_scores")
+#: run tags for transient failures (the daemon re-launches a failed run; needs ``run_retries``)
+RUN_RETRY_TAGS = {"dagster/max_retries": "2", "dagster/retry_strategy": "FROM_FAILURE"}
+#: ingest runs share this tag; the run queue serialises it so shards ingest in key order
+INGEST_TAG = {"uhrforge/ingest": "raw_pool"}
+
+#: ``UHR_AUTOMATION_STATUS=stopped`` starts the sensors and schedules switched off (a laptop
+#: running ``dagster dev`` on demo data); production leaves them running
+_STOPPED = os.environ.get("UHR_AUTOMATION_STATUS", "running").strip().lower() == "stopped"
+SENSOR_STATUS = DefaultSensorStatus.STOPPED if _STOPPED else DefaultSensorStatus.RUNNING
+SCHEDULE_STATUS = DefaultScheduleStatus.STOPPED if _STOPPED else DefaultScheduleStatus.RUNNING
+
+SHARD_JOB = "shard_purification"
+BENCH_JOB = "bench_scores_job"
+
+
+# -- declarative automation (the nightly re-run of what is stale) ------------------------------
+
+def nightly_if_stale(cron: str = NIGHTLY_CRON, tz: str = TIMEZONE) -> AutomationCondition:
+    """True at the first evaluation after each ``cron`` tick for an asset partition that is stale:
+    missing, a parent updated since it was last requested or updated, or its code version
+    changed -- and no parent missing or running, and not itself running."""
+    stale = (
+        AutomationCondition.missing()
+        | (AutomationCondition.any_deps_updated() | AutomationCondition.code_version_changed()).since_last_handled()
+    )
+    ready = ~AutomationCondition.any_deps_missing() & ~AutomationCondition.any_deps_in_progress() \
+        & ~AutomationCondition.in_progress()
+    return (AutomationCondition.cron_tick_passed(cron, tz) & stale & ready).with_label(f"nightly_if_stale({cron})")
+
+
+def code_changed_nightly(cron: str = NIGHTLY_CRON, tz: str = TIMEZONE) -> AutomationCondition:
+    """For ``raw_pool`` (new shards come from the sensor): re-run nightly only after a code change."""
+    return (
+        AutomationCondition.cron_tick_passed(cron, tz)
+        & AutomationCondition.code_version_changed().since_last_handled()
+        & ~AutomationCondition.missing()
+        & ~AutomationCondition.in_progress()
+    ).with_label(f"code_changed_nightly({cron})")
+
+
+def automation_conditions() -> dict[str, AutomationCondition]:
+    """Asset name -> condition (what :func:`apply_automation` sets)."""
+    nightly = nightly_if_stale()
+    return {
+        "raw_pool": code_changed_nightly(),
+        "image_scores": nightly,
+        "purification_thresholds": nightly,
+        "candidate_pool": nightly,
+        "corpus_100mp": nightly,
+    }
+
+
+def apply_automation(assets: list) -> list:
+    """The assets with :func:`automation_conditions` set (asset modules stay unchanged)."""
+    conds = automation_conditions()
+
+    def _set(spec):
+        cond = conds.get(spec.key.to_user_string())
+        return spec.replace_attributes(automation_condition=cond) if cond is not None else spec
+
+    return list(map_asset_specs(_set, assets))
+
+
+curation_automation_sensor = AutomationConditionSensorDefinition(
+    "curation_nightly_automation",
+    target=AssetSelection.groups("curation", "corpus"),
+    run_tags=RUN_RETRY_TAGS,
+    default_status=SENSOR_STATUS,
+    minimum_interval_seconds=60,
+    description="Evaluates the curation assets' automation conditions: at the nightly tick, only stale "
+                "partitions (missing, parent updated, code version changed) are requested.",
+)
+
+
+# -- new shards -----------------------------------------------------------------------------
+
+def _local_shard_status(raw_root: Path) -> dict[str, float]:
+    """``{shard: newest file mtime}`` for the shard folders :func:`list_shards` would ingest."""
+    from curation.raw_pool import list_shard_files, list_shards
+
+    out = {}
+    for s in list_shards(raw_root):
+        files = list_shard_files(raw_root / s)
+        out[s] = max((f.stat().st_mtime for f in files), default=0.0)
+    return out
+
+
+def raw_shard_snapshot(settings: CurationSettings, store: ObjectStoreResource | None) -> tuple[str, dict[str, float]]:
+    """(where, ``{shard: newest modification time}``) from the store's raw prefix or the local raw root."""
+    if store is not None and store.enabled and store.raw_prefix:
+        from curation.store import raw_shard_status
+
+        st = store.get_store()
+        status = raw_shard_status(st, store.raw_prefix)
+        return st.url(store.raw_prefix.strip("/") + "/"), {k: v["last_modified"] for k, v in status.items()}
+    root = settings.raw_dir()
+    return str(root), _local_shard_status(root)
+
+
+def _read_cursor(cursor: str | None) -> set[str]:
+    if not cursor:
+        return set()
+    try:
+        data = json.loads(cursor)
+    except ValueError:
+        return set()
+    return set(data.get("seen", [])) if isinstance(data, dict) else set()
+
+
+def new_shard_requests(context: SensorEvaluationContext, settings: CurationSettings,
+                       store: ObjectStoreResource | None, settle_s: float | None = None,
+                       job_name: str = SHARD_JOB) -> SensorResult | SkipReason:
+    """The sensor's body (a plain function, so it can be tested and reused)."""
+    settle = float(os.environ.get("UHR_SHARD_SETTLE_S", "120") if settle_s is None else settle_s)
+    where, status = raw_shard_snapshot(settings, store)
+    seen = _read_cursor(context.cursor)
+    now = time.time()
+    fresh = sorted(s for s in status if s not in seen)
+    ready = [s for s in fresh if now - status[s] >= settle]
+    waiting = [s for s in fresh if s not in ready]
+    if not ready:
+        msg = f"no new shard under {where}"
+        if waiting:
+            msg += f" ({len(waiting)} still being written: {waiting[:5]})"
+        return SkipReason(msg)
+    known = set(context.instance.get_dynamic_partitions(shard_partitions.name))
+    new = [s for s in ready if s not in known]
+    requests = [
+        RunRequest(run_key=f"new-shard:{s}", partition_key=s, job_name=job_name,
+                   tags={**RUN_RETRY_TAGS, **INGEST_TAG, "uhrforge/trigger": "new_shard_sensor"})
+        for s in new
+    ]
+    if waiting:
+        context.log.info(f"{len(waiting)} shard(s) still being written, next tick: {waiting[:5]}")
+    already = [s for s in ready if s in known]
+    if already:
+        context.log.info(f"{len(already)} shard(s) already registered, not re-run: {already[:5]}")
+    return SensorResult(
+        run_requests=requests,
+        dynamic_partitions_requests=[shard_partitions.build_add_request(new)] if new else [],
+        cursor=json.dumps({"seen": sorted(seen | set(ready))}, separators=(",", ":")),
+    )
+
+
+@sensor(
+    name="new_shard_sensor",
+    job_name=SHARD_JOB,
+    minimum_interval_seconds=int(os.environ.get("UHR_SHARD_SENSOR_INTERVAL_S", "60")),
+    default_status=SENSOR_STATUS,
+    description="New raw shard folder (local raw root or the store's raw prefix) -> a `shards` partition "
+                "and a shard_purification run for it.",
+)
+def new_shard_sensor(context: SensorEvaluationContext, settings: CurationSettings, store: ObjectStoreResource):
+    return new_shard_requests(context, settings, store)
+
+
+# -- weekly bench ------------------------------------------------------------------------------
+
+def newest_checkpoint(instance) -> str | None:
+    """The newest registered checkpoint: today the last-added ``bench_models`` partition.
+
+    (When checkpoints are registered in the MLflow model registry, this is where the newest
+    registered version is looked up and its bench folder registered.)"""
+    from assets.bench import bench_model_partitions
+
+    keys = list(instance.get_dynamic_partitions(bench_model_partitions.name))
+    return keys[-1] if keys else None
+
+
+def _benched_code_version(instance, partition: str) -> str | None:
+    recs = instance.fetch_materializations(
+        AssetRecordsFilter(asset_key=AssetKey("bench_scores"), asset_partitions=[partition]), limit=1
+    ).records
+    if not recs:
+        return None
+    tags = recs[0].event_log_entry.dagster_event.event_specific_data.materialization.tags or {}
+    return tags.get("dagster/code_version")
+
+
+def weekly_bench_request(context: ScheduleEvaluationContext, job_name: str = BENCH_JOB):
+    from assets.bench import BENCH_CODE_VERSION
+
+    newest = newest_checkpoint(context.instance)
+    if newest is None:
+        return SkipReason("no checkpoint registered (no bench_models partition)")
+    if _benched_code_version(context.instance, newest) == BENCH_CODE_VERSION:
+        return SkipReason(f"{newest} is already scored with bench code version {BENCH_CODE_VERSION}")
+    when = (context.scheduled_execution_time or datetime.now(timezone.utc)).strftime("%Y-%m-%d")
+    return RunRequest(run_key=f"weekly-bench:{newest}:{when}", partition_key=newest, job_name=job_name,
+                      tags={**RUN_RETRY_TAGS, "uhrforge/trigger": "weekly_bench_schedule"})
+
+
+@schedule(
+    name="weekly_bench_schedule",
+    cron_schedule=WEEKLY_BENCH_CRON,
+    job_name=BENCH_JOB,
+    execution_timezone=TIMEZONE,
+    default_status=SCHEDULE_STATUS,
+    description="Weekly: bench the newest registered checkpoint (skipped when already scored with this code).",
+)
+def weekly_bench_schedule(context: ScheduleEvaluationContext):
+    return weekly_bench_request(context)
+
+
+SENSORS = [new_shard_sensor, curation_automation_sensor]
+SCHEDULES = [weekly_bench_schedule]

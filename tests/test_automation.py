@@ -1,0 +1,213 @@
+"""Automation: the new-shard sensor (folder and store), the nightly stale-only conditions, the weekly bench."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import time
+import warnings
+
+import pytest
+from dagster import (
+    AssetMaterialization,
+    DagsterInstance,
+    RunRequest,
+    SensorResult,
+    SkipReason,
+    asset,
+    build_schedule_context,
+    build_sensor_context,
+    evaluate_automation_conditions,
+    materialize,
+)
+
+from orchestration.automation import (
+    BENCH_JOB,
+    GPU_POOL,
+    SHARD_JOB,
+    apply_automation,
+    automation_conditions,
+    new_shard_requests,
+    new_shard_sensor,
+    nightly_if_stale,
+    weekly_bench_schedule,
+)
+from orchestration.resources import CurationSettings, ObjectStoreResource
+
+
+def _drop_shard(root, name: str, n: int = 2, age_s: float = 600.0):
+    d = root / name
+    d.mkdir(parents=True)
+    for i in range(n):
+        f = d / f"img-{i}.jpg"
+        f.write_bytes(os.urandom(64))
+        t = time.time() - age_s
+        os.utime(f, (t, t))
+    (d / "img-0.json").write_text('{"licence": "cc0"}')
+    return d
+
+
+def _apply(instance, result: SensorResult) -> None:
+    """What the daemon does with a SensorResult: register the partitions it asks for."""
+    for req in result.dynamic_partitions_requests or []:
+        instance.add_dynamic_partitions(req.partitions_def_name, list(req.partition_keys))
+
+
+@pytest.fixture()
+def env(tmp_path):
+    instance = DagsterInstance.ephemeral()
+    settings = CurationSettings(data_root=str(tmp_path / "data"), raw_root=str(tmp_path / "raw"), profile="test")
+    (tmp_path / "raw").mkdir()
+    yield instance, settings, tmp_path
+    instance.dispose()
+
+
+def test_sensor_registers_a_new_shard_and_requests_its_run(env, monkeypatch):
+    instance, settings, tmp = env
+    monkeypatch.setenv("UHR_SHARD_SETTLE_S", "0")
+    resources = {"settings": settings, "store": ObjectStoreResource()}
+    ctx = build_sensor_context(instance=instance, cursor=None, resources=resources)
+    assert isinstance(new_shard_sensor(ctx), SkipReason)  # empty raw root
+
+    _drop_shard(tmp / "raw", "shard-00000")
+    res = new_shard_sensor(build_sensor_context(instance=instance, cursor=None, resources=resources))
+    assert isinstance(res, SensorResult)
+    (add,) = res.dynamic_partitions_requests
+    assert add.partitions_def_name == "shards" and list(add.partition_keys) == ["shard-00000"]
+    (req,) = res.run_requests
+    assert isinstance(req, RunRequest) and req.partition_key == "shard-00000" and req.job_name == SHARD_JOB
+    assert req.tags["dagster/max_retries"] and req.tags["uhrforge/ingest"] == "raw_pool"
+    assert json.loads(res.cursor)["seen"] == ["shard-00000"]
+    _apply(instance, res)
+    cursor = res.cursor
+
+    # same tick again: nothing new
+    again = new_shard_sensor(build_sensor_context(instance=instance, cursor=cursor, resources=resources))
+    assert isinstance(again, SkipReason)
+
+    # another shard is dropped: only it is registered and requested
+    _drop_shard(tmp / "raw", "shard-00001")
+    res2 = new_shard_sensor(build_sensor_context(instance=instance, cursor=cursor, resources=resources))
+    assert [r.partition_key for r in res2.run_requests] == ["shard-00001"]
+    assert list(res2.dynamic_partitions_requests[0].partition_keys) == ["shard-00001"]
+    assert json.loads(res2.cursor)["seen"] == ["shard-00000", "shard-00001"]
+    _apply(instance, res2)
+    assert instance.get_dynamic_partitions("shards") == ["shard-00000", "shard-00001"]
+
+
+def test_sensor_waits_for_a_shard_still_being_written_and_skips_known_partitions(env):
+    instance, settings, tmp = env
+    _drop_shard(tmp / "raw", "shard-00005", age_s=0)
+    ctx = build_sensor_context(instance=instance, cursor=None)
+    res = new_shard_requests(ctx, settings, ObjectStoreResource(), settle_s=120)
+    assert isinstance(res, SkipReason) and "still being written" in res.skip_message
+    # a shard registered by someone else (uhr run, a backfill) is recorded, not re-run
+    instance.add_dynamic_partitions("shards", ["shard-00005"])
+    res = new_shard_requests(ctx, settings, ObjectStoreResource(), settle_s=0)
+    assert res.run_requests == [] and res.dynamic_partitions_requests == []
+    assert json.loads(res.cursor)["seen"] == ["shard-00005"]
+
+
+def test_sensor_watches_the_store_raw_prefix(env, monkeypatch):
+    from curation.store import LocalStore, upload_shard
+
+    instance, settings, tmp = env
+    monkeypatch.setenv("UHR_SHARD_SETTLE_S", "0")
+    store_root = tmp / "bucket"
+    store = ObjectStoreResource(local_root=str(store_root), raw_prefix="raw")
+    resources = {"settings": settings, "store": store}
+    assert isinstance(new_shard_sensor(build_sensor_context(instance=instance, resources=resources)), SkipReason)
+    upload_shard(LocalStore(store_root), _drop_shard(tmp / "elsewhere", "shard-00042"))
+    res = new_shard_sensor(build_sensor_context(instance=instance, resources=resources))
+    assert [r.partition_key for r in res.run_requests] == ["shard-00042"]
+    # the local raw root is not watched when the store is the raw source
+    _drop_shard(tmp / "raw", "shard-00099")
+    res2 = new_shard_sensor(build_sensor_context(instance=instance, cursor=res.cursor, resources=resources))
+    assert isinstance(res2, SkipReason)
+
+
+def test_weekly_bench_schedule_targets_the_newest_checkpoint(tmp_path):
+    from assets.bench import BENCH_CODE_VERSION
+
+    # a schedule context needs an instance with a ref (the ephemeral one has none)
+    instance = DagsterInstance.local_temp(str(tmp_path))
+    when = dt.datetime(2026, 11, 23, 4, tzinfo=dt.timezone.utc)
+    ctx = build_schedule_context(instance=instance, scheduled_execution_time=when)
+    assert isinstance(weekly_bench_schedule(ctx), SkipReason)
+    instance.add_dynamic_partitions("bench_models", ["ckpt-4k", "ckpt-8k"])
+    req = weekly_bench_schedule(build_schedule_context(instance=instance, scheduled_execution_time=when))
+    assert isinstance(req, RunRequest) and req.partition_key == "ckpt-8k" and req.job_name == BENCH_JOB
+    assert weekly_bench_schedule.job_name == BENCH_JOB and weekly_bench_schedule.cron_schedule == "0 4 * * 1"
+    # already scored with this bench code: skipped; after a code change it is scored again
+    instance.report_runless_asset_event(AssetMaterialization(
+        "bench_scores", partition="ckpt-8k", tags={"dagster/code_version": BENCH_CODE_VERSION}))
+    assert isinstance(weekly_bench_schedule(build_schedule_context(instance=instance, scheduled_execution_time=when)),
+                      SkipReason)
+    instance.add_dynamic_partitions("bench_models", ["ckpt-10k"])
+    req = weekly_bench_schedule(build_schedule_context(instance=instance, scheduled_execution_time=when))
+    assert req.partition_key == "ckpt-10k"
+
+
+def test_nightly_condition_requests_only_stale_assets_after_the_tick():
+    cond = nightly_if_stale("0 2 * * *", "UTC")
+
+    @asset(code_version="1")
+    def up():
+        return 1
+
+    @asset(deps=[up], automation_condition=cond, code_version="1")
+    def down():
+        return 2
+
+    instance = DagsterInstance.ephemeral()
+    day0 = dt.datetime.now(dt.timezone.utc).replace(hour=12, minute=0, second=0, microsecond=0) + dt.timedelta(days=1)
+    state = {"cursor": None}
+
+    def requested(t):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            r = evaluate_automation_conditions(defs=[up, down], instance=instance, evaluation_time=t,
+                                               cursor=state["cursor"])
+        state["cursor"] = r.cursor
+        return r.total_requested
+
+    tick = lambda d: day0 + dt.timedelta(days=d, hours=14, minutes=1)  # 02:01 the next day
+    assert requested(day0) == 0
+    assert requested(tick(0)) == 0  # up missing: nothing to compute from
+    materialize([up], instance=instance)
+    assert requested(day0 + dt.timedelta(hours=1)) == 0  # not before the nightly tick
+    assert requested(tick(1)) == 1  # down missing, parent present
+    materialize([up, down], selection=[down], instance=instance)
+    assert requested(tick(2)) == 0  # nothing changed: nothing re-runs
+    materialize([up], selection=[up], instance=instance)
+    assert requested(tick(2) + dt.timedelta(hours=8)) == 0
+    assert requested(tick(3)) == 1  # parent updated since: re-run at the tick
+    assert requested(tick(3) + dt.timedelta(minutes=5)) == 0  # once per tick
+
+
+def test_apply_automation_sets_conditions_and_keeps_checks():
+    from orchestration.definitions import ASSETS
+
+    conds = automation_conditions()
+    out = {a.key.to_user_string(): a for a in apply_automation(ASSETS)}
+    before = {a.key.to_user_string(): a for a in ASSETS}
+    for name, a in out.items():
+        cond = a.automation_conditions_by_key.get(a.key)
+        if name in conds:
+            assert cond is not None and cond.get_label() == conds[name].get_label(), name
+        assert [c.name for c in a.check_specs] == [c.name for c in before[name].check_specs]
+    assert out["bench_scores"].automation_conditions_by_key.get(out["bench_scores"].key) is None
+
+
+def test_gpu_assets_are_in_the_gpu_pool_or_get_gpu_pods():
+    from orchestration.automation import GPU_ASSETS
+    from orchestration.definitions import ASSETS
+    from orchestration.platform import k8s_executor_config
+
+    by_name = {a.key.to_user_string(): a for a in ASSETS}
+    assert by_name["corpus_100mp"].op.pool == GPU_POOL
+    cfg = k8s_executor_config({})
+    for name in GPU_ASSETS:
+        limits = cfg["per_step_k8s_config"][name]["container_config"]["resources"]["limits"]
+        assert limits["nvidia.com/gpu"] == "1"
