@@ -126,7 +126,7 @@ def run_image_scores(layout: DataLayout, shard: str, cfg: Config, scorers: list 
         ok_idx = [i for i, r in enumerate(results) if not r.get("reject_reason")]
         values = _score_views(scorer, [jobs[i]["view_path"] for i in ok_idx])
         for i, v in zip(ok_idx, values):
-            results[i][f"{scorer.name}_score"] = float(v)
+            results[i][f"{scorer.name}_score"] = float(v) if v == v else None  # NaN (judge failed) -> null
         aest_models.append(f"{scorer.name}={scorer.version}")
     rows = []
     for r, res in zip(raw, results):

@@ -306,23 +306,57 @@ def test_input_validation(tiny):
         scorer.score([np.zeros((8, 8, 3), np.float32)])
 
 
-# -- ArtiMuse: interface only -----------------------------------------------------------------
+# -- ArtiMuse through the VLM client -------------------------------------------------------
 
 def test_artimuse_unavailable_without_endpoint():
     s = create_scorer("artimuse", {"endpoint": None})
     assert isinstance(s, ArtiMuseScorer)
     ok, reason = s.availability()
-    assert not ok and "VLM client" in reason and "endpoint=None" in reason
+    assert not ok and "endpoint=None" in reason
     with pytest.raises(ScorerUnavailableError):
         s.score([np.zeros((8, 8, 3), np.uint8)])
 
 
-def test_artimuse_unavailable_with_endpoint():
+def test_artimuse_needs_a_model_name():
     s = create_scorer("artimuse", {"endpoint": "http://127.0.0.1:8000/v1"})
     ok, reason = s.availability()
-    assert not ok and "VLM client not yet implemented" in reason
-    with pytest.raises(ScorerUnavailableError):
-        s.score([np.zeros((8, 8, 3), np.uint8)])
+    assert not ok and "model" in reason
+
+
+class _FakeClient:
+    backend, model = "vllm", "ArtiMuse"
+
+    def __init__(self, answers):
+        self.answers, self.requests = list(answers), []
+
+    def run(self, reqs):
+        from types import SimpleNamespace
+
+        self.requests += reqs
+        out = []
+        for _ in reqs:
+            a = self.answers.pop(0)
+            out.append(SimpleNamespace(status="ok", answer={"overall": a}) if a is not None
+                       else SimpleNamespace(status="judge_failed", answer=None))
+        return out
+
+
+def test_artimuse_scores_overall_and_failures_are_nan():
+    client = _FakeClient([61, None, 44.5])
+    s = ArtiMuseScorer(client=client)
+    assert s.availability() == (True, "")
+    imgs = [np.full((8, 8, 3), v, np.uint8) for v in (10, 20, 30)]
+    out = s.score(imgs)
+    assert out[0] == 61 and np.isnan(out[1]) and out[2] == 44.5
+    assert [r.task for r in client.requests] == ["artimuse_aesthetics"] * 3
+    assert len({r.image_id for r in client.requests}) == 3  # cache key per distinct image
+
+
+def test_artimuse_refuses_the_heuristic_judge():
+    from curation.vlm import create_vlm_client
+
+    ok, reason = ArtiMuseScorer(client=create_vlm_client({})).availability()
+    assert not ok and "heuristic" in reason
 
 
 # -- registry ---------------------------------------------------------------------------------

@@ -16,32 +16,59 @@ from curation.aesthetics.base import SCORERS, AestheticScorer, ScorerUnavailable
 
 @SCORERS.register("artimuse")
 class ArtiMuseScorer(AestheticScorer):
-    """ArtiMuse scorer through the project's VLM client (not yet implemented).
+    """ArtiMuse scorer through the project's VLM client (:mod:`curation.vlm`).
 
     Parameters (the keys of ``purification.aesthetics.artimuse``):
 
-    * ``endpoint`` -- URL of the judge endpoint (OpenAI-compatible); null: none configured;
+    * ``endpoint`` -- URL of the OpenAI-compatible endpoint serving ArtiMuse (``vllm serve``);
+      null: none configured, the scorer is unavailable;
     * ``model`` -- served model name, recorded in :attr:`version`.
+
+    Each image is one ``artimuse_aesthetics`` request (prompt ``prompts/artimuse_aesthetics.md``,
+    answer: ``overall`` 0-100 plus six dimension scores); S_A = ``overall``. A judge failure
+    gives NaN for that image (never a score), so the OR-cut then relies on S_L for it. The
+    offline heuristic backend is never used here: S_A is reported only from a model.
     """
 
     name = "artimuse"
     config_keys = ("endpoint", "model")
 
-    def __init__(self, endpoint: str | None = None, model: str | None = None) -> None:
+    def __init__(self, endpoint: str | None = None, model: str | None = None, client=None) -> None:
         self.endpoint = endpoint or None
         self.model = model or None
+        self._client = client
 
     def availability(self) -> tuple[bool, str]:
+        if self._client is not None:
+            if getattr(self._client, "backend", None) == "heuristic":
+                return False, "ArtiMuse needs a model endpoint; the heuristic judge is not ArtiMuse"
+            return True, ""
         if self.endpoint is None:
-            return (
-                False,
-                "ArtiMuse scorer needs the VLM client (corpus issue) and a judge endpoint; endpoint=None",
-            )
-        return False, f"VLM client not yet implemented (endpoint={self.endpoint})"
+            return False, "ArtiMuse scorer needs a judge endpoint (purification.aesthetics.artimuse.endpoint); endpoint=None"
+        if self.model is None:
+            return False, f"ArtiMuse scorer needs the served model name (endpoint={self.endpoint})"
+        return True, ""
+
+    def _get_client(self):
+        if self._client is None:
+            from curation.vlm import create_vlm_client
+
+            self._client = create_vlm_client({"endpoint": self.endpoint, "model": self.model})
+        return self._client
 
     @property
     def version(self) -> str:
-        return f"artimuse/model={self.model or 'unset'}/endpoint={self.endpoint or 'none'}"
+        return f"artimuse/model={self.model or getattr(self._client, 'model', 'unset')}/endpoint={self.endpoint or 'none'}"
 
-    def _score(self, images: list[np.ndarray]) -> np.ndarray:  # pragma: no cover - unreachable
-        raise ScorerUnavailableError("ArtiMuse scorer: VLM client not yet implemented")
+    def _score(self, images: list[np.ndarray]) -> np.ndarray:
+        import hashlib
+
+        from curation.vlm import VLMRequest
+
+        reqs = [VLMRequest("artimuse_aesthetics", "view:" + hashlib.sha256(np.ascontiguousarray(im).tobytes()).hexdigest()[:24],
+                           [im]) for im in images]
+        out = []
+        for r in self._get_client().run(reqs):
+            v = r.answer.get("overall") if r.status == "ok" and isinstance(r.answer, dict) else None
+            out.append(float(v) if isinstance(v, (int, float)) else float("nan"))
+        return np.asarray(out, dtype=np.float64)
