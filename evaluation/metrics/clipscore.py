@@ -20,6 +20,7 @@ from evaluation.metrics.hf_models import (
     ModelLocation,
     architecture_mismatches,
     locate_model,
+    CaptionedImageMixin,
     open_image,
     resolve_device,
     setting,
@@ -83,7 +84,7 @@ def batch_mean_aggregate(raw_scores: Sequence[float], batch: int = BATCH) -> tup
 
 
 @register
-class ClipScoreMetric(Metric):
+class ClipScoreMetric(CaptionedImageMixin, Metric):
     """CLIPScore of each generated image with its *short* caption.
 
     Protocol (reference: PixVerve-95K ``eval/metrics.py`` @3f9e7bd, ``compute_clip_score``):
@@ -124,6 +125,7 @@ class ClipScoreMetric(Metric):
     """
 
     name = "clipscore"
+    caption_field = "short_caption"
     kind = PER_IMAGE
     requires = ("weights:clip-vit-b-16", "captions")
     protocol_version = "pixverve-3f9e7bd/clipscore-b16-short-batch4/1"
@@ -214,40 +216,6 @@ class ClipScoreMetric(Metric):
             return self.unavailable(why)
         raw, truncated = self.score_100cos(reference_image_tensor(img), caption)
         return self.result(max(raw, 0.0), score_100cos=raw, caption_truncated=truncated)
-
-    def score_item(self, item: Any) -> MetricResult:
-        if item.path is None:
-            return self.result(None, "missing image")
-        gated = self._gate()
-        if gated is not None:
-            return gated
-        try:
-            img = open_image(item.path)
-        except (OSError, ValueError, SyntaxError) as exc:
-            return self.result(None, f"failed: cannot read image: {type(exc).__name__}: {exc}")
-        return self._score(img, item.short_caption)
-
-    def _score_path(self, path: str) -> MetricResult:
-        return self.result(None, "needs the image's short caption: score it through the bench runner "
-                                 "(score_item) or score_image(rgb, short_caption=...)")
-
-    def _score_image(self, rgb: Any, short_caption: str | None = None, **context: Any) -> MetricResult:
-        import numpy as np
-        from PIL import Image
-
-        return self._score(Image.fromarray(np.ascontiguousarray(np.asarray(rgb, dtype=np.uint8))), short_caption)
-
-    def score_set(self, paths: Sequence[str | os.PathLike], captions: Sequence[str] | None = None,
-                  **kwargs: Any) -> MetricResult:
-        """The set value of ``paths`` (bench order) with their short ``captions``."""
-        from evaluation.metrics.base import BenchItem
-
-        if captions is None:
-            return self.aggregate([self.score_path(p) for p in paths])
-        if len(captions) != len(paths):
-            raise ValueError(f"{len(paths)} images but {len(captions)} captions")
-        return self.aggregate([self.score_item(BenchItem(i, str(p), os.fspath(p), c))
-                               for i, (p, c) in enumerate(zip(paths, captions))])
 
     def aggregate(self, results: Sequence[MetricResult]) -> MetricResult:
         """Mean of the batch-of-4 CLIP scores over the scored images in bench order (see the

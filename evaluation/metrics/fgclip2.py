@@ -14,6 +14,7 @@ from evaluation.metrics.hf_models import (
     ModelLocation,
     architecture_mismatches,
     locate_model,
+    CaptionedImageMixin,
     open_image,
     resolve_device,
     setting,
@@ -126,7 +127,7 @@ def long_text_features(model: Any, input_ids: Any, attention_mask: Any = None) -
 
 
 @register
-class FgClip2Metric(Metric):
+class FgClip2Metric(CaptionedImageMixin, Metric):
     """FG-CLIP2 score of each generated image with its *long* caption.
 
     Protocol (reference: PixVerve-95K ``eval/metrics.py`` @3f9e7bd, ``compute_fgclip2_score``):
@@ -163,6 +164,7 @@ class FgClip2Metric(Metric):
     """
 
     name = "fgclip2"
+    caption_field = "long_caption"
     kind = PER_IMAGE
     requires = ("weights:fg-clip2-base", "captions")
     protocol_version = "pixverve-3f9e7bd/fgclip2-base-long196/1"
@@ -254,40 +256,6 @@ class FgClip2Metric(Metric):
         if text.get("attention_mask") is not None:
             extra["text_tokens"] = int(text["attention_mask"].sum())
         return self.result(max(cos, 0.0) * 100, **extra)
-
-    def score_item(self, item: Any) -> MetricResult:
-        if item.path is None:
-            return self.result(None, "missing image")
-        gated = self._gate()
-        if gated is not None:
-            return gated
-        try:
-            img = open_image(item.path)
-        except (OSError, ValueError, SyntaxError) as exc:
-            return self.result(None, f"failed: cannot read image: {type(exc).__name__}: {exc}")
-        return self._score(img, item.long_caption)
-
-    def _score_path(self, path: str) -> MetricResult:
-        return self.result(None, "needs the image's long caption: score it through the bench runner "
-                                 "(score_item) or score_image(rgb, long_caption=...)")
-
-    def _score_image(self, rgb: Any, long_caption: str | None = None, **context: Any) -> MetricResult:
-        import numpy as np
-        from PIL import Image
-
-        return self._score(Image.fromarray(np.ascontiguousarray(np.asarray(rgb, dtype=np.uint8))), long_caption)
-
-    def score_set(self, paths: Sequence[str | os.PathLike], captions: Sequence[str] | None = None,
-                  **kwargs: Any) -> MetricResult:
-        """The mean over ``paths`` with their long ``captions`` (bench order)."""
-        from evaluation.metrics.base import BenchItem
-
-        if captions is None:
-            return self.aggregate([self.score_path(p) for p in paths])
-        if len(captions) != len(paths):
-            raise ValueError(f"{len(paths)} images but {len(captions)} captions")
-        return self.aggregate([self.score_item(BenchItem(i, str(p), os.fspath(p), None, c))
-                               for i, (p, c) in enumerate(zip(paths, captions))])
 
     def aggregate(self, results: Sequence[MetricResult]) -> MetricResult:
         r = super().aggregate(results)

@@ -174,3 +174,46 @@ def open_image(path: str | os.PathLike):
     with Image.open(path) as im:
         im.load()
         return im.copy()
+
+
+class CaptionedImageMixin:
+    """Caption plumbing shared by the image-text metrics (``clipscore``: short caption,
+    ``fgclip2``: long caption). A subclass sets ``caption_field`` and implements
+    ``_gate() -> MetricResult | None`` and ``_score(pil_image, caption) -> MetricResult``."""
+
+    caption_field = "short_caption"
+
+    def score_item(self, item: Any):
+        if item.path is None:
+            return self.result(None, "missing image")
+        gated = self._gate()
+        if gated is not None:
+            return gated
+        try:
+            img = open_image(item.path)
+        except (OSError, ValueError, SyntaxError) as exc:
+            return self.result(None, f"failed: cannot read image: {type(exc).__name__}: {exc}")
+        return self._score(img, getattr(item, self.caption_field))
+
+    def _score_path(self, path: str):
+        kind = self.caption_field.replace("_caption", "")
+        return self.result(None, f"needs the image's {kind} caption: score it through the bench runner "
+                                 f"(score_item) or score_image(rgb, {self.caption_field}=...)")
+
+    def _score_image(self, rgb: Any, **context: Any):
+        import numpy as np
+        from PIL import Image
+
+        img = Image.fromarray(np.ascontiguousarray(np.asarray(rgb, dtype=np.uint8)))
+        return self._score(img, context.get(self.caption_field))
+
+    def score_set(self, paths, captions=None, **kwargs: Any):
+        """The set value of ``paths`` (bench order) with their captions of ``caption_field``."""
+        from evaluation.metrics.base import BenchItem
+
+        if captions is None:
+            return self.aggregate([self.score_path(p) for p in paths])
+        if len(captions) != len(paths):
+            raise ValueError(f"{len(paths)} images but {len(captions)} captions")
+        return self.aggregate([self.score_item(BenchItem(i, str(p), os.fspath(p), **{self.caption_field: c}))
+                               for i, (p, c) in enumerate(zip(paths, captions))])
