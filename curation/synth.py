@@ -63,6 +63,7 @@ import numpy as np
 from PIL import Image
 
 from curation import reasons
+from curation.screening import screen
 from curation.config import Config
 from curation.imageio import ImageReadError, check_complete, decode_rgb, probe, to_grey
 from curation.scores import FLAT_PATCH, purification_scores
@@ -590,12 +591,8 @@ class _Item:
 
 
 def _screen(width: int, height: int, b: dict) -> str:
-    pixels, side = width * height, min(width, height)
-    if pixels > b["large_min_pixels_exclusive"]:
-        return reasons.PASS if side >= b["large_min_side"] else reasons.MIN_SIDE_TOO_SHORT
-    if b["medium_min_pixels_inclusive"] <= pixels <= b["medium_max_pixels_inclusive"]:
-        return reasons.PASS if side >= b["medium_min_side"] else reasons.MIN_SIDE_TOO_SHORT
-    return reasons.TOO_FEW_PIXELS
+    """The screen's verdict for a planned size (the same rule the raw pool applies)."""
+    return screen(width, height, b)[0]
 
 
 def _dims(rng, pixels: float, aspect: float) -> tuple[int, int]:

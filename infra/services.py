@@ -71,8 +71,26 @@ def _as_nobody(cmd: list[str]) -> list[str]:
     return cmd
 
 
+class _Server:
+    """Context-manager protocol shared by the servers: ``with S(...) as s`` starts and stops."""
+
+    proc: subprocess.Popen | None
+
+    def start(self):  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        _stop_group(self.proc)
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.stop()
+
+
 @dataclass
-class PostgresServer:
+class PostgresServer(_Server):
     """``root`` holds the log; data and socket live in a fresh /tmp folder ``nobody`` can reach."""
 
     root: Path
@@ -144,20 +162,14 @@ class PostgresServer:
         return self.database_url(name)
 
     def stop(self) -> None:
-        _stop_group(self.proc)
+        super().stop()
         work = getattr(self, "_work", None)
         if work is not None:
             shutil.rmtree(work, ignore_errors=True)
 
-    def __enter__(self):
-        return self.start()
-
-    def __exit__(self, *exc):
-        self.stop()
-
 
 @dataclass
-class S3Server:
+class S3Server(_Server):
     root: Path
     access_key: str = "uhr-test-access"
     secret_key: str = "uhr-test-secret"
@@ -217,18 +229,9 @@ class S3Server:
             c.make_bucket(name)
         return name
 
-    def stop(self) -> None:
-        _stop_group(self.proc)
-
-    def __enter__(self):
-        return self.start()
-
-    def __exit__(self, *exc):
-        self.stop()
-
 
 @dataclass
-class MLflowServer:
+class MLflowServer(_Server):
     root: Path
     backend_store_uri: str
     artifacts_destination: str
@@ -258,12 +261,3 @@ class MLflowServer:
         )
         wait_for_port(self.port, 120, self.proc, log)
         return self
-
-    def stop(self) -> None:
-        _stop_group(self.proc)
-
-    def __enter__(self):
-        return self.start()
-
-    def __exit__(self, *exc):
-        self.stop()
