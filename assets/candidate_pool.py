@@ -3,12 +3,13 @@
 
 from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, asset
 
+from assets._store import prepare, publish, store_metadata
 from assets._metadata import base_metadata, counts_table, sheet_and_histograms
 from assets.checks import run_checks, specs
 from curation.manifest import read_manifest
 from curation.stages import CODE_VERSIONS, load_thresholds, run_candidate_pool
 from orchestration.partitions import shard_partitions
-from orchestration.resources import CurationSettings
+from orchestration.resources import CurationSettings, ObjectStoreResource
 
 
 @asset(
@@ -20,10 +21,12 @@ from orchestration.resources import CurationSettings
     check_specs=specs("candidate_pool"),
     description="Candidates: pass exposure AND sharpness AND flatness AND entropy top 60 % AND (S_L or S_A top 60 %).",
 )
-def candidate_pool(context: AssetExecutionContext, settings: CurationSettings) -> MaterializeResult:
+def candidate_pool(context: AssetExecutionContext, settings: CurationSettings,
+                   store: ObjectStoreResource) -> MaterializeResult:
     cfg = settings.config()
     layout = settings.layout()
     shard = context.partition_key
+    prepared = prepare(context, store, settings, "candidate_pool", shard)
     th = load_thresholds(layout)
     res = run_candidate_pool(layout, shard, cfg, th)
     rows = res.rows
@@ -44,4 +47,7 @@ def candidate_pool(context: AssetExecutionContext, settings: CurationSettings) -
         {r["image_id"]: r["reject_reasons"] for r in rows if r["reject_reasons"]}
     )
     n_in = read_manifest(layout.manifest("image_scores", shard)).num_rows
-    return MaterializeResult(metadata=md, check_results=run_checks("candidate_pool", res.table, n_in))
+    checks = run_checks("candidate_pool", res.table, n_in)
+    published = publish(context, store, settings, "candidate_pool", shard, checks)
+    md.update(store_metadata(store, prepared, published))
+    return MaterializeResult(metadata=md, check_results=checks)

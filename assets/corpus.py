@@ -2,6 +2,7 @@
 
 from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, asset
 
+from assets._store import prepare, publish, store_metadata
 from assets._metadata import base_metadata, counts_table
 from assets.checks import run_corpus_checks, corpus_specs
 from curation.corpus import run_corpus
@@ -9,7 +10,7 @@ from curation.manifest import read_manifest
 from curation.reports import corpus_contact_sheet
 from curation.stages import CODE_VERSIONS
 from orchestration.partitions import shard_partitions
-from orchestration.resources import CurationSettings
+from orchestration.resources import CurationSettings, ObjectStoreResource
 
 # SR on a GPU host: the diffusers backend runs in the "gpu" pool (at most N at once).
 GPU_POOL = "gpu"
@@ -26,10 +27,12 @@ GPU_POOL = "gpu"
     description="Every candidate brought to >= 100 MP (archive / 2x / 4x tiled SR) and checked: seams, "
                 "post-SR consistency, region-level VLM artifacts, instance hook.",
 )
-def corpus_100mp(context: AssetExecutionContext, settings: CurationSettings) -> MaterializeResult:
+def corpus_100mp(context: AssetExecutionContext, settings: CurationSettings,
+                  store: ObjectStoreResource) -> MaterializeResult:
     cfg = settings.config()
     layout = settings.layout()
     shard = context.partition_key
+    prepared = prepare(context, store, settings, "corpus_100mp", shard)
     res = run_corpus(layout, shard, cfg)
     rows = res.rows
     s = res.summary
@@ -56,4 +59,7 @@ def corpus_100mp(context: AssetExecutionContext, settings: CurationSettings) -> 
         md["contact_sheet"] = MetadataValue.path(str(sheet))
     md["megapixels_min_passed"] = min((r["megapixels"] for r in rows if r["passed"]), default=0.0)
     n_in = sum(read_manifest(layout.manifest("candidate_pool", shard)).column("passed").to_pylist())
-    return MaterializeResult(metadata=md, check_results=run_corpus_checks("corpus_100mp", res.table, n_in, cfg))
+    checks = run_corpus_checks("corpus_100mp", res.table, n_in, cfg)
+    published = publish(context, store, settings, "corpus_100mp", shard, checks)
+    md.update(store_metadata(store, prepared, published))
+    return MaterializeResult(metadata=md, check_results=checks)

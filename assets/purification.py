@@ -8,12 +8,13 @@ cuts (entropy, aesthetics) get one global threshold over all shards.
 
 from dagster import AssetExecutionContext, AssetKey, MaterializeResult, MetadataValue, asset
 
+from assets._store import prepare, publish, store_metadata
 from assets._metadata import base_metadata, counts_table, sheet_and_histograms
 from assets.checks import run_checks, specs
 from curation.manifest import read_manifest
 from curation.stages import CODE_VERSIONS, run_image_scores, run_thresholds
 from orchestration.partitions import shard_partitions
-from orchestration.resources import AestheticModels, CurationSettings
+from orchestration.resources import AestheticModels, CurationSettings, ObjectStoreResource
 
 
 @asset(
@@ -25,10 +26,12 @@ from orchestration.resources import AestheticModels, CurationSettings
     check_specs=specs("image_scores"),
     description="Per-image purification scores (exposure, Laplacian, flatness, entropy, aesthetics), one decode each.",
 )
-def image_scores(context: AssetExecutionContext, settings: CurationSettings, aesthetics: AestheticModels) -> MaterializeResult:
+def image_scores(context: AssetExecutionContext, settings: CurationSettings, aesthetics: AestheticModels,
+                 store: ObjectStoreResource) -> MaterializeResult:
     cfg = settings.config()
     layout = settings.layout()
     shard = context.partition_key
+    prepared = prepare(context, store, settings, "image_scores", shard)
     scorers, unavailable = aesthetics.load(cfg)
     for name, reason in unavailable.items():
         context.log.warning(f"aesthetic scorer {name} not available: {reason}")
@@ -53,7 +56,10 @@ def image_scores(context: AssetExecutionContext, settings: CurationSettings, aes
         f"image_scores {shard}",
     ))
     n_in = sum(read_manifest(layout.manifest("raw_pool", shard)).column("passed").to_pylist())
-    return MaterializeResult(metadata=md, check_results=run_checks("image_scores", res.table, n_in))
+    checks = run_checks("image_scores", res.table, n_in)
+    published = publish(context, store, settings, "image_scores", shard, checks)
+    md.update(store_metadata(store, prepared, published))
+    return MaterializeResult(metadata=md, check_results=checks)
 
 
 @asset(
@@ -64,11 +70,13 @@ def image_scores(context: AssetExecutionContext, settings: CurationSettings, aes
     description="Global relative-cut thresholds over all shards: entropy top 60 %, LAION / ArtiMuse top 60 %.",
 )
 def purification_thresholds(context: AssetExecutionContext, settings: CurationSettings,
-                            aesthetics: AestheticModels) -> MaterializeResult:
+                            aesthetics: AestheticModels, store: ObjectStoreResource) -> MaterializeResult:
     cfg = settings.config()
+    prepared = prepare(context, store, settings, "purification_thresholds", None)
     _, unavailable = aesthetics.load(cfg)
     th, path = run_thresholds(settings.layout(), cfg, unavailable)
     context.log.info(th.aesthetics_note)
+    published = publish(context, store, settings, "purification_thresholds", None)
     return MaterializeResult(
         metadata={
             "threshold_version": th.version,
@@ -81,5 +89,6 @@ def purification_thresholds(context: AssetExecutionContext, settings: CurationSe
             "aesthetics_note": th.aesthetics_note,
             "shards": MetadataValue.json(th.shards),
             "thresholds_file": MetadataValue.path(str(path)),
+            **store_metadata(store, prepared, published),
         }
     )

@@ -3,12 +3,13 @@
 
 from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, asset
 
+from assets._store import prepare, publish, store_metadata
 from assets._metadata import base_metadata, counts_table, sheet_and_histograms
 from assets.checks import run_checks, specs
 from curation.raw_pool import list_shard_files
 from curation.stages import CODE_VERSIONS, run_raw_pool
 from orchestration.partitions import shard_partitions
-from orchestration.resources import CurationSettings
+from orchestration.resources import CurationSettings, ObjectStoreResource
 
 
 @asset(
@@ -19,9 +20,11 @@ from orchestration.resources import CurationSettings
     check_specs=specs("raw_pool"),
     description="Every file of a raw shard: content-hash id, licence, dedup (first seen wins), resolution screen.",
 )
-def raw_pool(context: AssetExecutionContext, settings: CurationSettings) -> MaterializeResult:
+def raw_pool(context: AssetExecutionContext, settings: CurationSettings,
+             store: ObjectStoreResource) -> MaterializeResult:
     cfg = settings.config()
     layout = settings.layout()
+    prepared = prepare(context, store, settings, "raw_pool", context.partition_key)
     res = run_raw_pool(layout, settings.raw_dir(), context.partition_key, cfg)
     rows = res.rows
     md = base_metadata(res.table, res.path, res.summary)
@@ -40,4 +43,7 @@ def raw_pool(context: AssetExecutionContext, settings: CurationSettings) -> Mate
         {k: sum(1 for r in rows if r["licence"] == k) for k in sorted({r["licence"] for r in rows})}
     )
     expected = len(list_shard_files(settings.raw_dir() / context.partition_key))
-    return MaterializeResult(metadata=md, check_results=run_checks("raw_pool", res.table, expected, with_scores=True))
+    checks = run_checks("raw_pool", res.table, expected, with_scores=True)
+    published = publish(context, store, settings, "raw_pool", context.partition_key, checks)
+    md.update(store_metadata(store, prepared, published))
+    return MaterializeResult(metadata=md, check_results=checks)

@@ -38,7 +38,7 @@ from curation.config import Config
 from curation.imageio import content_hash, image_id_from_hash
 from curation.layout import DataLayout
 from curation.manifest import CORPUS, read_manifest, to_table, write_manifest
-from curation.stages import CODE_VERSIONS, StageError, StageResult
+from curation.stages import CODE_VERSIONS, StageError, StageResult, snapshot_config
 
 SEAM_DISCONTINUITY = "seam_discontinuity"
 INCONSISTENT = "inconsistent_with_input"
@@ -231,6 +231,7 @@ def run_corpus(layout: DataLayout, shard: str, cfg: Config, backend_name: str | 
             progress(1)
     rows = [{k: v for k, v in row.items() if k in CORPUS.names} for row in rows]
     table = to_table(rows, CORPUS)
+    snapshot_config(layout, cfg)
     path = write_manifest(table, layout.manifest("corpus_100mp", shard))
     passed = [r for r in rows if r["passed"]]
     summary = {

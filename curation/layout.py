@@ -8,6 +8,9 @@
   views/<image_id>.png                      aesthetic-model views (short side 224)
   cache/<stage>/<config_hash>/<image_id>.json   per-image results, for resuming a killed run
   reports/<stage>/<shard>/...               contact sheets, histograms, tables
+  manifests/configs/<config_hash>.json      the resolved config each stage ran with (lineage)
+  releases/<name>/manifest.parquet, release.json   a frozen release (DVC-tracked)
+  releases/_index/<name>.json               the releases table, one entry per release
 ```
 """
 
@@ -38,6 +41,15 @@ class DataLayout:
 
     def thresholds_dir(self) -> Path:
         return self.root / "manifests" / "purification_thresholds"
+
+    def config_snapshot(self, config_hash: str) -> Path:
+        return self.root / "manifests" / "configs" / f"{config_hash}.json"
+
+    def release_dir(self, name: str) -> Path:
+        return self.root / "releases" / name
+
+    def release_index(self) -> Path:
+        return self.root / "releases" / "_index"
 
     def thumb(self, image_id: str) -> Path:
         return self.root / "thumbs" / f"{image_id}.jpg"

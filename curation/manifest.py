@@ -142,6 +142,34 @@ CORPUS = pa.schema(
     metadata={"stage": "corpus_100mp"},
 )
 
+RELEASE = pa.schema(
+    [
+        pa.field("image_id", pa.string(), nullable=False),
+        pa.field("sha256", pa.string(), nullable=False),
+        pa.field("blob_key", pa.string(), nullable=False),
+        pa.field("file_format", pa.string()),
+        pa.field("file_bytes", pa.int64()),
+        pa.field("width", pa.int32()),
+        pa.field("height", pa.int32()),
+        pa.field("megapixels", pa.float64()),
+        pa.field("tier", pa.string()),
+        pa.field("parent_id", pa.string(), nullable=False),
+        pa.field("raw_sha256", pa.string()),
+        pa.field("raw_blob_key", pa.string()),
+        pa.field("shard", pa.string(), nullable=False),
+        pa.field("licence", pa.string()),
+        pa.field("origin", pa.string()),
+        pa.field("source_path", pa.string()),
+        pa.field("short_caption", pa.string()),
+        pa.field("long_caption", pa.string()),
+        pa.field("caption_record", pa.string()),  # the captions stage's record id; null until it exists
+        pa.field("corpus_config_hash", pa.string()),
+        pa.field("corpus_code_version", pa.string()),
+        pa.field("threshold_version", pa.string()),
+    ],
+    metadata={"stage": "release"},
+)
+
 SCHEMAS: dict[str, pa.Schema] = {
     "raw_pool": RAW_POOL,
     "image_scores": IMAGE_SCORES,

@@ -56,6 +56,22 @@ def _count(rows: list[dict]) -> dict:
     return {"rows_in": len(rows), "passed": passed, "rejected": len(rows) - passed, "by_reason": dict(by_reason)}
 
 
+def snapshot_config(layout: DataLayout, cfg: Config) -> Path:
+    """Keep the resolved config a stage ran with under ``manifests/configs/<hash>.json`` (written
+    once; lineage shows the exact thresholds behind a row's ``config_hash``)."""
+    import json
+    import os
+
+    path = layout.config_snapshot(cfg.hash)
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps({"config_hash": cfg.hash, "profile": cfg.name, "config": cfg.data},
+                                  sort_keys=True, indent=1, default=str))
+        os.replace(tmp, path)
+    return path
+
+
 # -- raw pool -----------------------------------------------------------------------------
 
 def run_raw_pool(layout: DataLayout, raw_root: str | Path, shard: str, cfg: Config,
@@ -85,6 +101,7 @@ def run_raw_pool(layout: DataLayout, raw_root: str | Path, shard: str, cfg: Conf
                 seen.setdefault(sha, src)
     rows = build_raw_pool_rows(shard, list_shard_files(shard_dir), cfg, seen, CODE_VERSIONS["raw_pool"], progress)
     table = to_table(rows, RAW_POOL)
+    snapshot_config(layout, cfg)
     path = write_manifest(table, layout.manifest("raw_pool", shard))
     summary = _count(rows)
     summary["by_tier"] = dict(Counter(r.get("screen_tier") for r in rows if r["passed"]))
@@ -137,6 +154,7 @@ def run_image_scores(layout: DataLayout, shard: str, cfg: Config, scorers: list 
         row["passed"] = not res.get("reject_reason")
         rows.append(row)
     table = to_table(rows, IMAGE_SCORES)
+    snapshot_config(layout, cfg)
     path = write_manifest(table, layout.manifest("image_scores", shard))
     summary = _count(rows)
     summary["unavailable_scorers"] = dict(unavailable or {})
@@ -219,6 +237,7 @@ def run_candidate_pool(layout: DataLayout, shard: str, cfg: Config, th: Threshol
         row.update(config_hash=cfg.hash, code_version=CODE_VERSIONS["candidate_pool"])
         rows.append(row)
     table = to_table(rows, CANDIDATE_POOL)
+    snapshot_config(layout, cfg)
     path = write_manifest(table, layout.manifest("candidate_pool", shard))
     summary = _count(rows)
     crit = OrderedDict()

@@ -793,5 +793,35 @@ def publish_stage(store: ObjectStore, layout, stage: str, shard: str | None = No
         path_field, sha_field = STAGE_BLOBS[stage]
         rows = read_manifest(layout.manifest(stage, shard)).to_pylist()
         summary["blobs"] = publish_blobs(store, rows, path_field=path_field, sha_field=sha_field)
+    summary["configs"] = publish_configs(store, layout)
     summary["keys"].append(publish_manifest(store, layout, stage, shard))
     return summary
+
+
+def publish_configs(store: ObjectStore, layout) -> int:
+    """Upload the config snapshots (``manifests/configs/<hash>.json``) the store lacks; count."""
+    d = layout.root / MANIFESTS / "configs"
+    n = 0
+    for p in sorted(d.glob("*.json")) if d.is_dir() else []:
+        key = data_key(layout, p)
+        if not store.exists(key):
+            store.put_file(key, p, content_type="application/json")
+            n += 1
+    return n
+
+
+def sync_manifests(store: ObjectStore, layout, stages: Iterable[str] = ("raw_pool", "image_scores", "candidate_pool",
+                                                                    "corpus_100mp")) -> dict:
+    """Bring every committed manifest of ``stages``, the config snapshots and the releases (table
+    entries and release folders) from the store to this worker; counts per kind. For lineage and
+    audit on a worker that did not run the stages."""
+    out = {"manifests": 0, "configs": 0, "releases": 0}
+    for stage in stages:
+        for shard in remote_shards(store, stage):
+            ensure_local_manifest(store, layout, stage, shard, refresh=True)
+            out["manifests"] += 1
+    for prefix, kind in ((f"{MANIFESTS}/configs/", "configs"), ("releases/", "releases")):
+        for key in store.list(prefix):
+            ensure_local(store, key, layout.root / key, refresh=True)
+            out[kind] += 1
+    return out

@@ -15,6 +15,7 @@ COMMAND_MODULES: list[tuple[str, str]] = [
     ("curation.commands", "COMMANDS"),
     ("curation.upscale.commands", "COMMANDS"),
     ("orchestration.commands", "COMMANDS"),
+    ("orchestration.release_commands", "COMMANDS"),
     ("evaluation.commands", "COMMANDS"),
 ]
 

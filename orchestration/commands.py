@@ -1,4 +1,4 @@
-"""``uhr`` commands that drive Dagster: ``demo`` and ``materialize``."""
+"""``uhr`` commands that drive Dagster: ``demo``, ``materialize`` and ``dvc-yaml``."""
 
 from __future__ import annotations
 
@@ -18,12 +18,20 @@ def demo_cmd(data_root: str, profile: str, n: int | None, seed: int, raw_root: s
     run_demo(data_root, profile=profile, n=n, seed=seed, raw_root=raw_root)
 
 
+ASSET_NAMES = ("raw_pool", "image_scores", "purification_thresholds", "candidate_pool", "corpus_100mp")
+
+
 @click.command("materialize")
 @click.option("--data-root", required=True, help="Data root (manifests, reports, Dagster storage).")
 @click.option("--raw-root", required=True, help="Folder of raw shard folders.")
 @click.option("--profile", default="paper", show_default=True)
-def materialize_cmd(data_root: str, raw_root: str, profile: str) -> None:
-    """Register every shard folder of RAW_ROOT and materialise the curation assets."""
+@click.option("--asset", "assets", multiple=True, type=click.Choice(ASSET_NAMES),
+              help="Materialise only this asset (every registered shard); repeatable. Default: the whole graph.")
+def materialize_cmd(data_root: str, raw_root: str, profile: str, assets: tuple[str, ...]) -> None:
+    """Register every shard folder of RAW_ROOT and materialise the curation assets.
+
+    The runs go to the Dagster instance under DATA_ROOT/dagster_home (DAGSTER_HOME), so the UI
+    shows them -- DVC-triggered ones (one ``--asset`` per stage) included."""
     import importlib
 
     from dagster import DagsterInstance
@@ -34,7 +42,31 @@ def materialize_cmd(data_root: str, raw_root: str, profile: str) -> None:
     import orchestration.definitions as definitions
 
     definitions = importlib.reload(definitions)
-    materialize_all(definitions.defs, DagsterInstance.get(), raw_root, log=click.echo)
+    instance = DagsterInstance.get()
+    try:
+        materialize_all(definitions.defs, instance, raw_root, log=click.echo, assets=list(assets) or None)
+    finally:
+        instance.dispose()
 
 
-COMMANDS = [demo_cmd, materialize_cmd]
+@click.command("dvc-yaml")
+@click.option("--data-root", required=True, help="Data root, relative to the DVC repository root.")
+@click.option("--raw-root", required=True, help="Folder of raw shard folders, relative to the repository root.")
+@click.option("--profile", default="paper", show_default=True)
+@click.option("--uhr", default=".venv/bin/uhr", show_default=True, help="The uhr executable the stages call.")
+@click.option("--output", "-o", type=click.Path(dir_okay=False), default=None, help="Write here (default: stdout).")
+def dvc_yaml_cmd(data_root: str, raw_root: str, profile: str, uhr: str, output: str | None) -> None:
+    """Print (or write) dvc.yaml: one DVC stage per curation asset, each running `uhr materialize --asset`."""
+    from orchestration.dvc_stages import dvc_yaml_text
+
+    text = dvc_yaml_text(data_root, raw_root, profile, uhr=uhr)
+    if output:
+        from pathlib import Path
+
+        Path(output).write_text(text)
+        click.echo(f"wrote {output}", err=True)
+    else:
+        click.echo(text, nl=False)
+
+
+COMMANDS = [demo_cmd, materialize_cmd, dvc_yaml_cmd]

@@ -9,13 +9,15 @@ from assets.candidate_pool import candidate_pool
 from assets.corpus import corpus_100mp
 from assets.purification import image_scores, purification_thresholds
 from assets.raw_pool import raw_pool
+from assets.release import corpus_release
 from orchestration.bench_resources import bench_settings_from_env
 from orchestration.partitions import shard_partitions
 from orchestration.automation import INGEST_TAG, RUN_RETRY_TAGS, SCHEDULES, SENSORS, apply_automation
 from orchestration.platform import executor_from_env
 from orchestration.resources import platform_resources_from_env, resources_from_env
 
-ASSETS = apply_automation([raw_pool, image_scores, purification_thresholds, candidate_pool, corpus_100mp, bench_scores])
+ASSETS = apply_automation([raw_pool, image_scores, purification_thresholds, candidate_pool, corpus_100mp, bench_scores,
+                           corpus_release])
 
 shard_purification_job = define_asset_job(
     "shard_purification",
@@ -51,7 +53,12 @@ bench_job = define_asset_job(
     description="Score one model (a folder of generated images) on the bench: bench_scores[model].",
     run_tags=RUN_RETRY_TAGS,
 )
-JOBS = [shard_purification_job, candidate_job, thresholds_job, corpus_job, bench_job]
+release_job = define_asset_job(
+    "release_job",
+    selection=AssetSelection.assets(corpus_release),
+    description="Freeze the passed corpus into a named release (run config: ops.corpus_release.config.name).",
+)
+JOBS = [shard_purification_job, candidate_job, thresholds_job, corpus_job, bench_job, release_job]
 
 
 def build_definitions(resources: dict | None = None) -> Definitions:

@@ -124,6 +124,8 @@ class ObjectStoreResource(_NoSecretsRepr, ConfigurableResource):
     and the data root is the only copy (the laptop default).
     ``raw_prefix`` makes ``<store>/<raw_prefix>/<shard>/`` the raw-shard source: a stage
     downloads the shard into the local raw root before ingest.
+    Every curation asset takes this resource (key ``store``) and syncs itself: :meth:`prepare`
+    before it runs, :meth:`publish` after its manifest is written (``assets/_store.py``).
     """
 
     SECRET_FIELDS: ClassVar[tuple[str, ...]] = ("access_key", "secret_key")

@@ -164,3 +164,28 @@ def test_lost_row_fails_the_blocking_check(run):
     results = {r.check_name: r for r in run_checks("candidate_pool", t.slice(1), t.num_rows)}
     assert results["rows_conserved"].passed is False
     assert results["manifest_schema"].passed is True
+
+
+def test_materialize_selected_assets_runs_only_those(run):
+    """``assets=[...]`` (``uhr materialize --asset``, one DVC stage): the same jobs, restricted to the
+    asset, one run per shard (one in all for the thresholds), nothing else materialised."""
+    from dagster import AssetKey, DagsterRunStatus
+
+    instance, shards = run["instance"], run["out"]["shards"]
+    before = {r.run_id for r in instance.get_runs()}
+    out = materialize_all(run["defs"], instance, run["raw"], log=lambda *_: None,
+                          assets=["purification_thresholds", "image_scores"])
+    new = [r for r in instance.get_runs() if r.run_id not in before]
+    assert sorted(out["timings"]) == sorted([f"image_scores {s}" for s in shards] + ["purification_thresholds"])
+    assert sorted((r.job_name, tuple(k.to_user_string() for k in r.asset_selection)) for r in new) == sorted(
+        [("shard_purification", ("image_scores",))] * len(shards)
+        + [("purification_thresholds_job", ("purification_thresholds",))])
+    assert all(r.status == DagsterRunStatus.SUCCESS for r in new)
+    # image_scores ran before the thresholds (asset order, not argument order)
+    first = {r.job_name: r for r in sorted(new, key=lambda r: instance.get_run_stats(r.run_id).start_time)}
+    assert list(first)[0] == "shard_purification"
+    for key in ("raw_pool", "candidate_pool", "corpus_100mp"):
+        ev = instance.get_latest_materialization_event(AssetKey(key))
+        assert ev.run_id in before, key
+    with pytest.raises(ValueError, match="unknown curation asset"):
+        materialize_all(run["defs"], instance, run["raw"], assets=["candidates"])

@@ -356,3 +356,112 @@ def test_definitions_load_with_production_resources_and_k8s_executor(monkeypatch
     monkeypatch.setenv("UHR_EXECUTOR", "nonsense")
     with pytest.raises(ValueError):
         executor_from_env()
+
+
+# -- object-store sync inside the assets --------------------------------------------------------
+
+def test_assets_sync_with_the_store_so_a_fresh_data_root_runs_from_it(tmp_path):
+    """Worker A ingests and scores a shard dropped into a local store; worker A is then deleted and
+    worker B (an empty data root, same store and instance) runs thresholds -> candidate_pool ->
+    corpus_100mp: every asset fetched its own inputs and published its own outputs, with no
+    prepare/publish around the runs."""
+    import shutil
+
+    from dagster import AssetKey, DagsterInstance
+
+    from curation.config import load_config
+    from curation.layout import DataLayout
+    from curation.manifest import read_manifest
+    from curation.synth import MIN_N, make_raw_pool
+    from orchestration.definitions import build_definitions
+    from orchestration.resources import AestheticModels, CurationSettings, ObjectStoreResource
+
+    store_res = ObjectStoreResource(local_root=str(tmp_path / "store"), raw_prefix="raw")
+    store = store_res.get_store()
+    gen = tmp_path / "generated"
+    make_raw_pool(gen, MIN_N, 0, load_config("test"))
+    (shard,) = sorted(p.name for p in gen.iterdir() if p.is_dir())
+    upload_shard(store, gen / shard, "raw")
+    shutil.rmtree(gen)
+    instance = DagsterInstance.ephemeral()
+    instance.add_dynamic_partitions("shards", [shard])
+
+    def defs_at(worker: Path):
+        settings = CurationSettings(data_root=str(worker / "data"), raw_root=str(worker / "raw"), profile="test")
+        return build_definitions({"settings": settings, "aesthetics": AestheticModels(), "store": store_res})
+
+    def run(defs, job: str, partition: str | None = None) -> None:
+        assert defs.resolve_job_def(job).execute_in_process(partition_key=partition, instance=instance).success
+
+    def sync(asset: str) -> dict:
+        md = instance.get_latest_materialization_event(AssetKey(asset)).asset_materialization.metadata
+        assert md["store"].value == store_res.describe() == {"kind": "local", "root": str(store.root),
+                                                             "raw_prefix": "raw"}
+        return md["store_sync"].value
+
+    a, b = tmp_path / "worker-a", tmp_path / "worker-b"
+    layout_a, layout_b = DataLayout.at(a / "data"), DataLayout.at(b / "data")
+    run(defs_at(a), "shard_purification", shard)
+    got = sync("raw_pool")
+    assert got["raw_downloaded"] == got["raw_files"] > 0 and (a / "raw" / shard).is_dir()  # raw from the store
+    assert got["blobs_uploaded"] > 0 and got["published_keys"] == 1
+    assert sync("image_scores")["published_keys"] == 1
+    for stage in ("raw_pool", "image_scores"):
+        assert store.get_bytes(manifest_key(stage, shard)) == layout_a.manifest(stage, shard).read_bytes()
+    passed = [r for r in read_manifest(layout_a.manifest("raw_pool", shard)).to_pylist() if r["passed"]]
+    assert passed and all(store.exists(blob_key(r["sha256"])) for r in passed)
+    shutil.rmtree(a)  # worker A is gone: its data root and its raw files
+
+    defs_b = defs_at(b)
+    assert not b.exists()
+    run(defs_b, "purification_thresholds_job")
+    assert sync("purification_thresholds")["fetched_manifests"] == 1
+    assert layout_b.manifest("image_scores", shard).exists()
+    assert store.get_bytes("manifests/purification_thresholds/latest.json") == \
+        (layout_b.thresholds_dir() / "latest.json").read_bytes()
+    run(defs_b, "candidate_selection", shard)
+    assert sync("candidate_pool")["fetched_manifests"] == 1
+    run(defs_b, "corpus_100mp_job", shard)
+    got = sync("corpus_100mp")
+    cand = [r for r in read_manifest(layout_b.manifest("candidate_pool", shard)).to_pylist() if r["passed"]]
+    assert got["fetched_manifests"] == 2 and got["sources_restored"] == len(cand) > 0  # sources from blobs
+    for stage in ("candidate_pool", "corpus_100mp"):
+        assert store.get_bytes(manifest_key(stage, shard)) == layout_b.manifest(stage, shard).read_bytes()
+    assert not (b / "raw").exists()  # worker B never needed the raw shard
+    instance.dispose()
+
+
+def test_asset_publish_holds_back_a_manifest_whose_blocking_check_failed(tmp_path):
+    from types import SimpleNamespace
+
+    from dagster import AssetCheckResult, AssetCheckSpec
+
+    from assets._store import publish, store_metadata
+    from curation.layout import DataLayout
+    from orchestration.resources import CurationSettings, ObjectStoreResource
+
+    logged: list[str] = []
+    specs = [AssetCheckSpec("rows_conserved", asset="candidate_pool", blocking=True),
+             AssetCheckSpec("score_ranges", asset="candidate_pool")]
+    ctx = SimpleNamespace(assets_def=SimpleNamespace(check_specs=specs),
+                          log=SimpleNamespace(info=logged.append, warning=logged.append))
+    settings = CurationSettings(data_root=str(tmp_path / "data"), profile="test")
+    path = DataLayout.at(tmp_path / "data").manifest("candidate_pool", "shard-00000")
+    path.parent.mkdir(parents=True)
+    path.write_bytes(b"manifest bytes")
+    res = ObjectStoreResource(local_root=str(tmp_path / "store"))
+
+    def result(name, ok):
+        return AssetCheckResult(check_name=name, asset_key="candidate_pool", passed=ok)
+
+    out = publish(ctx, res, settings, "candidate_pool", "shard-00000", [result("rows_conserved", False)])
+    assert out["not_published"] == ["rows_conserved"] and res.get_store().list("manifests/") == []
+    assert "blocking" in logged[-1]
+    assert store_metadata(res, {}, out)["store_sync"].value == {"published_keys": 0, "not_published": ["rows_conserved"]}
+    out = publish(ctx, res, settings, "candidate_pool", "shard-00000",
+                  [result("rows_conserved", True), result("score_ranges", False)])  # not blocking
+    assert res.get_store().get_bytes(manifest_key("candidate_pool", "shard-00000")) == b"manifest bytes"
+    off = ObjectStoreResource()  # no store: nothing to do, and the metadata says so
+    assert publish(ctx, off, settings, "candidate_pool", "shard-00000") == {}
+    assert store_metadata(off, {}, {}) == {"store": store_metadata(off, {}, {})["store"]}
+    assert store_metadata(off, {}, {})["store"].value == {"kind": "none"}

@@ -279,14 +279,13 @@ def test_sensor_picks_up_a_shard_dropped_into_s3_and_its_run_ingests_it(run):
     assert list(res2.dynamic_partitions_requests[0].partition_keys) == ["shard-00001"]
     (req,) = res2.run_requests
     instance.add_dynamic_partitions("shards", ["shard-00001"])
-    # what the launched run does on a worker: fetch its inputs, run the job, publish
-    res.prepare(settings, "raw_pool", "shard-00001")
+    # the launched run, as on any worker: each asset fetches its inputs and publishes its outputs
     result = run["defs"].resolve_job_def(req.job_name).execute_in_process(
         partition_key=req.partition_key, instance=instance, tags=req.tags)
     assert result.success
     for stage in ("raw_pool", "image_scores"):
-        res.publish(settings, stage, "shard-00001")
-        assert run["store"].exists(manifest_key(stage, "shard-00001"))
+        assert run["store"].get_bytes(manifest_key(stage, "shard-00001")) == \
+            settings.layout().manifest(stage, "shard-00001").read_bytes()
     rows = {Path(r["source_path"]).name: r
             for r in read_manifest(settings.layout().manifest("raw_pool", "shard-00001")).to_pylist()}
     assert rows["zz-copy-of-shard-00000.jpg"]["reject_reason"] == reasons.DUPLICATE  # dedup across shards
@@ -300,8 +299,9 @@ def _passed_in(run, path: Path) -> bool:
 
 
 def test_fresh_worker_runs_stages_from_the_store_alone(run):
-    """A new pod: empty data root, no raw files -- inputs come from S3, sources from their blobs."""
-    from dagster import materialize
+    """A new pod: empty data root, no raw files -- inputs come from S3, sources from their blobs,
+    fetched by the assets themselves (no prepare around the runs)."""
+    from dagster import AssetKey, materialize
 
     from curation.manifest import read_manifest
     from orchestration.definitions import ASSETS
@@ -312,20 +312,22 @@ def test_fresh_worker_runs_stages_from_the_store_alone(run):
     res = _store_resource()
     defs_b, settings_b = _defs(fresh / "data", fresh / "raw", res)
     shard = "shard-00000"
-    summary = res.prepare(settings_b, "image_scores", shard)
-    assert summary["sources"]["restored"] > 0
+    assert not settings_b.layout().manifest("raw_pool", shard).exists()
     out = materialize(ASSETS, selection=["image_scores"], partition_key=shard, instance=run["instance"],
                       resources=defs_b.resources)
     assert out.success
+    md = run["instance"].get_latest_materialization_event(AssetKey("image_scores")).asset_materialization.metadata
+    assert md["store_sync"].value["sources_restored"] > 0 and md["store"].value["kind"] == "s3"
+    assert SECRET not in str(md["store"].value)
     cols = ["image_id", "passed", "reject_reason", "exposure_fraction", "laplacian_var", "flat_fraction", "entropy"]
     a = read_manifest(worker_a.layout().manifest("image_scores", shard)).select(cols)
     b = read_manifest(settings_b.layout().manifest("image_scores", shard)).select(cols)
     assert a.equals(b)
-    res.prepare(settings_b, "candidate_pool", shard)
-    assert (settings_b.layout().thresholds_dir() / "latest.json").exists()
+    assert not (settings_b.layout().thresholds_dir() / "latest.json").exists()
     out = materialize(ASSETS, selection=["candidate_pool"], partition_key=shard, instance=run["instance"],
                       resources=defs_b.resources)
     assert out.success
+    assert (settings_b.layout().thresholds_dir() / "latest.json").exists()  # fetched by the asset
     cols = ["image_id", "passed", "reject_reason", "threshold_version", "pass_richness"]
     assert pq.read_table(settings_b.layout().manifest("candidate_pool", shard)).select(cols).equals(
         pq.read_table(worker_a.layout().manifest("candidate_pool", shard)).select(cols))

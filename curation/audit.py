@@ -1,0 +1,154 @@
+"""``uhr audit RELEASE``: check every image of a release, end to end (no Dagster here).
+
+Per image: its blob is in the object store and hashes to its id's hash; the raw source blob
+too, with a licence; every *required* lineage stage (raw_pool, image_scores, candidate_pool,
+corpus_100mp -- and each stage that registers as required later) holds a passed record in the
+image's family; the corpus record's hash equals the release's. Per release: the table entry
+exists and the manifest's digest matches it. Failures are named (image, check, detail).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Callable
+
+from curation.layout import DataLayout
+from curation.lineage import LineageContext, lineage_batch, link_providers
+from curation.lineage.core import PASSED
+from curation.release import ReleaseError, read_entry, read_release_manifest, rows_digest
+from curation.store import ObjectNotFound, ObjectStore, blob_key
+
+
+@dataclass
+class AuditFailure:
+    image_id: str
+    check: str
+    detail: str
+
+
+@dataclass
+class AuditReport:
+    release: str
+    n_images: int = 0
+    checked: Counter = field(default_factory=Counter)
+    failures: list[AuditFailure] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.failures and self.n_images > 0
+
+    def fail(self, image_id: str, check: str, detail: str) -> None:
+        self.failures.append(AuditFailure(image_id, check, detail))
+
+    def as_dict(self) -> dict:
+        failed = Counter(f.check for f in self.failures)
+        return {"release": self.release, "ok": self.ok, "n_images": self.n_images,
+                "checks": {c: {"checked": n, "failed": failed.get(c, 0)} for c, n in sorted(self.checked.items())},
+                "failures": [f.__dict__ for f in self.failures]}
+
+    def text(self, limit: int = 50) -> str:
+        d = self.as_dict()
+        lines = [f"release {self.release}: {self.n_images} images -- {'OK' if self.ok else 'FAILED'}"]
+        lines += [f"  {c:<28} {v['checked']:>7} checked  {v['failed']:>5} failed" for c, v in d["checks"].items()]
+        for f in self.failures[:limit]:
+            lines.append(f"  FAIL {f.image_id} {f.check}: {f.detail}")
+        if len(self.failures) > limit:
+            lines.append(f"  ... and {len(self.failures) - limit} more failures")
+        return "\n".join(lines)
+
+
+def blob_sha256(store: ObjectStore, sha: str) -> str | None:
+    """The sha256 of the stored blob ``sha`` (streamed), None when it is absent."""
+    import tempfile
+    from pathlib import Path
+
+    from curation.store import sha256_file
+
+    key = blob_key(sha)
+    local = getattr(store, "_path", None)
+    if local is not None:  # a folder store: hash in place
+        p = local(key)
+        return sha256_file(p) if p.is_file() else None
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            store.get_file(key, Path(tmp) / "blob")
+        except ObjectNotFound:
+            return None
+        return sha256_file(Path(tmp) / "blob")
+
+
+def audit_release(layout: DataLayout, name: str, store: ObjectStore, verify_hashes: bool = True,
+                  progress: Callable[[int], None] | None = None, batch: int = 2000) -> AuditReport:
+    report = AuditReport(name)
+    entry = read_entry(layout, name, store)
+    report.checked["release entry"] += 1
+    if entry is None:
+        report.fail("-", "release entry", f"release {name} is not in the releases table ({layout.release_index()})")
+        return report
+    try:
+        table = read_release_manifest(layout, name, store)
+    except ReleaseError as exc:
+        report.fail("-", "release manifest", str(exc))
+        return report
+    rows = table.to_pylist()
+    report.n_images = len(rows)
+    report.checked["release manifest"] += 1
+    if rows_digest(rows) != entry["manifest_sha256"]:
+        report.fail("-", "release manifest", f"manifest digest {rows_digest(rows)[:16]} differs from the "
+                                              f"releases table's {entry['manifest_sha256'][:16]}")
+    if len(rows) != entry["n_images"]:
+        report.fail("-", "release manifest", f"{len(rows)} rows, the releases table says {entry['n_images']}")
+
+    required = [p for p in link_providers() if p.required]
+    ctx = LineageContext(layout, store)
+    sha_memo: dict[str, str | None] = {}
+
+    def check_blob(image_id: str, sha: str | None, check: str) -> None:
+        report.checked[check] += 1
+        if not sha:
+            report.fail(image_id, check, "no content hash recorded")
+            return
+        if sha not in sha_memo:
+            if verify_hashes:
+                sha_memo[sha] = blob_sha256(store, sha)
+            else:
+                sha_memo[sha] = sha if store.exists(blob_key(sha)) else None
+        got = sha_memo[sha]
+        if got is None:
+            report.fail(image_id, check, f"blob {blob_key(sha)} missing from {store.url('blobs')}")
+        elif got != sha:
+            report.fail(image_id, check, f"blob {blob_key(sha)} hashes to {got}, not {sha}")
+
+    for start in range(0, len(rows), batch):
+        chunk = rows[start:start + batch]
+        links = lineage_batch(ctx, [r["image_id"] for r in chunk], required)
+        for r in chunk:
+            iid = r["image_id"]
+            check_blob(iid, r["sha256"], "blob")
+            if hashlib.sha256(b"").hexdigest() == r["sha256"]:
+                report.fail(iid, "blob", "empty file")
+            report.checked["source"] += 1
+            if not r.get("raw_sha256") or not r.get("licence"):
+                report.fail(iid, "source", "no raw source hash or licence recorded")
+            else:
+                check_blob(iid, r["raw_sha256"], "source blob")
+            by_stage: dict[str, list] = {}
+            for lk in links[iid]:
+                by_stage.setdefault(lk.stage, []).append(lk)
+            for p in required:
+                check = f"stage {p.stage}"
+                report.checked[check] += 1
+                got = by_stage.get(p.stage, [])
+                if not got:
+                    report.fail(iid, check, f"no {p.stage} record for the image or its parent")
+                elif not any(lk.status == PASSED for lk in got):
+                    report.fail(iid, check, "rejected: " + "; ".join(lk.summary.split("REJECTED: ")[-1] for lk in got))
+            report.checked["corpus hash"] += 1
+            own = [lk for lk in by_stage.get("corpus_100mp", []) if lk.image_id == iid and lk.status == PASSED]
+            if own and own[0].details.get("sha256") != r["sha256"]:
+                report.fail(iid, "corpus hash", f"corpus row says {own[0].details.get('sha256')}, release says {r['sha256']}")
+            if progress:
+                progress(1)
+    return report

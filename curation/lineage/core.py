@@ -1,0 +1,235 @@
+"""Lineage records: links, providers, the registry, and the walk over an image's family."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import pkgutil
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Iterable
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as ds
+
+from curation.layout import DataLayout
+
+PASSED, REJECTED, INFO = "passed", "rejected", "info"
+
+
+@dataclass
+class Link:
+    """One stage's record of one image.
+
+    ``status``: ``passed`` / ``rejected`` for stages that decide, ``info`` for the rest
+    (a release containing the image, a checkpoint trained on it). ``record`` says where the
+    record lives (a manifest file, a release, an MLflow run), ``details`` holds its fields.
+    """
+
+    stage: str
+    image_id: str
+    status: str
+    summary: str
+    details: dict = field(default_factory=dict)
+    record: str = ""
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+class LinkProvider:
+    """One stage's part of the lineage.
+
+    ``order`` places the stage in the chain; ``required`` stages must hold a passed record
+    for every image of a release (``uhr audit``). ``edges`` reports (parent, child) id pairs
+    the stage created (derived images); ``links`` the stage's records for a set of ids.
+    """
+
+    stage: str = ""
+    order: int = 100
+    required: bool = False
+    title: str = ""
+
+    def edges(self, ctx: "LineageContext", ids: set[str]) -> list[tuple[str, str]]:
+        return []
+
+    def links(self, ctx: "LineageContext", ids: set[str]) -> list[Link]:
+        raise NotImplementedError
+
+
+_PROVIDERS: dict[str, type[LinkProvider]] = {}
+_DISCOVERED = False
+
+
+def register_link_provider(cls: type[LinkProvider]) -> type[LinkProvider]:
+    if not cls.stage:
+        raise ValueError(f"{cls.__name__} has no stage")
+    _PROVIDERS[cls.stage] = cls
+    return cls
+
+
+def _discover() -> None:
+    global _DISCOVERED
+    if _DISCOVERED:
+        return
+    import curation.lineage.providers as pkg
+
+    for mod in pkgutil.iter_modules(pkg.__path__):
+        importlib.import_module(f"{pkg.__name__}.{mod.name}")
+    _DISCOVERED = True
+
+
+def link_providers() -> list[LinkProvider]:
+    """Every registered provider, in chain order."""
+    _discover()
+    return sorted((cls() for cls in _PROVIDERS.values()), key=lambda p: (p.order, p.stage))
+
+
+class LineageContext:
+    """What providers read: the data root's manifests and releases, the object store (optional)
+    and the MLflow tracking URI (optional). Manifests are read once per stage and filtered by id."""
+
+    def __init__(self, layout: DataLayout, store=None, tracking_uri: str | None = None):
+        self.layout = layout
+        self.store = store
+        self.tracking_uri = tracking_uri
+        self._datasets: dict[str, ds.Dataset | None] = {}
+        self._cache: dict = {}
+
+    def dataset(self, stage: str) -> ds.Dataset | None:
+        if stage not in self._datasets:
+            from curation.manifest import SCHEMAS
+
+            paths = [str(p) for p in self.layout.manifests(stage)]
+            self._datasets[stage] = ds.dataset(paths, format="parquet", schema=SCHEMAS.get(stage)) if paths else None
+        return self._datasets[stage]
+
+    def rows(self, stage: str, ids: Iterable[str], column: str = "image_id") -> list[dict]:
+        """Rows of every shard manifest of ``stage`` whose ``column`` is one of ``ids``, with the
+        manifest's file name under ``_manifest``."""
+        d = self.dataset(stage)
+        ids = sorted(set(ids))
+        if d is None or not ids:
+            return []
+        t = d.to_table(filter=pc.field(column).isin(pa.array(ids, pa.string())),
+                       columns=d.schema.names + ["__filename"])
+        out = t.to_pylist()
+        for r in out:
+            r["_manifest"] = r.pop("__filename")
+        return out
+
+    def memo(self, key, fn):
+        if key not in self._cache:
+            self._cache[key] = fn()
+        return self._cache[key]
+
+    def config_snapshot(self, config_hash: str | None) -> dict | None:
+        """The config a stage ran with, when the stage stored its snapshot (``manifests/configs``)."""
+        if not config_hash:
+            return None
+
+        def load():
+            p = self.layout.config_snapshot(config_hash)
+            return json.loads(p.read_text()) if p.exists() else None
+
+        return self.memo(("config", config_hash), load)
+
+
+def family(ctx: LineageContext, ids: Iterable[str], providers: list[LinkProvider] | None = None,
+           max_rounds: int = 8) -> tuple[set[str], list[tuple[str, str]]]:
+    """Every id related to ``ids`` through derived-image edges (both directions), and the edges."""
+    providers = providers or link_providers()
+    seen = set(ids)
+    edges: set[tuple[str, str]] = set()
+    frontier = set(seen)
+    for _ in range(max_rounds):
+        if not frontier:
+            break
+        new: set[str] = set()
+        for p in providers:
+            for parent, child in p.edges(ctx, frontier):
+                edges.add((parent, child))
+                new.update((parent, child))
+        frontier = new - seen
+        seen |= new
+    return seen, sorted(edges)
+
+
+def lineage_batch(ctx: LineageContext, ids: Iterable[str],
+                  providers: list[LinkProvider] | None = None) -> dict[str, list[Link]]:
+    """``{image_id: links of its family, in chain order}`` for many images at once."""
+    providers = providers or link_providers()
+    ids = list(dict.fromkeys(ids))
+    fams: dict[str, set[str]] = {}
+    all_edges: list[tuple[str, str]] = []
+    _, all_edges = family(ctx, ids, providers)
+    adj: dict[str, set[str]] = {}
+    for a, b in all_edges:
+        adj.setdefault(a, set()).add(b)
+        adj.setdefault(b, set()).add(a)
+    for i in ids:
+        comp, stack = {i}, [i]
+        while stack:
+            for n in adj.get(stack.pop(), ()):
+                if n not in comp:
+                    comp.add(n)
+                    stack.append(n)
+        fams[i] = comp
+    every = set().union(*fams.values()) if fams else set()
+    by_id: dict[str, list[Link]] = {}
+    for p in providers:
+        for link in p.links(ctx, every):
+            by_id.setdefault(link.image_id, []).append(link)
+    out = {}
+    for i in ids:
+        links = [lk for m in fams[i] for lk in by_id.get(m, [])]
+        order = {p.stage: n for n, p in enumerate(providers)}
+        out[i] = sorted(links, key=lambda lk: (order.get(lk.stage, 999), lk.image_id != i, lk.image_id))
+    return out
+
+
+@dataclass
+class Lineage:
+    image_id: str
+    family: list[str]
+    edges: list[tuple[str, str]]
+    links: list[Link]
+
+    def by_stage(self) -> dict[str, list[Link]]:
+        out: dict[str, list[Link]] = {}
+        for lk in self.links:
+            out.setdefault(lk.stage, []).append(lk)
+        return out
+
+    def as_dict(self) -> dict:
+        return {"image_id": self.image_id, "family": self.family,
+                "edges": [{"parent": a, "child": b} for a, b in self.edges],
+                "links": [lk.as_dict() for lk in self.links]}
+
+
+def lineage(ctx: LineageContext, image_id: str) -> Lineage:
+    providers = link_providers()
+    fam, edges = family(ctx, [image_id], providers)
+    links = lineage_batch(ctx, [image_id], providers)[image_id]
+    return Lineage(image_id, sorted(fam), edges, links)
+
+
+def resolve_image_id(ctx: LineageContext, prefix: str) -> str:
+    """A full image id from an id or a unique prefix of one (raw pool and corpus ids)."""
+    prefix = prefix.strip().lower()
+    if len(prefix) < 6:
+        raise ValueError("give at least 6 characters of the image id")
+    found: set[str] = set()
+    for stage in ("raw_pool", "corpus_100mp"):
+        d = ctx.dataset(stage)
+        if d is None:
+            continue
+        col = d.to_table(columns=["image_id"]).column("image_id")
+        mask = pc.starts_with(col, prefix)
+        found.update(pc.filter(col, mask).to_pylist())
+    if not found:
+        raise KeyError(f"no image id starting with {prefix!r} in {ctx.layout.root}/manifests")
+    if len(found) > 1:
+        raise KeyError(f"{prefix!r} is ambiguous: {', '.join(sorted(found)[:5])}")
+    return found.pop()

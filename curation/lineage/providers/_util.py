@@ -1,0 +1,37 @@
+"""Small helpers shared by the providers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from curation.lineage.core import PASSED, REJECTED
+
+
+def status(row: dict) -> str:
+    return PASSED if row.get("passed") else REJECTED
+
+
+def record(row: dict) -> str:
+    m = row.pop("_manifest", "") or ""
+    return str(Path(m)) if m else ""
+
+
+def num(v, fmt: str = ".3g") -> str:
+    return "n/a" if v is None else format(v, fmt)
+
+
+def cmp(value, op: str, limit, fmt: str = ".3g") -> str:
+    """``value op limit`` with ok/FAIL, e.g. ``0.03 <= 0.2 ok``."""
+    if value is None:
+        return "n/a"
+    if limit is None:
+        return f"{num(value, fmt)} (limit unknown)"
+    ok = {"<=": value <= limit, ">=": value >= limit, "<": value < limit, ">": value > limit}[op]
+    return f"{num(value, fmt)} {op} {num(limit, fmt)} {'ok' if ok else 'FAIL'}"
+
+
+def rejected_suffix(row: dict) -> str:
+    if row.get("passed"):
+        return ""
+    detail = f" ({row['reject_detail']})" if row.get("reject_detail") else ""
+    return f"; REJECTED: {row.get('reject_reason')}{detail}"

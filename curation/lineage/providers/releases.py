@@ -1,0 +1,40 @@
+"""Releases that contain the image (``uhr release``): name, DVC hash, git tag."""
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as ds
+
+from curation.lineage.core import INFO, Link, LinkProvider, register_link_provider
+
+
+@register_link_provider
+class ReleaseLinks(LinkProvider):
+    stage = "release"
+    order = 90
+    title = "releases"
+
+    def links(self, ctx, ids):
+        from curation.manifest import RELEASE
+        from curation.release import releases_table
+
+        entries = ctx.memo("release_entries", lambda: {e["name"]: e for e in releases_table(ctx.layout)})
+        out = []
+        for name, e in entries.items():
+            p = ctx.layout.release_dir(name) / "manifest.parquet"
+            if not p.exists():
+                out.extend(Link(self.stage, i, "rejected", f"release {name}: manifest missing at {p}", {}, str(p))
+                           for i in sorted(ids))
+                continue
+            t = ds.dataset(str(p), schema=RELEASE).to_table(
+                filter=pc.field("image_id").isin(pa.array(sorted(ids), pa.string())))
+            git = e.get("git") or {}
+            dvc = e.get("dvc") or {}
+            for r in t.to_pylist():
+                summary = (f"in release {name} ({e['created_at']}, {e['n_images']} images, manifest sha256 "
+                           f"{e['manifest_sha256'][:16]}), DVC {dvc.get('md5') or 'not tracked'}"
+                           f"{' pushed to ' + dvc['remote_url'] if dvc.get('pushed') and dvc.get('remote_url') else ''}, "
+                           f"git tag {git.get('tag') or 'none'}{' @ ' + git['commit'][:12] if git.get('commit') else ''}; "
+                           f"licence {r['licence']}; captions {r['caption_record'] or 'none'}")
+                out.append(Link(self.stage, r["image_id"], INFO, summary, {"release": name, **r,
+                                "release_entry": {k: e.get(k) for k in ("dvc", "git", "created_at")}}, str(p)))
+        return out

@@ -1,0 +1,312 @@
+"""Corpus releases (no Dagster here): freeze the passed corpus into a named, versioned release.
+
+A release is
+
+* ``<data_root>/releases/<name>/manifest.parquet`` -- one row per image (:data:`RELEASE`):
+  id, content hash and blob key, size, tier, parent and raw source hash, licence and origin,
+  captions (null until the captions stage exists), config hash and code version;
+* ``<data_root>/releases/<name>/release.json`` -- counts, shards, config hashes, code versions,
+  the manifest digest; deterministic, so re-releasing the same content is a no-op;
+* the images themselves as content-addressed blobs in the object store (uploaded when missing;
+  the release lists their keys, so storage is never doubled);
+* that folder tracked by DVC (``<repo>/releases/<name>.dvc``) and pushed to the DVC remote;
+* an annotated git tag ``release/<name>`` on a commit holding the ``.dvc`` file;
+* an entry in the releases table (``releases/_index/<name>.json``, written last: the entry's
+  presence is the release's commit marker; ``releases/releases.parquet`` is the table view).
+
+Release names are immutable: the same name with the same content returns the existing
+release; with different content it is refused.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import os
+import re
+import shutil
+from collections import Counter
+from pathlib import Path
+from typing import Callable
+
+import pyarrow as pa
+
+from curation.layout import DataLayout
+from curation.manifest import RELEASE, read_manifest, to_table, write_manifest
+from curation.store import (BlobIntegrityError, ObjectNotFound, ObjectStore, blob_key, data_key, put_blob,
+                            sha256_file)
+
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+CAPTIONS_NOTE = "no captions yet: the captions stage (paper 3.1.5) is not built; caption columns are null"
+RELEASE_FORMAT = 1
+
+
+class ReleaseError(RuntimeError):
+    """A release cannot be made or read; the message says why."""
+
+
+def check_name(name: str) -> str:
+    if not NAME_RE.match(name or ""):
+        raise ReleaseError(f"bad release name {name!r}: letters, digits, '.', '_' and '-' (max 64), "
+                           "starting with a letter or digit")
+    return name
+
+
+# -- rows -------------------------------------------------------------------------------------
+
+def release_rows(layout: DataLayout) -> list[dict]:
+    """One row per passed ``corpus_100mp`` image over every shard, joined with its raw source."""
+    corpus = [r for p in layout.manifests("corpus_100mp") for r in read_manifest(p).to_pylist() if r["passed"]]
+    if not corpus:
+        return []
+    parents = {r["parent_id"] for r in corpus}
+    raw: dict[str, dict] = {}
+    for p in layout.manifests("raw_pool"):
+        for r in read_manifest(p).to_pylist():
+            if r["image_id"] in parents and (r["image_id"] not in raw or r["passed"] and not raw[r["image_id"]]["passed"]):
+                raw[r["image_id"]] = r  # the passed row (a later duplicate of the file is rejected)
+    cand: dict[str, str] = {}
+    for p in layout.manifests("candidate_pool"):
+        t = read_manifest(p).select(["image_id", "threshold_version"]).to_pylist()
+        cand.update({r["image_id"]: r["threshold_version"] for r in t if r["image_id"] in parents})
+    rows, seen = [], set()
+    for r in sorted(corpus, key=lambda r: (r["image_id"], r["shard"])):
+        if r["image_id"] in seen:
+            continue  # the same output from two shards (identical bytes): one row
+        seen.add(r["image_id"])
+        src = raw.get(r["parent_id"], {})
+        out_path = r.get("output_path")
+        rows.append({
+            "image_id": r["image_id"], "sha256": r["sha256"], "blob_key": blob_key(r["sha256"]),
+            "file_format": r.get("file_format"),
+            "file_bytes": Path(out_path).stat().st_size if out_path and Path(out_path).is_file() else None,
+            "width": r.get("width"), "height": r.get("height"), "megapixels": r.get("megapixels"),
+            "tier": r.get("tier"), "parent_id": r["parent_id"],
+            "raw_sha256": src.get("sha256"), "raw_blob_key": blob_key(src["sha256"]) if src.get("sha256") else None,
+            "shard": r["shard"], "licence": src.get("licence"), "origin": src.get("origin"),
+            "source_path": src.get("source_path"),
+            "short_caption": None, "long_caption": None, "caption_record": None,
+            "corpus_config_hash": r["config_hash"], "corpus_code_version": r["code_version"],
+            "threshold_version": cand.get(r["parent_id"]),
+        })
+    return rows
+
+
+def rows_digest(rows: list[dict]) -> str:
+    """sha256 of the release's content, independent of Parquet encoding (sorted canonical JSON).
+    ``file_bytes`` is left out: it is read from the worker's files and is implied by the hash."""
+    h = hashlib.sha256()
+    for r in sorted(rows, key=lambda r: r["image_id"]):
+        h.update(json.dumps({k: v for k, v in r.items() if k != "file_bytes"}, sort_keys=True, default=str).encode())
+        h.update(b"\n")
+    return h.hexdigest()
+
+
+def describe_rows(rows: list[dict]) -> dict:
+    return {
+        "n_images": len(rows),
+        "shards": sorted({r["shard"] for r in rows}),
+        "tiers": dict(sorted(Counter(r["tier"] for r in rows).items())),
+        "licences": dict(sorted(Counter(str(r["licence"]) for r in rows).items())),
+        "config_hashes": sorted({r["corpus_config_hash"] for r in rows}),
+        "code_versions": sorted({r["corpus_code_version"] for r in rows}),
+        "threshold_versions": sorted({str(r["threshold_version"]) for r in rows}),
+        "megapixels_min": min((r["megapixels"] or 0 for r in rows), default=None),
+    }
+
+
+# -- blobs ------------------------------------------------------------------------------------
+
+def ensure_release_blobs(store: ObjectStore, rows: list[dict], corpus_paths: dict[str, str],
+                         progress: Callable[[int], None] | None = None) -> dict:
+    """Every release image and its raw source as a blob in ``store`` (uploaded from this worker
+    when missing, hash checked first). Missing everywhere -> :class:`ReleaseError` naming them."""
+    out = {"uploaded": 0, "present": 0, "bytes": 0}
+    missing = []
+    wanted: dict[str, str | None] = {}
+    for r in rows:
+        wanted.setdefault(r["sha256"], corpus_paths.get(r["image_id"]))
+        if r.get("raw_sha256"):
+            wanted.setdefault(r["raw_sha256"], r.get("source_path"))
+    for sha, path in wanted.items():
+        key = blob_key(sha)
+        if store.exists(key):
+            out["present"] += 1
+        elif path and Path(path).is_file():
+            got = sha256_file(path)
+            if got != sha:
+                raise BlobIntegrityError(f"{path} should hash to {sha} (its manifest row) but hashes to {got}")
+            put_blob(store, path, sha)
+            out["uploaded"] += 1
+            out["bytes"] += Path(path).stat().st_size
+        else:
+            missing.append(f"{sha} ({path or 'no local path'})")
+        if progress:
+            progress(1)
+    if missing:
+        raise ReleaseError(f"{len(missing)} blob(s) are neither in {store.url('blobs')} nor on this worker: "
+                           + "; ".join(missing[:5]))
+    return out
+
+
+# -- the releases table -------------------------------------------------------------------------
+
+def entry_path(layout: DataLayout, name: str) -> Path:
+    return layout.release_index() / f"{name}.json"
+
+
+def read_entry(layout: DataLayout, name: str, store: ObjectStore | None = None) -> dict | None:
+    """A release's table entry (fetched from the store when not on this worker)."""
+    p = entry_path(layout, name)
+    if not p.exists() and store is not None:
+        try:
+            store.get_file(data_key(layout, p), p)
+        except ObjectNotFound:
+            return None
+    return json.loads(p.read_text()) if p.exists() else None
+
+
+def releases_table(layout: DataLayout) -> list[dict]:
+    d = layout.release_index()
+    return [json.loads(p.read_text()) for p in sorted(d.glob("*.json"))] if d.is_dir() else []
+
+
+_TABLE = pa.schema([
+    ("name", pa.string()), ("created_at", pa.string()), ("n_images", pa.int64()),
+    ("manifest_sha256", pa.string()), ("dvc_md5", pa.string()), ("dvc_remote", pa.string()),
+    ("pushed", pa.bool_()), ("git_tag", pa.string()), ("git_commit", pa.string()), ("store", pa.string()),
+])
+
+
+def write_releases_parquet(layout: DataLayout) -> Path:
+    rows = [{
+        "name": e["name"], "created_at": e["created_at"], "n_images": e["n_images"],
+        "manifest_sha256": e["manifest_sha256"], "dvc_md5": (e.get("dvc") or {}).get("md5"),
+        "dvc_remote": (e.get("dvc") or {}).get("remote_url"), "pushed": bool((e.get("dvc") or {}).get("pushed")),
+        "git_tag": (e.get("git") or {}).get("tag"), "git_commit": (e.get("git") or {}).get("commit"),
+        "store": json.dumps(e.get("store"), sort_keys=True),
+    } for e in releases_table(layout)]
+    return write_manifest(pa.Table.from_pylist(rows, schema=_TABLE), layout.root / "releases" / "releases.parquet")
+
+
+def release_tags(entry: dict) -> dict[str, str]:
+    """MLflow tags a checkpoint run sets to record the release it trained on (lineage finds it by them)."""
+    return {k: str(v) for k, v in {
+        "uhrforge.release": entry["name"],
+        "uhrforge.release_manifest_sha256": entry["manifest_sha256"],
+        "uhrforge.dvc_md5": (entry.get("dvc") or {}).get("md5"),
+        "uhrforge.git_tag": (entry.get("git") or {}).get("tag"),
+        "uhrforge.git_commit": (entry.get("git") or {}).get("commit"),
+    }.items() if v}
+
+
+def read_release_manifest(layout: DataLayout, name: str, store: ObjectStore | None = None) -> pa.Table:
+    p = layout.release_dir(name) / "manifest.parquet"
+    if not p.exists() and store is not None:
+        try:
+            store.get_file(data_key(layout, p), p)
+        except ObjectNotFound:
+            pass
+    if not p.exists():
+        raise ReleaseError(f"release {name}: no manifest at {p}" + (f" nor in {store.url(data_key(layout, p))}" if store else ""))
+    return read_manifest(p, RELEASE)
+
+
+# -- making a release ------------------------------------------------------------------------------
+
+def _write_release_dir(layout: DataLayout, name: str, rows: list[dict], info: dict) -> Path:
+    final = layout.release_dir(name)
+    tmp = final.with_name(f".{name}.{os.getpid()}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    write_manifest(to_table(rows, RELEASE), tmp / "manifest.parquet")
+    (tmp / "release.json").write_text(json.dumps(info, indent=1, sort_keys=True) + "\n")
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    return final
+
+
+def make_release(layout: DataLayout, name: str, store: ObjectStore, dvc=None, remote: dict | None = None,
+                 tag: bool = True, push: bool = True, log: Callable[[str], None] = print,
+                 progress: Callable[[int], None] | None = None) -> dict:
+    """Freeze the passed corpus into release ``name``; returns its table entry.
+
+    ``dvc``: a :class:`curation.dvc_repo.DvcRepo` (None: no DVC tracking, no tag). ``remote``:
+    ``{"name", "url", "endpoint_url"}`` to configure as the default DVC remote before pushing.
+    Re-running after a crash resumes: the entry is written last.
+    """
+    check_name(name)
+    rows = release_rows(layout)
+    if not rows:
+        raise ReleaseError(f"nothing to release: no passed corpus_100mp rows under {layout.root}/manifests")
+    digest = rows_digest(rows)
+    existing = read_entry(layout, name, store)
+    if existing is not None:
+        if existing["manifest_sha256"] != digest:
+            raise ReleaseError(f"release {name} already exists with other content (manifest {existing['manifest_sha256'][:12]}, "
+                               f"now {digest[:12]}): release names are immutable, choose a new name")
+        log(f"release {name} already exists with this content ({existing['n_images']} images)")
+        return dict(existing, existing=True)
+
+    corpus_paths = {r["image_id"]: r.get("output_path") for p in layout.manifests("corpus_100mp")
+                    for r in read_manifest(p).select(["image_id", "output_path", "passed"]).to_pylist() if r["passed"]}
+    blobs = ensure_release_blobs(store, rows, corpus_paths, progress)
+    log(f"blobs: {blobs['uploaded']} uploaded ({blobs['bytes'] / 1e6:.1f} MB), {blobs['present']} already in {store.url('blobs')}")
+    info = {"name": name, "format": RELEASE_FORMAT, "manifest_sha256": digest, "captions": CAPTIONS_NOTE,
+            "blob_store": store.describe(), "columns": RELEASE.names, **describe_rows(rows)}
+    folder = _write_release_dir(layout, name, rows, info)
+    entry = {"name": name, "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+             **{k: info[k] for k in ("n_images", "manifest_sha256", "shards", "tiers", "licences", "config_hashes",
+                                     "code_versions", "threshold_versions", "captions")},
+             "release_dir": data_key(layout, folder), "store": store.describe(), "blobs": blobs, "dvc": None, "git": None}
+
+    if dvc is not None:
+        if remote and remote.get("url"):
+            dvc.configure_remote(remote.get("name") or "storage", remote["url"], remote.get("endpoint_url"))
+        dvc_file = dvc.dvc_file_for(name)
+        out = dvc.track(dvc_file, folder)
+        d = {"repo": str(dvc.root), "file": dvc_file.relative_to(dvc.root).as_posix(), "md5": out.get("md5"),
+             "nfiles": out.get("nfiles"), "size": out.get("size"), "remote_name": (remote or {}).get("name"),
+             "remote_url": (remote or {}).get("url"), "pushed": False}
+        if push:
+            dvc.push(dvc_file, (remote or {}).get("name"))
+            d["pushed"] = dvc.in_remote(dvc_file, (remote or {}).get("name"))
+            if not d["pushed"]:
+                raise ReleaseError(f"release {name}: `dvc push` left files missing from the remote")
+            log(f"dvc: {d['file']} ({d['md5']}) pushed to {d['remote_url'] or 'the default remote'}")
+        entry["dvc"] = d
+        if tag and dvc.has_git():
+            tag_name = f"release/{name}"
+            commit = dvc.tag_commit(tag_name)
+            if commit:  # a killed run got this far: the tag must hold this very .dvc file
+                held = dvc.git("show", f"{commit}:{d['file']}", check=False).stdout
+                if (yaml_md5 := _md5_in(held)) != d["md5"]:
+                    raise ReleaseError(f"tag {tag_name} exists for other content ({yaml_md5})")
+            else:
+                commit = dvc.tag_release(tag_name, [dvc_file], f"uhrforge release {name}: {len(rows)} images, "
+                                         f"manifest sha256 {digest}, DVC {d['md5']}")
+            entry["git"] = {"tag": tag_name, "commit": commit}
+            log(f"git: tag {tag_name} -> {commit[:12]}")
+
+    # the entry is the commit marker: written last, locally and in the store
+    p = entry_path(layout, name)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    tmp = p.with_name(f".{p.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(entry, indent=1, sort_keys=True) + "\n")
+    os.replace(tmp, p)
+    table = write_releases_parquet(layout)
+    for f in (folder / "manifest.parquet", folder / "release.json", table, p):
+        store.put_file(data_key(layout, f), f)
+    log(f"release {name}: {len(rows)} images, manifest sha256 {digest[:16]}")
+    return entry
+
+
+def _md5_in(dvc_yaml: str) -> str | None:
+    import yaml
+
+    try:
+        return ((yaml.safe_load(dvc_yaml) or {}).get("outs") or [{}])[0].get("md5")
+    except Exception:
+        return None

@@ -1,0 +1,247 @@
+"""Releases, lineage and audit on a real (test-profile) pipeline run.
+
+The pipeline runs once (raw pool -> 100 MP corpus) into a temporary data root; the release
+goes through the Dagster ``release_job`` into a folder object store, a DVC repo created at the
+data root (git + DVC) and a local DVC remote. Then: lineage of a derived image and of its raw
+parent, the audit (clean, then with a corrupted blob, a deleted blob and a rejected stage row),
+immutable names, ``dvc pull`` from the tag, a checkpoint recorded in MLflow showing up in the
+lineage, and a new link provider joining the chain and the audit without other changes.
+"""
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+from click.testing import CliRunner
+from dagster import DagsterInstance
+
+from curation.layout import DataLayout
+from curation.store import LocalStore, blob_key
+
+pytestmark = pytest.mark.slow
+
+
+def _rows(layout, stage):
+    return [r for p in layout.manifests(stage) for r in pq.read_table(p).to_pylist()]
+
+
+@pytest.fixture(scope="module")
+def rel(tmp_path_factory):
+    from curation.config import load_config
+    from curation.synth import make_raw_pool
+    from orchestration.definitions import build_definitions
+    from orchestration.pipeline import materialize_all
+    from orchestration.resources import AestheticModels, CurationSettings, DVCRemote, ObjectStoreResource
+
+    cfg = load_config("test")
+    base = tmp_path_factory.mktemp("rel")
+    raw, data = base / "raw", base / "data"
+    make_raw_pool(raw, 20, 3, cfg)
+    store_root, remote = base / "store", base / "dvc-remote"
+    defs = build_definitions({
+        "settings": CurationSettings(data_root=str(data), raw_root=str(raw), profile="test"),
+        "aesthetics": AestheticModels(),
+        "store": ObjectStoreResource(local_root=str(store_root)),
+        "dvc": DVCRemote(url=str(remote), name="local"),
+    })
+    instance = DagsterInstance.ephemeral()
+    materialize_all(defs, instance, raw, log=lambda *_: None)
+    res = defs.resolve_job_def("release_job").execute_in_process(
+        run_config={"ops": {"corpus_release": {"config": {"name": "v1"}}}}, instance=instance)
+    return {"defs": defs, "instance": instance, "data": data, "layout": DataLayout.at(data),
+            "store": LocalStore(store_root), "remote": remote, "res": res, "base": base}
+
+
+def _cli(*args, env=None):
+    from orchestration.cli import cli
+
+    return CliRunner().invoke(cli, list(args), env=env, catch_exceptions=False)
+
+
+def test_release_freezes_the_passed_corpus(rel):
+    from curation.release import read_entry, read_release_manifest
+
+    res, layout, store = rel["res"], rel["layout"], rel["store"]
+    assert res.success
+    passed = [r for r in _rows(layout, "corpus_100mp") if r["passed"]]
+    assert passed, "the test pipeline must pass some images"
+    entry = read_entry(layout, "v1")
+    t = read_release_manifest(layout, "v1").to_pylist()
+    assert {r["image_id"] for r in t} == {r["image_id"] for r in passed} and entry["n_images"] == len(t)
+    raw = {r["image_id"]: r for r in _rows(layout, "raw_pool") if r["passed"]}
+    for r in t:
+        assert store.exists(blob_key(r["sha256"])) and store.exists(blob_key(r["raw_sha256"]))
+        assert r["licence"] == raw[r["parent_id"]]["licence"] and r["raw_sha256"] == raw[r["parent_id"]]["sha256"]
+        assert r["short_caption"] is None and r["megapixels"] >= 100 * 0.125 ** 2 * 0.99
+    assert "captions stage" in entry["captions"]
+    # DVC: tracked, in the cache and pushed to the remote
+    dvc_file = Path(entry["dvc"]["repo"]) / entry["dvc"]["file"]
+    md5 = entry["dvc"]["md5"]
+    assert dvc_file.exists() and md5.endswith(".dir") and entry["dvc"]["pushed"]
+    assert (rel["remote"] / "files" / "md5" / md5[:2] / md5[2:]).exists()
+    # git tag on a commit holding the .dvc file; the checkout is untouched
+    git = ["git", "-C", str(rel["data"])]
+    assert subprocess.run(git + ["rev-parse", "release/v1^{commit}"], capture_output=True, text=True).stdout.strip() \
+        == entry["git"]["commit"]
+    held = subprocess.run(git + ["show", "release/v1:releases/v1.dvc"], capture_output=True, text=True).stdout
+    assert md5 in held
+    assert subprocess.run(git + ["rev-parse", "-q", "--verify", "HEAD"], capture_output=True).returncode != 0
+    # in the store and in the releases table; the asset's audit check passed
+    assert store.exists("releases/_index/v1.json") and store.exists("releases/v1/manifest.parquet")
+    assert [e["name"] for e in pq.read_table(layout.root / "releases" / "releases.parquet").to_pylist()] == ["v1"]
+    checks = res.get_asset_check_evaluations()
+    assert [c.check_name for c in checks] == ["release_audit"] and checks[0].passed
+    md = res.asset_materializations_for_node("corpus_release")[0].metadata
+    assert md["dagster/row_count"].value == len(t) and Path(md["lineage_file"].value).exists()
+
+
+def test_same_name_same_content_is_a_no_op_other_content_is_refused(rel, monkeypatch):
+    import curation.release as release
+
+    layout, store = rel["layout"], rel["store"]
+    again = release.make_release(layout, "v1", store, log=lambda *_: None)
+    assert again["existing"] and again["manifest_sha256"] == release.read_entry(layout, "v1")["manifest_sha256"]
+    real = release.release_rows
+    monkeypatch.setattr(release, "release_rows", lambda lay: real(lay)[:-1])
+    with pytest.raises(release.ReleaseError, match="immutable"):
+        release.make_release(layout, "v1", store, log=lambda *_: None)
+    with pytest.raises(release.ReleaseError, match="bad release name"):
+        release.make_release(layout, "../x", store, log=lambda *_: None)
+
+
+def test_lineage_of_a_derived_image_and_of_its_raw_parent(rel):
+    layout = rel["layout"]
+    rows = [r for r in _rows(layout, "corpus_100mp") if r["passed"]]
+    derived = next((r for r in rows if r["tier"] in ("2x", "4x")), None)
+    assert derived is not None, "the test pipeline upscales at least one image"
+    raw = {r["image_id"]: r for r in _rows(layout, "raw_pool") if r["passed"]}[derived["parent_id"]]
+    out = _cli("lineage", derived["image_id"][:10], "--data-root", str(rel["data"]))
+    assert out.exit_code == 0, out.output
+    text = out.output
+    for needle in (raw["source_path"], raw["licence"], raw["sha256"], f"upscaled {derived['scale']}x",
+                   "entropy", ">=", "in release v1", "release/v1", derived["sha256"]):
+        assert needle in text, (needle, text)
+    for parent_query in (derived["parent_id"], derived["image_id"]):
+        js = json.loads(_cli("lineage", parent_query, "--data-root", str(rel["data"]), "--json").output)
+        stages = [lk["stage"] for lk in js["links"]]
+        assert stages[:4] == ["raw_pool", "image_scores", "candidate_pool", "corpus_100mp"] and "release" in stages
+        assert {"parent": derived["parent_id"], "child": derived["image_id"]} in js["edges"]
+        cp = next(lk for lk in js["links"] if lk["stage"] == "candidate_pool")
+        assert cp["details"]["entropy"] >= cp["details"]["entropy_threshold"]
+        sc = next(lk for lk in js["links"] if lk["stage"] == "image_scores")
+        assert sc["details"]["limits"]["min_laplacian_var"] == 10  # from the config snapshot the row ran with
+    bad = _cli("lineage", "ffffffffff", "--data-root", str(rel["data"]))
+    assert bad.exit_code != 0 and "no image id" in bad.output
+
+
+def test_audit_passes_then_names_a_corrupted_blob_a_missing_blob_and_a_rejected_row(rel):
+    layout, store = rel["layout"], rel["store"]
+    ok = _cli("audit", "v1", "--data-root", str(rel["data"]), env={"UHR_STORE_ROOT": str(store.root)})
+    assert ok.exit_code == 0, ok.output
+    assert "OK" in ok.output
+    t = pq.read_table(layout.release_dir("v1") / "manifest.parquet").to_pylist()
+    victim = t[0]
+    path = store.root / blob_key(victim["sha256"])
+    saved = path.read_bytes()
+    cand_path = next(p for p in layout.manifests("candidate_pool")
+                     if victim["parent_id"] in pq.read_table(p).column("image_id").to_pylist())
+    cand_saved = cand_path.read_bytes()
+    try:
+        path.write_bytes(saved[:-10] + b"0123456789")  # same size, other bytes
+        gone = None
+        if len(t) > 1 and t[1]["sha256"] != victim["sha256"]:
+            gone = store.root / blob_key(t[1]["sha256"])
+            shutil.move(gone, gone.with_suffix(".bak"))
+        tb = pq.read_table(cand_path).to_pylist()
+        for r in tb:
+            if r["image_id"] == victim["parent_id"]:
+                r["passed"], r["reject_reason"] = False, "low_entropy"
+        from curation.manifest import CANDIDATE_POOL, to_table, write_manifest
+
+        write_manifest(to_table(tb, CANDIDATE_POOL), cand_path)
+        bad = _cli("audit", "v1", "--data-root", str(rel["data"]), "--json", env={"UHR_STORE_ROOT": str(store.root)})
+        assert bad.exit_code == 1
+        rep = json.loads(bad.output[bad.output.index("{"):])
+        fails = {(f["image_id"], f["check"]) for f in rep["failures"]}
+        assert (victim["image_id"], "blob") in fails
+        assert any("hashes to" in f["detail"] for f in rep["failures"] if f["image_id"] == victim["image_id"])
+        assert (victim["image_id"], "stage candidate_pool") in fails
+        if gone is not None:
+            assert (t[1]["image_id"], "blob") in fails
+            assert any("missing" in f["detail"] for f in rep["failures"] if f["image_id"] == t[1]["image_id"])
+        assert not any(f["image_id"] not in (victim["image_id"], t[1]["image_id"] if gone else None)
+                       for f in rep["failures"])
+    finally:
+        path.write_bytes(saved)
+        cand_path.write_bytes(cand_saved)
+        if gone is not None:
+            shutil.move(gone.with_suffix(".bak"), gone)
+    again = _cli("audit", "v1", "--data-root", str(rel["data"]), env={"UHR_STORE_ROOT": str(store.root)})
+    assert again.exit_code == 0, again.output
+
+
+def test_tag_and_dvc_pull_bring_the_release_back(rel):
+    from curation.release import read_entry, rows_digest
+
+    layout = rel["layout"]
+    entry = read_entry(layout, "v1")
+    folder = layout.release_dir("v1")
+    shutil.rmtree(folder)
+    subprocess.run(["dvc", "pull", "-q", "releases/v1.dvc"], cwd=rel["data"], check=True,
+                   env={**__import__("os").environ, "PATH": f"{Path(__import__('sys').executable).parent}:"
+                        + __import__("os").environ.get("PATH", "")})
+    rows = pq.read_table(folder / "manifest.parquet").to_pylist()
+    assert rows_digest(rows) == entry["manifest_sha256"]
+
+
+def test_checkpoint_trained_on_the_release_appears_in_lineage(rel, tmp_path):
+    import mlflow
+
+    from curation.release import read_entry, release_tags
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    entry = read_entry(rel["layout"], "v1")
+    client = mlflow.tracking.MlflowClient(uri)
+    exp = client.create_experiment("train")
+    run = client.create_run(exp, tags={**release_tags(entry), "uhrforge.scheme": "scheme-I-lora", "uhrforge.tier": "4K"},
+                            run_name="ckpt-4k")
+    bench = client.create_run(exp, tags={"uhrforge.checkpoint_run": run.info.run_id})
+    client.log_metric(bench.info.run_id, "fid", 12.5)
+    image = pq.read_table(rel["layout"].release_dir("v1") / "manifest.parquet").column("image_id")[0].as_py()
+    out = _cli("lineage", image, "--data-root", str(rel["data"]), "--tracking-uri", uri)
+    assert out.exit_code == 0, out.output
+    assert f"checkpoint run {run.info.run_id}" in out.output and "ckpt-4k" in out.output and "fid 12.5" in out.output
+
+
+def test_a_new_stage_adds_its_link_and_joins_the_audit(rel):
+    from curation.audit import audit_release
+    from curation.lineage import LineageContext, Link, LinkProvider, lineage, register_link_provider
+    from curation.lineage import core
+
+    @register_link_provider
+    class FakeCaptions(LinkProvider):
+        stage, order, required, title = "captions_test", 50, True, "captions"
+
+        def links(self, ctx, ids):
+            return [Link(self.stage, i, "passed", f"caption of {i}") for i in sorted(ids) if i[0] in "0123456789"]
+
+    try:
+        layout, store = rel["layout"], rel["store"]
+        t = pq.read_table(layout.release_dir("v1") / "manifest.parquet").to_pylist()
+        for r in t:
+            stages = [lk.stage for lk in lineage(LineageContext(layout, store), r["image_id"]).links]
+            if any(i[0] in "0123456789" for i in (r["image_id"], r["parent_id"])):
+                assert stages.index("captions_test") == max(i for i, s in enumerate(stages) if s == "corpus_100mp") + 1
+                assert stages[-1] == "release"
+            else:
+                assert "captions_test" not in stages
+        report = audit_release(layout, "v1", store, verify_hashes=False)
+        without = {r["image_id"] for r in t
+                   if not any(i[0] in "0123456789" for i in (r["image_id"], r["parent_id"]))}
+        assert {f.image_id for f in report.failures if f.check == "stage captions_test"} == without
+        assert report.checked["stage captions_test"] == len(t)
+    finally:
+        core._PROVIDERS.pop("captions_test", None)
