@@ -163,6 +163,10 @@ def run_demo(data_root: str | Path, profile: str = "demo", n: int | None = None,
 
     run = materialize_all(definitions.defs, instance, raw_root, log=log)
     timings["materialise"] = time.perf_counter() - t0
+    log("releasing the corpus (corpus_release), auditing it and tracing one image ...")
+    t0 = time.perf_counter()
+    released = release_demo(data_root, definitions.defs, instance, log=log)
+    timings["release"] = time.perf_counter() - t0
     log("scoring the demo bench models (bench_scores) ...")
     t0 = time.perf_counter()
     bench = bench_demo(data_root, instance, log=log)
@@ -173,6 +177,11 @@ def run_demo(data_root: str | Path, profile: str = "demo", n: int | None = None,
         bench["markdown"].replace("### Bench results (layout of PixVerve Table 3)\n\n", "") + \
         f"\nTable files: {bench['table']} (.csv, .html next to it); per-image pages under " \
         f"{data_root / 'bench'}/<model>/index.html\n"
+    if released:
+        md += (f"\n## Release\n\n`{released['name']}`: {released['n_images']} images, manifest sha256 "
+               f"`{released['manifest_sha256'][:16]}`, DVC `{released['dvc_md5']}`, git tag `{released['git_tag']}`; "
+               f"audit {'OK' if released['audit_ok'] else 'FAILED'}.\n\nLineage of `{released['image_id']}` "
+               f"(`uhr lineage {released['image_id'][:10]} --data-root {data_root}`):\n\n```\n{released['lineage']}\n```\n")
     timings["total"] = time.perf_counter() - t_start
     md += "\n## Timings (s)\n\n" + markdown_table(["step", "seconds"], [[k, v] for k, v in timings.items()]) + "\n"
     report = layout.report_dir("demo") / "summary.md"
@@ -183,4 +192,31 @@ def run_demo(data_root: str | Path, profile: str = "demo", n: int | None = None,
     log(f"summary written to {report}")
     log("open the UI on the demo data with:  make ui   (then http://127.0.0.1:3000)")
     return {"shards": run["shards"], "timings": timings, "filter_eval": evals, "report": str(report),
-            "bench": bench}
+            "bench": bench, "release": released}
+
+
+def release_demo(data_root: Path, defs, instance, log=print) -> dict | None:
+    """Release the demo corpus as ``demo-<content digest>`` (a new name whenever the content
+    changes: names are immutable), audit it and render one image's lineage."""
+    from click.testing import CliRunner
+
+    from curation.release import release_rows, rows_digest
+    from orchestration.release_commands import lineage_cmd
+
+    layout = DataLayout.at(data_root)
+    rows = release_rows(layout)
+    if not rows:
+        log("  no passed corpus images: nothing to release")
+        return None
+    name = f"demo-{rows_digest(rows)[:8]}"
+    res = defs.resolve_job_def("release_job").execute_in_process(
+        run_config={"ops": {"corpus_release": {"config": {"name": name}}}}, instance=instance)
+    md = {k: getattr(v, "value", v) for k, v in res.asset_materializations_for_node("corpus_release")[0].metadata.items()}
+    check = res.get_asset_check_evaluations()[0]
+    pick = next((r for r in rows if r["tier"] != "archive"), rows[0])
+    text = CliRunner().invoke(lineage_cmd, [pick["image_id"], "--data-root", str(data_root)]).output.rstrip()
+    log(f"  release {name}: {md['dagster/row_count']} images, dvc {md['dvc_md5']}, tag {md['git_tag']}, "
+        f"audit {'OK' if check.passed else 'FAILED'}")
+    return {"name": name, "n_images": md["dagster/row_count"], "manifest_sha256": md["manifest_sha256"],
+            "dvc_md5": md["dvc_md5"], "git_tag": md["git_tag"], "audit_ok": check.passed,
+            "image_id": pick["image_id"], "lineage": text}

@@ -245,3 +245,30 @@ def test_a_new_stage_adds_its_link_and_joins_the_audit(rel):
         assert report.checked["stage captions_test"] == len(t)
     finally:
         core._PROVIDERS.pop("captions_test", None)
+
+
+def test_uhr_release_command_runs_the_asset_on_the_data_root_instance(rel, monkeypatch):
+    import importlib
+
+    import orchestration.definitions as definitions
+
+    for k in ("UHR_DATA_ROOT", "UHR_PROFILE", "UHR_RAW_ROOT", "DAGSTER_HOME"):
+        monkeypatch.delenv(k, raising=False)
+    monkeypatch.setenv("UHR_STORE_ROOT", str(rel["store"].root))
+    monkeypatch.setenv("UHR_DVC_REMOTE", str(rel["remote"]))
+    try:
+        out = _cli("release", "v2", "--data-root", str(rel["data"]), "--profile", "test", "--no-tag")
+        assert out.exit_code == 0, out.output
+        assert "release v2:" in out.output and "audit: OK" in out.output and "git tag none" in out.output
+        from curation.release import read_entry, releases_table
+
+        e1, e2 = read_entry(rel["layout"], "v1"), read_entry(rel["layout"], "v2")
+        assert e2["manifest_sha256"] == e1["manifest_sha256"] and e2["git"] is None and e2["dvc"]["pushed"]
+        assert [e["name"] for e in releases_table(rel["layout"])] == ["v1", "v2"]
+        inst = DagsterInstance.from_config(str(rel["data"] / "dagster_home"))
+        assert inst.get_latest_materialization_event(__import__("dagster").AssetKey("corpus_release")) is not None
+        listed = _cli("releases", "--data-root", str(rel["data"]))
+        assert "v1" in listed.output and "v2" in listed.output
+    finally:
+        monkeypatch.undo()
+        importlib.reload(definitions)

@@ -12,6 +12,7 @@ stages from the store alone.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import threading
@@ -331,3 +332,54 @@ def test_fresh_worker_runs_stages_from_the_store_alone(run):
     cols = ["image_id", "passed", "reject_reason", "threshold_version", "pass_richness"]
     assert pq.read_table(settings_b.layout().manifest("candidate_pool", shard)).select(cols).equals(
         pq.read_table(worker_a.layout().manifest("candidate_pool", shard)).select(cols))
+
+
+def test_release_to_s3_with_a_dvc_s3_remote_then_audit_and_trace_from_a_fresh_worker(stack, run, tmp_path):
+    """``uhr release`` against the services: blobs and the releases table in S3, the release folder
+    pushed to a DVC remote in the same S3; a new worker with an empty data root audits and traces
+    it from S3 alone (``--sync``); a corrupted blob in S3 is named by the audit."""
+    from click.testing import CliRunner
+
+    from curation.release import read_entry
+    from curation.store import blob_key
+    from orchestration.cli import cli
+    from orchestration.definitions import build_definitions
+    from orchestration.resources import AestheticModels, DVCRemote
+
+    settings, store = run["settings"], run["store"]
+    endpoint = stack["s3"].endpoint_url
+    defs = build_definitions({"settings": settings, "aesthetics": AestheticModels(), "store": run["res"],
+                              "dvc": DVCRemote(url=f"s3://{BUCKET}/dvc", endpoint_url=endpoint, name="s3")})
+    res = defs.resolve_job_def("release_job").execute_in_process(
+        run_config={"ops": {"corpus_release": {"config": {"name": "e2e-v1"}}}}, instance=run["instance"])
+    assert res.success and res.get_asset_check_evaluations()[0].passed
+    entry = read_entry(settings.layout(), "e2e-v1")
+    md5 = entry["dvc"]["md5"]
+    assert entry["dvc"]["pushed"] and entry["dvc"]["remote_url"] == f"s3://{BUCKET}/dvc"
+    assert store.exists(f"dvc/files/md5/{md5[:2]}/{md5[2:]}")  # the .dir object, in S3
+    assert store.exists("releases/_index/e2e-v1.json") and store.exists("releases/e2e-v1/manifest.parquet")
+    assert SECRET not in json.dumps(entry)
+
+    env = {"UHR_S3_ENDPOINT": endpoint, "UHR_S3_BUCKET": BUCKET, "UHR_S3_ACCESS_KEY": ACCESS,
+           "UHR_S3_SECRET_KEY": SECRET, "UHR_STORE_ROOT": None}
+    fresh = tmp_path / "auditor"
+    out = CliRunner().invoke(cli, ["audit", "e2e-v1", "--data-root", str(fresh), "--sync"], env=env,
+                             catch_exceptions=False)
+    assert out.exit_code == 0, out.output
+    rows = pq.read_table(fresh / "releases" / "e2e-v1" / "manifest.parquet").to_pylist()
+    victim = rows[0]
+    lin = CliRunner().invoke(cli, ["lineage", victim["image_id"], "--data-root", str(fresh), "--json"], env=env,
+                             catch_exceptions=False)
+    js = json.loads(lin.output)
+    assert [lk["stage"] for lk in js["links"]][:4] == ["raw_pool", "image_scores", "candidate_pool", "corpus_100mp"]
+    assert any(lk["stage"] == "release" and lk["details"]["release"] == "e2e-v1" for lk in js["links"])
+
+    key = blob_key(victim["sha256"])
+    saved = store.get_bytes(key)
+    try:
+        store.put_bytes(key, saved[:-4] + b"XXXX")
+        bad = CliRunner().invoke(cli, ["audit", "e2e-v1", "--data-root", str(fresh)], env=env, catch_exceptions=False)
+        assert bad.exit_code == 1
+        assert f"FAIL {victim['image_id']} blob: blob {key} hashes to" in bad.output
+    finally:
+        store.put_bytes(key, saved)
