@@ -80,7 +80,7 @@ def blob_sha256(store: ObjectStore, sha: str) -> str | None:
 
 
 def audit_release(layout: DataLayout, name: str, store: ObjectStore, verify_hashes: bool = True,
-                  progress: Callable[[int], None] | None = None, batch: int = 2000) -> AuditReport:
+                  progress: Callable[[int], None] | None = None, batch: int = 10000) -> AuditReport:
     report = AuditReport(name)
     entry = read_entry(layout, name, store)
     report.checked["release entry"] += 1

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from curation.lineage.core import PASSED, REJECTED
+from curation.lineage.core import PASSED, REJECTED, Link, LinkProvider
 
 
 def status(row: dict) -> str:
@@ -35,3 +35,18 @@ def rejected_suffix(row: dict) -> str:
         return ""
     detail = f" ({row['reject_detail']})" if row.get("reject_detail") else ""
     return f"; REJECTED: {row.get('reject_reason')}{detail}"
+
+
+class ManifestLinks(LinkProvider):
+    """A stage whose manifest rows are keyed by ``image_id``: one link per row, summarised by
+    :meth:`summarize` (which may add fields to the row: they land in the link's details)."""
+
+    def summarize(self, ctx, row: dict) -> str:
+        raise NotImplementedError
+
+    def links(self, ctx, ids):
+        out = []
+        for r in ctx.rows(self.stage, ids):
+            where = record(r)
+            out.append(Link(self.stage, r["image_id"], status(r), self.summarize(ctx, r), r, where))
+        return out

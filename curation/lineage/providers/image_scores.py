@@ -1,7 +1,7 @@
 """image_scores [3.1.2, App. A]: every purification score next to the limit that judged it."""
 
-from curation.lineage.core import Link, LinkProvider, register_link_provider
-from curation.lineage.providers._util import cmp, num, record, rejected_suffix, status
+from curation.lineage.core import register_link_provider
+from curation.lineage.providers._util import ManifestLinks, cmp, num, rejected_suffix
 
 
 def limits(snapshot: dict | None) -> dict:
@@ -15,24 +15,19 @@ def limits(snapshot: dict | None) -> dict:
 
 
 @register_link_provider
-class ImageScoresLinks(LinkProvider):
+class ImageScoresLinks(ManifestLinks):
     stage = "image_scores"
     order = 20
     required = True
     title = "purification scores"
 
-    def links(self, ctx, ids):
-        out = []
-        for r in ctx.rows(self.stage, ids):
-            where = record(r)
-            snap = ctx.config_snapshot(r["config_hash"])
-            lim = limits(snap)
-            r["limits"] = lim if snap else "config snapshot not found"
-            summary = (f"exposure {cmp(r.get('exposure_fraction'), '<=', lim['exposure_max_fraction'])}, "
-                       f"sharpness {cmp(r.get('laplacian_var'), '>=', lim['min_laplacian_var'])}, "
-                       f"flatness {cmp(r.get('flat_fraction'), '<=', lim['max_textureless_fraction'])}, "
-                       f"entropy {num(r.get('entropy'), '.4f')}, LAION {num(r.get('laion_score'))}, "
-                       f"ArtiMuse {num(r.get('artimuse_score'))} ({r.get('aesthetic_models') or 'no aesthetic models'}), "
-                       f"config {r['config_hash']}" + ("" if snap else " (snapshot missing)") + rejected_suffix(r))
-            out.append(Link(self.stage, r["image_id"], status(r), summary, r, where))
-        return out
+    def summarize(self, ctx, r):
+        snap = ctx.config_snapshot(r["config_hash"])
+        lim = limits(snap)
+        r["limits"] = lim if snap else "config snapshot not found"
+        return (f"exposure {cmp(r.get('exposure_fraction'), '<=', lim['exposure_max_fraction'])}, "
+                f"sharpness {cmp(r.get('laplacian_var'), '>=', lim['min_laplacian_var'])}, "
+                f"flatness {cmp(r.get('flat_fraction'), '<=', lim['max_textureless_fraction'])}, "
+                f"entropy {num(r.get('entropy'), '.4f')}, LAION {num(r.get('laion_score'))}, "
+                f"ArtiMuse {num(r.get('artimuse_score'))} ({r.get('aesthetic_models') or 'no aesthetic models'}), "
+                f"config {r['config_hash']}" + ("" if snap else " (snapshot missing)") + rejected_suffix(r))
