@@ -166,7 +166,15 @@ def sample_patches(
     """
     if patch_size < 1:
         raise ValueError("patch_size must be positive")
-    grey, scale, (w, h) = analysis_copy(image, analysis_long_edge)
+    grey, scale, size = analysis_copy(image, analysis_long_edge)
+    return select_patches(grey, scale, size, patch_size, rng, n_top, n_random)
+
+
+def select_patches(grey: np.ndarray, scale: float, size: tuple[int, int], patch_size: int, rng: Generator,
+                   n_top: int = N_TOP, n_random: int = N_RANDOM) -> list[PatchBox]:
+    """Steps 2-5 of the protocol on a given grey analysis copy (``scale`` = analysis width /
+    full width, ``size`` = full ``(w, h)``): grid, score, select, map back to full resolution."""
+    w, h = size
     side = int(patch_size * scale)
     if side < 1:
         return []

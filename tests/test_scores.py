@@ -82,3 +82,24 @@ def test_strip_wise_equals_whole_image(shape, seed):
     # small strips: many strip boundaries, results unchanged
     assert isclose_rel(laplacian_var(g, rows=7), ref.laplacian_var, 1e-9)
     assert np.array_equal(grey_histogram(g, rows=13), np.bincount(g.ravel(), minlength=256))
+
+
+@pytest.mark.parametrize("shape,patch,seed", [((1237, 961), 240, 0), ((481, 2403), 240, 1), ((250, 500), 240, 2),
+                                              ((97, 61), 7, 3), ((10, 10), 2, 4), ((600, 900), 3, 5)])
+def test_flatness_c_kernel_equals_per_tile_opencv(shape, patch, seed):
+    """The fused C kernel (tile-own reflected borders, integer gradients) against cv2.Sobel per tile."""
+    from curation.scores import _flat_kernel, _patch_magnitude_variances_per_tile, patch_magnitude_variances
+
+    fn, why = _flat_kernel()
+    if fn is None:
+        pytest.skip(f"no C kernel here: {why}")
+    g = _texture(*shape, seed)
+    g[: shape[0] // 3, : shape[1] // 2] = 255  # flat and saturated regions too
+    fast = patch_magnitude_variances(g, patch)
+    ref = _patch_magnitude_variances_per_tile(g, patch, 3)
+    assert fast.shape == ref.shape == (shape[0] // patch, shape[1] // patch)
+    np.testing.assert_allclose(fast, ref, rtol=1e-9, atol=1e-9)
+    view = g[5:, 3:]  # a non-contiguous view (row stride != width)
+    np.testing.assert_allclose(patch_magnitude_variances(view, patch),
+                               _patch_magnitude_variances_per_tile(np.ascontiguousarray(view), patch, 3),
+                               rtol=1e-9, atol=1e-9)

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from curation.final_filters.judging import Judge, decide, run_judge
-from curation.patch_sampler import ANALYSIS_LONG_EDGE, PatchBox, _draw, grid_scores, sample_patches
+from curation.patch_sampler import ANALYSIS_LONG_EDGE, PatchBox, sample_patches, select_patches
 
 PATCH = 768
 N_TOP = 6
@@ -73,30 +73,6 @@ def fast_analysis_copy(image: Any, long_edge: int = ANALYSIS_LONG_EDGE) -> tuple
     return _grey(small), aw / w, (w, h)
 
 
-def _select(grey: np.ndarray, scale: float, size: tuple[int, int], patch: int, rng: np.random.Generator,
-            n_top: int, n_random: int) -> list[PatchBox]:
-    """Steps 2-5 of the patch_sampler protocol on a given analysis copy (same rules)."""
-    w, h = size
-    side = int(patch * scale)
-    if side < 1:
-        return []
-    coords, scores = grid_scores(grey, side)
-    order = np.argsort(-scores, kind="stable")
-    top = [int(i) for i in order[:n_top]]
-    rest = [int(i) for i in order[n_top:]]
-    picked = [rest[j] for j in _draw(rng, len(rest), n_random)] if len(rest) >= n_random else rest
-    rank_of = {int(c): r for r, c in enumerate(order)}
-    boxes = []
-    for source, cells in (("top", top), ("random", picked)):
-        for ci in cells:
-            ax, ay = coords[ci]
-            x, y = int(round(ax / scale)), int(round(ay / scale))
-            right, bottom = min(x + patch, w), min(y + patch, h)
-            x, y = max(0, right - patch), max(0, bottom - patch)
-            boxes.append(PatchBox(x, y, right - x, bottom - y, source, rank_of[ci], float(scores[ci]), (ax, ay, side)))
-    return boxes
-
-
 def sample_regions(image: Any, image_id: str, patch: int = PATCH, n_top: int = N_TOP, n_random: int = N_RANDOM,
                    analysis: str = "fast") -> list[PatchBox]:
     """The ``n_top + n_random`` patch boxes of one image (array, region source or path)."""
@@ -118,7 +94,7 @@ def sample_regions(image: Any, image_id: str, patch: int = PATCH, n_top: int = N
     finally:
         if src is not image and hasattr(src, "close"):
             src.close()
-    return _select(grey, scale, size, patch, rng, n_top, n_random)
+    return select_patches(grey, scale, size, patch, rng, n_top, n_random)
 
 
 def crop_regions(image: Any, boxes: list[PatchBox]) -> list[np.ndarray]:
