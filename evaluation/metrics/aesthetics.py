@@ -3,26 +3,17 @@
 from __future__ import annotations
 
 import os
-from typing import Any, Sequence
+from typing import Any
 
-from evaluation.metrics.base import (
-    PER_IMAGE,
-    Metric,
-    MetricResult,
-    module_available,
-    register,
-    torch_hub_checkpoint,
-)
+from evaluation.metrics.base import PER_IMAGE, MetricResult, register, torch_hub_checkpoint
 from evaluation.metrics.hf_models import (
     CONFIG_FILES,
-    ModelLocation,
-    architecture_mismatches,
+    HFModelMetric,
     file_sha256,
-    locate_model,
-    open_image,
+    image_from_rgb,
     resolve_device,
     setting,
-    weight_files,
+    try_open_image,
 )
 
 AESTHETIC_WEIGHTS = "sac+logos+ava1-l14-linearMSE.pth"
@@ -110,7 +101,7 @@ def openai_clip_preprocess(img: Any, n_px: int) -> Any:
 
 
 @register
-class AestheticsMetric(Metric):
+class AestheticsMetric(HFModelMetric):
     """LAION aesthetics: CLIP ViT-L/14 image embedding, L2-normalised, through the improved
     aesthetic predictor's MLP; per image, mean over the set.
 
@@ -155,38 +146,26 @@ class AestheticsMetric(Metric):
     requires = ("weights:clip-vit-l-14", "weights:laion-aesthetic-mlp")
     protocol_version = "pixverve-3f9e7bd/laion-aesthetic-l14-mlp/1"
     higher_is_better = True
+    # model location and loading: see HFModelMetric
+    model_option = "clip_model"
+    model_env = CLIP_ENV
+    model_default = CLIP_L14_MODEL
+    model_label = "OpenAI CLIP ViT-L/14"
+    model_files = CONFIG_FILES
+    needs_modules = ("torch", "torchvision", "transformers")
+    reference_architecture = REFERENCE_ARCHITECTURE
 
     def __init__(self, device: str = "cpu", clip_model: str | os.PathLike | None = None,
                  mlp_path: str | os.PathLike | None = None, cache_dir: str | os.PathLike | None = None) -> None:
-        self.device = device
-        self.clip_model = setting(os.fspath(clip_model) if clip_model else None, CLIP_ENV, CLIP_L14_MODEL)
+        super().__init__(device, clip_model, cache_dir)
         self.mlp_path = setting(os.fspath(mlp_path) if mlp_path else None, MLP_ENV, None)
-        self.cache_dir = os.fspath(cache_dir) if cache_dir else None
-        self._avail: tuple[bool, str | None] | None = None
-        self._location: ModelLocation | None = None
         self._mlp: Any = None
         self._mlp_hash: str | None = None
-        self._model: Any = None
         self._n_px: int | None = None
-        self._torch_device: Any = None
-        self._arch_mismatch: list[str] = []
 
     # ---- requirements ----------------------------------------------------------------------
-    def availability(self) -> tuple[bool, str | None]:
-        if self._avail is None:
-            reasons = [f"{m} not installed" for m in ("torch", "torchvision", "transformers")
-                       if not module_available(m)]
-            if not reasons:
-                loc, why = locate_model(self.clip_model, "OpenAI CLIP ViT-L/14", (*CONFIG_FILES, weight_files()),
-                                        cache_dir=self.cache_dir, env=CLIP_ENV, option="clip_model")
-                self._location = loc
-                if why:
-                    reasons.append(why)
-                why = self._check_mlp()
-                if why:
-                    reasons.append(why)
-            self._avail = (not reasons, "; ".join(reasons) or None)
-        return self._avail
+    def _check_extra(self) -> str | None:
+        return self._check_mlp()
 
     def _check_mlp(self) -> str | None:
         path = self.mlp_path or torch_hub_checkpoint(AESTHETIC_WEIGHTS)
@@ -203,33 +182,24 @@ class AestheticsMetric(Metric):
         self._mlp_hash = file_sha256(path)
         return None
 
-    def _load(self) -> str | None:
-        """Load CLIP once; on failure the metric becomes unavailable with the reason."""
-        if self._model is not None:
-            return None
-        assert self._location is not None
-        try:
-            import torch
-            from transformers import CLIPVisionModelWithProjection
+    def _load_model(self, src: str, kw: dict[str, Any]) -> tuple[Any, Any]:
+        """CLIP's vision tower with projection (float32), refused unless it projects to 768."""
+        import torch
+        from transformers import CLIPVisionModelWithProjection
 
-            kw: dict[str, Any] = {"local_files_only": True}
-            if self.cache_dir:
-                kw["cache_dir"] = self.cache_dir
-            dev = resolve_device(self.device)
-            model = CLIPVisionModelWithProjection.from_pretrained(self._location.directory, dtype=torch.float32, **kw)
-            if model.config.projection_dim != MLP_LAYERS[0]:
-                raise ValueError(f"CLIP projection_dim is {model.config.projection_dim}; the aesthetic MLP needs "
-                                 f"{MLP_LAYERS[0]} (ViT-L/14)")
-        except Exception as exc:
-            why = f"OpenAI CLIP ViT-L/14 at {self._location.directory} could not be loaded: {type(exc).__name__}: {exc}"
-            self._avail = (False, why)
-            return why
+        dev = resolve_device(self.device)
+        model = CLIPVisionModelWithProjection.from_pretrained(src, dtype=torch.float32, **kw)
+        if model.config.projection_dim != MLP_LAYERS[0]:
+            raise ValueError(f"CLIP projection_dim is {model.config.projection_dim}; the aesthetic MLP needs "
+                             f"{MLP_LAYERS[0]} (ViT-L/14)")
+        return dev, model
+
+    def _use_model(self, loaded: tuple[Any, Any]) -> None:
+        dev, model = loaded
         self._torch_device = dev
         self._model = model.eval().to(dev)
         self._mlp = self._mlp.to(dev)
         self._n_px = int(model.config.image_size)
-        self._arch_mismatch = architecture_mismatches(model.config, REFERENCE_ARCHITECTURE)
-        return None
 
     # ---- scoring ---------------------------------------------------------------------------
     def _score_pil(self, img: Any) -> MetricResult:
@@ -246,29 +216,14 @@ class AestheticsMetric(Metric):
         return self.result(float(out.reshape(-1)[0]))
 
     def _score_path(self, path: str) -> MetricResult:
-        try:
-            img = open_image(path)
-        except (OSError, ValueError, SyntaxError) as exc:
-            return self.result(None, f"failed: cannot read image: {type(exc).__name__}: {exc}")
+        img, why = try_open_image(path)
+        if why:
+            return self.result(None, why)
         return self._score_pil(img)
 
     def _score_image(self, rgb: Any, **context: Any) -> MetricResult:
-        import numpy as np
-        from PIL import Image
+        return self._score_pil(image_from_rgb(rgb))
 
-        return self._score_pil(Image.fromarray(np.ascontiguousarray(np.asarray(rgb, dtype=np.uint8))))
-
-    def aggregate(self, results: Sequence[MetricResult]) -> MetricResult:
-        r = super().aggregate(results)
-        r.extra.update(self.provenance())
-        return r
-
-    def provenance(self) -> dict[str, Any]:
-        """Which model and head produced the values (for the set result)."""
-        out: dict[str, Any] = {"clip_model": self._location.tag if self._location else self.clip_model,
-                               "mlp_path": self.mlp_path, "mlp_sha256": self._mlp_hash}
-        if self._model is not None:
-            out["reference_architecture"] = not self._arch_mismatch
-            if self._arch_mismatch:
-                out["architecture_differs"] = self._arch_mismatch
-        return out
+    def _provenance_extra(self) -> dict[str, Any]:
+        """The head that produced the values, after the model (see :meth:`provenance`)."""
+        return {"mlp_path": self.mlp_path, "mlp_sha256": self._mlp_hash}

@@ -6,25 +6,14 @@ import math
 import os
 from typing import Any, Sequence
 
-from evaluation.metrics.base import (
-    PER_IMAGE,
-    Metric,
-    MetricResult,
-    module_available,
-    register,
-)
+from evaluation.metrics.base import PER_IMAGE, MetricResult, register
 from evaluation.metrics.hf_models import (
     CONFIG_FILES,
     PREPROCESSOR_FILES,
     TOKENIZER_FILES,
-    ModelLocation,
-    architecture_mismatches,
-    locate_model,
     CaptionedImageMixin,
-    open_image,
+    HFModelMetric,
     resolve_device,
-    setting,
-    weight_files,
 )
 
 CLIP_MODEL = "openai/clip-vit-base-patch16"
@@ -84,7 +73,7 @@ def batch_mean_aggregate(raw_scores: Sequence[float], batch: int = BATCH) -> tup
 
 
 @register
-class ClipScoreMetric(CaptionedImageMixin, Metric):
+class ClipScoreMetric(CaptionedImageMixin, HFModelMetric):
     """CLIPScore of each generated image with its *short* caption.
 
     Protocol (reference: PixVerve-95K ``eval/metrics.py`` @3f9e7bd, ``compute_clip_score``):
@@ -130,62 +119,40 @@ class ClipScoreMetric(CaptionedImageMixin, Metric):
     requires = ("weights:clip-vit-b-16", "captions")
     protocol_version = "pixverve-3f9e7bd/clipscore-b16-short-batch4/1"
     higher_is_better = True
+    # model location and loading: see HFModelMetric
+    model_option = "clip_model"
+    model_env = CLIP_ENV
+    model_default = CLIP_MODEL
+    model_label = "CLIP ViT-B/16"
+    model_files = (*CONFIG_FILES, *PREPROCESSOR_FILES, TOKENIZER_FILES)
+    needs_modules = ("torch", "torchvision", "transformers", "torchmetrics")
+    reference_architecture = REFERENCE_ARCHITECTURE
 
     def __init__(self, device: str = "cpu", clip_model: str | os.PathLike | None = None,
                  cache_dir: str | os.PathLike | None = None) -> None:
-        self.device = device
-        self.clip_model = setting(os.fspath(clip_model) if clip_model else None, CLIP_ENV, CLIP_MODEL)
-        self.cache_dir = os.fspath(cache_dir) if cache_dir else None
-        self._avail: tuple[bool, str | None] | None = None
-        self._location: ModelLocation | None = None
-        self._model: Any = None
+        super().__init__(device, clip_model, cache_dir)
         self._adapter: Any = None
         self._processor: Any = None
-        self._torch_device: Any = None
-        self._arch_mismatch: list[str] = []
 
-    # ---- requirements ----------------------------------------------------------------------
-    def availability(self) -> tuple[bool, str | None]:
-        if self._avail is None:
-            reasons = [f"{m} not installed" for m in ("torch", "torchvision", "transformers", "torchmetrics")
-                       if not module_available(m)]
-            if not reasons:
-                loc, why = locate_model(self.clip_model, "CLIP ViT-B/16",
-                                        (*CONFIG_FILES, *PREPROCESSOR_FILES, TOKENIZER_FILES, weight_files()),
-                                        cache_dir=self.cache_dir, env=CLIP_ENV, option="clip_model")
-                self._location = loc
-                if why:
-                    reasons.append(why)
-            self._avail = (not reasons, "; ".join(reasons) or None)
-        return self._avail
+    def _load_model(self, src: str, kw: dict[str, Any]) -> tuple[Any, Any, Any]:
+        """``CLIPModel`` (float32, eval, on the device) and a ``CLIPProcessor`` with the PIL image
+        processor."""
+        import torch
+        from torchmetrics.functional.multimodal.clip_score import _clip_score_update  # noqa: F401
+        from transformers import CLIPImageProcessorPil, CLIPModel, CLIPProcessor, CLIPTokenizer
 
-    def _load(self) -> str | None:
-        if self._model is not None:
-            return None
-        assert self._location is not None
-        try:
-            import torch
-            from torchmetrics.functional.multimodal.clip_score import _clip_score_update  # noqa: F401
-            from transformers import CLIPImageProcessorPil, CLIPModel, CLIPProcessor, CLIPTokenizer
+        dev = resolve_device(self.device)
+        model = CLIPModel.from_pretrained(src, dtype=torch.float32, **kw).eval().to(dev)
+        processor = CLIPProcessor(image_processor=CLIPImageProcessorPil.from_pretrained(src, **kw),
+                                  tokenizer=CLIPTokenizer.from_pretrained(src, **kw))
+        return dev, model, processor
 
-            kw: dict[str, Any] = {"local_files_only": True}
-            if self.cache_dir:
-                kw["cache_dir"] = self.cache_dir
-            src = self._location.directory
-            dev = resolve_device(self.device)
-            model = CLIPModel.from_pretrained(src, dtype=torch.float32, **kw).eval().to(dev)
-            processor = CLIPProcessor(image_processor=CLIPImageProcessorPil.from_pretrained(src, **kw),
-                                      tokenizer=CLIPTokenizer.from_pretrained(src, **kw))
-        except Exception as exc:
-            why = f"CLIP ViT-B/16 at {self._location.directory} could not be loaded: {type(exc).__name__}: {exc}"
-            self._avail = (False, why)
-            return why
+    def _use_model(self, loaded: tuple[Any, Any, Any]) -> None:
+        dev, model, processor = loaded
         self._torch_device = dev
         self._model = model
         self._adapter = torchmetrics_clip_adapter(model)
         self._processor = processor
-        self._arch_mismatch = architecture_mismatches(model.config, REFERENCE_ARCHITECTURE)
-        return None
 
     # ---- scoring ---------------------------------------------------------------------------
     def score_100cos(self, image_chw: Any, caption: str) -> tuple[float, bool]:
@@ -222,20 +189,10 @@ class ClipScoreMetric(CaptionedImageMixin, Metric):
         protocol); the plain per-image mean is in ``extra["per_image_mean"]``."""
         scored = [r for r in results if r.value is not None]
         if not scored:
-            r = super().aggregate(results)
-            r.extra.update(self.provenance())
-            return r
+            return super().aggregate(results)  # the plain mean's reason, with the provenance
         raws = [float(r.extra.get("score_100cos", r.value)) for r in scored]
         value, batch_values = batch_mean_aggregate(raws, BATCH)
         extra = {"n_images": len(results), "n_scored": len(scored), "batch_size": BATCH,
                  "n_batches": len(batch_values), "batch_values": batch_values,
                  "per_image_mean": math.fsum(r.value for r in scored) / len(scored), **self.provenance()}
         return self.result(value, **extra)
-
-    def provenance(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"clip_model": self._location.tag if self._location else self.clip_model}
-        if self._model is not None:
-            out["reference_architecture"] = not self._arch_mismatch
-            if self._arch_mismatch:
-                out["architecture_differs"] = self._arch_mismatch
-        return out

@@ -4,21 +4,16 @@ from __future__ import annotations
 
 import os
 from functools import lru_cache
-from typing import Any, Sequence
+from typing import Any
 
-from evaluation.metrics.base import PER_IMAGE, Metric, MetricResult, module_available, register
+from evaluation.metrics.base import PER_IMAGE, MetricResult, register
 from evaluation.metrics.hf_models import (
     CONFIG_FILES,
     PREPROCESSOR_FILES,
     TOKENIZER_FILES,
-    ModelLocation,
-    architecture_mismatches,
-    locate_model,
     CaptionedImageMixin,
-    open_image,
+    HFModelMetric,
     resolve_device,
-    setting,
-    weight_files,
 )
 
 FGCLIP2_MODEL = "qihoo360/fg-clip2-base"
@@ -127,7 +122,7 @@ def long_text_features(model: Any, input_ids: Any, attention_mask: Any = None) -
 
 
 @register
-class FgClip2Metric(CaptionedImageMixin, Metric):
+class FgClip2Metric(CaptionedImageMixin, HFModelMetric):
     """FG-CLIP2 score of each generated image with its *long* caption.
 
     Protocol (reference: PixVerve-95K ``eval/metrics.py`` @3f9e7bd, ``compute_fgclip2_score``):
@@ -169,68 +164,48 @@ class FgClip2Metric(CaptionedImageMixin, Metric):
     requires = ("weights:fg-clip2-base", "captions")
     protocol_version = "pixverve-3f9e7bd/fgclip2-base-long196/1"
     higher_is_better = True
+    # model location and loading: see HFModelMetric
+    model_option = "model"
+    model_env = FGCLIP2_ENV
+    model_default = FGCLIP2_MODEL
+    model_label = "FG-CLIP2 base"
+    load_label = "FG-CLIP2"
+    model_files = (*CONFIG_FILES, *PREPROCESSOR_FILES, TOKENIZER_FILES)
+    needs_modules = ("torch", "transformers")
+    reference_architecture = REFERENCE_ARCHITECTURE
 
     def __init__(self, device: str = "cpu", model: str | os.PathLike | None = None,
                  cache_dir: str | os.PathLike | None = None) -> None:
-        self.device = device
-        self.model = setting(os.fspath(model) if model else None, FGCLIP2_ENV, FGCLIP2_MODEL)
-        self.cache_dir = os.fspath(cache_dir) if cache_dir else None
-        self._avail: tuple[bool, str | None] | None = None
-        self._location: ModelLocation | None = None
-        self._model: Any = None
+        super().__init__(device, model, cache_dir)
         self._tokenizer: Any = None
         self._image_processor: Any = None
-        self._torch_device: Any = None
-        self._arch_mismatch: list[str] = []
 
-    # ---- requirements ----------------------------------------------------------------------
-    def availability(self) -> tuple[bool, str | None]:
-        if self._avail is None:
-            reasons = [f"{m} not installed" for m in ("torch", "transformers") if not module_available(m)]
-            if not reasons:
-                loc, why = locate_model(self.model, "FG-CLIP2 base",
-                                        (*CONFIG_FILES, *PREPROCESSOR_FILES, TOKENIZER_FILES, weight_files()),
-                                        cache_dir=self.cache_dir, env=FGCLIP2_ENV, option="model")
-                self._location = loc
-                if why:
-                    reasons.append(why)
-            self._avail = (not reasons, "; ".join(reasons) or None)
-        return self._avail
+    def _load_model(self, src: str, kw: dict[str, Any]) -> tuple[Any, Any, Any, Any]:
+        """The checkpoint in :func:`fgclip2_model_class` (float32; refused when parameters are
+        missing), its tokenizer and the PIL SigLIP2 image processor."""
+        import torch
+        from transformers import AutoTokenizer, Siglip2ImageProcessorPil
 
-    def _load(self) -> str | None:
-        if self._model is not None:
-            return None
-        assert self._location is not None
-        src = self._location.directory
-        try:
-            import torch
-            from transformers import AutoTokenizer, Siglip2ImageProcessorPil
+        dev = resolve_device(self.device)
+        config = siglip2_config_from_file(os.path.join(src, "config.json"))
+        model, info = fgclip2_model_class().from_pretrained(src, config=config, dtype=torch.float32,
+                                                            output_loading_info=True, **kw)
+        missing = sorted(info.get("missing_keys") or ())
+        if missing:
+            long_missing = [k for k in missing if k in LONG_TEXT_KEYS]
+            what = "FG-CLIP2 long-text parameters" if long_missing else "parameters"
+            raise ValueError(f"the checkpoint lacks {what} {', '.join(missing[:6])}"
+                             + (f" (+{len(missing) - 6} more)" if len(missing) > 6 else ""))
+        tokenizer = AutoTokenizer.from_pretrained(src, **kw)
+        image_processor = Siglip2ImageProcessorPil.from_pretrained(src, **kw)
+        return dev, model, tokenizer, image_processor
 
-            kw: dict[str, Any] = {"local_files_only": True}
-            if self.cache_dir:
-                kw["cache_dir"] = self.cache_dir
-            dev = resolve_device(self.device)
-            config = siglip2_config_from_file(os.path.join(src, "config.json"))
-            model, info = fgclip2_model_class().from_pretrained(src, config=config, dtype=torch.float32,
-                                                                output_loading_info=True, **kw)
-            missing = sorted(info.get("missing_keys") or ())
-            if missing:
-                long_missing = [k for k in missing if k in LONG_TEXT_KEYS]
-                what = "FG-CLIP2 long-text parameters" if long_missing else "parameters"
-                raise ValueError(f"the checkpoint lacks {what} {', '.join(missing[:6])}"
-                                 + (f" (+{len(missing) - 6} more)" if len(missing) > 6 else ""))
-            tokenizer = AutoTokenizer.from_pretrained(src, **kw)
-            image_processor = Siglip2ImageProcessorPil.from_pretrained(src, **kw)
-        except Exception as exc:
-            why = f"FG-CLIP2 at {src} could not be loaded: {type(exc).__name__}: {exc}"
-            self._avail = (False, why)
-            return why
+    def _use_model(self, loaded: tuple[Any, Any, Any, Any]) -> None:
+        dev, model, tokenizer, image_processor = loaded
         self._torch_device = dev
         self._model = model.eval().to(dev)
         self._tokenizer = tokenizer
         self._image_processor = image_processor
-        self._arch_mismatch = architecture_mismatches(model.config, REFERENCE_ARCHITECTURE)
-        return None
 
     # ---- scoring ---------------------------------------------------------------------------
     def _score(self, img: Any, caption: str | None) -> MetricResult:
@@ -256,16 +231,3 @@ class FgClip2Metric(CaptionedImageMixin, Metric):
         if text.get("attention_mask") is not None:
             extra["text_tokens"] = int(text["attention_mask"].sum())
         return self.result(max(cos, 0.0) * 100, **extra)
-
-    def aggregate(self, results: Sequence[MetricResult]) -> MetricResult:
-        r = super().aggregate(results)
-        r.extra.update(self.provenance())
-        return r
-
-    def provenance(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"model": self._location.tag if self._location else self.model}
-        if self._model is not None:
-            out["reference_architecture"] = not self._arch_mismatch
-            if self._arch_mismatch:
-                out["architecture_differs"] = self._arch_mismatch
-        return out

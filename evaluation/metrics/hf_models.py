@@ -14,7 +14,8 @@ cannot be a ``namespace/name`` id, or that exists on disk, is a path.
 :func:`locate_model` checks the files without loading anything and returns either a
 :class:`ModelLocation` (the folder to hand to ``from_pretrained`` and a tag naming exactly what
 was used: ``<id>@<commit>`` or ``path:<dir>``) or the reason it cannot, naming the model, where
-it looked and how to provide it. Importing this module imports neither torch nor transformers.
+it looked and how to provide it. :class:`HFModelMetric` is the availability / lazy-load skeleton
+the three metrics share. Importing this module imports neither torch nor transformers.
 """
 
 from __future__ import annotations
@@ -24,7 +25,9 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, ClassVar, Mapping, Sequence
+
+from evaluation.metrics.base import Metric, MetricResult, module_available
 
 CONFIG_FILES: tuple[str, ...] = ("config.json",)
 PREPROCESSOR_FILES: tuple[str, ...] = ("preprocessor_config.json",)
@@ -176,6 +179,129 @@ def open_image(path: str | os.PathLike):
         return im.copy()
 
 
+def try_open_image(path: str | os.PathLike) -> tuple[Any, str | None]:
+    """``(image, None)`` from :func:`open_image`, or ``(None, "failed: cannot read image: ...")``."""
+    try:
+        return open_image(path), None
+    except (OSError, ValueError, SyntaxError) as exc:
+        return None, f"failed: cannot read image: {type(exc).__name__}: {exc}"
+
+
+def image_from_rgb(rgb: Any):
+    """A PIL image of an (H, W, 3) uint8 array (values cast to uint8, copied if not contiguous)."""
+    import numpy as np
+    from PIL import Image
+
+    return Image.fromarray(np.ascontiguousarray(np.asarray(rgb, dtype=np.uint8)))
+
+
+class HFModelMetric(Metric):
+    """Availability and lazy loading shared by ``aesthetics``, ``clipscore`` and ``fgclip2``.
+
+    The model spec is the metric option named ``model_option`` (kept in the attribute of that
+    name), else ``$model_env``, else ``model_default`` (:func:`setting`). :meth:`availability`
+    checks ``needs_modules`` and locates the model once with :func:`locate_model` (the files of
+    ``model_files`` plus the weights; nothing is loaded), then :meth:`_check_extra`.
+    :meth:`_load` loads it once, on first use: :meth:`_load_model` (imports and
+    ``from_pretrained``; any exception there makes the metric unavailable with the reason),
+    then :meth:`_use_model` (keeps what was loaded: sets ``_model`` and ``_torch_device``), then
+    the comparison with ``reference_architecture``. The set result carries :meth:`provenance`.
+    """
+
+    model_option: ClassVar[str] = "model"
+    model_env: ClassVar[str] = ""
+    model_default: ClassVar[str | None] = None
+    #: names the model in "weights not found" reasons; ``load_label`` (default: the same) in
+    #: "could not be loaded" reasons
+    model_label: ClassVar[str] = ""
+    load_label: ClassVar[str] = ""
+    #: files the model folder must hold besides the weights (names, or tuples of alternatives)
+    model_files: ClassVar[tuple[Any, ...]] = CONFIG_FILES
+    needs_modules: ClassVar[tuple[str, ...]] = ("torch", "transformers")
+    reference_architecture: ClassVar[Mapping[str, Any]] = {}
+
+    def __init__(self, device: str = "cpu", spec: str | os.PathLike | None = None,
+                 cache_dir: str | os.PathLike | None = None) -> None:
+        self.device = device
+        setattr(self, self.model_option, setting(os.fspath(spec) if spec else None, self.model_env,
+                                                 self.model_default))
+        self.cache_dir = os.fspath(cache_dir) if cache_dir else None
+        self._avail: tuple[bool, str | None] | None = None
+        self._location: ModelLocation | None = None
+        self._model: Any = None
+        self._torch_device: Any = None
+        self._arch_mismatch: list[str] = []
+
+    @property
+    def model_spec(self) -> str | None:
+        """The hub id or directory asked for (the ``model_option`` attribute)."""
+        return getattr(self, self.model_option)
+
+    # ---- requirements ----------------------------------------------------------------------
+    def availability(self) -> tuple[bool, str | None]:
+        if self._avail is None:
+            reasons = [f"{m} not installed" for m in self.needs_modules if not module_available(m)]
+            if not reasons:
+                loc, why = locate_model(self.model_spec, self.model_label, (*self.model_files, weight_files()),
+                                        cache_dir=self.cache_dir, env=self.model_env, option=self.model_option)
+                self._location = loc
+                reasons += [w for w in (why, self._check_extra()) if w]
+            self._avail = (not reasons, "; ".join(reasons) or None)
+        return self._avail
+
+    def _check_extra(self) -> str | None:
+        """Another requirement's reason (checked after the model is located, found or not)."""
+        return None
+
+    def _load(self) -> str | None:
+        """Load the model once; on failure the metric becomes unavailable with the reason."""
+        if self._model is not None:
+            return None
+        assert self._location is not None
+        src = self._location.directory
+        try:
+            kw: dict[str, Any] = {"local_files_only": True}
+            if self.cache_dir:
+                kw["cache_dir"] = self.cache_dir
+            loaded = self._load_model(src, kw)
+        except Exception as exc:
+            why = f"{self.load_label or self.model_label} at {src} could not be loaded: {type(exc).__name__}: {exc}"
+            self._avail = (False, why)
+            return why
+        self._use_model(loaded)
+        self._arch_mismatch = architecture_mismatches(self._model.config, self.reference_architecture)
+        return None
+
+    def _load_model(self, src: str, kw: dict[str, Any]) -> Any:  # pragma: no cover - abstract
+        """Load from the folder ``src`` (``from_pretrained`` keywords ``kw``: local files only,
+        the cache folder); returns what :meth:`_use_model` takes."""
+        raise NotImplementedError
+
+    def _use_model(self, loaded: Any) -> None:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    # ---- set result ------------------------------------------------------------------------
+    def aggregate(self, results: Sequence[MetricResult]) -> MetricResult:
+        r = super().aggregate(results)
+        r.extra.update(self.provenance())
+        return r
+
+    def _provenance_extra(self) -> dict[str, Any]:
+        return {}
+
+    def provenance(self) -> dict[str, Any]:
+        """Which model produced the values (for the set result): under ``model_option`` its tag
+        (``<id>@<commit>`` or ``path:<dir>``; the spec before it is located), and once loaded
+        whether it has the reference architecture (else the attributes that differ)."""
+        out: dict[str, Any] = {self.model_option: self._location.tag if self._location else self.model_spec,
+                               **self._provenance_extra()}
+        if self._model is not None:
+            out["reference_architecture"] = not self._arch_mismatch
+            if self._arch_mismatch:
+                out["architecture_differs"] = self._arch_mismatch
+        return out
+
+
 class CaptionedImageMixin:
     """Caption plumbing shared by the image-text metrics (``clipscore``: short caption,
     ``fgclip2``: long caption). A subclass sets ``caption_field`` and implements
@@ -189,10 +315,9 @@ class CaptionedImageMixin:
         gated = self._gate()
         if gated is not None:
             return gated
-        try:
-            img = open_image(item.path)
-        except (OSError, ValueError, SyntaxError) as exc:
-            return self.result(None, f"failed: cannot read image: {type(exc).__name__}: {exc}")
+        img, why = try_open_image(item.path)
+        if why:
+            return self.result(None, why)
         return self._score(img, getattr(item, self.caption_field))
 
     def _score_path(self, path: str):
@@ -201,11 +326,7 @@ class CaptionedImageMixin:
                                  f"(score_item) or score_image(rgb, {self.caption_field}=...)")
 
     def _score_image(self, rgb: Any, **context: Any):
-        import numpy as np
-        from PIL import Image
-
-        img = Image.fromarray(np.ascontiguousarray(np.asarray(rgb, dtype=np.uint8)))
-        return self._score(img, context.get(self.caption_field))
+        return self._score(image_from_rgb(rgb), context.get(self.caption_field))
 
     def score_set(self, paths, captions=None, **kwargs: Any):
         """The set value of ``paths`` (bench order) with their captions of ``caption_field``."""

@@ -6,8 +6,10 @@ import math
 import os
 from typing import Any, Sequence
 
-from evaluation.metrics.base import PER_IMAGE, Metric, MetricResult, register
-from evaluation.metrics.msfi import jpeg_bytes, parse_score  # noqa: F401  (re-exported helpers)
+from evaluation.metrics.base import PER_IMAGE, MetricResult, register
+from evaluation.metrics.judging import JudgedMetric, first_judge_backend, parse_subscores
+from evaluation.metrics.judging import parse_score  # noqa: F401  (re-exported helper)
+from evaluation.metrics.msfi import jpeg_bytes
 
 KEYS = ("IEV", "AAA", "SRA")
 SCORE_RANGE = (1.0, 10.0)
@@ -34,16 +36,7 @@ def ics_from_answer(answer: Any) -> tuple[float | None, dict]:
     if not isinstance(answer, dict):
         info["failures"].append(f"answer is not a JSON object ({type(answer).__name__})")
         return None, info
-    subs: dict[str, float] = {}
-    for key in KEYS:
-        if key not in answer:
-            info["failures"].append(f"missing {key}")
-            continue
-        s, why = parse_score(answer[key], lo, hi)
-        if s is None:
-            info["failures"].append(f"{key} {why}")
-        else:
-            subs[key] = s
+    subs, info["failures"] = parse_subscores(answer, KEYS, lo, hi)
     info.update(subs)
     if info["failures"]:
         return None, info
@@ -65,7 +58,7 @@ def judge_view(img: Any):
 
 
 @register
-class IcsMetric(Metric):
+class IcsMetric(JudgedMetric):
     """ICS (PixVerve appendix F.3): a VLM judge checks the image against its long caption.
 
     Protocol (reference: PixVerve-95K ``eval/ics_evaluator.py`` @3f9e7bd; prompt of appendix
@@ -93,19 +86,7 @@ class IcsMetric(Metric):
     protocol_version = "pixverve-3f9e7bd/ics-judge/1"
     higher_is_better = True
     TASKS = ("ics",)
-
-    def __init__(self, judge: Any = None) -> None:
-        from evaluation.metrics.judging import metric_name_for
-
-        self.judge = judge
-        self.name = metric_name_for(type(self).name, judge)
-
-    def availability(self) -> tuple[bool, str | None]:
-        if self.judge is None:
-            from evaluation.metrics.judging import no_judge_reason
-
-            return False, no_judge_reason("ICS")
-        return True, None
+    judge_label = "ICS"
 
     def score_answer(self, answer: Any, **extra: Any) -> MetricResult:
         """A MetricResult from a judge answer (a dict; None for a failed call)."""
@@ -118,21 +99,14 @@ class IcsMetric(Metric):
         return self.unavailable("ICS needs the long caption: score it through the bench runner")
 
     def score_item(self, item: Any) -> MetricResult:
-        if item.path is None:
-            return self.result(None, "missing image")
-        gated = self._gate()
+        gated = self._row_gate(item)
         if gated is not None:
             return gated
         if not item.long_caption:
             return self.unavailable("no long caption for this image")
-        from PIL import Image
-
-        Image.MAX_IMAGE_PIXELS = None
-        try:
-            with Image.open(item.path) as im:
-                view = judge_view(im.convert("RGB"))
-        except (OSError, ValueError, SyntaxError) as exc:
-            return self.result(None, f"unreadable: {type(exc).__name__}: {exc}")
+        view, failed = self._read_rgb(item.path, judge_view)
+        if failed is not None:
+            return failed
         image_id = item.image_id or f"file:{os.path.abspath(item.path)}"
         return self.score_view(jpeg_bytes(view, JPEG_QUALITY), view.size, item.long_caption, image_id, item.views_dir)
 
@@ -155,5 +129,5 @@ class IcsMetric(Metric):
     def aggregate(self, results: Sequence[MetricResult]) -> MetricResult:
         agg = super().aggregate(results)
         agg.extra["n_valid_answers"] = agg.extra.get("n_scored", 0)
-        agg.extra["judge_backend"] = next((r.extra["judge_backend"] for r in results if "judge_backend" in r.extra), None)
+        agg.extra["judge_backend"] = first_judge_backend(results)
         return agg

@@ -10,7 +10,9 @@ import re
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
-from evaluation.metrics.base import PER_IMAGE, Metric, MetricResult, register
+from evaluation.metrics.base import PER_IMAGE, MetricResult, register
+from evaluation.metrics.judging import JudgedMetric, first_judge_backend, parse_subscores
+from evaluation.metrics.judging import parse_score  # noqa: F401  (re-exported: it lived here)
 
 GLOBAL_WEIGHTS: dict[str, int] = {"SC-global": 5, "PI": 3, "LC": 2, "CH": 2}
 LOCAL_WEIGHTS: dict[str, int] = {"NGE": 2, "GA": 3, "TF": 5, "MGC": 2, "SC-local": 2}
@@ -51,27 +53,6 @@ def parse_judge_json(text: str | None) -> dict | None:
     return obj if isinstance(obj, dict) else None
 
 
-def parse_score(value: Any, lo: float, hi: float) -> tuple[float | None, str | None]:
-    """A judge's sub-score: a number (or numeric string, as the reference's ``float()`` accepts)
-    that is finite and within ``[lo, hi]``. Returns ``(score, None)`` or ``(None, why)``."""
-    if isinstance(value, bool) or value is None:
-        return None, f"not a number: {value!r}"
-    if isinstance(value, (int, float)):
-        x = float(value)
-    elif isinstance(value, str):
-        try:
-            x = float(value.strip())
-        except ValueError:
-            return None, f"not a number: {value!r}"
-    else:
-        return None, f"not a number: {value!r}"
-    if not math.isfinite(x):
-        return None, f"not finite: {value!r}"
-    if not lo <= x <= hi:
-        return None, f"out of range [{lo:g}, {hi:g}]: {value!r}"
-    return x, None
-
-
 def weighted_score(answer: Any, weights: Mapping[str, int], lo: float, hi: float) -> tuple[float | None, dict, list[str]]:
     """``sum(w_i s_i) / sum(w_i)`` over the sub-dimensions, or None with the problems found.
 
@@ -79,17 +60,7 @@ def weighted_score(answer: Any, weights: Mapping[str, int], lo: float, hi: float
     would silently score it 3)."""
     if not isinstance(answer, Mapping):
         return None, {}, [f"answer is not a JSON object ({type(answer).__name__})"]
-    subs: dict[str, float] = {}
-    problems: list[str] = []
-    for key in weights:
-        if key not in answer:
-            problems.append(f"missing {key}")
-            continue
-        s, why = parse_score(answer[key], lo, hi)
-        if s is None:
-            problems.append(f"{key} {why}")
-        else:
-            subs[key] = s
+    subs, problems = parse_subscores(answer, weights, lo, hi)
     if problems:
         return None, subs, problems
     total = sum(weights.values())
@@ -203,7 +174,7 @@ def build_views(img: Any, rng: Any) -> MsfiViews:
 
 
 @register
-class MsfiMetric(Metric):
+class MsfiMetric(JudgedMetric):
     """MSFI (PixVerve appendix F.2): a VLM judge scores a global view and 10 local patches.
 
     Protocol (reference: PixVerve-95K ``eval/msfi_evaluator.py``, ``eval/util/image_process.py``
@@ -240,20 +211,11 @@ class MsfiMetric(Metric):
     protocol_version = "pixverve-3f9e7bd/msfi-6+4-judge/1"
     higher_is_better = True
     TASKS = ("msfi_global", "msfi_local")
+    judge_label = "MSFI"
 
     def __init__(self, judge: Any = None) -> None:
-        from evaluation.metrics.judging import metric_name_for
-
-        self.judge = judge
-        self.name = metric_name_for(type(self).name, judge)
+        super().__init__(judge)
         self._rng = random.Random(SEED)
-
-    def availability(self) -> tuple[bool, str | None]:
-        if self.judge is None:
-            from evaluation.metrics.judging import no_judge_reason
-
-            return False, no_judge_reason("MSFI")
-        return True, None
 
     def begin_set(self) -> None:
         """One generator seeded 42 for the whole set, drawn image by image in bench order."""
@@ -275,22 +237,15 @@ class MsfiMetric(Metric):
         return self._score_file(path, image_id, None)
 
     def score_item(self, item: Any) -> MetricResult:
-        if item.path is None:
-            return self.result(None, "missing image")
-        gated = self._gate()
+        gated = self._row_gate(item)
         if gated is not None:
             return gated
         return self._score_file(item.path, item.image_id or f"file:{os.path.abspath(item.path)}", item.views_dir)
 
     def _score_file(self, path: str, image_id: str, views_dir: str | None) -> MetricResult:
-        from PIL import Image
-
-        Image.MAX_IMAGE_PIXELS = None
-        try:
-            with Image.open(path) as im:
-                img = im.convert("RGB")
-        except (OSError, ValueError, SyntaxError) as exc:
-            return self.result(None, f"unreadable: {type(exc).__name__}: {exc}")
+        img, failed = self._read_rgb(path)
+        if failed is not None:
+            return failed
         views = build_views(img, self._rng)
         return self.score_views(views, image_id, views_dir)
 
@@ -337,6 +292,5 @@ class MsfiMetric(Metric):
         agg = super().aggregate(results)
         agg.extra["n_complete"] = sum(1 for r in results if r.extra.get("complete"))
         if results:
-            agg.extra["judge_backend"] = next((r.extra["judge_backend"] for r in results if "judge_backend" in r.extra),
-                                              None)
+            agg.extra["judge_backend"] = first_judge_backend(results)
         return agg
