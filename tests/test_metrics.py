@@ -436,7 +436,7 @@ def test_cli_metric_json_lines(image_files):
 def test_kernel_selection_and_fallback(monkeypatch, tmp_path):
     grey = np.array(Image.fromarray(_photo(128, 192, 15)).convert("L"))
     ref_v, ref_e = G.glcm_reference_patch_scores(grey)
-    monkeypatch.setattr(G, "_c_state", {"fn": None, "err": "no C compiler found"})
+    monkeypatch.setattr(G, "c_kernel", lambda: (None, "no C compiler found"))
     v, e, used = G.glcm_patch_scores(grey)  # auto without a compiler -> numpy, still exact
     assert used == "numpy" and np.abs(v - ref_v).max() <= TOL and np.abs(e - ref_e).max() <= TOL
     r = create_metric("glcm").score_image(np.asarray(Image.fromarray(_photo(128, 192, 15))))
@@ -450,7 +450,15 @@ def test_kernel_selection_and_fallback(monkeypatch, tmp_path):
 
 @pytest.mark.skipif(not HAVE_C, reason="no C compiler")
 def test_c_kernel_builds_into_a_fresh_cache(monkeypatch, tmp_path):
-    monkeypatch.setattr(G, "_kernel_cache_dirs", lambda: [tmp_path / "k"])
-    fn, err = G._build_c_kernel()
+    import curation.ckernels as ck
+    from curation.scores import _flat_kernel
+
+    monkeypatch.setenv("UHRFORGE_KERNEL_CACHE", str(tmp_path / "k"))
+    monkeypatch.setattr(ck, "_loaded", {})
+    fn, err = G.c_kernel()
     assert fn is not None and err is None
-    assert len(list((tmp_path / "k").glob("uhr_glcm_*.so"))) == 1
+    assert _flat_kernel()[0] is not None
+    assert len(list((tmp_path / "k").glob("uhr_glcm_*.so"))) == 1 and len(list((tmp_path / "k").glob("uhr_flat_*.so"))) == 1
+    monkeypatch.setattr(ck, "_loaded", {})
+    monkeypatch.setenv("UHRFORGE_NO_C_KERNELS", "1")
+    assert G.c_kernel() == (None, "C kernels disabled (UHRFORGE_NO_C_KERNELS)")

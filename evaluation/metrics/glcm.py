@@ -18,7 +18,7 @@ Shared preprocessing (PixVerve ``eval/metrics.py``, ``MetricEvaluator._gray_quan
 kernels reproduce it exactly (to float rounding, tested to 1e-9):
 
 * ``"c"``: a small C kernel compiled on first use with the system C compiler (``cc``) and cached
-  (``$UHRFORGE_KERNEL_CACHE`` or ``~/.cache/uhrforge/kernels``); it streams the image patch by
+  by :mod:`curation.ckernels` (``$UHRFORGE_KERNEL_CACHE`` or ``~/.cache/uhrforge/kernels``); it streams the image patch by
   patch (no intermediate arrays), so memory is the grey image only;
 * ``"numpy"``: a vectorised fallback (``np.bincount`` over a strip of 64 rows and 8 patches
   at once, memory bounded by the strip) used when no compiler is available; exact, but only
@@ -40,18 +40,11 @@ precomputed class table over (total, S)), zeros included (the zero class has
 from __future__ import annotations
 
 import ctypes
-import hashlib
 import math
 import os
-import platform
-import shutil
-import subprocess
-import sys
-import tempfile
 import threading
 from dataclasses import dataclass, field
 from functools import lru_cache
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -407,71 +400,14 @@ int uhr_glcm_patch_rows(const uint8_t *img, int64_t stride, int64_t pr0, int64_t
     return 0;
 }
 """
-_CFLAGS = ("-O3", "-shared", "-fPIC", "-std=c99")
-_c_lock = threading.Lock()
-_c_state: dict[str, Any] = {}
-
-
-def _kernel_cache_dirs() -> list[Path]:
-    dirs = []
-    if os.environ.get("UHRFORGE_KERNEL_CACHE"):
-        dirs.append(Path(os.environ["UHRFORGE_KERNEL_CACHE"]))
-    dirs.append(Path.home() / ".cache" / "uhrforge" / "kernels")
-    dirs.append(Path(tempfile.gettempdir()) / f"uhrforge-kernels-{os.getuid() if hasattr(os, 'getuid') else 0}")
-    return dirs
-
-
-def _build_c_kernel() -> tuple[Any, str | None]:
-    compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
-    tag = hashlib.sha256(
-        "\0".join([_C_SOURCE, " ".join(_CFLAGS), platform.machine(), sys.platform]).encode()
-    ).hexdigest()[:16]
-    name = f"uhr_glcm_{tag}.so"
-    last_err = "no C compiler found (cc/gcc/clang)"
-    for d in _kernel_cache_dirs():
-        so = d / name
-        if not so.exists():
-            if compiler is None:
-                continue
-            try:
-                d.mkdir(parents=True, exist_ok=True)
-                with tempfile.TemporaryDirectory(dir=d) as tmp:
-                    src = Path(tmp) / "uhr_glcm.c"
-                    src.write_text(_C_SOURCE)
-                    out = Path(tmp) / name
-                    proc = subprocess.run(
-                        [compiler, *_CFLAGS, "-o", str(out), str(src), "-lm"],
-                        capture_output=True, text=True, timeout=120,
-                    )
-                    if proc.returncode != 0:  # a compiler problem: another folder will not help
-                        return None, f"C compile failed: {proc.stderr.strip()[:300]}"
-                    os.replace(out, so)  # atomic: concurrent builders agree on the result
-            except (OSError, subprocess.SubprocessError) as exc:
-                last_err = f"C kernel build failed in {d}: {exc}"
-                continue
-        try:
-            st = so.stat()
-            if hasattr(os, "getuid") and (st.st_uid != os.getuid() or st.st_mode & 0o022):
-                last_err = f"refusing to load {so}: not owned by this user or writable by others"
-                continue
-            lib = ctypes.CDLL(str(so))
-        except OSError as exc:
-            last_err = f"C kernel load failed: {exc}"
-            continue
-        fn = lib.uhr_glcm_patch_rows
-        i64, i32, ptr = ctypes.c_int64, ctypes.c_int32, ctypes.c_void_p
-        fn.argtypes = [ptr, i64, i64, i64, i64, i32, ptr, ptr, ptr, ptr, ptr, ptr, i64, i64, ptr, i32, ptr, ptr]
-        fn.restype = ctypes.c_int
-        return fn, None
-    return None, last_err
-
-
 def c_kernel() -> tuple[Any, str | None]:
-    """The compiled kernel function (built once per process), or ``(None, why not)``."""
-    with _c_lock:
-        if "fn" not in _c_state:
-            _c_state["fn"], _c_state["err"] = _build_c_kernel()
-        return _c_state["fn"], _c_state["err"]
+    """The compiled kernel function (built once per machine, loaded once per process), or
+    ``(None, why not)`` (see :mod:`curation.ckernels`)."""
+    from curation.ckernels import load_kernel
+
+    i64, i32, ptr = ctypes.c_int64, ctypes.c_int32, ctypes.c_void_p
+    return load_kernel("glcm", _C_SOURCE, "uhr_glcm_patch_rows",
+                       [ptr, i64, i64, i64, i64, i32, ptr, ptr, ptr, ptr, ptr, ptr, i64, i64, ptr, i32, ptr, ptr])
 
 
 def _c_patch_scores(grey: np.ndarray, npr: int, npc: int, threads: int) -> tuple[np.ndarray, np.ndarray]:
