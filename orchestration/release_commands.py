@@ -63,7 +63,10 @@ def release_cmd(name: str, data_root: str, profile: str, tag: bool, push: bool) 
     if not res.success:
         err = next((e.event_specific_data.error for e in res.all_events
                     if e.is_failure and getattr(e.event_specific_data, "error", None)), None)
-        raise click.ClickException(f"release {name} failed: {err.message.strip() if err else 'see the Dagster run'}")
+        while err is not None and getattr(err, "cause", None) is not None:  # the root cause, not Dagster's wrapper
+            err = err.cause
+        why = err.message.strip().splitlines()[-1] if err else "see the Dagster run"
+        raise click.ClickException(f"release {name} failed: {why}")
     md = {k: v.value if hasattr(v, "value") else v
           for k, v in res.asset_materializations_for_node("corpus_release")[0].metadata.items()}
     click.echo(f"release {name}: {md['dagster/row_count']} images, manifest sha256 {md['manifest_sha256']}")

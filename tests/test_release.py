@@ -272,3 +272,22 @@ def test_uhr_release_command_runs_the_asset_on_the_data_root_instance(rel, monke
     finally:
         monkeypatch.undo()
         importlib.reload(definitions)
+
+
+def test_release_with_nothing_to_release_fails_with_the_reason(tmp_path, monkeypatch):
+    import importlib
+
+    import orchestration.definitions as definitions
+
+    for k in ("UHR_DATA_ROOT", "UHR_PROFILE", "UHR_RAW_ROOT", "DAGSTER_HOME", "UHR_STORE_ROOT"):
+        monkeypatch.delenv(k, raising=False)
+    try:
+        from orchestration.cli import cli
+
+        out = CliRunner().invoke(cli, ["release", "x1", "--data-root", str(tmp_path / "empty")])
+        assert out.exit_code != 0 and "nothing to release: no passed corpus_100mp rows" in out.output
+        audit = CliRunner().invoke(cli, ["audit", "x1", "--data-root", str(tmp_path / "empty")])
+        assert audit.exit_code == 1 and "not in the releases table" in audit.output
+    finally:
+        monkeypatch.undo()
+        importlib.reload(definitions)
