@@ -112,9 +112,13 @@ class LineageContext:
         ids = sorted(set(ids))
         if d is None or not ids:
             return []
-        t = d.to_table(filter=pc.field(column).isin(pa.array(ids, pa.string())),
-                       columns=d.schema.names + ["__filename"])
-        out = t.to_pylist()
+        flt = pc.field(column).isin(pa.array(ids, pa.string()))
+        # two passes: the id column of every shard (cheap), then whole rows of the shards that match
+        files = sorted(set(d.to_table(filter=flt, columns=["__filename"]).column("__filename").to_pylist()))
+        if not files:
+            return []
+        sub = ds.dataset(files, format="parquet", schema=d.schema)
+        out = sub.to_table(filter=flt, columns=d.schema.names + ["__filename"]).to_pylist()
         for r in out:
             r["_manifest"] = r.pop("__filename")
         return out
