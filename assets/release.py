@@ -2,7 +2,7 @@
 
 Each materialisation is one release: manifest + release.json under ``releases/<name>/``,
 blobs in the object store, the folder tracked by DVC and pushed, a git tag, an entry in the
-releases table. The ``release_audit`` check re-reads everything (``uhr audit``) and fails
+releases table (and in Postgres table ``uhr_releases`` when ``DAGSTER_PG_HOST`` is set). The ``release_audit`` check re-reads everything (``uhr audit``) and fails
 naming each broken image. The per-image lineage of the release is written as JSON lines and
 linked from the metadata, with the first images inline.
 """
@@ -13,7 +13,7 @@ from dagster import (AssetCheckResult, AssetCheckSeverity, AssetCheckSpec, Asset
                      MaterializeResult, MetadataValue, asset)
 
 from assets._metadata import counts_table
-from orchestration.resources import CurationSettings, DVCRemote, ObjectStoreResource
+from orchestration.resources import CurationSettings, DVCRemote, ObjectStoreResource, PostgresSettings
 
 RELEASE_CODE_VERSION = "release-1"
 
@@ -67,15 +67,17 @@ def write_lineage_report(layout, name: str, store) -> tuple[str, list[dict]]:
                 "the object store, DVC-tracked and pushed, git tag release/<name>, releases table entry.",
 )
 def corpus_release(context: AssetExecutionContext, config: ReleaseConfig, settings: CurationSettings,
-                   store: ObjectStoreResource, dvc: DVCRemote) -> MaterializeResult:
+                   store: ObjectStoreResource, dvc: DVCRemote, postgres: PostgresSettings) -> MaterializeResult:
     from curation.audit import audit_release
-    from curation.release import make_release, read_release_manifest
+    from curation.release import SQL_TABLE, make_release, read_release_manifest, record_release_sql
 
     layout = settings.layout()
     s = release_store(settings, store)
     repo, remote = dvc_for(settings, dvc)
     entry = make_release(layout, config.name, s, dvc=repo, remote=remote, tag=config.tag, push=config.push,
                          log=context.log.info)
+    if postgres.enabled:  # the lab's releases table, beside the one in the data root and the store
+        record_release_sql(postgres.url(), entry)
     lineage_path, lineage_rows = write_lineage_report(layout, config.name, s)
     rows = read_release_manifest(layout, config.name, s).to_pylist()
     report = audit_release(layout, config.name, s)
@@ -92,6 +94,8 @@ def corpus_release(context: AssetExecutionContext, config: ReleaseConfig, settin
         "git_commit": git.get("commit") or "none",
         "store": MetadataValue.json(entry["store"]),
         "captions": entry["captions"],
+        "releases_table": f"{layout.root / 'releases' / 'releases.parquet'}"
+                          + (f" + {SQL_TABLE} in {postgres.masked_url()}" if postgres.enabled else ""),
         "by_tier": counts_table([[k, v] for k, v in entry["tiers"].items()], [("tier", "string"), ("images", "int")]),
         "licences": counts_table([[k, v] for k, v in entry["licences"].items()],
                                  [("licence", "string"), ("images", "int")]),

@@ -310,3 +310,49 @@ def _md5_in(dvc_yaml: str) -> str | None:
         return ((yaml.safe_load(dvc_yaml) or {}).get("outs") or [{}])[0].get("md5")
     except Exception:
         return None
+
+
+# -- the releases table in SQL (a lab's Postgres; any SQLAlchemy URL) -------------------------------
+
+SQL_TABLE = "uhr_releases"
+
+
+def record_release_sql(url: str, entry: dict) -> bool:
+    """Insert the release's entry into table ``uhr_releases`` (created when missing) at ``url``.
+
+    One row per release name; an existing row with the same manifest digest is left as is
+    (True), another digest under the name raises :class:`ReleaseError` (names are immutable).
+    """
+    import sqlalchemy as sa
+
+    meta = sa.MetaData()
+    table = sa.Table(
+        SQL_TABLE, meta,
+        sa.Column("name", sa.String(64), primary_key=True),
+        sa.Column("created_at", sa.String(40), nullable=False),
+        sa.Column("n_images", sa.Integer, nullable=False),
+        sa.Column("manifest_sha256", sa.String(64), nullable=False),
+        sa.Column("dvc_md5", sa.String(80)),
+        sa.Column("dvc_remote", sa.Text),
+        sa.Column("git_tag", sa.String(200)),
+        sa.Column("git_commit", sa.String(64)),
+        sa.Column("entry", sa.Text, nullable=False),  # the whole entry as JSON
+    )
+    engine = sa.create_engine(url)
+    try:
+        meta.create_all(engine, checkfirst=True)
+        with engine.begin() as conn:
+            row = conn.execute(sa.select(table.c.manifest_sha256).where(table.c.name == entry["name"])).first()
+            if row is not None:
+                if row[0] != entry["manifest_sha256"]:
+                    raise ReleaseError(f"release {entry['name']} is in {SQL_TABLE} with manifest {row[0][:12]}")
+                return True
+            dvc, git = entry.get("dvc") or {}, entry.get("git") or {}
+            conn.execute(table.insert().values(
+                name=entry["name"], created_at=entry["created_at"], n_images=entry["n_images"],
+                manifest_sha256=entry["manifest_sha256"], dvc_md5=dvc.get("md5"), dvc_remote=dvc.get("remote_url"),
+                git_tag=git.get("tag"), git_commit=git.get("commit"),
+                entry=json.dumps({k: v for k, v in entry.items() if k != "existing"}, sort_keys=True)))
+        return True
+    finally:
+        engine.dispose()

@@ -243,7 +243,7 @@ class DVCRemote(ConfigurableResource):
 
 
 class PostgresSettings(_NoSecretsRepr, ConfigurableResource):
-    """Postgres for Dagster storage (and the releases table); sqlite under the data root when no host."""
+    """Postgres for Dagster storage and the ``uhr_releases`` table; sqlite under the data root when no host."""
 
     SECRET_FIELDS: ClassVar[tuple[str, ...]] = ("password",)
 

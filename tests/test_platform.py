@@ -465,3 +465,22 @@ def test_asset_publish_holds_back_a_manifest_whose_blocking_check_failed(tmp_pat
     assert publish(ctx, off, settings, "candidate_pool", "shard-00000") == {}
     assert store_metadata(off, {}, {}) == {"store": store_metadata(off, {}, {})["store"]}
     assert store_metadata(off, {}, {})["store"].value == {"kind": "none"}
+
+
+def test_release_entry_recorded_in_sql_once_and_names_stay_immutable(tmp_path):
+    import sqlalchemy as sa
+
+    from curation.release import SQL_TABLE, ReleaseError, record_release_sql
+
+    url = f"sqlite:///{tmp_path / 'releases.db'}"
+    entry = {"name": "v1", "created_at": "2026-01-01T00:00:00+00:00", "n_images": 3, "manifest_sha256": "a" * 64,
+             "dvc": {"md5": "b" * 32 + ".dir", "remote_url": "s3://x/dvc"}, "git": {"tag": "release/v1", "commit": "c" * 40}}
+    assert record_release_sql(url, entry) and record_release_sql(url, dict(entry, existing=True))
+    with pytest.raises(ReleaseError, match="v1"):
+        record_release_sql(url, dict(entry, manifest_sha256="d" * 64))
+    eng = sa.create_engine(url)
+    with eng.connect() as c:
+        rows = c.execute(sa.text(f"select name, n_images, dvc_md5, git_tag, entry from {SQL_TABLE}")).all()
+    eng.dispose()
+    assert [(r[0], r[1], r[2], r[3]) for r in rows] == [("v1", 3, "b" * 32 + ".dir", "release/v1")]
+    assert json.loads(rows[0][4])["manifest_sha256"] == "a" * 64

@@ -359,6 +359,9 @@ def test_release_to_s3_with_a_dvc_s3_remote_then_audit_and_trace_from_a_fresh_wo
     assert store.exists(f"dvc/files/md5/{md5[:2]}/{md5[2:]}")  # the .dir object, in S3
     assert store.exists("releases/_index/e2e-v1.json") and store.exists("releases/e2e-v1/manifest.parquet")
     assert SECRET not in json.dumps(entry)
+    # the lab's releases table in Postgres (DAGSTER_PG_* of the stack)
+    assert _pg_rows(stack, "select name, n_images, manifest_sha256, dvc_md5 from uhr_releases") == \
+        [("e2e-v1", entry["n_images"], entry["manifest_sha256"], md5)]
 
     env = {"UHR_S3_ENDPOINT": endpoint, "UHR_S3_BUCKET": BUCKET, "UHR_S3_ACCESS_KEY": ACCESS,
            "UHR_S3_SECRET_KEY": SECRET, "UHR_STORE_ROOT": None}
