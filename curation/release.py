@@ -40,6 +40,7 @@ from curation.store import (BlobIntegrityError, ObjectNotFound, ObjectStore, blo
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 CAPTIONS_NOTE = "no captions yet: the captions stage (paper 3.1.5) is not built; caption columns are null"
 RELEASE_FORMAT = 1
+LOCAL_FIELDS = ("file_bytes", "source_path")
 
 
 class ReleaseError(RuntimeError):
@@ -95,10 +96,12 @@ def release_rows(layout: DataLayout) -> list[dict]:
 
 def rows_digest(rows: list[dict]) -> str:
     """sha256 of the release's content, independent of Parquet encoding (sorted canonical JSON).
-    ``file_bytes`` is left out: it is read from the worker's files and is implied by the hash."""
+    Worker-local fields are left out (:data:`LOCAL_FIELDS`: the file size read from this worker,
+    implied by the hash, and the path the raw file had on the ingesting worker), so the same
+    content released from two workers has one digest."""
     h = hashlib.sha256()
     for r in sorted(rows, key=lambda r: r["image_id"]):
-        h.update(json.dumps({k: v for k, v in r.items() if k != "file_bytes"}, sort_keys=True, default=str).encode())
+        h.update(json.dumps({k: v for k, v in r.items() if k not in LOCAL_FIELDS}, sort_keys=True, default=str).encode())
         h.update(b"\n")
     return h.hexdigest()
 

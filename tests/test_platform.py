@@ -484,3 +484,14 @@ def test_release_entry_recorded_in_sql_once_and_names_stay_immutable(tmp_path):
     eng.dispose()
     assert [(r[0], r[1], r[2], r[3]) for r in rows] == [("v1", 3, "b" * 32 + ".dir", "release/v1")]
     assert json.loads(rows[0][4])["manifest_sha256"] == "a" * 64
+
+
+def test_release_digest_ignores_worker_local_fields_only():
+    from curation.release import rows_digest
+
+    row = {"image_id": "ab" * 10, "sha256": "c" * 64, "licence": "CC0-1.0", "source_path": "/worker-a/raw/x.jpg",
+           "file_bytes": 123}
+    moved = dict(row, source_path="/worker-b/raw/x.jpg", file_bytes=None)
+    assert rows_digest([row]) == rows_digest([moved])
+    for k, v in (("sha256", "d" * 64), ("licence", "CC-BY-4.0"), ("image_id", "cd" * 10)):
+        assert rows_digest([dict(row, **{k: v})]) != rows_digest([row]), k
