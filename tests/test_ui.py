@@ -3,8 +3,9 @@
 Materialises the curation assets on a small test-profile pool into a sqlite Dagster home,
 starts ``dagster-webserver`` on 127.0.0.1 in its own process group, then checks in the
 browser that the asset graph shows every asset and that an asset page shows its latest
-materialisation with metadata. Saves a screenshot (``docs/ui_asset_graph.png`` when
-``UHR_UPDATE_SCREENSHOT=1``, else under the test's tmp dir).
+materialisation with metadata, and that the release asset shows its DVC/tag/lineage metadata and
+its audit check. Saves screenshots (``docs/ui_asset_graph.png`` and
+``docs/ui_release.png`` when ``UHR_UPDATE_SCREENSHOT=1``, else under the test's tmp dir).
 """
 
 import os
@@ -47,6 +48,9 @@ def webserver(tmp_path_factory):
         "aesthetics": AestheticModels(),
     })
     materialize_all(defs, instance, raw, log=lambda *_: None)
+    rel = defs.resolve_job_def("release_job").execute_in_process(
+        run_config={"ops": {"corpus_release": {"config": {"name": "ui-v1"}}}}, instance=instance)
+    assert rel.success
     port = free_port()
     env = dict(os.environ, DAGSTER_HOME=str(home), UHR_DATA_ROOT=str(data), UHR_RAW_ROOT=str(raw), UHR_PROFILE="test")
     log = open(base / "webserver.log", "wb")
@@ -108,5 +112,16 @@ def test_asset_graph_and_materialisations_render(webserver):
             page.get_by_text("threshold_version").first.wait_for(timeout=90_000)
             page.get_by_text("dagster/row_count").first.wait_for(timeout=30_000)
             page.get_by_text("shard-00000").first.wait_for(timeout=30_000)  # one event per partition
+            # the release: its metadata (DVC, tag, per-image lineage) and its audit check
+            page.goto(f"{url}/assets/corpus_release?view=events", wait_until="domcontentloaded", timeout=90_000)
+            page.get_by_text("release/ui-v1").first.wait_for(timeout=90_000)
+            page.get_by_text("lineage_file").first.wait_for(timeout=30_000)
+            page.get_by_text("manifest_sha256").first.wait_for(timeout=30_000)
+            page.goto(f"{url}/assets/corpus_release?view=checks", wait_until="domcontentloaded", timeout=90_000)
+            page.get_by_text("release_audit").first.wait_for(timeout=60_000)
+            time.sleep(1)
+            shot = (REPO / "docs" / "ui_release.png") if os.environ.get("UHR_UPDATE_SCREENSHOT") else \
+                webserver["base"] / "ui_release.png"
+            page.screenshot(path=str(shot))
         finally:
             browser.close()
