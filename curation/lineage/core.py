@@ -6,7 +6,6 @@ import importlib
 import json
 import pkgutil
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Iterable
 
 import pyarrow as pa
@@ -166,7 +165,6 @@ def lineage_batch(ctx: LineageContext, ids: Iterable[str],
     providers = providers or link_providers()
     ids = list(dict.fromkeys(ids))
     fams: dict[str, set[str]] = {}
-    all_edges: list[tuple[str, str]] = []
     _, all_edges = family(ctx, ids, providers)
     adj: dict[str, set[str]] = {}
     for a, b in all_edges:
@@ -186,9 +184,9 @@ def lineage_batch(ctx: LineageContext, ids: Iterable[str],
         for link in p.links(ctx, every):
             by_id.setdefault(link.image_id, []).append(link)
     out = {}
+    order = {p.stage: n for n, p in enumerate(providers)}
     for i in ids:
         links = [lk for m in fams[i] for lk in by_id.get(m, [])]
-        order = {p.stage: n for n, p in enumerate(providers)}
         out[i] = sorted(links, key=lambda lk: (order.get(lk.stage, 999), lk.image_id != i, lk.image_id))
     return out
 
