@@ -46,22 +46,17 @@ RAW_POOL = pa.schema(
     metadata={"stage": "raw_pool"},
 )
 
+# the per-image scores both purification manifests carry (in this order; image_scores adds
+# flat_patches after flat_fraction)
+_SIZE = [pa.field("width", pa.int32()), pa.field("height", pa.int32()), pa.field("megapixels", pa.float64())]
+_ABSOLUTE = [pa.field(n, pa.float64()) for n in ("exposure_fraction", "laplacian_var", "flat_fraction")]
+_RELATIVE = [pa.field(n, pa.float64()) for n in ("entropy", "laion_score", "artimuse_score")]
+_PASSES = [pa.field(f"pass_{n}", pa.bool_()) for n in ("exposure", "sharpness", "flatness")]
+
 IMAGE_SCORES = pa.schema(
     _COMMON
+    + _SIZE + _ABSOLUTE + [pa.field("flat_patches", pa.int32())] + _RELATIVE + _PASSES
     + [
-        pa.field("width", pa.int32()),
-        pa.field("height", pa.int32()),
-        pa.field("megapixels", pa.float64()),
-        pa.field("exposure_fraction", pa.float64()),
-        pa.field("laplacian_var", pa.float64()),
-        pa.field("flat_fraction", pa.float64()),
-        pa.field("flat_patches", pa.int32()),
-        pa.field("entropy", pa.float64()),
-        pa.field("laion_score", pa.float64()),
-        pa.field("artimuse_score", pa.float64()),
-        pa.field("pass_exposure", pa.bool_()),
-        pa.field("pass_sharpness", pa.bool_()),
-        pa.field("pass_flatness", pa.bool_()),
         pa.field("thumb_path", pa.string()),
         pa.field("aesthetic_models", pa.string()),
         pa.field("seconds", pa.float64()),
@@ -72,19 +67,8 @@ IMAGE_SCORES = pa.schema(
 
 CANDIDATE_POOL = pa.schema(
     _COMMON
+    + _SIZE + _ABSOLUTE + _RELATIVE + _PASSES
     + [
-        pa.field("width", pa.int32()),
-        pa.field("height", pa.int32()),
-        pa.field("megapixels", pa.float64()),
-        pa.field("exposure_fraction", pa.float64()),
-        pa.field("laplacian_var", pa.float64()),
-        pa.field("flat_fraction", pa.float64()),
-        pa.field("entropy", pa.float64()),
-        pa.field("laion_score", pa.float64()),
-        pa.field("artimuse_score", pa.float64()),
-        pa.field("pass_exposure", pa.bool_()),
-        pa.field("pass_sharpness", pa.bool_()),
-        pa.field("pass_flatness", pa.bool_()),
         pa.field("pass_richness", pa.bool_()),
         pa.field("pass_aesthetics", pa.bool_()),
         pa.field("aesthetics_applied", pa.bool_(), nullable=False),
