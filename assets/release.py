@@ -26,13 +26,6 @@ class ReleaseConfig(Config):
     push: bool = True
 
 
-def release_store(settings: CurationSettings, store: ObjectStoreResource):
-    """The configured object store, else the embedded default ``<data_root>/store``."""
-    from curation.store import LocalStore
-
-    return store.get_store() if store.enabled else LocalStore(settings.layout().root / "store")
-
-
 def dvc_for(settings: CurationSettings, dvc: DVCRemote):
     """The DVC repo of the data root and the remote to push to (``{"name", "url", "endpoint_url"}``)."""
     from curation.dvc_repo import DvcRepo
@@ -72,7 +65,7 @@ def corpus_release(context: AssetExecutionContext, config: ReleaseConfig, settin
     from curation.release import SQL_TABLE, make_release, read_release_manifest, record_release_sql
 
     layout = settings.layout()
-    s = release_store(settings, store)
+    s = store.store_or_default(settings.data_root)
     repo, remote = dvc_for(settings, dvc)
     entry = make_release(layout, config.name, s, dvc=repo, remote=remote, tag=config.tag, push=config.push,
                          log=context.log.info)

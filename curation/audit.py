@@ -18,7 +18,10 @@ from curation.layout import DataLayout
 from curation.lineage import LineageContext, lineage_batch, link_providers
 from curation.lineage.core import PASSED
 from curation.release import ReleaseError, read_entry, read_release_manifest, rows_digest
-from curation.store import ObjectNotFound, ObjectStore, blob_key
+from curation.store import ObjectStore, blob_digest, blob_key
+
+
+_EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
 
 
 @dataclass
@@ -59,26 +62,6 @@ class AuditReport:
         return "\n".join(lines)
 
 
-def blob_sha256(store: ObjectStore, sha: str) -> str | None:
-    """The sha256 of the stored blob ``sha`` (streamed), None when it is absent."""
-    import tempfile
-    from pathlib import Path
-
-    from curation.store import sha256_file
-
-    key = blob_key(sha)
-    local = getattr(store, "_path", None)
-    if local is not None:  # a folder store: hash in place
-        p = local(key)
-        return sha256_file(p) if p.is_file() else None
-    with tempfile.TemporaryDirectory() as tmp:
-        try:
-            store.get_file(key, Path(tmp) / "blob")
-        except ObjectNotFound:
-            return None
-        return sha256_file(Path(tmp) / "blob")
-
-
 def audit_release(layout: DataLayout, name: str, store: ObjectStore, verify_hashes: bool = True,
                   progress: Callable[[int], None] | None = None, batch: int = 10000) -> AuditReport:
     report = AuditReport(name)
@@ -112,7 +95,7 @@ def audit_release(layout: DataLayout, name: str, store: ObjectStore, verify_hash
             return
         if sha not in sha_memo:
             if verify_hashes:
-                sha_memo[sha] = blob_sha256(store, sha)
+                sha_memo[sha] = blob_digest(store, sha)
             else:
                 sha_memo[sha] = sha if store.exists(blob_key(sha)) else None
         got = sha_memo[sha]
@@ -127,7 +110,7 @@ def audit_release(layout: DataLayout, name: str, store: ObjectStore, verify_hash
         for r in chunk:
             iid = r["image_id"]
             check_blob(iid, r["sha256"], "blob")
-            if hashlib.sha256(b"").hexdigest() == r["sha256"]:
+            if r["sha256"] == _EMPTY_SHA256:
                 report.fail(iid, "blob", "empty file")
             report.checked["source"] += 1
             if not r.get("raw_sha256") or not r.get("licence"):

@@ -34,7 +34,7 @@ import pyarrow as pa
 
 from curation.layout import DataLayout
 from curation.manifest import RELEASE, read_manifest, to_table, write_manifest
-from curation.store import (BlobIntegrityError, ObjectNotFound, ObjectStore, blob_key, data_key, put_blob,
+from curation.store import (BlobIntegrityError, ObjectStore, blob_key, data_key, ensure_local, put_blob,
                             sha256_file)
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -162,11 +162,8 @@ def entry_path(layout: DataLayout, name: str) -> Path:
 def read_entry(layout: DataLayout, name: str, store: ObjectStore | None = None) -> dict | None:
     """A release's table entry (fetched from the store when not on this worker)."""
     p = entry_path(layout, name)
-    if not p.exists() and store is not None:
-        try:
-            store.get_file(data_key(layout, p), p)
-        except ObjectNotFound:
-            return None
+    if store is not None:
+        ensure_local(store, data_key(layout, p), p)
     return json.loads(p.read_text()) if p.exists() else None
 
 
@@ -206,11 +203,8 @@ def release_tags(entry: dict) -> dict[str, str]:
 
 def read_release_manifest(layout: DataLayout, name: str, store: ObjectStore | None = None) -> pa.Table:
     p = layout.release_dir(name) / "manifest.parquet"
-    if not p.exists() and store is not None:
-        try:
-            store.get_file(data_key(layout, p), p)
-        except ObjectNotFound:
-            pass
+    if store is not None:
+        ensure_local(store, data_key(layout, p), p)
     if not p.exists():
         raise ReleaseError(f"release {name}: no manifest at {p}" + (f" nor in {store.url(data_key(layout, p))}" if store else ""))
     return read_manifest(p, RELEASE)

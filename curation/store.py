@@ -167,6 +167,11 @@ class ObjectStore:
         except ObjectNotFound:
             return False
 
+    def sha256(self, key: str) -> str:
+        """sha256 of the object's bytes, streamed (never whole in memory); :class:`ObjectNotFound`."""
+        with tempfile.TemporaryDirectory() as tmp:
+            return sha256_file(self.get_file(key, Path(tmp) / "obj"))
+
     def list(self, prefix: str = "") -> list[str]:
         return [o.key for o in self.list_info(prefix)]
 
@@ -250,6 +255,12 @@ class LocalStore(ObjectStore):
         if not src.is_file():
             raise ObjectNotFound(f"{self.url(key)} does not exist")
         return src.read_bytes()
+
+    def sha256(self, key) -> str:
+        p = self._path(key)
+        if not p.is_file():
+            raise ObjectNotFound(f"{self.url(key)} does not exist")
+        return sha256_file(p)
 
     def stat(self, key) -> ObjectInfo:
         p = self._path(key)
@@ -489,13 +500,17 @@ def get_blob(store: ObjectStore, sha256: str, dest: str | os.PathLike, verify: b
     return dest
 
 
+def blob_digest(store: ObjectStore, sha256: str) -> str | None:
+    """The sha256 the stored blob ``sha256`` really hashes to (streamed), None when it is absent."""
+    try:
+        return store.sha256(blob_key(sha256))
+    except ObjectNotFound:
+        return None
+
+
 def verify_blob(store: ObjectStore, sha256: str) -> bool:
     """True when the blob exists and its bytes hash to its key."""
-    try:
-        data = store.get_bytes(blob_key(sha256))
-    except ObjectNotFound:
-        return False
-    return hashlib.sha256(data).hexdigest() == sha256.lower()
+    return blob_digest(store, sha256) == sha256.lower()
 
 
 def publish_blobs(store: ObjectStore, rows: Iterable[Mapping], only_passed: bool = True,

@@ -201,7 +201,7 @@ def release_demo(data_root: Path, defs, instance, log=print) -> dict | None:
     from click.testing import CliRunner
 
     from curation.release import release_rows, rows_digest
-    from orchestration.release_commands import lineage_cmd
+    from orchestration.release_commands import lineage_cmd, run_release_job
 
     layout = DataLayout.at(data_root)
     rows = release_rows(layout)
@@ -209,10 +209,7 @@ def release_demo(data_root: Path, defs, instance, log=print) -> dict | None:
         log("  no passed corpus images: nothing to release")
         return None
     name = f"demo-{rows_digest(rows)[:8]}"
-    res = defs.resolve_job_def("release_job").execute_in_process(
-        run_config={"ops": {"corpus_release": {"config": {"name": name}}}}, instance=instance)
-    md = {k: getattr(v, "value", v) for k, v in res.asset_materializations_for_node("corpus_release")[0].metadata.items()}
-    check = res.get_asset_check_evaluations()[0]
+    md, check = run_release_job(defs, instance, name)
     pick = next((r for r in rows if r["tier"] != "archive"), rows[0])
     text = CliRunner().invoke(lineage_cmd, [pick["image_id"], "--data-root", str(data_root)]).output.rstrip()
     log(f"  release {name}: {md['dagster/row_count']} images, dvc {md['dvc_md5']}, tag {md['git_tag']}, "

@@ -17,13 +17,9 @@ _data_root = click.option("--data-root", default="data/demo", show_default=True,
 
 def _store(data_root: str):
     """The configured object store (env), else the embedded default ``<data_root>/store``."""
-    from pathlib import Path
-
-    from curation.store import LocalStore
     from orchestration.resources import platform_resources_from_env
 
-    res = platform_resources_from_env()["store"]
-    return res.get_store() if res.enabled else LocalStore(Path(data_root).resolve() / "store")
+    return platform_resources_from_env()["store"].store_or_default(data_root)
 
 
 def _layout(data_root: str, store, sync: bool):
@@ -36,6 +32,23 @@ def _layout(data_root: str, store, sync: bool):
         n = sync_manifests(store, layout)
         click.echo(f"synced from {store.url()}: {n}", err=True)
     return layout
+
+
+def run_release_job(defs, instance, name: str, tag: bool = True, push: bool = True):
+    """Run ``release_job`` for ``name``; returns the materialisation metadata (plain values) and
+    the ``release_audit`` check evaluation. A failed run raises RuntimeError with its root cause."""
+    res = defs.resolve_job_def("release_job").execute_in_process(
+        run_config={"ops": {"corpus_release": {"config": {"name": name, "tag": tag, "push": push}}}},
+        instance=instance, raise_on_error=False)
+    if not res.success:
+        err = next((e.event_specific_data.error for e in res.all_events
+                    if e.is_failure and getattr(e.event_specific_data, "error", None)), None)
+        while err is not None and getattr(err, "cause", None) is not None:  # the root cause, not Dagster's wrapper
+            err = err.cause
+        why = err.message.strip().splitlines()[-1] if err else "see the Dagster run"
+        raise RuntimeError(f"release {name} failed: {why}")
+    md = {k: getattr(v, "value", v) for k, v in res.asset_materializations_for_node("corpus_release")[0].metadata.items()}
+    return md, res.get_asset_check_evaluations()[0]
 
 
 @click.command("release")
@@ -56,24 +69,14 @@ def release_cmd(name: str, data_root: str, profile: str, tag: bool, push: bool) 
     import orchestration.definitions as definitions
 
     definitions = importlib.reload(definitions)
-    job = definitions.defs.resolve_job_def("release_job")
-    res = job.execute_in_process(
-        run_config={"ops": {"corpus_release": {"config": {"name": name, "tag": tag, "push": push}}}},
-        instance=DagsterInstance.get(), raise_on_error=False)
-    if not res.success:
-        err = next((e.event_specific_data.error for e in res.all_events
-                    if e.is_failure and getattr(e.event_specific_data, "error", None)), None)
-        while err is not None and getattr(err, "cause", None) is not None:  # the root cause, not Dagster's wrapper
-            err = err.cause
-        why = err.message.strip().splitlines()[-1] if err else "see the Dagster run"
-        raise click.ClickException(f"release {name} failed: {why}")
-    md = {k: v.value if hasattr(v, "value") else v
-          for k, v in res.asset_materializations_for_node("corpus_release")[0].metadata.items()}
+    try:
+        md, check = run_release_job(definitions.defs, DagsterInstance.get(), name, tag=tag, push=push)
+    except RuntimeError as exc:
+        raise click.ClickException(str(exc))
     click.echo(f"release {name}: {md['dagster/row_count']} images, manifest sha256 {md['manifest_sha256']}")
     click.echo(f"  dvc {md['dvc_md5']} -> {md['dvc_remote']} (pushed: {md['dvc_pushed']}); git tag {md['git_tag']} "
                f"@ {md['git_commit'][:12]}")
     click.echo(f"  lineage: {md['lineage_file']}")
-    check = res.get_asset_check_evaluations()[0]
     click.echo(f"  audit: {'OK' if check.passed else 'FAILED'} ({check.metadata['failures'].value} failures)")
     if not check.passed:
         sys.exit(1)

@@ -154,6 +154,13 @@ class ObjectStoreResource(_NoSecretsRepr, ConfigurableResource):
             return LocalStore(self.local_root)
         raise RuntimeError("no object store configured (set UHR_S3_ENDPOINT or UHR_STORE_ROOT)")
 
+    def store_or_default(self, data_root: str | os.PathLike):
+        """The configured store, else the embedded default: the folder ``<data_root>/store``
+        (releases always need a place for their blobs)."""
+        from curation.store import LocalStore
+
+        return self.get_store() if self.enabled else LocalStore(Path(data_root).resolve() / "store")
+
     def describe(self) -> dict:
         """For metadata and logs: where things go, never the credentials."""
         if not self.enabled:

@@ -14,6 +14,10 @@ class ReleaseLinks(LinkProvider):
     title = "releases"
 
     def links(self, ctx, ids):
+        # memoised: the checkpoints provider asks for the same ids' releases again
+        return ctx.memo(("release_links", frozenset(ids)), lambda: self._links(ctx, ids))
+
+    def _links(self, ctx, ids):
         from curation.manifest import RELEASE
         from curation.release import releases_table
 
