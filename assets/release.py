@@ -30,7 +30,7 @@ def dvc_for(settings: CurationSettings, dvc: DVCRemote):
     """The DVC repo of the data root and the remote to push to (``{"name", "url", "endpoint_url"}``)."""
     from curation.dvc_repo import DvcRepo
 
-    repo = DvcRepo.for_data_root(settings.layout().root, env=dvc.env())
+    repo = DvcRepo.for_data_root(settings.layout().root, repo=dvc.repo, env=dvc.env())
     return repo, {"name": dvc.name, "url": dvc.remote_url(settings.data_root), "endpoint_url": dvc.endpoint_url}
 
 

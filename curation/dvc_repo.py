@@ -1,7 +1,7 @@
 """A DVC workspace for releases (no Dagster here): find or create the repo, point it at a
 remote, track a directory through a ``.dvc`` file, push it, and tag it in git.
 
-Where the repo is: an explicit path (``UHR_DVC_REPO``), else the nearest folder above the
+Where the repo is: an explicit path (``repo``; the ``dvc`` resource's ``UHR_DVC_REPO``), else the nearest folder above the
 data root that holds ``.dvc/`` (the project repository, whose ``dvc.yaml`` materialises the
 assets), else the data root itself, initialised on first use (``git init`` + ``dvc init``).
 
@@ -72,7 +72,7 @@ class DvcRepo:
         """The repo that versions ``data_root`` (see the module docstring); created when missing."""
         env = dict(os.environ if env is None else env)
         data_root = Path(data_root).resolve()
-        explicit = repo or env.get("UHR_DVC_REPO")
+        explicit = repo
         root = Path(explicit).resolve() if explicit else (find_repo(data_root) or data_root)
         try:
             data_root.relative_to(root)

@@ -1,5 +1,10 @@
 """Resources configured from the environment (embedded defaults: a local data root).
 
+Every project setting is read here, through :func:`env_setting` (README.md, "Configuration",
+lists each variable, its default and the resource that reads it). The CLI and the demo build
+their resources with :func:`curation_resources` (explicit data root, raw root and profile) and
+pass them to ``orchestration.definitions.build_definitions``; nothing writes ``os.environ``.
+
 * ``UHR_DATA_ROOT``  data root for manifests, thumbnails, reports (default ``data/demo``)
 * ``UHR_RAW_ROOT``   folder of raw shard folders (default ``<data root>/raw``)
 * ``UHR_PROFILE``    config profile: paper (default), demo, test or a YAML path
@@ -15,7 +20,8 @@ environment through :class:`dagster.EnvVar`, never in logs, metadata or manifest
 * ``MLFLOW_TRACKING_URI`` / ``UHR_MLFLOW_EXPERIMENT``  MLflow (default: sqlite under the data root)
 * ``UHR_VLM_ENDPOINT`` / ``UHR_VLM_MODEL`` / ``UHR_VLM_API_KEY_ENV``  OpenAI-compatible VLM server
   (vLLM); the key's *name* is configured, its value read from that variable at call time
-* ``UHR_DVC_REMOTE`` / ``UHR_DVC_ENDPOINT``  DVC remote URL (``s3://bucket/dvc``) and its endpoint
+* ``UHR_DVC_REMOTE`` / ``UHR_DVC_ENDPOINT`` / ``UHR_DVC_REPO``  DVC remote URL (``s3://bucket/dvc``),
+  its endpoint, the DVC repository (default: the nearest ``.dvc/`` above the data root)
 * ``DAGSTER_PG_HOST`` / ``DAGSTER_PG_PORT`` / ``DAGSTER_PG_USER`` / ``DAGSTER_PG_DB`` /
   ``DAGSTER_PG_PASSWORD``  Postgres for Dagster storage (``infra/dagster/postgres.yaml``)
 """
@@ -23,7 +29,7 @@ environment through :class:`dagster.EnvVar`, never in logs, metadata or manifest
 
 import os
 from pathlib import Path
-from typing import ClassVar
+from typing import ClassVar, Mapping
 from urllib.parse import quote
 
 from dagster import ConfigurableResource, EnvVar
@@ -32,8 +38,25 @@ from curation.config import Config, load_config
 from curation.layout import DataLayout
 
 
-def default_data_root() -> str:
-    return os.environ.get("UHR_DATA_ROOT", str(Path("data") / "demo"))
+def env_setting(name: str, env: Mapping[str, str] | None = None, default: str | None = None) -> str | None:
+    """The one reader of project settings from the environment (``os.environ``, or ``env``):
+    the stripped value of ``name``, ``default`` when it is unset or blank. Every ``UHR_*`` setting
+    is read through here by the resources below (README, "Configuration", lists them all)."""
+    v = (os.environ if env is None else env).get(name)
+    v = v.strip() if isinstance(v, str) else v
+    return v if v else default
+
+
+def env_flag(name: str, env: Mapping[str, str] | None = None, default: bool = False) -> bool:
+    """A boolean setting: 1/true/yes/on (any case) is True, 0/false/no/off False, unset ``default``."""
+    v = env_setting(name, env)
+    if v is None:
+        return default
+    return v.lower() in ("1", "true", "yes", "on")
+
+
+def default_data_root(env: Mapping[str, str] | None = None) -> str:
+    return env_setting("UHR_DATA_ROOT", env) or str(Path("data") / "demo")
 
 
 class CurationSettings(ConfigurableResource):
@@ -235,6 +258,8 @@ class DVCRemote(ConfigurableResource):
     url: str | None = None
     endpoint_url: str | None = None
     name: str = "storage"
+    #: the DVC repository that versions the data root (default: the nearest ``.dvc/`` above it)
+    repo: str | None = None
 
     def remote_url(self, data_root: str | os.PathLike | None = None) -> str:
         return self.url or str(Path(data_root or default_data_root()).resolve() / "dvc-remote")
@@ -281,8 +306,7 @@ class PostgresSettings(_NoSecretsRepr, ConfigurableResource):
 
 
 def _env(name: str, env) -> str | None:
-    v = env.get(name)
-    return v.strip() if v and v.strip() else None
+    return env_setting(name, env)
 
 
 def _secret(name: str, env):
@@ -294,7 +318,7 @@ def platform_resources_from_env(env=None) -> dict:
     """The platform's resources: object store, MLflow, VLM endpoint, DVC remote, Postgres."""
     env = os.environ if env is None else env
     endpoint = _env("UHR_S3_ENDPOINT", env)
-    secure = str(env.get("UHR_S3_SECURE", "")).strip().lower() in ("1", "true", "yes", "on")
+    secure = env_flag("UHR_S3_SECURE", env)
     store = ObjectStoreResource(
         endpoint=endpoint,
         bucket=_env("UHR_S3_BUCKET", env) or "uhrforge",
@@ -321,7 +345,7 @@ def platform_resources_from_env(env=None) -> dict:
             model=_env("UHR_VLM_MODEL", env) or _env("UHR_JUDGE_MODEL", env) or "Qwen3.5-35B-A3B",
             api_key_env=_env("UHR_VLM_API_KEY_ENV", env) or _env("UHR_JUDGE_API_KEY_ENV", env),
         ),
-        "dvc": DVCRemote(url=_env("UHR_DVC_REMOTE", env), endpoint_url=dvc_endpoint),
+        "dvc": DVCRemote(url=_env("UHR_DVC_REMOTE", env), endpoint_url=dvc_endpoint, repo=_env("UHR_DVC_REPO", env)),
         "postgres": PostgresSettings(
             host=pg_host,
             port=int(_env("DAGSTER_PG_PORT", env) or 5432),
@@ -332,18 +356,30 @@ def platform_resources_from_env(env=None) -> dict:
     }
 
 
-def resources_from_env() -> dict:
-    data_root = default_data_root()
+def aesthetic_models_from_env(env: Mapping[str, str] | None = None) -> AestheticModels:
+    """The aesthetic scorers' overrides: ``UHR_LAION_CLIP`` / ``UHR_LAION_HEAD`` (and the ArtiMuse endpoint)."""
+    env = os.environ if env is None else env
+    return AestheticModels(
+        clip_model=_env("UHR_LAION_CLIP", env),
+        head_path=_env("UHR_LAION_HEAD", env),
+        artimuse_endpoint=_env("UHR_ARTIMUSE_ENDPOINT", env),
+    )
+
+
+def curation_resources(data_root: str | os.PathLike, raw_root: str | os.PathLike | None = None,
+                       profile: str = "paper", env: Mapping[str, str] | None = None) -> dict:
+    """The resources for an explicit data root, raw root and profile (the CLI, the demo); the
+    aesthetic models and the platform (store, MLflow, VLM, DVC, Postgres) from the environment."""
     return {
-        "settings": CurationSettings(
-            data_root=data_root,
-            raw_root=os.environ.get("UHR_RAW_ROOT") or None,
-            profile=os.environ.get("UHR_PROFILE", "paper"),
-        ),
-        "aesthetics": AestheticModels(
-            clip_model=os.environ.get("UHR_LAION_CLIP") or None,
-            head_path=os.environ.get("UHR_LAION_HEAD") or None,
-            artimuse_endpoint=os.environ.get("UHR_ARTIMUSE_ENDPOINT") or None,
-        ),
-        **platform_resources_from_env(),
+        "settings": CurationSettings(data_root=str(data_root), raw_root=str(raw_root) if raw_root else None,
+                                     profile=profile),
+        "aesthetics": aesthetic_models_from_env(env),
+        **platform_resources_from_env(env),
     }
+
+
+def resources_from_env(env: Mapping[str, str] | None = None) -> dict:
+    """Every resource from the environment: ``UHR_DATA_ROOT``, ``UHR_RAW_ROOT``, ``UHR_PROFILE`` + the rest
+    (the code location's ``defs``, for ``dagster dev``)."""
+    return curation_resources(default_data_root(env), _env("UHR_RAW_ROOT", os.environ if env is None else env),
+                              env_setting("UHR_PROFILE", env) or "paper", env)
