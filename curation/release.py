@@ -77,11 +77,11 @@ def release_rows(layout: DataLayout) -> list[dict]:
             continue  # the same output from two shards (identical bytes): one row
         seen.add(r["image_id"])
         src = raw.get(r["parent_id"], {})
-        out_path = r.get("output_path")
+        out_path = layout.resolve(r.get("output_path"))
         rows.append({
             "image_id": r["image_id"], "sha256": r["sha256"], "blob_key": blob_key(r["sha256"]),
             "file_format": r.get("file_format"),
-            "file_bytes": Path(out_path).stat().st_size if out_path and Path(out_path).is_file() else None,
+            "file_bytes": out_path.stat().st_size if out_path and out_path.is_file() else None,
             "width": r.get("width"), "height": r.get("height"), "megapixels": r.get("megapixels"),
             "tier": r.get("tier"), "parent_id": r["parent_id"],
             "raw_sha256": src.get("sha256"), "raw_blob_key": blob_key(src["sha256"]) if src.get("sha256") else None,
@@ -122,7 +122,7 @@ def describe_rows(rows: list[dict]) -> dict:
 # -- blobs ------------------------------------------------------------------------------------
 
 def ensure_release_blobs(store: ObjectStore, rows: list[dict], corpus_paths: dict[str, str],
-                         progress: Callable[[int], None] | None = None) -> dict:
+                         progress: Callable[[int], None] | None = None, resolve: Callable | None = None) -> dict:
     """Every release image and its raw source as a blob in ``store`` (uploaded from this worker
     when missing, hash checked first). Missing everywhere -> :class:`ReleaseError` naming them."""
     out = {"uploaded": 0, "present": 0, "bytes": 0}
@@ -131,7 +131,8 @@ def ensure_release_blobs(store: ObjectStore, rows: list[dict], corpus_paths: dic
     for r in rows:
         wanted.setdefault(r["sha256"], corpus_paths.get(r["image_id"]))
         if r.get("raw_sha256"):
-            wanted.setdefault(r["raw_sha256"], r.get("source_path"))
+            src = r.get("source_path")
+            wanted.setdefault(r["raw_sha256"], resolve(src) if resolve and src else src)
     for sha, path in wanted.items():
         key = blob_key(sha)
         if store.exists(key):
@@ -247,9 +248,9 @@ def make_release(layout: DataLayout, name: str, store: ObjectStore, dvc=None, re
         log(f"release {name} already exists with this content ({existing['n_images']} images)")
         return dict(existing, existing=True)
 
-    corpus_paths = {r["image_id"]: r.get("output_path") for p in layout.manifests("corpus_100mp")
+    corpus_paths = {r["image_id"]: layout.resolve(r.get("output_path")) for p in layout.manifests("corpus_100mp")
                     for r in read_manifest(p).select(["image_id", "output_path", "passed"]).to_pylist() if r["passed"]}
-    blobs = ensure_release_blobs(store, rows, corpus_paths, progress)
+    blobs = ensure_release_blobs(store, rows, corpus_paths, progress, resolve=layout.resolve)
     log(f"blobs: {blobs['uploaded']} uploaded ({blobs['bytes'] / 1e6:.1f} MB), {blobs['present']} already in {store.url('blobs')}")
     info = {"name": name, "format": RELEASE_FORMAT, "manifest_sha256": digest, "captions": CAPTIONS_NOTE,
             "blob_store": store.describe(), "columns": RELEASE.names, **describe_rows(rows)}
@@ -353,3 +354,36 @@ def record_release_sql(url: str, entry: dict) -> bool:
         return True
     finally:
         engine.dispose()
+
+
+# -- reports (``uhr release`` / ``uhr releases``, the demo) ---------------------------------------
+
+def release_summary(name: str, md: dict, audit_ok: bool, failures: int) -> str:
+    """What a finished release says: images and manifest digest, DVC and git, lineage file, audit.
+    ``md`` is the ``corpus_release`` materialisation metadata as plain values."""
+    return "\n".join([
+        f"release {name}: {md['dagster/row_count']} images, manifest sha256 {md['manifest_sha256']}",
+        f"  dvc {md['dvc_md5']} -> {md['dvc_remote']} (pushed: {md['dvc_pushed']}); git tag {md['git_tag']} "
+        f"@ {md['git_commit'][:12]}",
+        f"  lineage: {md['lineage_file']}",
+        f"  audit: {'OK' if audit_ok else 'FAILED'} ({failures} failures)",
+    ])
+
+
+def releases_text(layout: DataLayout, table: list[dict] | None = None) -> str:
+    """The releases table, one line per release (or a line saying there is none)."""
+    table = releases_table(layout) if table is None else table
+    if not table:
+        return f"no releases under {layout.root}/releases"
+    return "\n".join(
+        f"{e['name']:<20} {e['created_at']}  {e['n_images']:>6} images  manifest {e['manifest_sha256'][:12]}  "
+        f"dvc {(e.get('dvc') or {}).get('md5') or '-'}  tag {(e.get('git') or {}).get('tag') or '-'}"
+        for e in table)
+
+
+def release_size(layout: DataLayout, name: str, store: ObjectStore | None = None) -> int:
+    """Images in release ``name`` (0 when it cannot be read: the audit says why)."""
+    try:
+        return read_release_manifest(layout, name, store).num_rows
+    except Exception:
+        return 0

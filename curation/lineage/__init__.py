@@ -19,3 +19,4 @@ from curation.lineage.core import (  # noqa: F401
     register_link_provider,
     resolve_image_id,
 )
+from curation.lineage.render import image_lineage, lineage_text  # noqa: F401
