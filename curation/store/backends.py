@@ -1,0 +1,448 @@
+"""Object store backends: one small interface, two implementations (no Dagster here).
+
+* :class:`LocalStore` -- a folder (the embedded default, and handy in tests);
+* :class:`S3Store` -- any S3 endpoint (MinIO in compose, SeaweedFS in the tests, AWS) through
+  the ``minio`` SDK.
+
+Keys are relative to the store's prefix; the top-level namespaces are :data:`BLOBS`,
+:data:`MANIFESTS` and :data:`RAW_PREFIX` (see the package docstring for the layout).
+
+:func:`store_from_env` builds the store from ``UHR_S3_ENDPOINT``, ``UHR_S3_BUCKET``,
+``UHR_S3_PREFIX``, ``UHR_S3_ACCESS_KEY`` / ``UHR_S3_SECRET_KEY`` (``UHR_S3_SECURE``); with no
+endpoint it is a local folder. Credentials live only in the client: never in ``repr``,
+:meth:`ObjectStore.describe`, logs or metadata.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Mapping
+
+BLOBS = "blobs"
+MANIFESTS = "manifests"
+RAW_PREFIX = "raw"
+THRESHOLDS_STAGE = "purification_thresholds"
+_CHUNK = 1 << 20
+
+
+class StoreError(RuntimeError):
+    """The store cannot give what a stage needs; the message says what is missing."""
+
+
+class ObjectNotFound(StoreError, KeyError):
+    def __str__(self) -> str:  # KeyError quotes its message otherwise
+        return str(self.args[0]) if self.args else "object not found"
+
+
+class BlobIntegrityError(StoreError):
+    """A blob's bytes do not hash to its key."""
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    key: str
+    size: int
+    etag: str | None = None
+    last_modified: float | None = None  # seconds since the epoch
+    metadata: Mapping[str, str] | None = None
+
+
+# -- keys ---------------------------------------------------------------------------------
+
+def manifest_key(stage: str, shard: str) -> str:
+    return f"{MANIFESTS}/{stage}/{shard}.parquet"
+
+
+def raw_shard_prefix(shard: str, prefix: str = RAW_PREFIX) -> str:
+    return f"{_norm_prefix(prefix)}{shard}/"
+
+
+def _norm_prefix(prefix: str | None) -> str:
+    p = (prefix or "").strip("/")
+    return f"{p}/" if p else ""
+
+
+def _check_key(key: str) -> str:
+    key = str(key).lstrip("/")
+    parts = PurePosixPath(key).parts
+    if not key or any(p in ("..", ".") for p in parts):
+        raise ValueError(f"bad object key {key!r}")
+    return key
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(_CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def md5_file(path: str | os.PathLike) -> str:
+    h = hashlib.md5(usedforsecurity=False)
+    with open(path, "rb") as fh:
+        while chunk := fh.read(_CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _atomic_target(dest: Path) -> Path:
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
+    os.close(fd)
+    return Path(tmp)
+
+
+# -- the interface --------------------------------------------------------------------------
+
+class ObjectStore:
+    """put/get files and bytes, exists, list, stat, delete -- keys relative to the store's prefix."""
+
+    kind = "abstract"
+
+    def url(self, key: str = "") -> str:
+        raise NotImplementedError
+
+    def describe(self) -> dict:
+        """What the store is, safe for logs and metadata (never credentials)."""
+        raise NotImplementedError
+
+    def put_file(self, key: str, path: str | os.PathLike, content_type: str = "application/octet-stream",
+                 metadata: Mapping[str, str] | None = None) -> ObjectInfo:
+        raise NotImplementedError
+
+    def get_file(self, key: str, path: str | os.PathLike) -> Path:
+        """Download atomically (temporary file + rename); returns the path."""
+        raise NotImplementedError
+
+    def put_bytes(self, key: str, data: bytes, content_type: str = "application/octet-stream",
+                  metadata: Mapping[str, str] | None = None) -> ObjectInfo:
+        raise NotImplementedError
+
+    def get_bytes(self, key: str) -> bytes:
+        raise NotImplementedError
+
+    def stat(self, key: str) -> ObjectInfo:
+        """Size, etag, modification time; :class:`ObjectNotFound` when absent."""
+        raise NotImplementedError
+
+    def list_info(self, prefix: str = "") -> list[ObjectInfo]:
+        """Every object whose key starts with ``prefix`` (recursive), sorted by key."""
+        raise NotImplementedError
+
+    def delete(self, key: str) -> None:
+        raise NotImplementedError
+
+    def exists(self, key: str) -> bool:
+        try:
+            self.stat(key)
+            return True
+        except ObjectNotFound:
+            return False
+
+    def sha256(self, key: str) -> str:
+        """sha256 of the object's bytes, streamed (never whole in memory); :class:`ObjectNotFound`."""
+        with tempfile.TemporaryDirectory() as tmp:
+            return sha256_file(self.get_file(key, Path(tmp) / "obj"))
+
+    def list(self, prefix: str = "") -> list[str]:
+        return [o.key for o in self.list_info(prefix)]
+
+    def __repr__(self) -> str:
+        inner = ", ".join(f"{k}={v!r}" for k, v in self.describe().items() if k != "kind")
+        return f"{type(self).__name__}({inner})"
+
+
+class LocalStore(ObjectStore):
+    """A folder: ``<root>/<key>``. Etags are the md5 of the bytes (as S3 gives for one-part puts)."""
+
+    kind = "local"
+
+    def __init__(self, root: str | os.PathLike):
+        self.root = Path(root).resolve()
+
+    def _path(self, key: str) -> Path:
+        return self.root / _check_key(key)
+
+    def url(self, key: str = "") -> str:
+        return str(self._path(key)) if key else str(self.root)
+
+    def describe(self) -> dict:
+        return {"kind": self.kind, "root": str(self.root)}
+
+    def _write_meta(self, key: str, metadata: Mapping[str, str] | None) -> None:
+        meta = self.root / ".meta" / (_check_key(key) + ".json")
+        if metadata:
+            import json
+
+            meta.parent.mkdir(parents=True, exist_ok=True)
+            meta.write_text(json.dumps(dict(metadata), sort_keys=True))
+        elif meta.exists():
+            meta.unlink()
+
+    def _read_meta(self, key: str) -> dict | None:
+        meta = self.root / ".meta" / (_check_key(key) + ".json")
+        if not meta.exists():
+            return None
+        import json
+
+        return json.loads(meta.read_text())
+
+    def put_file(self, key, path, content_type="application/octet-stream", metadata=None) -> ObjectInfo:
+        dest = self._path(key)
+        tmp = _atomic_target(dest)
+        try:
+            shutil.copyfile(path, tmp)
+            os.replace(tmp, dest)
+        finally:
+            tmp.unlink(missing_ok=True)
+        self._write_meta(key, metadata)
+        return self.stat(key)
+
+    def put_bytes(self, key, data, content_type="application/octet-stream", metadata=None) -> ObjectInfo:
+        dest = self._path(key)
+        tmp = _atomic_target(dest)
+        try:
+            tmp.write_bytes(data)
+            os.replace(tmp, dest)
+        finally:
+            tmp.unlink(missing_ok=True)
+        self._write_meta(key, metadata)
+        return self.stat(key)
+
+    def get_file(self, key, path) -> Path:
+        src = self._path(key)
+        if not src.is_file():
+            raise ObjectNotFound(f"{self.url(key)} does not exist")
+        dest = Path(path)
+        tmp = _atomic_target(dest)
+        try:
+            shutil.copyfile(src, tmp)
+            os.replace(tmp, dest)
+        finally:
+            tmp.unlink(missing_ok=True)
+        return dest
+
+    def get_bytes(self, key) -> bytes:
+        src = self._path(key)
+        if not src.is_file():
+            raise ObjectNotFound(f"{self.url(key)} does not exist")
+        return src.read_bytes()
+
+    def sha256(self, key) -> str:
+        p = self._path(key)
+        if not p.is_file():
+            raise ObjectNotFound(f"{self.url(key)} does not exist")
+        return sha256_file(p)
+
+    def stat(self, key) -> ObjectInfo:
+        p = self._path(key)
+        if not p.is_file():
+            raise ObjectNotFound(f"{self.url(key)} does not exist")
+        st = p.stat()
+        return ObjectInfo(_check_key(key), st.st_size, md5_file(p), st.st_mtime, self._read_meta(key))
+
+    def list_info(self, prefix: str = "") -> list[ObjectInfo]:
+        prefix = str(prefix or "").lstrip("/")
+        base = self.root / prefix.rsplit("/", 1)[0] if "/" in prefix else self.root
+        if not base.is_dir():
+            return []
+        out = []
+        for p in sorted(base.rglob("*")):
+            if not p.is_file():
+                continue
+            key = p.relative_to(self.root).as_posix()
+            if key.startswith(".meta/") or p.name.endswith(".part") and p.name.startswith("."):
+                continue
+            if key.startswith(prefix):
+                st = p.stat()
+                out.append(ObjectInfo(key, st.st_size, None, st.st_mtime))
+        return out
+
+    def delete(self, key) -> None:
+        self._path(key).unlink(missing_ok=True)
+        self._write_meta(key, None)
+
+
+class S3Store(ObjectStore):
+    """An S3 bucket (optionally under a key prefix) through the ``minio`` SDK.
+
+    ``endpoint`` is ``host:port`` or a URL (``http://`` / ``https://`` decides ``secure``).
+    The bucket is created on first use when missing (``create_bucket``).
+    """
+
+    kind = "s3"
+
+    def __init__(self, endpoint: str, bucket: str, prefix: str = "", access_key: str | None = None,
+                 secret_key: str | None = None, secure: bool | None = None, region: str | None = None,
+                 create_bucket: bool = True):
+        from minio import Minio
+
+        ep = str(endpoint).strip()
+        if ep.startswith(("http://", "https://")):
+            scheme, ep = ep.split("://", 1)
+            secure = (scheme == "https") if secure is None else secure
+        self.endpoint = ep.rstrip("/")
+        self.secure = bool(secure)
+        self.bucket = bucket
+        self.prefix = _norm_prefix(prefix)
+        self.region = region
+        # the credentials go into the client and nowhere else on this object
+        self._client = Minio(self.endpoint, access_key=access_key or None, secret_key=secret_key or None,
+                             secure=self.secure, region=region)
+        self._create_bucket = create_bucket
+        self._bucket_ok = False
+
+    # -- helpers
+    def _full(self, key: str) -> str:
+        return self.prefix + _check_key(key)
+
+    def _rel(self, full: str) -> str:
+        return full[len(self.prefix):] if self.prefix and full.startswith(self.prefix) else full
+
+    def _ensure_bucket(self) -> None:
+        if self._bucket_ok:
+            return
+        if self._create_bucket and not self._client.bucket_exists(self.bucket):
+            try:
+                self._client.make_bucket(self.bucket)
+            except Exception as exc:  # another worker made it in between
+                if "BucketAlreadyOwnedByYou" not in str(exc) and "BucketAlreadyExists" not in str(exc):
+                    raise
+        self._bucket_ok = True
+
+    @staticmethod
+    def _missing(exc: Exception) -> bool:
+        code = getattr(exc, "code", None)
+        return code in ("NoSuchKey", "NoSuchObject", "NoSuchBucket", "ResourceNotFound")
+
+    # -- interface
+    @property
+    def client(self):
+        return self._client
+
+    def url(self, key: str = "") -> str:
+        return f"s3://{self.bucket}/{self.prefix}{key}"
+
+    def endpoint_url(self) -> str:
+        return f"{'https' if self.secure else 'http'}://{self.endpoint}"
+
+    def describe(self) -> dict:
+        return {"kind": self.kind, "endpoint": self.endpoint_url(), "bucket": self.bucket, "prefix": self.prefix}
+
+    def put_file(self, key, path, content_type="application/octet-stream", metadata=None) -> ObjectInfo:
+        self._ensure_bucket()
+        res = self._client.fput_object(self.bucket, self._full(key), str(path), content_type=content_type,
+                                       metadata=dict(metadata) if metadata else None)
+        return ObjectInfo(_check_key(key), Path(path).stat().st_size, res.etag, None, dict(metadata or {}) or None)
+
+    def put_bytes(self, key, data, content_type="application/octet-stream", metadata=None) -> ObjectInfo:
+        self._ensure_bucket()
+        res = self._client.put_object(self.bucket, self._full(key), io.BytesIO(data), len(data),
+                                      content_type=content_type, metadata=dict(metadata) if metadata else None)
+        return ObjectInfo(_check_key(key), len(data), res.etag, None, dict(metadata or {}) or None)
+
+    def get_file(self, key, path) -> Path:
+        from minio.error import S3Error
+
+        dest = Path(path)
+        tmp = _atomic_target(dest)
+        try:
+            resp = self._client.get_object(self.bucket, self._full(key))
+            try:
+                with open(tmp, "wb") as fh:
+                    for chunk in resp.stream(_CHUNK):
+                        fh.write(chunk)
+            finally:
+                resp.close()
+                resp.release_conn()
+            os.replace(tmp, dest)
+        except S3Error as exc:
+            if self._missing(exc):
+                raise ObjectNotFound(f"{self.url(key)} does not exist") from None
+            raise
+        finally:
+            tmp.unlink(missing_ok=True)
+        return dest
+
+    def get_bytes(self, key) -> bytes:
+        from minio.error import S3Error
+
+        try:
+            resp = self._client.get_object(self.bucket, self._full(key))
+        except S3Error as exc:
+            if self._missing(exc):
+                raise ObjectNotFound(f"{self.url(key)} does not exist") from None
+            raise
+        try:
+            return resp.read()
+        finally:
+            resp.close()
+            resp.release_conn()
+
+    def stat(self, key) -> ObjectInfo:
+        from minio.error import S3Error
+
+        try:
+            st = self._client.stat_object(self.bucket, self._full(key))
+        except S3Error as exc:
+            if self._missing(exc):
+                raise ObjectNotFound(f"{self.url(key)} does not exist") from None
+            raise
+        meta = {k[len("x-amz-meta-"):].lower(): v for k, v in (st.metadata or {}).items()
+                if k.lower().startswith("x-amz-meta-")}
+        lm = st.last_modified.timestamp() if st.last_modified else None
+        return ObjectInfo(_check_key(key), int(st.size or 0), (st.etag or "").strip('"') or None, lm, meta or None)
+
+    def list_info(self, prefix: str = "") -> list[ObjectInfo]:
+        from minio.error import S3Error
+
+        try:
+            objs = self._client.list_objects(self.bucket, prefix=self.prefix + str(prefix or "").lstrip("/"),
+                                             recursive=True)
+            out = [ObjectInfo(self._rel(o.object_name), int(o.size or 0), (o.etag or "").strip('"') or None,
+                              o.last_modified.timestamp() if o.last_modified else None)
+                   for o in objs if not o.is_dir]
+        except S3Error as exc:
+            if self._missing(exc):
+                return []
+            raise
+        return sorted(out, key=lambda o: o.key)
+
+    def delete(self, key) -> None:
+        self._client.remove_object(self.bucket, self._full(key))
+
+
+def _truthy(v: str | None) -> bool:
+    return str(v or "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def store_from_env(env: Mapping[str, str] | None = None, local_root: str | os.PathLike | None = None) -> ObjectStore:
+    """S3 when ``UHR_S3_ENDPOINT`` is set, else a local folder.
+
+    The local folder is ``local_root``, else ``UHR_STORE_ROOT``, else ``<UHR_DATA_ROOT>/store``.
+    Credentials: ``UHR_S3_ACCESS_KEY`` / ``UHR_S3_SECRET_KEY`` (falling back to the standard
+    ``AWS_ACCESS_KEY_ID`` / ``AWS_SECRET_ACCESS_KEY``).
+    """
+    env = os.environ if env is None else env
+    endpoint = (env.get("UHR_S3_ENDPOINT") or "").strip()
+    if endpoint:
+        secure = True if _truthy(env.get("UHR_S3_SECURE")) else None
+        return S3Store(
+            endpoint,
+            bucket=env.get("UHR_S3_BUCKET") or "uhrforge",
+            prefix=env.get("UHR_S3_PREFIX") or "",
+            access_key=env.get("UHR_S3_ACCESS_KEY") or env.get("AWS_ACCESS_KEY_ID"),
+            secret_key=env.get("UHR_S3_SECRET_KEY") or env.get("AWS_SECRET_ACCESS_KEY"),
+            secure=secure,
+            region=env.get("UHR_S3_REGION") or None,
+        )
+    root = local_root or env.get("UHR_STORE_ROOT") or Path(env.get("UHR_DATA_ROOT") or Path("data") / "demo") / "store"
+    return LocalStore(root)
+
