@@ -45,14 +45,19 @@ def base_metadata(table: pa.Table, path: Path, summary: dict) -> dict:
 
 
 def sheet_and_histograms(rows: list[dict], out_dir: Path, score_cols: list[str], thresholds: dict, title: str,
-                         with_sheet: bool = True) -> dict:
-    """Contact sheet (passes + rejects per reason) and score histograms, linked as paths."""
+                         with_sheet: bool = True, root: Path | None = None) -> dict:
+    """Contact sheet (passes + rejects per reason) and score histograms, linked as paths.
+    ``root``: the data root that relative thumbnail paths are under."""
+    def thumb(r):
+        t = r.get("thumb_path")
+        return str(Path(root) / t) if t and root is not None else t
+
     groups: "OrderedDict[str, list]" = OrderedDict()
-    groups["pass"] = [(r.get("thumb_path"), Path(r["source_path"]).name) for r in rows if r["passed"]]
+    groups["pass"] = [(thumb(r), Path(r["source_path"]).name) for r in rows if r["passed"]]
     for r in rows:
         if not r["passed"]:
             groups.setdefault(f"reject: {r['reject_reason']}", []).append(
-                (r.get("thumb_path"), Path(r["source_path"]).name)
+                (thumb(r), Path(r["source_path"]).name)
             )
     md = {}
     sheet = contact_sheet(groups, out_dir / "contact_sheet.png") if with_sheet else None

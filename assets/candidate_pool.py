@@ -1,26 +1,18 @@
 """Asset ``candidate_pool`` (section 3.1.2): intersection of the five detections per shard."""
 
 
-from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, asset
+from dagster import AssetExecutionContext, MaterializeResult, MetadataValue
 
 from assets._store import prepare, publish, store_metadata
 from assets._metadata import base_metadata, counts_table, sheet_and_histograms
+from assets._stage import data_version, stage_asset, stage_metadata
 from assets.checks import run_checks, specs
 from curation.manifest import read_manifest
-from curation.stages import CODE_VERSIONS, load_thresholds, run_candidate_pool
-from orchestration.partitions import shard_partitions
+from curation.stages import load_thresholds, run_candidate_pool
 from orchestration.resources import CurationSettings, ObjectStoreResource
 
 
-@asset(
-    partitions_def=shard_partitions,
-    deps=["image_scores", "purification_thresholds"],
-    code_version=CODE_VERSIONS["candidate_pool"],
-    group_name="curation",
-    kinds={"python", "parquet"},
-    check_specs=specs("candidate_pool"),
-    description="Candidates: pass exposure AND sharpness AND flatness AND entropy top 60 % AND (S_L or S_A top 60 %).",
-)
+@stage_asset("candidate_pool", kinds={"python", "parquet"}, check_specs=specs("candidate_pool"))
 def candidate_pool(context: AssetExecutionContext, settings: CurationSettings,
                    store: ObjectStoreResource) -> MaterializeResult:
     cfg = settings.config()
@@ -31,6 +23,7 @@ def candidate_pool(context: AssetExecutionContext, settings: CurationSettings,
     res = run_candidate_pool(layout, shard, cfg, th)
     rows = res.rows
     md = base_metadata(res.table, res.path, res.summary)
+    md.update(stage_metadata(cfg, "candidate_pool", res.summary))
     crit = res.summary["criteria"]
     md["criteria"] = counts_table(
         [[k, v["evaluated"], v["passed"], v["evaluated"] - v["passed"], v["applied"]] for k, v in crit.items()],
@@ -41,7 +34,7 @@ def candidate_pool(context: AssetExecutionContext, settings: CurationSettings,
     md["pass_rate"] = res.summary["passed"] / max(1, res.summary["rows_in"])
     md.update(sheet_and_histograms(
         rows, layout.report_dir("candidate_pool", shard), ["entropy", "laion_score"],
-        {"entropy": th.entropy, "laion_score": th.laion}, f"candidate_pool {shard}",
+        {"entropy": th.entropy, "laion_score": th.laion}, f"candidate_pool {shard}", root=layout.root,
     ))
     md["all_reasons"] = MetadataValue.json(
         {r["image_id"]: r["reject_reasons"] for r in rows if r["reject_reasons"]}
@@ -50,4 +43,4 @@ def candidate_pool(context: AssetExecutionContext, settings: CurationSettings,
     checks = run_checks("candidate_pool", res.table, n_in)
     published = publish(context, store, settings, "candidate_pool", shard, checks)
     md.update(store_metadata(store, prepared, published))
-    return MaterializeResult(metadata=md, check_results=checks)
+    return MaterializeResult(metadata=md, check_results=checks, data_version=data_version(res.data_version))

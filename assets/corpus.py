@@ -1,32 +1,18 @@
 """Asset ``corpus_100mp`` (sections 3.1.3-3.1.4): tiered tiled SR + final filtering per shard."""
 
-from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, asset
+from dagster import AssetExecutionContext, MaterializeResult, MetadataValue
 
 from assets._store import prepare, publish, store_metadata
 from assets._metadata import base_metadata, counts_table
+from assets._stage import data_version, stage_asset, stage_metadata
 from assets.checks import run_corpus_checks, corpus_specs
 from curation.corpus import run_corpus
 from curation.manifest import read_manifest
 from curation.reports import corpus_contact_sheet
-from curation.stages import CODE_VERSIONS
-from orchestration.partitions import shard_partitions
 from orchestration.resources import CurationSettings, ObjectStoreResource
 
-# SR on a GPU host: the diffusers backend runs in the "gpu" pool (at most N at once).
-GPU_POOL = "gpu"
-
-
-@asset(
-    partitions_def=shard_partitions,
-    deps=["candidate_pool"],
-    code_version=CODE_VERSIONS["corpus_100mp"],
-    group_name="corpus",
-    kinds={"python", "tiff", "parquet"},
-    check_specs=corpus_specs("corpus_100mp"),
-    pool=GPU_POOL,
-    description="Every candidate brought to >= 100 MP (archive / 2x / 4x tiled SR) and checked: seams, "
-                "post-SR consistency, region-level VLM artifacts, instance hook.",
-)
+# SR on a GPU host: the stage table puts corpus_100mp in the "gpu" pool (at most N at once).
+@stage_asset("corpus_100mp", kinds={"python", "tiff", "parquet"}, check_specs=corpus_specs("corpus_100mp"))
 def corpus_100mp(context: AssetExecutionContext, settings: CurationSettings,
                   store: ObjectStoreResource) -> MaterializeResult:
     cfg = settings.config()
@@ -37,6 +23,7 @@ def corpus_100mp(context: AssetExecutionContext, settings: CurationSettings,
     rows = res.rows
     s = res.summary
     md = base_metadata(res.table, res.path, s)
+    md.update(stage_metadata(cfg, "corpus_100mp", s))
     md["by_tier"] = counts_table(
         [[t, s["by_tier"].get(t, 0), s["passed_by_tier"].get(t, 0)] for t in ("archive", "2x", "4x")],
         [("tier", "string"), ("processed", "int"), ("passed", "int")],
@@ -54,7 +41,7 @@ def corpus_100mp(context: AssetExecutionContext, settings: CurationSettings,
     md["instance_check"] = "not applied: instance crops come from the captions stage (paper 3.1.5)"
     md["judge_backend"] = ", ".join(sorted({str(r.get("judge_backend")) for r in sr})) or "none"
     md["lpips"] = next((r["lpips_reason"] for r in sr if r.get("lpips_reason")), "n/a")
-    sheet = corpus_contact_sheet(rows, layout.report_dir("corpus_100mp", shard) / "native_vs_sr.png")
+    sheet = corpus_contact_sheet(rows, layout.report_dir("corpus_100mp", shard) / "native_vs_sr.png", root=layout.root)
     if sheet:
         md["contact_sheet"] = MetadataValue.path(str(sheet))
     md["megapixels_min_passed"] = min((r["megapixels"] for r in rows if r["passed"]), default=0.0)
@@ -62,4 +49,4 @@ def corpus_100mp(context: AssetExecutionContext, settings: CurationSettings,
     checks = run_corpus_checks("corpus_100mp", res.table, n_in, cfg)
     published = publish(context, store, settings, "corpus_100mp", shard, checks)
     md.update(store_metadata(store, prepared, published))
-    return MaterializeResult(metadata=md, check_results=checks)
+    return MaterializeResult(metadata=md, check_results=checks, data_version=data_version(res.data_version))

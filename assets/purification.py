@@ -6,26 +6,19 @@ cuts (entropy, aesthetics) get one global threshold over all shards.
 """
 
 
-from dagster import AssetExecutionContext, AssetKey, MaterializeResult, MetadataValue, asset
+from dagster import AssetExecutionContext, MaterializeResult, MetadataValue
 
 from assets._store import prepare, publish, store_metadata
 from assets._metadata import base_metadata, counts_table, sheet_and_histograms
+from assets._stage import data_version, stage_asset, stage_metadata
 from assets.checks import run_checks, specs
 from curation.manifest import read_manifest
-from curation.stages import CODE_VERSIONS, run_image_scores, run_thresholds
-from orchestration.partitions import shard_partitions
+from curation.stages import run_image_scores, run_thresholds
+from curation.stages.purification import previous_thresholds_version
 from orchestration.resources import AestheticModels, CurationSettings, ObjectStoreResource
 
 
-@asset(
-    partitions_def=shard_partitions,
-    deps=["raw_pool"],
-    code_version=CODE_VERSIONS["image_scores"],
-    group_name="curation",
-    kinds={"python", "parquet"},
-    check_specs=specs("image_scores"),
-    description="Per-image purification scores (exposure, Laplacian, flatness, entropy, aesthetics), one decode each.",
-)
+@stage_asset("image_scores", kinds={"python", "parquet"}, check_specs=specs("image_scores"))
 def image_scores(context: AssetExecutionContext, settings: CurationSettings, aesthetics: AestheticModels,
                  store: ObjectStoreResource) -> MaterializeResult:
     cfg = settings.config()
@@ -39,6 +32,7 @@ def image_scores(context: AssetExecutionContext, settings: CurationSettings, aes
     rows = res.rows
     pur = cfg["purification"]
     md = base_metadata(res.table, res.path, res.summary)
+    md.update(stage_metadata(cfg, "image_scores", res.summary))
     md["absolute_filters"] = counts_table(
         [[name, sum(1 for r in rows if r[col] is not None), sum(1 for r in rows if r[col])]
          for name, col in (("exposure", "pass_exposure"), ("sharpness", "pass_sharpness"), ("flatness", "pass_flatness"))],
@@ -53,28 +47,24 @@ def image_scores(context: AssetExecutionContext, settings: CurationSettings, aes
         ["exposure_fraction", "laplacian_var", "flat_fraction", "entropy", "laion_score"],
         {"exposure_fraction": pur["exposure"]["max_fraction"], "laplacian_var": pur["sharpness"]["min_laplacian_var"],
          "flat_fraction": pur["flatness"]["max_textureless_fraction"]},
-        f"image_scores {shard}",
+        f"image_scores {shard}", root=layout.root,
     ))
     n_in = sum(read_manifest(layout.manifest("raw_pool", shard)).column("passed").to_pylist())
     checks = run_checks("image_scores", res.table, n_in)
     published = publish(context, store, settings, "image_scores", shard, checks)
     md.update(store_metadata(store, prepared, published))
-    return MaterializeResult(metadata=md, check_results=checks)
+    return MaterializeResult(metadata=md, check_results=checks, data_version=data_version(res.data_version))
 
 
-@asset(
-    deps=[AssetKey("image_scores")],
-    code_version=CODE_VERSIONS["purification_thresholds"],
-    group_name="curation",
-    kinds={"python", "json"},
-    description="Global relative-cut thresholds over all shards: entropy top 60 %, LAION / ArtiMuse top 60 %.",
-)
+@stage_asset("purification_thresholds", kinds={"python", "json"})
 def purification_thresholds(context: AssetExecutionContext, settings: CurationSettings,
                             aesthetics: AestheticModels, store: ObjectStoreResource) -> MaterializeResult:
     cfg = settings.config()
     prepared = prepare(context, store, settings, "purification_thresholds", None)
     _, unavailable = aesthetics.load(cfg)
+    before = previous_thresholds_version(settings.layout())
     th, path = run_thresholds(settings.layout(), cfg, unavailable)
+    same = before == th.version
     context.log.info(th.aesthetics_note)
     published = publish(context, store, settings, "purification_thresholds", None)
     return MaterializeResult(
@@ -89,6 +79,9 @@ def purification_thresholds(context: AssetExecutionContext, settings: CurationSe
             "aesthetics_note": th.aesthetics_note,
             "shards": MetadataValue.json(th.shards),
             "thresholds_file": MetadataValue.path(str(path)),
+            **stage_metadata(cfg, "purification_thresholds",
+                             {"computed": 0 if same else th.n_pool, "reused": th.n_pool if same else 0}),
             **store_metadata(store, prepared, published),
-        }
+        },
+        data_version=data_version(th.version),
     )

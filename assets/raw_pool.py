@@ -1,25 +1,18 @@
 """Asset ``raw_pool`` (section 3.1.1): ingest a shard, dedup by content hash, resolution screen."""
 
 
-from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, asset
+from dagster import AssetExecutionContext, MaterializeResult, MetadataValue
 
 from assets._store import prepare, publish, store_metadata
 from assets._metadata import base_metadata, counts_table, sheet_and_histograms
+from assets._stage import data_version, stage_asset, stage_metadata
 from assets.checks import run_checks, specs
 from curation.raw_pool import list_shard_files
-from curation.stages import CODE_VERSIONS, run_raw_pool
-from orchestration.partitions import shard_partitions
+from curation.stages import run_raw_pool
 from orchestration.resources import CurationSettings, ObjectStoreResource
 
 
-@asset(
-    partitions_def=shard_partitions,
-    code_version=CODE_VERSIONS["raw_pool"],
-    group_name="curation",
-    kinds={"python", "parquet"},
-    check_specs=specs("raw_pool"),
-    description="Every file of a raw shard: content-hash id, licence, dedup (first seen wins), resolution screen.",
-)
+@stage_asset("raw_pool", kinds={"python", "parquet"}, check_specs=specs("raw_pool"))
 def raw_pool(context: AssetExecutionContext, settings: CurationSettings,
              store: ObjectStoreResource) -> MaterializeResult:
     cfg = settings.config()
@@ -28,7 +21,8 @@ def raw_pool(context: AssetExecutionContext, settings: CurationSettings,
     res = run_raw_pool(layout, settings.raw_dir(), context.partition_key, cfg)
     rows = res.rows
     md = base_metadata(res.table, res.path, res.summary)
-    md["config_hash"] = cfg.hash
+    md.update(stage_metadata(cfg, "raw_pool", res.summary))
+    md["config_hash"] = md["uhr/fingerprint"]
     md["profile"] = cfg.name
     md["by_tier"] = counts_table(
         [[k or "none", v] for k, v in sorted(res.summary["by_tier"].items(), key=lambda kv: str(kv[0]))],
@@ -37,7 +31,7 @@ def raw_pool(context: AssetExecutionContext, settings: CurationSettings,
     md["megapixels_total"] = float(sum(r["megapixels"] or 0 for r in rows))
     md.update(sheet_and_histograms(
         [dict(r, thumb_path=None) for r in rows], layout.report_dir("raw_pool", context.partition_key),
-        ["megapixels"], {}, f"raw_pool {context.partition_key}", with_sheet=False,
+        ["megapixels"], {}, f"raw_pool {context.partition_key}", with_sheet=False, root=layout.root,
     ))
     md["licences"] = MetadataValue.json(
         {k: sum(1 for r in rows if r["licence"] == k) for k in sorted({r["licence"] for r in rows})}
@@ -46,4 +40,4 @@ def raw_pool(context: AssetExecutionContext, settings: CurationSettings,
     checks = run_checks("raw_pool", res.table, expected, with_scores=True)
     published = publish(context, store, settings, "raw_pool", context.partition_key, checks)
     md.update(store_metadata(store, prepared, published))
-    return MaterializeResult(metadata=md, check_results=checks)
+    return MaterializeResult(metadata=md, check_results=checks, data_version=data_version(res.data_version))

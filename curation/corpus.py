@@ -38,7 +38,8 @@ from curation.config import Config
 from curation.imageio import content_hash, image_id_from_hash
 from curation.layout import DataLayout
 from curation.manifest import CORPUS, read_manifest, to_table, write_manifest
-from curation.stages import CODE_VERSIONS, StageError, StageResult, snapshot_config
+from curation.stages.fingerprint import input_key, reusable, stage_fingerprint
+from curation.stages.purification import StageError, StageResult, code_version as stage_code_version, commit, reuse_result, upstream_versions
 
 SEAM_DISCONTINUITY = "seam_discontinuity"
 INCONSISTENT = "inconsistent_with_input"
@@ -93,8 +94,12 @@ def region_judge(client, image_id: str, patch: int) -> Callable:
 
 
 def process_image(row: dict, layout: DataLayout, cfg: Config, backend_name: str, judge_client,
-                  code_version: str) -> dict:
-    """SR + final filters of one candidate row; returns the CORPUS row (never raises)."""
+                  code_version: str, config_hash: str | None = None) -> dict:
+    """SR + final filters of one candidate row; returns the CORPUS row (never raises).
+
+    ``row["source_path"]`` is as stored in the manifest (resolved through ``layout``);
+    ``config_hash``: the corpus stage fingerprint the row records (default: the whole config's hash).
+    """
     from curation.final_filters import consistency, instances, regions, seams
     from curation.upscale.backends import create_backend
     from curation.upscale.tiers import scale_for, tier_bounds, tier_for
@@ -104,7 +109,8 @@ def process_image(row: dict, layout: DataLayout, cfg: Config, backend_name: str,
     cc = cfg["corpus"]
     ff = cc["final_filters"]
     out = {"parent_id": row["image_id"], "shard": row["shard"], "source_path": row["source_path"],
-           "config_hash": cfg.hash, "code_version": code_version, "passed": False}
+           "config_hash": config_hash or cfg.hash, "code_version": code_version, "passed": False}
+    source = str(layout.resolve(row["source_path"]))
     tier = tier_for(row["width"], row["height"], cfg)
     scale = scale_for(tier)
     out.update(tier=tier, scale=scale)
@@ -114,15 +120,15 @@ def process_image(row: dict, layout: DataLayout, cfg: Config, backend_name: str,
         if tier is None:
             raise ValueError(f"{row['width']}x{row['height']} is below every SR tier")
         if tier == "archive":
-            sha = row.get("sha256") or content_hash(row["source_path"])
+            sha = row.get("sha256") or content_hash(source)
             image_id = image_id_from_hash(sha)
-            dst = corpus_blob(layout, image_id, Path(row["source_path"]).suffix.lower())
+            dst = corpus_blob(layout, image_id, Path(source).suffix.lower())
             if not dst.exists():
                 dst.parent.mkdir(parents=True, exist_ok=True)
                 tmp = dst.with_name(dst.name + ".tmp")
-                shutil.copyfile(row["source_path"], tmp)
+                shutil.copyfile(source, tmp)
                 os.replace(tmp, dst)
-            out.update(image_id=image_id, sha256=sha, output_path=str(dst), width=row["width"],
+            out.update(image_id=image_id, sha256=sha, output_path=layout.rel(dst), width=row["width"],
                        height=row["height"], backend="none (native)", file_format=Path(dst).suffix.lstrip("."),
                        checks="not_applicable: native image, no synthetic pixels")
         else:
@@ -130,14 +136,14 @@ def process_image(row: dict, layout: DataLayout, cfg: Config, backend_name: str,
             backend = create_backend(backend_name, scale)
             tmp_out = layout.root / "corpus" / "_work" / f"{row['image_id']}{_EXT[fmt]}"
             tmp_out.parent.mkdir(parents=True, exist_ok=True)
-            info = upscale_image(row["source_path"], tmp_out, backend, spec, prompt=row.get("caption"), seed=0)
+            info = upscale_image(source, tmp_out, backend, spec, prompt=row.get("caption"), seed=0)
             sha = content_hash(tmp_out)
             image_id = image_id_from_hash(sha)
             dst = corpus_blob(layout, image_id, _EXT[fmt])
             dst.parent.mkdir(parents=True, exist_ok=True)
             os.replace(tmp_out, dst)
             desc = backend.describe()
-            out.update(image_id=image_id, sha256=sha, output_path=str(dst), width=int(info["width"]),
+            out.update(image_id=image_id, sha256=sha, output_path=layout.rel(dst), width=int(info["width"]),
                        height=int(info["height"]), backend=backend_name,
                        backend_detail=json.dumps(desc, sort_keys=True), tile=spec.tile, overlap=spec.overlap,
                        ramp=spec.ramp, file_format=fmt, checks="seams,consistency,regions,instances")
@@ -145,7 +151,7 @@ def process_image(row: dict, layout: DataLayout, cfg: Config, backend_name: str,
             sr = seams.seam_check(dst, stride=int(ff["seam"]["stride"]), r_t=float(ff["seam"]["r_t"]))
             out.update(seam_max_ratio=float(sr.max_ratio), seam_count=int(sr.seams), seam_flagged=bool(sr.flagged))
             # 2. post-SR consistency
-            cm = consistency.consistency_metrics(dst, row["source_path"])
+            cm = consistency.consistency_metrics(dst, source)
             cd = consistency.decide(cm, dict(ff["consistency"]))
             out.update(psnr=cm.get("psnr"), ssim=cm.get("ssim"), psnr_block_min=cm.get("psnr_block_min"),
                        ssim_block_min=cm.get("ssim_block_min"), lpips=cm.get("lpips"),
@@ -204,43 +210,61 @@ def run_corpus(layout: DataLayout, shard: str, cfg: Config, backend_name: str | 
     cc = cfg["corpus"]
     backend_name = backend_name or cc["backend"]
     cap = cc.get("max_upscales_per_shard")
-    chosen = select_for_upscale([r for r in cands if r["tier"] in ("2x", "4x")], cap)
     if judge_client is None:
         from curation.vlm import create_vlm_client
 
         judge_client = create_vlm_client(cfg.get("judges.corpus") or {}, base_dir=layout.root)
-    cache = layout.cache("corpus", cfg.hash)
+    fp = stage_fingerprint(cfg, "corpus_100mp")
+    # the judge's backend is part of the inputs: a heuristic verdict is never reused for a served judge
+    key = input_key(fp, upstream_versions(layout, "corpus_100mp", shard),
+                    {"backend": backend_name, "judge": getattr(judge_client, "backend", None)})
+    dst = layout.manifest("corpus_100mp", shard)
+    if reusable(dst, key) and all(layout.resolve(r["output_path"]).exists()
+                                  for r in read_manifest(dst).to_pylist() if r.get("passed")):
+        return _with_tiers(reuse_result(dst))
+    chosen = select_for_upscale([r for r in cands if r["tier"] in ("2x", "4x")], cap)
+    cache = layout.cache("corpus", fp)
+    cv = stage_code_version("corpus_100mp")
     rows = []
+    computed = reused = 0
     for r in cands:
         if r["tier"] in ("2x", "4x") and r["image_id"] not in chosen:
             rows.append({"image_id": r["image_id"], "parent_id": r["image_id"], "shard": shard,
                          "source_path": r["source_path"], "tier": r["tier"], "passed": False,
-                         "reject_reason": DEFERRED, "config_hash": cfg.hash,
+                         "reject_reason": DEFERRED, "config_hash": fp,
                          "reject_detail": f"corpus.max_upscales_per_shard={cap} in profile {cfg.name}",
-                         "code_version": CODE_VERSIONS["corpus_100mp"]})
+                         "code_version": cv})
             continue
-        key = hashlib.sha256(f"{r['image_id']}:{backend_name}".encode()).hexdigest()[:24]
-        cached = _read(cache / f"{key}.json")
-        if cached and (not cached.get("output_path") or Path(cached["output_path"]).exists()):
+        ckey = hashlib.sha256(f"{r['image_id']}:{backend_name}".encode()).hexdigest()[:24]
+        cached = _read(cache / f"{ckey}.json")
+        if cached and (not cached.get("output_path") or layout.resolve(cached["output_path"]).exists()):
             rows.append(cached)
+            reused += 1
         else:
-            res = process_image(r, layout, cfg, backend_name, judge_client, CODE_VERSIONS["corpus_100mp"])
-            _write(cache / f"{key}.json", res)
+            res = process_image(r, layout, cfg, backend_name, judge_client, cv, config_hash=fp)
+            _write(cache / f"{ckey}.json", res)
             rows.append(res)
+            computed += 1
         if progress:
             progress(1)
     rows = [{k: v for k, v in row.items() if k in CORPUS.names} for row in rows]
-    table = to_table(rows, CORPUS)
-    snapshot_config(layout, cfg)
-    path = write_manifest(table, layout.manifest("corpus_100mp", shard))
+    table, path = commit(layout, "corpus_100mp", shard, rows, CORPUS, cfg, key)
+    res = _with_tiers(StageResult(table, path, {}))
+    res.summary.update(computed=computed, reused=reused)
+    return res
+
+
+def _with_tiers(res: StageResult) -> StageResult:
+    """Add the corpus counts (per reason, per tier, passed per tier) to a result's summary."""
+    rows = res.rows
     passed = [r for r in rows if r["passed"]]
-    summary = {
+    res.summary.update({
         "rows_in": len(rows), "passed": len(passed), "rejected": len(rows) - len(passed),
         "by_reason": dict(Counter(r["reject_reason"] for r in rows if not r["passed"])),
         "by_tier": dict(Counter(r.get("tier") for r in rows if r.get("reject_reason") != DEFERRED)),
         "passed_by_tier": dict(Counter(r.get("tier") for r in passed)),
-    }
-    return StageResult(table, path, summary)
+    })
+    return res
 
 
 def _read(p: Path) -> dict | None:

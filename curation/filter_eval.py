@@ -48,10 +48,13 @@ def load_labels(raw_root: str | Path) -> dict[str, dict]:
     return out
 
 
-def evaluate(labels: dict[str, dict], raw_rows: list[dict], cand_rows: list[dict]) -> list[dict]:
-    """One dict per filter: evaluated, fired, positives, tp, precision, recall."""
-    raw_by = {str(Path(r["source_path"]).resolve()): r for r in raw_rows}
-    cand_by = {str(Path(r["source_path"]).resolve()): r for r in cand_rows}
+def evaluate(labels: dict[str, dict], raw_rows: list[dict], cand_rows: list[dict],
+             root: str | Path | None = None) -> list[dict]:
+    """One dict per filter: evaluated, fired, positives, tp, precision, recall.
+    ``root``: the data root relative manifest paths are under."""
+    base = Path(root) if root is not None else Path.cwd()
+    raw_by = {str((base / r["source_path"]).resolve()): r for r in raw_rows}
+    cand_by = {str((base / r["source_path"]).resolve()): r for r in cand_rows}
     out = []
     for name, reason in FILTERS:
         evaluated = fired = pos = tp = 0

@@ -6,9 +6,12 @@
   manifests/purification_thresholds/<version>.json, latest.json
   thumbs/<image_id>.jpg                     contact-sheet thumbnails
   views/<image_id>.png                      aesthetic-model views (short side 224)
-  cache/<stage>/<config_hash>/<image_id>.json   per-image results, for resuming a killed run
+  cache/<stage>/<fingerprint>/<image_id>.json   per-image results, for resuming a killed run
   reports/<stage>/<shard>/...               contact sheets, histograms, tables
-  manifests/configs/<config_hash>.json      the resolved config each stage ran with (lineage)
+  manifests/configs/<fingerprint>.json      what each stage ran with: keys read + whole config (lineage)
+
+Paths inside manifests are relative to the data root when they point inside it (:meth:`DataLayout.rel`,
+:meth:`DataLayout.resolve`), so a copied data root reads its own files.
   releases/<name>/manifest.parquet, release.json   a frozen release (DVC-tracked)
   releases/_index/<name>.json               the releases table, one entry per release
 ```
@@ -28,6 +31,23 @@ class DataLayout:
     @classmethod
     def at(cls, root: str | os.PathLike) -> "DataLayout":
         return cls(Path(root).resolve())
+
+    def rel(self, path: str | os.PathLike) -> str:
+        """How a path is written into a manifest: POSIX, relative to the data root when inside it
+        (a copied or moved data root keeps working), absolute otherwise (a raw root elsewhere)."""
+        p = Path(path)
+        p = p if p.is_absolute() else Path.cwd() / p
+        try:
+            return p.resolve().relative_to(self.root).as_posix()
+        except ValueError:
+            return str(p.resolve())
+
+    def resolve(self, stored: str | os.PathLike | None) -> Path | None:
+        """A path read from a manifest -> a path on this worker (relative ones under the data root)."""
+        if stored is None or stored == "":
+            return None
+        p = Path(stored)
+        return p if p.is_absolute() else self.root / p
 
     def manifest(self, stage: str, shard: str) -> Path:
         return self.root / "manifests" / stage / f"{shard}.parquet"

@@ -119,12 +119,13 @@ def score_files(
     workers: int,
     cache_dir: Path | None,
     progress: Callable[[int], None] | None = None,
+    stats: dict | None = None,
 ) -> list[dict]:
     """Score many images. ``jobs``: dicts with ``path, image_id, thumb_path, thumb_px, view_path``.
 
     Results come back in job order. Cached results (``cache_dir/<image_id>.json``) are
     reused; a crashed worker process marks its images ``unreadable`` (worker crashed)
-    instead of losing them.
+    instead of losing them. ``stats`` (optional) receives ``computed`` / ``reused`` image counts.
     """
     results: dict[int, dict] = {}
     todo = []
@@ -141,6 +142,9 @@ def score_files(
                 progress(1)
         else:
             todo.append(i)
+    if stats is not None:
+        stats["reused"] = stats.get("reused", 0) + len(jobs) - len(todo)
+        stats["computed"] = stats.get("computed", 0) + len(todo)
 
     def _done(i: int, res: dict) -> None:
         results[i] = res
@@ -198,3 +202,52 @@ def _write_cache(cache_dir: Path, res: dict) -> None:
     with open(tmp, "w") as fh:
         json.dump(res, fh)
     os.replace(tmp, p)
+
+
+# -- one file on its own (``uhr score-image``) ----------------------------------------------
+
+#: the fields of :func:`score_image_record`, in the CLI's output order
+SCORE_KEYS = (
+    "path", "image_id", "width", "height", "megapixels", "exposure_fraction",
+    "laplacian_var", "flat_fraction", "entropy", "screening", "verdict",
+)
+
+
+def score_image_record(path: str, cfg) -> dict:
+    """Scores, screening and per-image verdict of one file (the keys of :data:`SCORE_KEYS`, plus
+    ``error`` when the file cannot be read). Relative cuts need the whole pool and are left out."""
+    from curation.imageio import content_hash, image_id_from_hash, probe
+    from curation.screening import screen
+
+    rec = dict.fromkeys(SCORE_KEYS)
+    rec["path"] = path
+    max_pixels = int(cfg.get("io.max_pixels"))
+    try:
+        rec["image_id"] = image_id_from_hash(content_hash(path))
+    except OSError as exc:
+        rec["verdict"] = reasons.UNREADABLE
+        rec["error"] = str(exc)
+        return rec
+    try:
+        head = probe(path, max_pixels)
+        rec.update(width=head.width, height=head.height, megapixels=head.pixels / 1e6)
+        rec["screening"], _ = screen(head.width, head.height, cfg.screen_bounds())
+        grey = to_grey(decode_rgb(path, max_pixels, head))
+    except ImageReadError as exc:
+        rec["verdict"] = exc.reason
+        return rec
+    s = purification_scores(grey, cfg["purification"])
+    v = absolute_verdicts(s, cfg["purification"])
+    rec.update(
+        exposure_fraction=s.exposure_fraction,
+        laplacian_var=s.laplacian_var,
+        flat_fraction=s.flat_fraction,
+        entropy=s.entropy,
+    )
+    if rec["screening"] != reasons.PASS:
+        rec["verdict"] = rec["screening"]
+    else:
+        rec["verdict"] = first_absolute_reason(
+            {"pass_exposure": v["exposure"], "pass_sharpness": v["sharpness"], "pass_flatness": v["flatness"]}
+        ) or reasons.PASS
+    return rec

@@ -65,8 +65,14 @@ def build_raw_pool_rows(
     seen: dict[str, str],
     code_version: str,
     progress: Callable[[int], None] | None = None,
+    config_hash: str | None = None,
+    relpath: Callable[[Path], str] = str,
 ) -> list[dict]:
-    """One row per file. ``seen`` maps sha256 -> source path of the first copy (updated in place)."""
+    """One row per file. ``seen`` maps sha256 -> source path of the first copy (updated in place).
+
+    ``config_hash``: the raw_pool stage fingerprint rows record (default: the whole config's hash);
+    ``relpath``: how a path is written into the manifest (relative to the data root when inside it).
+    """
     bounds = cfg.screen_bounds()
     max_pixels = int(cfg.get("io.max_pixels"))
     rows = []
@@ -77,18 +83,18 @@ def build_raw_pool_rows(
             "image_id": image_id_from_hash(sha),
             "sha256": sha,
             "shard": shard,
-            "source_path": str(path),
+            "source_path": relpath(path),
             "licence": str(side.get("licence") or side.get("license") or "unknown"),
             "origin": side.get("origin"),
             "file_bytes": path.stat().st_size,
-            "config_hash": cfg.hash,
+            "config_hash": config_hash or cfg.hash,
             "code_version": code_version,
             "passed": False,
         }
         if sha in seen:
             row.update(reject_reason=reasons.DUPLICATE, duplicate_of=seen[sha])
         else:
-            seen[sha] = str(path)
+            seen[sha] = relpath(path)
             try:
                 head = probe(path, max_pixels)
             except ImageReadError as exc:

@@ -32,10 +32,10 @@ from typing import Callable
 
 import pyarrow as pa
 
+from curation.hashing import sha256_file
 from curation.layout import DataLayout
 from curation.manifest import RELEASE, read_manifest, to_table, write_manifest
-from curation.store import (BlobIntegrityError, ObjectStore, blob_key, data_key, ensure_local, put_blob,
-                            sha256_file)
+from curation.store import BlobIntegrityError, ObjectStore, blob_key, data_key, ensure_local, put_blob
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 CAPTIONS_NOTE = "no captions yet: the captions stage (paper 3.1.5) is not built; caption columns are null"

@@ -102,7 +102,7 @@ def markdown_table(headers: list[str], rows: list[list]) -> str:
 
 
 def corpus_contact_sheet(rows: list[dict], out_path: str | os.PathLike, crop: int = 128, zoom: int = 2,
-                         max_rows: int = 6) -> Path | None:
+                         max_rows: int = 6, root: str | os.PathLike | None = None) -> Path | None:
     """Native vs SR, side by side: per SR image a ``crop``-px input crop (nearest-zoomed to the
     SR scale) next to the same region of the SR output, both shown at ``zoom``x."""
     from curation.upscale.storage import open_source
@@ -110,7 +110,8 @@ def corpus_contact_sheet(rows: list[dict], out_path: str | os.PathLike, crop: in
     panels = []
     for r in [r for r in rows if r.get("tier") in ("2x", "4x") and r.get("output_path")][:max_rows]:
         try:
-            lr, sr = open_source(r["source_path"]), open_source(r["output_path"])
+            base = Path(root) if root is not None else Path.cwd()
+            lr, sr = open_source(str(base / r["source_path"])), open_source(str(base / r["output_path"]))
             s = int(r["scale"])
             y0, x0 = max(0, lr.height // 2 - crop // 2), max(0, lr.width // 2 - crop // 2)
             a = lr.read(y0, min(lr.height, y0 + crop), x0, min(lr.width, x0 + crop))

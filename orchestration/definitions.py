@@ -4,48 +4,59 @@ from __future__ import annotations
 
 from dagster import AssetSelection, Definitions, define_asset_job
 
+import assets.candidate_pool  # noqa: F401  (each stage module registers its @stage_asset)
+import assets.corpus  # noqa: F401
+import assets.purification  # noqa: F401
+import assets.raw_pool  # noqa: F401
+from assets._stage import STAGE_ASSETS
 from assets.bench import bench_model_partitions, bench_scores
-from assets.candidate_pool import candidate_pool
-from assets.corpus import corpus_100mp
-from assets.purification import image_scores, purification_thresholds
-from assets.raw_pool import raw_pool
 from assets.release import corpus_release
+from curation.stages.table import STAGES
 from orchestration.bench_resources import bench_settings_from_env
 from orchestration.partitions import shard_partitions
 from orchestration.automation import INGEST_TAG, RUN_RETRY_TAGS, SCHEDULES, SENSORS, apply_automation
 from orchestration.platform import executor_from_env
 from orchestration.resources import platform_resources_from_env, resources_from_env
 
-ASSETS = apply_automation([raw_pool, image_scores, purification_thresholds, candidate_pool, corpus_100mp, bench_scores,
-                           corpus_release])
 
-shard_purification_job = define_asset_job(
-    "shard_purification",
-    selection=AssetSelection.assets(raw_pool, image_scores),
-    partitions_def=shard_partitions,
-    description="Map step for one shard: raw_pool -> image_scores.",
-    run_tags={**RUN_RETRY_TAGS, **INGEST_TAG},
-)
-candidate_job = define_asset_job(
-    "candidate_selection",
-    selection=AssetSelection.assets(candidate_pool),
-    partitions_def=shard_partitions,
-    description="Apply step for one shard (after purification_thresholds).",
-    run_tags=RUN_RETRY_TAGS,
-)
-thresholds_job = define_asset_job(
-    "purification_thresholds_job",
-    selection=AssetSelection.assets(purification_thresholds),
-    description="Reduce step over all shards: the global relative-cut thresholds.",
-    run_tags=RUN_RETRY_TAGS,
-)
-corpus_job = define_asset_job(
-    "corpus_100mp_job",
-    selection=AssetSelection.assets(corpus_100mp),
-    partitions_def=shard_partitions,
-    description="Tiered SR + final filtering for one shard (after candidate_pool).",
-    run_tags=RUN_RETRY_TAGS,
-)
+def stage_assets(cfg=None) -> list:
+    """The assets of every stage in the stage table, in table order. With ``cfg`` (a resolved
+    profile) each asset's ``code_version`` is its stage fingerprint, so Dagster marks exactly the
+    partitions a config change touches as stale."""
+    missing = [s.name for s in STAGES if s.name not in STAGE_ASSETS]
+    if missing:
+        raise RuntimeError(f"stage(s) {missing} are in the stage table but have no @stage_asset body")
+    out = [STAGE_ASSETS[s.name] for s in STAGES]
+    if cfg is not None:
+        from curation.stages.fingerprint import fingerprints
+
+        fps = fingerprints(cfg)
+        out = [a.map_asset_specs(lambda spec, fp=fps[name]: spec.replace_attributes(code_version=fp))
+               for name, a in zip(STAGES.names(), out)]
+    return out
+
+
+def stage_jobs() -> list:
+    """One asset job per ``job`` name of the stage table (its stages, in table order)."""
+    jobs = []
+    for job, names in STAGES.jobs().items():
+        specs = [STAGES[n] for n in names]
+        partitioned = {s.partitioned for s in specs}
+        if len(partitioned) != 1:
+            raise RuntimeError(f"job {job} mixes partitioned and global stages: {names}")
+        tags = dict(RUN_RETRY_TAGS)
+        if any(s.reads_raw for s in specs):
+            tags.update(INGEST_TAG)
+        jobs.append(define_asset_job(
+            job, selection=AssetSelection.assets(*names),
+            partitions_def=shard_partitions if partitioned == {True} else None,
+            description=(f"One shard: {' -> '.join(names)}." if partitioned == {True}
+                         else f"Over all shards: {' -> '.join(names)}."),
+            run_tags=tags,
+        ))
+    return jobs
+
+
 bench_job = define_asset_job(
     "bench_scores_job",
     selection=AssetSelection.assets(bench_scores),
@@ -58,7 +69,9 @@ release_job = define_asset_job(
     selection=AssetSelection.assets(corpus_release),
     description="Freeze the passed corpus into a named release (run config: ops.corpus_release.config.name).",
 )
-JOBS = [shard_purification_job, candidate_job, thresholds_job, corpus_job, bench_job, release_job]
+OTHER_JOBS = [bench_job, release_job]
+#: every asset with the stage table's code versions (``build_definitions`` uses stage fingerprints)
+ASSETS = apply_automation([*stage_assets(), bench_scores, corpus_release])
 
 
 def build_definitions(resources: dict | None = None) -> Definitions:
@@ -72,8 +85,11 @@ def build_definitions(resources: dict | None = None) -> Definitions:
         res["bench"] = bench_settings_from_env(getattr(settings, "data_root", None))
     for key, resource in platform_resources_from_env().items():  # store, mlflow, vlm, dvc, postgres
         res.setdefault(key, resource)
-    return Definitions(assets=ASSETS, jobs=JOBS, resources=res, sensors=SENSORS, schedules=SCHEDULES,
-                       executor=executor_from_env())
+    settings = res.get("settings")
+    cfg = settings.config() if settings is not None else None
+    assets = apply_automation([*stage_assets(cfg), bench_scores, corpus_release])
+    return Definitions(assets=assets, jobs=[*stage_jobs(), *OTHER_JOBS], resources=res, sensors=SENSORS,
+                       schedules=SCHEDULES, executor=executor_from_env())
 
 
 defs = build_definitions()

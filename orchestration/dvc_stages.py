@@ -21,18 +21,8 @@ from pathlib import PurePosixPath
 
 import yaml
 
-#: the curation assets in DVC-stage (= materialisation) order
-ASSETS = ("raw_pool", "image_scores", "purification_thresholds", "candidate_pool", "corpus_100mp")
 #: the code every curation stage runs (hashed by DVC: a change re-runs the stages)
 CODE_DEPS = ("curation", "assets", "orchestration")
-#: manifest folders (of earlier assets) each asset reads; ``None`` stands for the raw root
-UPSTREAM: dict[str, tuple[str | None, ...]] = {
-    "raw_pool": (None,),
-    "image_scores": ("raw_pool",),
-    "purification_thresholds": ("image_scores",),
-    "candidate_pool": ("image_scores", "purification_thresholds"),
-    "corpus_100mp": ("candidate_pool", "raw_pool"),
-}
 DEFAULT_UHR = ".venv/bin/uhr"
 DEMO_PROFILE = "demo"
 
@@ -68,12 +58,15 @@ def dvc_stages(data_root: str, raw_root: str, profile: str, uhr: str = DEFAULT_U
             "deps": ["curation/synth.py", *config_deps(profile)],
             "outs": [{raw_root: {"cache": False}}],
         }
+    from curation.stages.table import STAGES
+
     base = f"{uhr} materialize --data-root {data_root} --raw-root {raw_root} --profile {profile}"
-    for asset in ASSETS:
-        upstream = [raw_root if u is None else manifest_dir(data_root, u) for u in UPSTREAM[asset]]
+    for spec in STAGES:
+        asset = spec.name
+        upstream = ([raw_root] if spec.reads_raw else []) + [manifest_dir(data_root, u) for u in spec.upstream]
         stages[asset] = {
             "desc": f"Dagster asset {asset}, "
-                    + ("over all shards" if asset == "purification_thresholds" else "every registered shard")
+                    + ("every registered shard" if spec.partitioned else "over all shards")
                     + " (runs on the instance in <data root>/dagster_home).",
             "cmd": f"{base} --asset {asset}",
             "deps": [*CODE_DEPS, *config_deps(profile), *upstream],

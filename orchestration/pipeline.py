@@ -13,7 +13,6 @@ here the store only lists the raw shards when it is their source (``raw_prefix``
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 
@@ -21,16 +20,11 @@ from dagster import AssetKey, DagsterInstance, Definitions
 
 from curation.raw_pool import list_shards
 
-#: the curation assets in materialisation order
-CURATION_ASSETS = ("raw_pool", "image_scores", "purification_thresholds", "candidate_pool", "corpus_100mp")
-#: asset -> (job that materialises it, partitioned by shard)
-ASSET_JOBS: dict[str, tuple[str, bool]] = {
-    "raw_pool": ("shard_purification", True),
-    "image_scores": ("shard_purification", True),
-    "purification_thresholds": ("purification_thresholds_job", False),
-    "candidate_pool": ("candidate_selection", True),
-    "corpus_100mp": ("corpus_100mp_job", True),
-}
+def curation_assets() -> tuple[str, ...]:
+    """The stage-table stages in materialisation order (= ``uhr materialize --asset`` choices)."""
+    from curation.stages.table import STAGES
+
+    return STAGES.names()
 
 
 def dagster_home_for(data_root: str | Path) -> Path:
@@ -55,25 +49,50 @@ def with_store(defs: Definitions, store) -> Definitions:
 
 def _check_assets(assets) -> list[str]:
     names = [assets] if isinstance(assets, str) else list(assets)
-    unknown = sorted(set(names) - set(CURATION_ASSETS))
+    known = curation_assets()
+    unknown = sorted(set(names) - set(known))
     if unknown or not names:
-        raise ValueError(f"unknown curation asset(s) {unknown or names}: choose from {', '.join(CURATION_ASSETS)}")
-    return [a for a in CURATION_ASSETS if a in names]
+        raise ValueError(f"unknown curation asset(s) {unknown or names}: choose from {', '.join(known)}")
+    return [a for a in known if a in names]
+
+
+def stage_counts(result, counts: dict[str, dict]) -> None:
+    """Add one run's materialisations to ``counts``: per stage, partitions and images computed / reused
+    (from the ``uhr/images_*`` metadata every stage asset reports)."""
+    from assets._stage import COMPUTED, REUSED
+
+    for ev in result.get_asset_materialization_events():
+        mat = ev.event_specific_data.materialization
+        name = mat.asset_key.to_user_string()
+        if name not in counts:
+            continue
+        md = mat.metadata
+        c = counts[name]
+        c["partitions"] += 1
+        c["computed"] += int(md[COMPUTED].value) if COMPUTED in md else 0
+        c["reused"] += int(md[REUSED].value) if REUSED in md else 0
 
 
 def materialize_all(defs: Definitions, instance: DagsterInstance, raw_root: str | Path,
                     log=print, with_corpus: bool = True, store=None, tracking_uri: str | None = None,
                     assets=None) -> dict:
-    """Register every raw shard as a partition and materialise the graph; returns timings.
+    """Register every raw shard as a partition and materialise the stage table's graph.
 
-    ``store`` (an :class:`~orchestration.resources.ObjectStoreResource`, default: the ``store``
-    resource of ``defs``): the assets run with it -- each fetches its inputs from the store and
-    publishes what it wrote -- and, with ``raw_prefix``, the shards are those under
+    Jobs run in stage-table order: a partitioned job once per shard (key order), a global one
+    once. ``store`` (an :class:`~orchestration.resources.ObjectStoreResource`, default: the
+    ``store`` resource of ``defs``): the assets run with it -- each fetches its inputs from the
+    store and publishes what it wrote -- and, with ``raw_prefix``, the shards are those under
     ``store.raw_prefix``. A store other than the one in ``defs`` replaces it for these runs.
-    ``assets``: materialise only these (names from :data:`CURATION_ASSETS`, run in that order,
-    every shard for the partitioned ones); ``with_corpus`` applies only when ``assets`` is None.
+    ``assets``: materialise only these (stage names, run in table order, every shard for the
+    partitioned ones); ``with_corpus=False`` (only when ``assets`` is None) stops before
+    ``corpus_100mp`` and what depends on it.
     ``tracking_uri``: log the round's data-flow counts and timings as one MLflow run.
+
+    Returns ``{"shards", "timings", "stages"}``; ``stages`` lists per stage (table order) the
+    partitions materialised and the images computed and reused.
     """
+    from curation.stages.table import STAGES
+
     if store is not None:
         defs = with_store(defs, store)
     store = defs.resources.get("store")
@@ -92,31 +111,40 @@ def materialize_all(defs: Definitions, instance: DagsterInstance, raw_root: str 
     if new:
         instance.add_dynamic_partitions("shards", new)
     timings: dict[str, float] = {}
+    if selected is None:
+        skip = set() if with_corpus or "corpus_100mp" not in STAGES else set(STAGES.downstream("corpus_100mp"))
+        selected = [n for n in STAGES.names() if n not in skip]
+        whole_jobs = True
+    else:
+        whole_jobs = False
+    counts = {n: {"stage": n, "partitions": 0, "computed": 0, "reused": 0} for n in selected}
 
-    def run(job_name: str, label: str, key: str, shard: str | None, only: str | None = None):
+    def run(job_name: str, label: str, key: str, shard: str | None, only: list[str] | None = None):
         t0 = time.perf_counter()
         res = defs.resolve_job_def(job_name).execute_in_process(
             partition_key=shard, instance=instance, raise_on_error=True,
-            asset_selection=[AssetKey(only)] if only else None)
+            asset_selection=[AssetKey(a) for a in only] if only else None)
         timings[key] = time.perf_counter() - t0
+        stage_counts(res, counts)
         log(f"  {label}{f' [{shard}]' if shard else ''}: {'ok' if res.success else 'FAILED'} ({timings[key]:.1f} s)")
         return res
 
-    if selected is None:
-        for shard in shards:
-            run("shard_purification", "raw_pool + image_scores", f"purify {shard}", shard)
-        run("purification_thresholds_job", "purification_thresholds", "thresholds", None)
-        for shard in shards:
-            run("candidate_selection", "candidate_pool", f"select {shard}", shard)
-        if with_corpus:
-            for shard in shards:
-                run("corpus_100mp_job", "corpus_100mp", f"corpus {shard}", shard)
+    if whole_jobs:  # each job of the table once per shard (or once), its stages together
+        for job_name, names in STAGES.jobs().items():
+            names = [n for n in names if n in selected]
+            if not names:
+                continue
+            full = len(names) == len(STAGES.jobs()[job_name])
+            label = " + ".join(names)
+            for shard in (shards if STAGES[names[0]].partitioned else [None]):
+                run(job_name, label, f"{job_name} {shard}" if shard else job_name, shard,
+                    only=None if full else names)
     else:
         for name in selected:
-            job_name, per_shard = ASSET_JOBS[name]
-            for shard in (shards if per_shard else [None]):  # the job restricted to this asset
-                run(job_name, name, f"{name} {shard}" if shard else name, shard, only=name)
-    out = {"shards": shards, "timings": timings}
+            spec = STAGES[name]
+            for shard in (shards if spec.partitioned else [None]):  # the job restricted to this asset
+                run(spec.job, name, f"{name} {shard}" if shard else name, shard, only=[name])
+    out = {"shards": shards, "timings": timings, "stages": list(counts.values())}
     if tracking_uri:
         from orchestration.platform import log_curation_run
 
@@ -127,10 +155,12 @@ def materialize_all(defs: Definitions, instance: DagsterInstance, raw_root: str 
     return out
 
 
-def set_env(data_root: str | Path, profile: str, raw_root: str | Path | None = None) -> None:
-    """Point the code location's resources and DAGSTER_HOME at a data root (before importing defs)."""
-    os.environ["UHR_DATA_ROOT"] = str(Path(data_root).resolve())
-    os.environ["UHR_PROFILE"] = profile
-    if raw_root:
-        os.environ["UHR_RAW_ROOT"] = str(Path(raw_root).resolve())
-    os.environ["DAGSTER_HOME"] = str(dagster_home_for(data_root))
+def stages_table(stages: list[dict]) -> str:
+    """The per-stage summary ``uhr materialize`` prints: stage, partitions, images computed / reused."""
+    rows = [("stage", "partitions", "computed", "reused")]
+    rows += [(s["stage"], str(s["partitions"]), str(s["computed"]), str(s["reused"])) for s in stages]
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    fmt = lambda r: "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
+    return "\n".join([fmt(rows[0]), fmt(tuple("-" * w for w in widths))] + [fmt(r) for r in rows[1:]])
+
+

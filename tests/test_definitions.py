@@ -25,7 +25,8 @@ def test_asset_selection_strings_resolve():
     # needs antlr 4.13 (hydra-core==1.4.0rc3 pin): antlr 4.9 breaks selection strings
     graph = defs.resolve_asset_graph()
     one = AssetSelection.from_string("key:raw_pool+1").resolve(graph)
-    assert one == {AssetKey("raw_pool"), AssetKey("image_scores")}
+    # corpus_100mp reads raw_pool's manifest (source hashes) as well as candidate_pool's: a direct dep
+    assert one == {AssetKey("raw_pool"), AssetKey("image_scores"), AssetKey("corpus_100mp")}
     down = AssetSelection.from_string("key:raw_pool+").resolve(graph)
     assert AssetKey("candidate_pool") in down and AssetKey("corpus_100mp") in down
     up = AssetSelection.from_string("1+key:candidate_pool").resolve(graph)

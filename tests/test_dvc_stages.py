@@ -22,7 +22,10 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from orchestration.dvc_stages import ASSETS, dvc_stages, dvc_yaml_text
+from curation.stages.table import STAGES
+from orchestration.dvc_stages import dvc_stages, dvc_yaml_text
+
+ASSETS = STAGES.names()
 
 ROOT = Path(__file__).resolve().parents[1]
 UHR = str(Path(sys.executable).parent / "uhr")
@@ -39,10 +42,9 @@ def test_checked_in_dvc_yaml_is_the_generated_one():
 
 
 def test_one_stage_per_asset_with_code_config_and_upstream_deps():
-    from orchestration.commands import ASSET_NAMES
-    from orchestration.pipeline import CURATION_ASSETS
+    from orchestration.pipeline import curation_assets
 
-    assert ASSETS == ASSET_NAMES == CURATION_ASSETS
+    assert ASSETS == curation_assets()
     demo = dvc_stages("data/demo/", "data/demo/raw", "demo")["stages"]
     assert list(demo) == ["raw", *ASSETS]
     assert demo["raw"]["cmd"] == ".venv/bin/uhr make-raw-pool data/demo/raw --profile demo --seed 0"

@@ -56,9 +56,13 @@ def test_every_file_has_a_row_and_rows_are_conserved(run):
     cand = _rows(layout, "candidate_pool")
     assert len(scored) == sum(r["passed"] for r in raw_rows)
     assert len(cand) == len(scored)
-    for r in raw_rows + scored + cand:
-        assert r["config_hash"] == run["cfg"].hash
-        assert r["passed"] == (r["reject_reason"] is None)
+    from curation.stages.fingerprint import fingerprints
+
+    fps = fingerprints(run["cfg"])
+    for stage, rows in (("raw_pool", raw_rows), ("image_scores", scored), ("candidate_pool", cand)):
+        for r in rows:  # every row records its own stage's fingerprint, not the whole config's hash
+            assert r["config_hash"] == fps[stage]
+            assert r["passed"] == (r["reject_reason"] is None)
 
 
 def test_labelled_defects_get_their_reason(run):

@@ -1,10 +1,12 @@
-"""Shard-level stage functions: the whole work of each asset, without Dagster.
+"""The purification stages of one shard (paper 3.1.1-3.1.2), without Dagster.
 
-Each function reads the previous stage's manifest from the :class:`DataLayout`, writes
-its own manifest atomically (the commit marker of the shard) and returns a
-:class:`StageResult` with the table and a summary the asset turns into metadata.
-Re-running a stage rewrites the same manifest from the same inputs (idempotent);
-per-image work is cached so a killed run resumes where it stopped.
+Each function reads the previous stage's manifest from the :class:`DataLayout`, writes its own
+manifest atomically (the commit marker of the shard) and returns a :class:`StageResult` with the
+table and a summary the asset turns into metadata. Rows record the stage's fingerprint as
+``config_hash`` (:mod:`curation.stages.fingerprint`). A manifest written from the same inputs
+(same input key) is reused as it is; per-image work is cached under the stage fingerprint, so
+a killed run resumes where it stopped and a config change outside a stage's keys recomputes
+nothing there. ``summary["computed"]`` / ``summary["reused"]`` count the images.
 """
 
 from __future__ import annotations
@@ -24,15 +26,13 @@ from curation.manifest import CANDIDATE_POOL, IMAGE_SCORES, RAW_POOL, read_manif
 from curation.purify import score_files
 from curation.raw_pool import build_raw_pool_rows, list_shard_files
 from curation.selection import Thresholds, compute_thresholds, decide_candidate
+from curation.stages.fingerprint import (file_listing, input_key, manifest_versions, reusable, snapshot_config,
+                                         stage_fingerprint, with_versions)
+from curation.stages.table import STAGES
 
-# Bump when the logic of a stage changes: Dagster marks its partitions stale.
-CODE_VERSIONS = {
-    "raw_pool": "raw_pool-1",
-    "image_scores": "image_scores-1",
-    "purification_thresholds": "thresholds-1",
-    "candidate_pool": "candidate_pool-1",
-    "corpus_100mp": "corpus_100mp-1",
-}
+
+def code_version(stage: str) -> str:
+    return STAGES[stage].code_version
 
 
 class StageError(RuntimeError):
@@ -49,6 +49,10 @@ class StageResult:
     def rows(self) -> list[dict]:
         return self.table.to_pylist()
 
+    @property
+    def data_version(self) -> str | None:
+        return manifest_versions(self.path)["data_version"]
+
 
 def _count(rows: list[dict]) -> dict:
     passed = sum(1 for r in rows if r["passed"])
@@ -56,20 +60,27 @@ def _count(rows: list[dict]) -> dict:
     return {"rows_in": len(rows), "passed": passed, "rejected": len(rows) - passed, "by_reason": dict(by_reason)}
 
 
-def snapshot_config(layout: DataLayout, cfg: Config) -> Path:
-    """Keep the resolved config a stage ran with under ``manifests/configs/<hash>.json`` (written
-    once; lineage shows the exact thresholds behind a row's ``config_hash``)."""
-    import json
-    import os
+def upstream_versions(layout: DataLayout, stage: str, shard: str) -> dict[str, str | None]:
+    """Data versions of the same-shard manifests ``stage`` reads (its ``inputs`` in the table)."""
+    return {u: manifest_versions(layout.manifest(u, shard))["data_version"] for u in STAGES[stage].inputs}
 
-    path = layout.config_snapshot(cfg.hash)
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps({"config_hash": cfg.hash, "profile": cfg.name, "config": cfg.data},
-                                  sort_keys=True, indent=1, default=str))
-        os.replace(tmp, path)
-    return path
+
+def reuse_result(path: Path, summary: dict | None = None) -> StageResult:
+    """The committed manifest at ``path`` as this run's result (nothing recomputed)."""
+    table = read_manifest(path)
+    rows = table.to_pylist()
+    out = _count(rows)
+    out.update(summary or {})
+    out.update(computed=0, reused=len(rows), manifest_reused=True)
+    return StageResult(table, path, out)
+
+
+def commit(layout: DataLayout, stage: str, shard: str, rows: list[dict], schema: pa.Schema, cfg: Config,
+           key: str) -> tuple[pa.Table, Path]:
+    """Write a stage's manifest with its input key and data version; snapshot the config."""
+    table = with_versions(to_table(rows, schema), key)
+    snapshot_config(layout, cfg, stage)
+    return table, write_manifest(table, layout.manifest(stage, shard))
 
 
 # -- raw pool -----------------------------------------------------------------------------
@@ -99,11 +110,20 @@ def run_raw_pool(layout: DataLayout, raw_root: str | Path, shard: str, cfg: Conf
         for sha, src, rr in zip(*(t.column(c).to_pylist() for c in ("sha256", "source_path", "reject_reason"))):
             if rr != reasons.DUPLICATE:
                 seen.setdefault(sha, src)
-    rows = build_raw_pool_rows(shard, list_shard_files(shard_dir), cfg, seen, CODE_VERSIONS["raw_pool"], progress)
-    table = to_table(rows, RAW_POOL)
-    snapshot_config(layout, cfg)
-    path = write_manifest(table, layout.manifest("raw_pool", shard))
+    fp = stage_fingerprint(cfg, "raw_pool")
+    files = list_shard_files(shard_dir)
+    key = input_key(fp, {s: manifest_versions(layout.manifest("raw_pool", s))["data_version"] for s in earlier},
+                    {"shard": shard, "files": file_listing(files, shard_dir)})
+    dst = layout.manifest("raw_pool", shard)
+    if reusable(dst, key):
+        res = reuse_result(dst)
+        res.summary["by_tier"] = dict(Counter(r.get("screen_tier") for r in res.rows if r["passed"]))
+        return res
+    rows = build_raw_pool_rows(shard, files, cfg, seen, code_version("raw_pool"), progress,
+                               config_hash=fp, relpath=layout.rel)
+    table, path = commit(layout, "raw_pool", shard, rows, RAW_POOL, cfg, key)
     summary = _count(rows)
+    summary.update(computed=len(rows), reused=0)
     summary["by_tier"] = dict(Counter(r.get("screen_tier") for r in rows if r["passed"]))
     return StageResult(table, path, summary)
 
@@ -123,10 +143,17 @@ def run_image_scores(layout: DataLayout, shard: str, cfg: Config, scorers: list 
         raise StageError(f"raw_pool manifest for {shard} is missing: materialise raw_pool first")
     raw = [r for r in read_manifest(src).to_pylist() if r["passed"]]
     scorers = scorers or []
+    fp = stage_fingerprint(cfg, "image_scores")
+    key = input_key(fp, upstream_versions(layout, "image_scores", shard),
+                    {"scorers": [f"{s.name}={s.version}" for s in scorers]})
+    dst = layout.manifest("image_scores", shard)
+    if reusable(dst, key):
+        res = reuse_result(dst, {"unavailable_scorers": dict(unavailable or {}), "seconds_total": 0.0})
+        return res
     thumb_px = int(cfg.get("report.thumb_px"))
     jobs = [
         {
-            "path": r["source_path"],
+            "path": str(layout.resolve(r["source_path"])),
             "image_id": r["image_id"],
             "thumb_path": str(layout.thumb(r["image_id"])),
             "thumb_px": thumb_px,
@@ -134,9 +161,10 @@ def run_image_scores(layout: DataLayout, shard: str, cfg: Config, scorers: list 
         }
         for r in raw
     ]
+    stats: dict = {}
     results = score_files(
         jobs, cfg["purification"], int(cfg.get("io.max_pixels")), int(cfg.get("runtime.workers")),
-        layout.cache("image_scores", cfg.hash), progress,
+        layout.cache("image_scores", fp), progress, stats=stats,
     )
     aest_models = []
     for scorer in scorers:
@@ -149,14 +177,15 @@ def run_image_scores(layout: DataLayout, shard: str, cfg: Config, scorers: list 
     for r, res in zip(raw, results):
         row = {k: v for k, v in res.items() if k in IMAGE_SCORES.names}
         row.update(image_id=r["image_id"], shard=shard, source_path=r["source_path"],
-                   config_hash=cfg.hash, code_version=CODE_VERSIONS["image_scores"],
+                   config_hash=fp, code_version=code_version("image_scores"),
                    aesthetic_models=";".join(aest_models) or None)
+        if row.get("thumb_path"):
+            row["thumb_path"] = layout.rel(row["thumb_path"])
         row["passed"] = not res.get("reject_reason")
         rows.append(row)
-    table = to_table(rows, IMAGE_SCORES)
-    snapshot_config(layout, cfg)
-    path = write_manifest(table, layout.manifest("image_scores", shard))
+    table, path = commit(layout, "image_scores", shard, rows, IMAGE_SCORES, cfg, key)
     summary = _count(rows)
+    summary.update(computed=stats.get("computed", 0), reused=stats.get("reused", 0))
     summary["unavailable_scorers"] = dict(unavailable or {})
     summary["seconds_total"] = float(sum(r.get("seconds") or 0 for r in results))
     return StageResult(table, path, summary)
@@ -182,13 +211,14 @@ def run_thresholds(layout: DataLayout, cfg: Config, unavailable: dict[str, str] 
     if not shards:
         raise StageError("no image_scores shard is materialised yet")
     ent, lai, art = [], [], []
-    digest = hashlib.sha256()
+    digest = hashlib.sha256()  # the scored ids and their scores, not file bytes: reproducible across runs
     for s in shards:
         p = layout.manifest("image_scores", s)
-        digest.update(s.encode() + hashlib.sha256(p.read_bytes()).digest())
-        t = read_manifest(p).select(["passed", "entropy", "laion_score", "artimuse_score"]).to_pylist()
+        t = read_manifest(p).select(["image_id", "passed", "entropy", "laion_score", "artimuse_score"]).to_pylist()
+        digest.update(s.encode() + b"\0")
         for r in t:
             if r["passed"]:
+                digest.update(f"{r['image_id']}:{r['entropy']!r}:{r['laion_score']!r}:{r['artimuse_score']!r};".encode())
                 ent.append(r["entropy"])
                 lai.append(r["laion_score"])
                 art.append(r["artimuse_score"])
@@ -206,6 +236,14 @@ def run_thresholds(layout: DataLayout, cfg: Config, unavailable: dict[str, str] 
         tmp.write_text(th.to_json())
         tmp.replace(target)
     return th, path
+
+
+def previous_thresholds_version(layout: DataLayout) -> str | None:
+    """The version of the committed ``latest.json`` thresholds (None when there are none)."""
+    try:
+        return load_thresholds(layout).version
+    except StageError:
+        return None
 
 
 def load_thresholds(layout: DataLayout) -> Thresholds:
@@ -227,6 +265,13 @@ def run_candidate_pool(layout: DataLayout, shard: str, cfg: Config, th: Threshol
     if shard not in th.shards:
         raise StageError(f"thresholds {th.version} do not include shard {shard}: re-materialise purification_thresholds")
     src = layout.manifest("image_scores", shard)
+    fp = stage_fingerprint(cfg, "candidate_pool")
+    key = input_key(fp, upstream_versions(layout, "candidate_pool", shard), {"thresholds": th.version})
+    dst = layout.manifest("candidate_pool", shard)
+    if reusable(dst, key):
+        res = reuse_result(dst, {"threshold_version": th.version, "aesthetics_note": th.aesthetics_note})
+        res.summary["criteria"] = _criteria(res.rows)
+        return res
     scored = read_manifest(src).to_pylist()
     rows = []
     for r in scored:
@@ -234,18 +279,21 @@ def run_candidate_pool(layout: DataLayout, shard: str, cfg: Config, th: Threshol
         row["reject_reason"] = r.get("reject_reason")
         row["reject_detail"] = r.get("reject_detail")
         row.update(decide_candidate(row, th))
-        row.update(config_hash=cfg.hash, code_version=CODE_VERSIONS["candidate_pool"])
+        row.update(config_hash=fp, code_version=code_version("candidate_pool"))
         rows.append(row)
-    table = to_table(rows, CANDIDATE_POOL)
-    snapshot_config(layout, cfg)
-    path = write_manifest(table, layout.manifest("candidate_pool", shard))
+    table, path = commit(layout, "candidate_pool", shard, rows, CANDIDATE_POOL, cfg, key)
     summary = _count(rows)
+    summary.update(computed=len(rows), reused=0)
+    summary["criteria"] = _criteria(rows)
+    summary["threshold_version"] = th.version
+    summary["aesthetics_note"] = th.aesthetics_note
+    return StageResult(table, path, summary)
+
+
+def _criteria(rows: list[dict]) -> OrderedDict:
     crit = OrderedDict()
     for name, col in (("exposure", "pass_exposure"), ("sharpness", "pass_sharpness"), ("flatness", "pass_flatness"),
                       ("richness", "pass_richness"), ("aesthetics", "pass_aesthetics")):
         vals = [r[col] for r in rows if r[col] is not None]
         crit[name] = {"evaluated": len(vals), "passed": sum(vals), "applied": bool(vals)}
-    summary["criteria"] = crit
-    summary["threshold_version"] = th.version
-    summary["aesthetics_note"] = th.aesthetics_note
-    return StageResult(table, path, summary)
+    return crit
