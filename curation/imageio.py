@@ -15,7 +15,6 @@ Every failure is a :class:`ImageReadError` with a ``reason`` taken from
 
 from __future__ import annotations
 
-import hashlib
 import os
 import struct
 from dataclasses import dataclass
@@ -26,6 +25,7 @@ import numpy as np
 from PIL import Image
 
 from curation import reasons
+from curation.hashing import sha256_file
 
 Image.MAX_IMAGE_PIXELS = None  # our own limit (probe) replaces Pillow's warning/error
 
@@ -37,7 +37,6 @@ _MAGIC = {
     b"MM\x00*": "tiff",
 }
 _EXIF_ORIENTATION = 0x0112
-HASH_CHUNK = 1 << 22
 
 
 class ImageReadError(Exception):
@@ -64,13 +63,8 @@ class ImageHeader:
         return self.width * self.height
 
 
-def content_hash(path: str | os.PathLike) -> str:
-    """Image id: sha256 of the file bytes, hex (full 64 chars; ids use the first 16+)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(HASH_CHUNK):
-            h.update(chunk)
-    return h.hexdigest()
+#: image id source: sha256 of the file bytes, hex (full 64 chars; ids use the first 16+)
+content_hash = sha256_file
 
 
 def image_id_from_hash(sha256_hex: str) -> str:

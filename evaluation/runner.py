@@ -32,7 +32,6 @@ Library only: no Dagster import (the asset in ``assets/bench.py`` and ``uhr benc
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -41,6 +40,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
+
+from curation.hashing import sha256_file
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp")
 DEFAULT_EXPERIMENT = "uhrforge-bench"
@@ -91,14 +92,6 @@ def load_prompts(path: str | os.PathLike) -> list[BenchPrompt]:
     if not rows:
         raise ValueError(f"{path}: no prompts")
     return rows
-
-
-def file_sha256(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(chunk), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 @dataclass
@@ -329,7 +322,7 @@ def _image_info(path: str, hash_images: bool = True) -> dict[str, Any]:
     Image.MAX_IMAGE_PIXELS = None
     info: dict[str, Any] = {"bytes": os.path.getsize(path)}
     if hash_images:
-        info["sha256"] = file_sha256(path)
+        info["sha256"] = sha256_file(path)
     try:
         with Image.open(path) as im:
             info.update(width=int(im.size[0]), height=int(im.size[1]), format=(im.format or "").lower(), mode=im.mode)
@@ -545,7 +538,7 @@ def run_bench(model: str | os.PathLike | Any, prompts: str | os.PathLike, refere
     judge["is_model"] = is_model_judge(cfg.judge)
     result = BenchResult(
         model=name, source=source, out_dir=str(out), prompts_file=str(prompts_path),
-        prompts_sha256=file_sha256(prompts_path), reference_dir=str(Path(reference).resolve()) if reference else None,
+        prompts_sha256=sha256_file(prompts_path), reference_dir=str(Path(reference).resolve()) if reference else None,
         n_prompts=len(rows), rows=out_rows, metrics=records, missing=matching.missing, extra_files=matching.extra,
         ambiguous=matching.ambiguous, reference_missing=ref_missing, judge=judge,
         config={"eval_size": cfg.eval_size, "device": cfg.device, "selected": selected,

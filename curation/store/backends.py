@@ -15,7 +15,6 @@ endpoint it is a local folder. Credentials live only in the client: never in ``r
 
 from __future__ import annotations
 
-import hashlib
 import io
 import os
 import shutil
@@ -23,6 +22,8 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Mapping
+
+from curation.hashing import md5_file, sha256_file
 
 BLOBS = "blobs"
 MANIFESTS = "manifests"
@@ -74,22 +75,6 @@ def _check_key(key: str) -> str:
     if not key or any(p in ("..", ".") for p in parts):
         raise ValueError(f"bad object key {key!r}")
     return key
-
-
-def sha256_file(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(_CHUNK):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def md5_file(path: str | os.PathLike) -> str:
-    h = hashlib.md5(usedforsecurity=False)
-    with open(path, "rb") as fh:
-        while chunk := fh.read(_CHUNK):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _atomic_target(dest: Path) -> Path:

@@ -34,6 +34,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from curation.hashing import file_digest
 from evaluation.metrics.base import PER_SET, Metric, MetricResult
 
 INCEPTION_SIZE = 299
@@ -159,11 +160,7 @@ def fidhelper_missing() -> list[str]:
 
 
 def _sha1(path: str) -> str:
-    h = hashlib.sha1()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    return file_digest(path, "sha1")
 
 
 _LOCK = threading.Lock()

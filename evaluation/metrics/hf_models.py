@@ -20,13 +20,13 @@ the three metrics share. Importing this module imports neither torch nor transfo
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Mapping, Sequence
 
+from curation.hashing import sha256_file
 from evaluation.metrics.base import Metric, MetricResult, module_available
 
 CONFIG_FILES: tuple[str, ...] = ("config.json",)
@@ -148,11 +148,7 @@ def resolve_device(device: str | None) -> Any:
 
 def file_sha256(path: str | os.PathLike, n: int = 16) -> str:
     """First ``n`` hex digits of a file's sha256 (what weight file was used)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()[:n]
+    return sha256_file(path)[:n]
 
 
 def architecture_mismatches(config: Any, expected: Mapping[str, Any]) -> list[str]:

@@ -230,10 +230,9 @@ class MsfiMetric(JudgedMetric):
         return self.result(value, **info, **extra)
 
     def _score_path(self, path: str) -> MetricResult:
-        import hashlib
+        from curation.hashing import sha256_file
 
-        with open(path, "rb") as f:
-            image_id = "sha256:" + hashlib.sha256(f.read()).hexdigest()
+        image_id = "sha256:" + sha256_file(path)
         return self._score_file(path, image_id, None)
 
     def score_item(self, item: Any) -> MetricResult:
