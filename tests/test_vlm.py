@@ -1,4 +1,4 @@
-"""The VLM client (curation/vlm.py) against a real local OpenAI-compatible server (tests/vlm_server.py).
+"""The VLM client (curation/vlm/) against a real local OpenAI-compatible server (tests/vlm_server.py).
 
 Every failure mode: retries then success, persistent failure, 4xx not retried, malformed and
 out-of-schema answers (judge_failed, never a pass), timeouts, connection resets, the
@@ -19,6 +19,7 @@ import pytest
 import vlm_server as vs
 from curation import vlm
 from curation.vlm import JUDGE_FAILED, OK, VLMRequest, create_vlm_client
+from evaluation.metrics import ics as _ics, msfi as _msfi  # noqa: F401  (register the bench's judge tasks)
 
 pytestmark = pytest.mark.timeout(60)
 

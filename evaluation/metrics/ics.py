@@ -6,6 +6,8 @@ import math
 import os
 from typing import Any, Sequence
 
+from curation.vlm import REASONING, Field, TaskSpec, register_task
+from curation.vlm.heuristic import heuristic_ics
 from evaluation.metrics.base import PER_IMAGE, MetricResult, register
 from evaluation.metrics.judging import JudgedMetric, first_judge_backend, parse_subscores
 from evaluation.metrics.judging import parse_score  # noqa: F401  (re-exported helper)
@@ -22,6 +24,12 @@ JUDGE_REQUEST: dict[str, Any] = {
     "max_tokens": 8192,
     "extra_body": {"chat_template_kwargs": {"enable_thinking": False}},
 }
+
+
+#: the ICS judge task (appendix F.3), registered into the curation VLM client's task registry
+ICS_TASK = register_task(TaskSpec(
+    "ics", "ics.md", (*(Field(k, "int", 1, 10) for k in KEYS), REASONING),
+    (1, 1), JUDGE_REQUEST, None, heuristic_ics, description="appendix F.3: ICS against the long caption"))
 
 
 def ics_from_answer(answer: Any) -> tuple[float | None, dict]:

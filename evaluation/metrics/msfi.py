@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import random
-import re
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
+from curation.vlm import REASONING, Field, TaskSpec, register_task
+from curation.vlm import parse_judge_json  # noqa: F401  (re-exported: the reference's answer extraction)
+from curation.vlm.heuristic import heuristic_msfi_global, heuristic_msfi_local
 from evaluation.metrics.base import PER_IMAGE, MetricResult, register
 from evaluation.metrics.judging import JudgedMetric, first_judge_backend, parse_subscores
 from evaluation.metrics.judging import parse_score  # noqa: F401  (re-exported: it lived here)
@@ -31,26 +32,15 @@ JUDGE_REQUEST: dict[str, Any] = {
 }
 
 
-# ---- judge answers --------------------------------------------------------------------------
-def parse_judge_json(text: str | None) -> dict | None:
-    """The reference's answer extraction: the ``<json>...</json>`` block (else the whole text),
-    Markdown fences removed, ``json.loads``; failing that, the outermost ``{...}``. Returns a
-    dict, or None when no JSON object can be read."""
-    if not isinstance(text, str):
-        return None
-    m = re.search(r"<json>(.*?)</json>", text, re.DOTALL)
-    content = (m.group(1).strip() if m else text).replace("```json", "").replace("```", "").strip()
-    try:
-        obj = json.loads(content)
-    except ValueError:
-        b = re.search(r"(\{.*\})", text, re.DOTALL)
-        if not b:
-            return None
-        try:
-            obj = json.loads(b.group(1))
-        except ValueError:
-            return None
-    return obj if isinstance(obj, dict) else None
+# ---- the judge tasks (registered into the curation VLM client's task registry) -----------------
+#: MSFI global view (appendix F.2): one 2048-px JPEG-98 image
+MSFI_GLOBAL_TASK = register_task(TaskSpec(
+    "msfi_global", "msfi_global.md", (*(Field(k, "int", 1, 5) for k in GLOBAL_WEIGHTS), REASONING),
+    (1, 1), JUDGE_REQUEST, None, heuristic_msfi_global, description="appendix F.2: MSFI global view"))
+#: MSFI local view (appendix F.2): the patch, then the global view
+MSFI_LOCAL_TASK = register_task(TaskSpec(
+    "msfi_local", "msfi_local.md", (*(Field(k, "int", 1, 5) for k in LOCAL_WEIGHTS), REASONING),
+    (2, 2), JUDGE_REQUEST, None, heuristic_msfi_local, description="appendix F.2: MSFI patch + global view"))
 
 
 def weighted_score(answer: Any, weights: Mapping[str, int], lo: float, hi: float) -> tuple[float | None, dict, list[str]]:
