@@ -1,6 +1,7 @@
 """Small C kernels compiled on first use with the system C compiler and loaded with ctypes.
 
-A kernel is C source plus the symbol to call. The shared object is built once per machine into
+A kernel is C source (a string, or the path of a ``.c`` file shipped next to its Python module,
+read when the kernel is first built) plus the symbol to call. The shared object is built once per machine into
 a cache folder (``UHRFORGE_KERNEL_CACHE``, else ``~/.cache/uhrforge/kernels``, else the temp
 folder), named by a hash of source, flags and platform, and written atomically, so concurrent
 workers agree on the result. It is loaded only when this user owns it and others cannot write
@@ -76,13 +77,26 @@ def _build(name: str, source: str, symbol: str, argtypes: Sequence, restype, cfl
     return None, last_err
 
 
-def load_kernel(name: str, source: str, symbol: str, argtypes: Sequence, restype=ctypes.c_int,
+def kernel_source(source: str | os.PathLike) -> str:
+    """The C text of ``source``: a path (``Path`` / ``os.PathLike``) is read, a string is the text."""
+    return Path(source).read_text(encoding="utf-8") if isinstance(source, os.PathLike) else source
+
+
+def load_kernel(name: str, source: str | os.PathLike, symbol: str, argtypes: Sequence, restype=ctypes.c_int,
                 cflags: Sequence[str] = CFLAGS) -> tuple[Any, str | None]:
-    """``(function, None)`` once built and loaded (cached per process), or ``(None, why not)``."""
+    """``(function, None)`` once built and loaded (cached per process), or ``(None, why not)``.
+
+    ``source`` is the C text or the path of a ``.c`` file; the shared object's name hashes the
+    text, so an edited source builds a new one."""
     with _lock:
         if name not in _loaded:
             if os.environ.get("UHRFORGE_NO_C_KERNELS"):
                 _loaded[name] = (None, "C kernels disabled (UHRFORGE_NO_C_KERNELS)")
             else:
-                _loaded[name] = _build(name, source, symbol, argtypes, restype, tuple(cflags))
+                try:
+                    text = kernel_source(source)
+                except OSError as exc:
+                    _loaded[name] = (None, f"C kernel source unreadable: {exc}")
+                else:
+                    _loaded[name] = _build(name, text, symbol, argtypes, restype, tuple(cflags))
         return _loaded[name]

@@ -1,0 +1,211 @@
+/* GLCM patch kernel of evaluation/metrics/glcm.py (Table 3 GLCM score); built on first use by curation/ckernels.py. */
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <math.h>
+
+#define LV 64 /* grey levels after >> 2 */
+#define PS 64 /* patch side */
+
+/* Pixel pairs of offset (dr, dc) whose first pixel lies in rows [r0, r1), cols [c0, c1). */
+static void count_rect(const uint8_t *q, int dr, int dc, int r0, int r1, int c0, int c1, uint16_t *h)
+{
+    for (int r = r0; r < r1; ++r) {
+        const uint8_t *a = q + r * PS, *b = q + (r + dr) * PS + dc;
+        for (int c = c0; c < c1; ++c) h[(a[c] << 6) | b[c]]++;
+    }
+}
+
+static void valid_rect(int dr, int dc, int *r0, int *r1, int *c0, int *c1)
+{
+    *r0 = dr < 0 ? -dr : 0; *r1 = dr > 0 ? PS - dr : PS;
+    *c0 = dc < 0 ? -dc : 0; *c1 = dc > 0 ? PS - dc : PS;
+}
+
+/* Co-occurrence counts of two offsets at once: the first pixel is loaded once for both, and
+   each offset counts into two sub-histograms (even / odd columns) so that increments of the
+   same cell in a row (common in smooth images) do not wait on each other. Results in
+   ha[0] and hb[0] (rows of present levels; the other sub-histograms are cleared). */
+static void count_two(const uint8_t *q, int dra, int dca, int drb, int dcb,
+                      uint16_t *ha0, uint16_t *ha1, uint16_t *hb0, uint16_t *hb1,
+                      const int *lv, int nl)
+{
+    int ar0, ar1, ac0, ac1, br0, br1, bc0, bc1;
+    valid_rect(dra, dca, &ar0, &ar1, &ac0, &ac1);
+    valid_rect(drb, dcb, &br0, &br1, &bc0, &bc1);
+    const int ir0 = ar0 > br0 ? ar0 : br0, ir1 = ar1 < br1 ? ar1 : br1;
+    const int ic0 = ac0 > bc0 ? ac0 : bc0, ic1 = ac1 < bc1 ? ac1 : bc1;
+    for (int r = ir0; r < ir1; ++r) {
+        const uint8_t *a = q + r * PS;
+        const uint8_t *ba = q + (r + dra) * PS + dca, *bb = q + (r + drb) * PS + dcb;
+        int c = ic0;
+        for (; c + 1 < ic1; c += 2) {
+            const int x0 = a[c] << 6, x1 = a[c + 1] << 6;
+            ha0[x0 | ba[c]]++;
+            ha1[x1 | ba[c + 1]]++;
+            hb0[x0 | bb[c]]++;
+            hb1[x1 | bb[c + 1]]++;
+        }
+        for (; c < ic1; ++c) { ha0[(a[c] << 6) | ba[c]]++; hb0[(a[c] << 6) | bb[c]]++; }
+    }
+    /* the parts of each valid rectangle outside the joint one */
+    count_rect(q, dra, dca, ar0, ir0, ac0, ac1, ha0);
+    count_rect(q, dra, dca, ir1, ar1, ac0, ac1, ha0);
+    count_rect(q, dra, dca, ir0, ir1, ac0, ic0, ha0);
+    count_rect(q, dra, dca, ir0, ir1, ic1, ac1, ha0);
+    count_rect(q, drb, dcb, br0, ir0, bc0, bc1, hb0);
+    count_rect(q, drb, dcb, ir1, br1, bc0, bc1, hb0);
+    count_rect(q, drb, dcb, ir0, ir1, bc0, ic0, hb0);
+    count_rect(q, drb, dcb, ir0, ir1, ic1, bc1, hb0);
+    for (int ii = 0; ii < nl; ++ii) { /* only rows of present levels can be non-zero */
+        const int o = lv[ii] * LV;
+        for (int c = 0; c < LV; ++c) {
+            ha0[o + c] = (uint16_t)(ha0[o + c] + ha1[o + c]);
+            hb0[o + c] = (uint16_t)(hb0[o + c] + hb1[o + c]);
+            ha1[o + c] = 0;
+            hb1[o + c] = 0;
+        }
+    }
+}
+
+typedef struct {
+    int32_t *hg;      /* (group, s) -> number of entries with value s / T_group, this patch */
+    int64_t *touched; /* (group, s) bins hit this patch */
+    int64_t nt;       /* number of touched bins */
+    int64_t nnz;      /* non-zero entries this patch */
+    uint32_t sdiag[LV], sbuf[LV * (LV - 1) / 2];
+} acc_t;
+
+/* Read and clear the symmetric counts S = C + C^T of one offset (cells of present levels);
+   add its entries to the (group, s) bins and return sum over its entries of S log2 S. */
+static double extract(uint16_t *h, const int *lv, int nl, int64_t gbase, int32_t m,
+                      const double *flog, acc_t *A)
+{
+    int nd = 0, nb = 0;
+    for (int ii = 0; ii < nl; ++ii) {
+        const int i = lv[ii];
+        uint32_t s = 2u * h[i * LV + i];
+        h[i * LV + i] = 0;
+        A->sdiag[nd] = s;
+        nd += s != 0;
+        for (int jj = ii + 1; jj < nl; ++jj) {
+            const int j = lv[jj];
+            s = (uint32_t)h[i * LV + j] + h[j * LV + i];
+            h[i * LV + j] = 0;
+            h[j * LV + i] = 0;
+            A->sbuf[nb] = s; /* branch-free compaction of the non-zero counts */
+            nb += s != 0;
+        }
+    }
+    int32_t *hk = A->hg + gbase;
+    double sd = 0.0, so = 0.0;
+    for (int t = 0; t < nd; ++t) { /* diagonal entries: one entry, S = 2 C[i][i] */
+        const uint32_t s = A->sdiag[t];
+        sd += flog[s];
+        const int32_t old = hk[s];
+        A->touched[A->nt] = gbase + s;
+        A->nt += old == 0;
+        hk[s] = old + m;
+    }
+    for (int t = 0; t < nb; ++t) { /* off-diagonal: two entries, S[i][j] and S[j][i] */
+        const uint32_t s = A->sbuf[t];
+        so += flog[s];
+        const int32_t old = hk[s];
+        A->touched[A->nt] = gbase + s;
+        A->nt += old == 0;
+        hk[s] = old + 2 * m;
+    }
+    A->nnz += (int64_t)nd * m + (int64_t)nb * 2 * m;
+    return sd + 2.0 * so;
+}
+
+/* GLCM scores of the 64x64 patches of an 8-bit grey image (quantised here with >> 2).
+   For patch rows [pr0, pr1) and patch columns [0, npc) writes, per patch:
+   out_values = base-2 entropy of the distribution of the LV x LV x n_slices normalised
+                symmetric GLCM values (skimage.measure.shannon_entropy of graycomatrix(...,
+                symmetric=True, normed=True)), zeros included;
+   out_slices = mean over the slices of each slice's -sum p log2 p.
+   The n_off offsets are unique; mult[k] slices share offset k, whose slice total is tot[k]
+   and whose value group (distinct total) is grp[k]; cid maps (group, s) to the class of the
+   fraction s / T_group. Returns 0, or -1 when memory cannot be allocated. */
+int uhr_glcm_patch_rows(const uint8_t *img, int64_t stride, int64_t pr0, int64_t pr1,
+                        int64_t npc, int32_t n_off, const int32_t *dr, const int32_t *dc,
+                        const int32_t *mult, const double *tot, const int32_t *grp,
+                        const int32_t *cid, int64_t cid_stride, int64_t n_classes,
+                        const double *flog, int32_t n_slices,
+                        double *out_values, double *out_slices)
+{
+    int32_t n_groups = 0;
+    for (int k = 0; k < n_off; ++k) if (grp[k] + 1 > n_groups) n_groups = grp[k] + 1;
+    uint16_t (*h)[LV * LV] = calloc(4, sizeof(*h));
+    int32_t *cnt = (int32_t *)calloc((size_t)n_classes, sizeof(int32_t));
+    acc_t *A = (acc_t *)calloc(1, sizeof(acc_t));
+    if (A) {
+        A->hg = (int32_t *)calloc((size_t)n_groups * (size_t)cid_stride, sizeof(int32_t));
+        A->touched = (int64_t *)malloc(sizeof(int64_t) * ((size_t)n_off * LV * LV + 1));
+    }
+    if (!h || !cnt || !A || !A->hg || !A->touched) {
+        free(h); free(cnt);
+        if (A) { free(A->hg); free(A->touched); free(A); }
+        return -1;
+    }
+    const double n_entries = (double)LV * LV * n_slices;
+    const double log2_n = log2(n_entries);
+    uint8_t q[PS * PS];
+    int64_t o = 0;
+    for (int64_t pr = pr0; pr < pr1; ++pr) {
+        for (int64_t pc = 0; pc < npc; ++pc, ++o) {
+            const uint8_t *p = img + pr * PS * stride + pc * PS;
+            uint64_t present = 0;
+            int lv[LV], nl = 0;
+            for (int r = 0; r < PS; ++r) {
+                const uint8_t *row = p + r * stride;
+                uint8_t *qr = q + r * PS;
+                for (int c = 0; c < PS; ++c) qr[c] = row[c] >> 2;
+                for (int c = 0; c < PS; ++c) present |= 1ull << qr[c];
+            }
+            for (int v = 0; v < LV; ++v) if (present >> v & 1u) lv[nl++] = v;
+            A->nt = 0;
+            A->nnz = 0;
+            double slice_acc = 0.0;
+            for (int k = 0; k < n_off; k += 2) {
+                const int kb = k + 1 < n_off ? k + 1 : k;
+                if (kb != k) {
+                    count_two(q, dr[k], dc[k], dr[kb], dc[kb], h[0], h[1], h[2], h[3], lv, nl);
+                } else {
+                    int r0, r1, c0, c1;
+                    valid_rect(dr[k], dc[k], &r0, &r1, &c0, &c1);
+                    count_rect(q, dr[k], dc[k], r0, r1, c0, c1, h[0]);
+                }
+                for (int kk = k; kk <= kb; ++kk) {
+                    const double sl = extract(kk == k ? h[0] : h[2], lv, nl,
+                                              (int64_t)grp[kk] * cid_stride, mult[kk], flog, A);
+                    slice_acc += mult[kk] * (log2(tot[kk]) - sl / tot[kk]);
+                }
+            }
+            /* merge (group, s) bins into value classes (equal fractions across groups), then
+               sum n log2 n over the classes; the zero class has n_entries - nnz entries */
+            double acc = 0.0;
+            const double n0 = n_entries - (double)A->nnz;
+            if (n0 > 0) acc += n0 * log2(n0);
+            for (int64_t t = 0; t < A->nt; ++t) cnt[cid[A->touched[t]]] += A->hg[A->touched[t]];
+            for (int64_t t = 0; t < A->nt; ++t) {
+                const int32_t id = cid[A->touched[t]];
+                A->hg[A->touched[t]] = 0;
+                if (cnt[id]) {
+                    const double n = (double)cnt[id];
+                    acc += n * log2(n);
+                    cnt[id] = 0;
+                }
+            }
+            out_values[o] = log2_n - acc / n_entries;
+            out_slices[o] = slice_acc / n_slices;
+        }
+    }
+    free(h);
+    free(cnt);
+    free(A->hg);
+    free(A->touched);
+    free(A);
+    return 0;
+}
