@@ -55,7 +55,7 @@ def dvc_stages(data_root: str, raw_root: str, profile: str, uhr: str = DEFAULT_U
         stages["raw"] = {
             "desc": "The demo's labelled synthetic raw pool (shard folders + labels.jsonl).",
             "cmd": f"{uhr} make-raw-pool {raw_root} --profile {profile} --seed 0",
-            "deps": ["curation/synth.py", *config_deps(profile)],
+            "deps": ["curation/synth", *config_deps(profile)],
             "outs": [{raw_root: {"cache": False}}],
         }
     from curation.stages.table import STAGES
