@@ -19,7 +19,7 @@ from typing import Any
 
 import yaml
 
-CONFIG_DIR = Path(os.environ.get("UHR_CONFIG_DIR", Path(__file__).resolve().parent.parent / "configs"))
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 
 
 class ProfileError(ValueError):
@@ -99,8 +99,8 @@ def _read_yaml(path: Path) -> dict:
 def load_config(profile: str | os.PathLike | None = None) -> Config:
     """Resolve a profile name (``paper``, ``demo``, ``test``) or a YAML path over paper.yaml."""
     base = _read_yaml(CONFIG_DIR / "paper.yaml")
-    if profile is None:
-        profile = os.environ.get("UHR_PROFILE", "paper")
+    if profile is None:  # the library reads no environment: UHR_PROFILE is the settings resource's
+        profile = "paper"
     profile = str(profile)
     if profile == "paper":
         return Config("paper", base)

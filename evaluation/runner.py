@@ -126,8 +126,9 @@ def match_images(folder: str | os.PathLike, prompts: Sequence[BenchPrompt]) -> M
 # configuration
 # =============================================================================================
 def default_data_root() -> Path:
-    """``$UHR_DATA_ROOT`` or ``data/demo`` (the resources' default)."""
-    return Path(os.environ.get("UHR_DATA_ROOT") or Path("data") / "demo")
+    """``data/demo``, the embedded default: callers pass their settings' data root (the bench
+    settings, ``orchestration.bench_resources``, read ``UHR_DATA_ROOT``)."""
+    return Path("data") / "demo"
 
 
 PAPER_JUDGE_MODEL = "Qwen3.5-35B-A3B"

@@ -20,7 +20,6 @@
 from __future__ import annotations
 
 import json
-import os
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -44,11 +43,11 @@ from dagster import (
 )
 
 from orchestration.partitions import shard_partitions
-from orchestration.resources import CurationSettings, ObjectStoreResource
+from orchestration.resources import CurationSettings, ObjectStoreResource, env_setting
 
-NIGHTLY_CRON = os.environ.get("UHR_NIGHTLY_CRON", "0 2 * * *")
-WEEKLY_BENCH_CRON = os.environ.get("UHR_WEEKLY_BENCH_CRON", "0 4 * * 1")
-TIMEZONE = os.environ.get("UHR_SCHEDULE_TZ", "UTC")
+NIGHTLY_CRON = env_setting("UHR_NIGHTLY_CRON", default="0 2 * * *")
+WEEKLY_BENCH_CRON = env_setting("UHR_WEEKLY_BENCH_CRON", default="0 4 * * 1")
+TIMEZONE = env_setting("UHR_SCHEDULE_TZ", default="UTC")
 
 #: the Dagster concurrency pool of the GPU stages (instance: ``concurrency: pools:``)
 GPU_POOL = "gpu"
@@ -61,7 +60,7 @@ INGEST_TAG = {"uhrforge/ingest": "raw_pool"}
 
 #: ``UHR_AUTOMATION_STATUS=stopped`` starts the sensors and schedules switched off (a laptop
 #: running ``dagster dev`` on demo data); production leaves them running
-_STOPPED = os.environ.get("UHR_AUTOMATION_STATUS", "running").strip().lower() == "stopped"
+_STOPPED = (env_setting("UHR_AUTOMATION_STATUS") or "running").lower() == "stopped"
 SENSOR_STATUS = DefaultSensorStatus.STOPPED if _STOPPED else DefaultSensorStatus.RUNNING
 SCHEDULE_STATUS = DefaultScheduleStatus.STOPPED if _STOPPED else DefaultScheduleStatus.RUNNING
 
@@ -167,7 +166,7 @@ def new_shard_requests(context: SensorEvaluationContext, settings: CurationSetti
                        store: ObjectStoreResource | None, settle_s: float | None = None,
                        job_name: str = SHARD_JOB) -> SensorResult | SkipReason:
     """The sensor's body (a plain function, so it can be tested and reused)."""
-    settle = float(os.environ.get("UHR_SHARD_SETTLE_S", "120") if settle_s is None else settle_s)
+    settle = float(env_setting("UHR_SHARD_SETTLE_S", default="120") if settle_s is None else settle_s)
     where, status = raw_shard_snapshot(settings, store)
     seen = _read_cursor(context.cursor)
     now = time.time()
@@ -201,7 +200,7 @@ def new_shard_requests(context: SensorEvaluationContext, settings: CurationSetti
 @sensor(
     name="new_shard_sensor",
     job_name=SHARD_JOB,
-    minimum_interval_seconds=int(os.environ.get("UHR_SHARD_SENSOR_INTERVAL_S", "60")),
+    minimum_interval_seconds=int(env_setting("UHR_SHARD_SENSOR_INTERVAL_S", default="60")),
     default_status=SENSOR_STATUS,
     description="New raw shard folder (local raw root or the store's raw prefix) -> a `shards` partition "
                 "and a shard_purification run for it.",

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 import json
 import time
 from pathlib import Path
@@ -89,33 +88,27 @@ DEMO_BENCH_SKIP = ("fid_patch_fidhelper_inception",)
 DEMO_BENCH_PROMPTS = 4
 
 
-def bench_demo(data_root: str | Path, instance, log=print) -> dict:
+def bench_demo(data_root: str | Path, instance, log=print, resources: dict | None = None) -> dict:
     """The demo's bench step: a tiny bench (``evaluation.demo_models``: 4 prompts, reference
     photos of 3 MP, two degraded "models"), each model scored by materialising its
-    ``bench_scores`` partition; returns the Table-3-like Markdown and timings."""
-    import os
-
+    ``bench_scores`` partition; returns the Table-3-like Markdown and timings. ``resources``:
+    the curation resources of the run (default: those of ``data_root`` and the environment)."""
     from assets.bench import register_bench_models
     from evaluation.demo_models import build_demo_bench
     from evaluation.metrics import list_metrics
-    from orchestration.bench_resources import BenchSettings
+    from orchestration.bench_resources import bench_settings_from_env
     from orchestration.definitions import build_definitions
-    from orchestration.resources import resources_from_env
+    from orchestration.resources import curation_resources
 
     data_root = Path(data_root).resolve()
     t0 = time.perf_counter()
     bench = build_demo_bench(data_root, n=DEMO_BENCH_PROMPTS, log=log)
     t_build = time.perf_counter() - t0
-    settings = BenchSettings(
-        data_root=str(data_root), bench_root=str(bench.bench_root), prompts_file=str(bench.prompts_file),
-        reference_dir=str(bench.reference_dir), mlflow_tracking_uri=os.environ.get("MLFLOW_TRACKING_URI") or None,
-        metrics=[m for m in list_metrics() if m not in DEMO_BENCH_SKIP],
-        judge_backend=os.environ.get("UHR_JUDGE_BACKEND") or "auto",
-        judge_endpoint=os.environ.get("UHR_JUDGE_ENDPOINT") or None,
-        judge_model=os.environ.get("UHR_JUDGE_MODEL") or None,
-        judge_api_key_env=os.environ.get("UHR_JUDGE_API_KEY_ENV") or None,
-    )
-    defs = build_definitions({**resources_from_env(), "bench": settings})
+    settings = bench_settings_from_env(  # the demo's bench; judge, MLflow and model locations from the environment
+        str(data_root), bench_root=str(bench.bench_root), prompts_file=str(bench.prompts_file),
+        reference_dir=str(bench.reference_dir), metrics=[m for m in list_metrics() if m not in DEMO_BENCH_SKIP],
+        eval_size=4096, mlflow=True)
+    defs = build_definitions({**(resources or curation_resources(data_root)), "bench": settings})
     keys = register_bench_models(instance, bench.bench_root, bench.models)
     job = defs.resolve_job_def("bench_scores_job")
     per_model = {}
@@ -133,13 +126,10 @@ def bench_demo(data_root: str | Path, instance, log=print) -> dict:
 def run_demo(data_root: str | Path, profile: str = "demo", n: int | None = None, seed: int = 0,
              raw_root: str | Path | None = None, log=print) -> dict:
     """Generate (if missing) and curate a raw pool under ``data_root``; returns a summary dict."""
-    from orchestration.pipeline import set_env
-
     t_start = time.perf_counter()
     data_root = Path(data_root).resolve()
     raw_root = Path(raw_root).resolve() if raw_root else data_root / "raw"
     cfg = load_config(profile)
-    set_env(data_root, profile, raw_root)
     timings = {}
     if not (raw_root / "labels.jsonl").exists():
         from curation.synth import make_raw_pool
@@ -151,25 +141,26 @@ def run_demo(data_root: str | Path, profile: str = "demo", n: int | None = None,
     else:
         log(f"raw pool found under {raw_root} (delete it to regenerate)")
 
-    from dagster import DagsterInstance
+    from orchestration.definitions import build_definitions
+    from orchestration.resources import curation_resources
+    from orchestration.runs import instance_for
 
-    import orchestration.definitions as definitions
-
-    definitions = importlib.reload(definitions)  # resources read the environment at import
-    instance = DagsterInstance.get()
+    resources = curation_resources(data_root, raw_root, profile)  # explicit; the platform from the environment
+    defs = build_definitions(resources)
+    instance = instance_for(data_root)
     log(f"materialising assets (Dagster home {instance.root_directory}) ...")
     t0 = time.perf_counter()
     from orchestration.pipeline import materialize_all
 
-    run = materialize_all(definitions.defs, instance, raw_root, log=log)
+    run = materialize_all(defs, instance, raw_root, log=log)
     timings["materialise"] = time.perf_counter() - t0
     log("releasing the corpus (corpus_release), auditing it and tracing one image ...")
     t0 = time.perf_counter()
-    released = release_demo(data_root, definitions.defs, instance, log=log)
+    released = release_demo(data_root, defs, instance, log=log)
     timings["release"] = time.perf_counter() - t0
     log("scoring the demo bench models (bench_scores) ...")
     t0 = time.perf_counter()
-    bench = bench_demo(data_root, instance, log=log)
+    bench = bench_demo(data_root, instance, log=log, resources=resources)
     timings["bench"] = time.perf_counter() - t0
     layout = DataLayout.at(data_root)
     md, evals = summary_markdown(layout, raw_root, cfg)
@@ -198,10 +189,9 @@ def run_demo(data_root: str | Path, profile: str = "demo", n: int | None = None,
 def release_demo(data_root: Path, defs, instance, log=print) -> dict | None:
     """Release the demo corpus as ``demo-<content digest>`` (a new name whenever the content
     changes: names are immutable), audit it and render one image's lineage."""
-    from click.testing import CliRunner
-
+    from curation.lineage import LineageContext, image_lineage, lineage_text
     from curation.release import release_rows, rows_digest
-    from orchestration.release_commands import lineage_cmd, run_release_job
+    from orchestration.runs import run_release_job
 
     layout = DataLayout.at(data_root)
     rows = release_rows(layout)
@@ -211,7 +201,9 @@ def release_demo(data_root: Path, defs, instance, log=print) -> dict | None:
     name = f"demo-{rows_digest(rows)[:8]}"
     md, check = run_release_job(defs, instance, name)
     pick = next((r for r in rows if r["tier"] != "archive"), rows[0])
-    text = CliRunner().invoke(lineage_cmd, [pick["image_id"], "--data-root", str(data_root)]).output.rstrip()
+    store = defs.resources["store"].store_or_default(data_root)
+    full, lin = image_lineage(LineageContext(layout, store, defs.resources["mlflow"].tracking_uri), pick["image_id"])
+    text = lineage_text(lin, full)
     log(f"  release {name}: {md['dagster/row_count']} images, dvc {md['dvc_md5']}, tag {md['git_tag']}, "
         f"audit {'OK' if check.passed else 'FAILED'}")
     return {"name": name, "n_images": md["dagster/row_count"], "manifest_sha256": md["manifest_sha256"],

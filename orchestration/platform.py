@@ -1,7 +1,7 @@
 """Platform glue: the executor chosen by the environment, the curation MLflow run, the service contract.
 
-* :func:`executor_from_env` -- ``UHR_EXECUTOR``: ``multiprocess`` (default; ``UHR_MAX_CONCURRENT``),
-  ``in_process``, or ``k8s`` (``dagster_k8s.k8s_job_executor``: one pod per step, GPU steps get
+* :func:`executor_from_env` -- ``UHR_EXECUTOR``: ``multiprocess`` (default), ``in_process``, or
+  ``k8s``; ``UHR_MAX_CONCURRENT`` caps the steps at once of either executor (k8s default 16) (``dagster_k8s.k8s_job_executor``: one pod per step, GPU steps get
   ``nvidia.com/gpu`` limits from :func:`gpu_k8s_config`, i.e. ``UHR_GPU_K8S_CONFIG``, which
   ``infra/k8s/values.yaml`` sets on the code location).
 * :func:`log_curation_run` -- one MLflow run per materialisation round: the data-flow counts per
@@ -13,7 +13,6 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 import tempfile
 import time
@@ -21,6 +20,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from orchestration.automation import GPU_ASSETS
+from orchestration.resources import env_setting
 
 #: services the code talks to (and the Dagster processes themselves); docker-compose.yml names them
 COMPOSE_SERVICES = ("postgres", "minio", "mlflow", "vllm", "code", "webserver", "daemon")
@@ -28,7 +28,7 @@ COMPOSE_SERVICES = ("postgres", "minio", "mlflow", "vllm", "code", "webserver", 
 CODE_LOCATION_ENV = (
     "UHR_DATA_ROOT", "UHR_PROFILE",
     "UHR_S3_ENDPOINT", "UHR_S3_BUCKET", "UHR_S3_ACCESS_KEY", "UHR_S3_SECRET_KEY",
-    "MLFLOW_TRACKING_URI", "UHR_VLM_ENDPOINT", "UHR_VLM_MODEL",
+    "MLFLOW_TRACKING_URI", "UHR_VLM_ENDPOINT", "UHR_VLM_API_KEY_ENV",
     "DAGSTER_PG_HOST", "DAGSTER_PG_PORT", "DAGSTER_PG_USER", "DAGSTER_PG_PASSWORD", "DAGSTER_PG_DB",
 )
 #: variables that hold secrets: only ever referenced, never written inline
@@ -45,8 +45,7 @@ DEFAULT_STEP_K8S_CONFIG: dict = {
 
 def gpu_k8s_config(env: Mapping[str, str] | None = None) -> dict:
     """The ``dagster-k8s/config`` of a GPU step: ``UHR_GPU_K8S_CONFIG`` (JSON) or one ``nvidia.com/gpu``."""
-    env = os.environ if env is None else env
-    raw = env.get("UHR_GPU_K8S_CONFIG")
+    raw = env_setting("UHR_GPU_K8S_CONFIG", env)
     if not raw:
         return json.loads(json.dumps(DEFAULT_GPU_K8S_CONFIG))
     cfg = json.loads(raw)
@@ -61,16 +60,15 @@ GPU_OP_TAGS = {"dagster-k8s/config": gpu_k8s_config({})}
 
 
 def k8s_executor_config(env: Mapping[str, str] | None = None) -> dict:
-    env = os.environ if env is None else env
     gpu = gpu_k8s_config(env)
+    step = env_setting("UHR_STEP_K8S_CONFIG", env)
     cfg: dict[str, Any] = {
-        "max_concurrent": int(env.get("UHR_K8S_MAX_CONCURRENT") or 16),
-        "step_k8s_config": json.loads(env["UHR_STEP_K8S_CONFIG"]) if env.get("UHR_STEP_K8S_CONFIG")
-        else json.loads(json.dumps(DEFAULT_STEP_K8S_CONFIG)),
+        "max_concurrent": int(env_setting("UHR_MAX_CONCURRENT", env) or 16),
+        "step_k8s_config": json.loads(step) if step else json.loads(json.dumps(DEFAULT_STEP_K8S_CONFIG)),
         "per_step_k8s_config": {step: gpu for step in GPU_ASSETS},
         "retries": {"enabled": {}},
     }
-    secret = env.get("UHR_K8S_ENV_SECRET", "uhrforge-secrets")
+    secret = env_setting("UHR_K8S_ENV_SECRET", env, default="uhrforge-secrets")
     if secret:
         cfg["env_secrets"] = [secret]
     return cfg
@@ -80,8 +78,7 @@ def executor_from_env(env: Mapping[str, str] | None = None):
     """The Definitions' executor: local multiprocess by default, the k8s job executor in a cluster."""
     from dagster import in_process_executor, multiprocess_executor
 
-    env = os.environ if env is None else env
-    kind = (env.get("UHR_EXECUTOR") or "multiprocess").strip().lower()
+    kind = (env_setting("UHR_EXECUTOR", env) or "multiprocess").lower()
     if kind == "k8s":
         from dagster_k8s import k8s_job_executor
 
@@ -90,7 +87,7 @@ def executor_from_env(env: Mapping[str, str] | None = None):
         return in_process_executor
     if kind != "multiprocess":
         raise ValueError(f"UHR_EXECUTOR={kind!r}: expected multiprocess, in_process or k8s")
-    n = env.get("UHR_MAX_CONCURRENT")
+    n = env_setting("UHR_MAX_CONCURRENT", env)
     if n:
         return multiprocess_executor.configured({"max_concurrent": int(n)}, name="multiprocess_executor")
     return multiprocess_executor

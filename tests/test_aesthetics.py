@@ -173,8 +173,14 @@ def test_laion_version_records_model_and_head(tiny, tmp_path):
 
 
 def test_laion_head_from_env(tiny, images, monkeypatch):
+    from orchestration.resources import aesthetic_models_from_env
+
     monkeypatch.setenv(HEAD_ENV, str(tiny["head_path"]))
-    scorer = create_scorer("laion", {"clip_model": str(tiny["dir"]), "head_path": None})
+    monkeypatch.setenv("UHR_LAION_CLIP", str(tiny["dir"]))
+    models = aesthetic_models_from_env()  # the resource reads the environment, the library does not
+    assert (models.clip_model, models.head_path) == (str(tiny["dir"]), str(tiny["head_path"]))
+    assert create_scorer("laion", {"clip_model": str(tiny["dir"]), "head_path": None}).availability()[0] is False
+    scorer = create_scorer("laion", {"clip_model": models.clip_model, "head_path": models.head_path})
     assert scorer.availability() == (True, "")
     assert scorer.score(images[:2]).shape == (2,)
 

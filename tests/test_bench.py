@@ -424,7 +424,7 @@ def test_generator_generates_then_scores(bench, tmp_path):
 def test_cli_bench_json(bench, tmp_path):
     from click.testing import CliRunner
 
-    from orchestration.cli import cli
+    from cli.main import cli
 
     args = ["bench", str(bench["sharp"]), "--prompts", str(bench["prompts"]), "--out", str(tmp_path / "o"),
             "--metric", "glcm", "--metric", "compression_ratio", "--metric", "msfi", "--judge", "none",

@@ -8,8 +8,8 @@ import cv2
 import numpy as np
 from click.testing import CliRunner
 
-from curation.commands import SCORE_KEYS
-from orchestration.cli import cli
+from curation.purify import SCORE_KEYS
+from cli.main import cli
 
 
 def _textured(h, w, seed=0):
@@ -53,5 +53,5 @@ def test_score_image_exit_code_only_when_all_fail(tmp_path):
 
 
 def test_uhr_console_script_runs():
-    out = subprocess.run([sys.executable, "-m", "orchestration.cli", "--help"], capture_output=True, text=True)
+    out = subprocess.run([sys.executable, "-m", "cli.main", "--help"], capture_output=True, text=True)
     assert out.returncode == 0 and "score-image" in out.stdout and "demo" in out.stdout

@@ -73,7 +73,7 @@ def test_one_stage_per_asset_with_code_config_and_upstream_deps():
 
 
 def test_dvc_yaml_command_prints_and_writes(tmp_path):
-    from orchestration.cli import cli
+    from cli.main import cli
 
     args = ["dvc-yaml", "--data-root", "data/t", "--raw-root", "data/t/raw", "--profile", "test"]
     res = CliRunner().invoke(cli, args)

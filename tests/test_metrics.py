@@ -414,7 +414,7 @@ def test_patch_sampler_small_images():
 def test_cli_metric_json_lines(image_files):
     from click.testing import CliRunner
 
-    from orchestration.cli import cli
+    from cli.main import cli
 
     runner = CliRunner()
     paths = [str(image_files["photo"]), str(image_files["too_small"])]

@@ -55,8 +55,16 @@ LONG = [f"a long caption about picture {i}, with a cat and a dog and a car near 
 
 @pytest.fixture(autouse=True)
 def _no_user_model_env(monkeypatch):
-    for var in (MLP_ENV, "UHR_AESTHETIC_CLIP", CLIPSCORE_ENV, FGCLIP2_ENV):
+    for var in (MLP_ENV, "UHR_LAION_CLIP", CLIPSCORE_ENV, FGCLIP2_ENV):
         monkeypatch.delenv(var, raising=False)
+
+
+def _from_env(name: str) -> dict:
+    """The options of metric ``name`` that the bench settings read from the environment (what
+    ``uhr bench``, ``uhr metric`` and the ``bench_scores`` asset pass to the metric)."""
+    from orchestration.bench_resources import bench_settings_from_env
+
+    return bench_settings_from_env("data").metric_options().get(name, {})
 
 
 @pytest.fixture(scope="module")
@@ -297,13 +305,13 @@ def test_aesthetics_from_local_paths_equals_hand_computation(l14, images):
 def test_aesthetics_env_and_hf_cache_by_model_id(l14, images, tmp_path, monkeypatch):
     cache = _fake_hf_cache(tmp_path / "hub", "openai/clip-vit-large-patch14", l14["dir"])
     monkeypatch.setenv(MLP_ENV, str(l14["mlp"]))
-    m = create_metric("aesthetics", cache_dir=str(cache))  # default model id, MLP from the environment
+    m = create_metric("aesthetics", cache_dir=str(cache), **_from_env("aesthetics"))  # default id, MLP from the env
     assert m.availability() == (True, None)
     r = m.score_path(images[1])
     assert r.value == pytest.approx(_hand_aesthetic(l14, images[1]), abs=1e-5)
     assert m.provenance()["clip_model"] == "openai/clip-vit-large-patch14@0123456789abcdef0123456789abcdef01234567"
-    monkeypatch.setenv("UHR_AESTHETIC_CLIP", str(l14["dir"]))
-    assert create_metric("aesthetics").availability() == (True, None)
+    monkeypatch.setenv("UHR_LAION_CLIP", str(l14["dir"]))
+    assert create_metric("aesthetics", **_from_env("aesthetics")).availability() == (True, None)
 
 
 def test_aesthetics_unavailable_names_what_is_missing(l14, images, tmp_path):
@@ -416,7 +424,7 @@ def test_fgclip2_hf_cache_env_and_refusals(fg, images, tmp_path, monkeypatch):
     assert r.value == pytest.approx(_hand_fgclip2(fg, images[0], LONG[0]), abs=1e-4)
     assert m.provenance()["model"].startswith("qihoo360/fg-clip2-base@")
     monkeypatch.setenv(FGCLIP2_ENV, str(fg["dir"]))
-    assert create_metric("fgclip2").availability() == (True, None)
+    assert create_metric("fgclip2", **_from_env("fgclip2")).availability() == (True, None)
     # no long-text parameters: refused, never scored with a stand-in
     plain = create_metric("fgclip2", model=str(fg["plain"]))
     r = plain.score_item(_item(0, images[0], long=LONG[0]))
@@ -460,7 +468,8 @@ def test_runner_reports_the_three_metrics_with_tiny_weights(l14, b16, fg, images
     monkeypatch.setenv(FGCLIP2_ENV, str(fg["dir"]))
     cfg = BenchConfig(metrics=["aesthetics", "clipscore", "fgclip2"], data_root=str(tmp_path / "data"),
                       mlflow=False, thumbnails=False, save_views=False,
-                      metric_options={"aesthetics": {"clip_model": str(l14["dir"]), "mlp_path": str(l14["mlp"])}})
+                      metric_options={**{m: _from_env(m) for m in ("clipscore", "fgclip2")},
+                                      "aesthetics": {"clip_model": str(l14["dir"]), "mlp_path": str(l14["mlp"])}})
     r = run_bench(model_dir, prompts, config=cfg)  # ... and through the config
 
     aes = [_hand_aesthetic(l14, p) for p in images]

@@ -32,7 +32,6 @@ from curation.store import (
     raw_shard_status,
     restore_sources,
     sha256_file,
-    store_from_env,
     upload_shard,
     download_shard,
     verify_blob,
@@ -132,11 +131,16 @@ def test_ensure_local_refreshes_a_stale_copy(tmp_path):
     assert ensure_local(store, "manifests/x/none.parquet", tmp_path / "none") is False
 
 
-def test_store_from_env_local_default_and_s3_without_secrets_in_repr(tmp_path):
-    local = store_from_env({"UHR_DATA_ROOT": str(tmp_path)})
+def test_store_resource_local_default_and_s3_without_secrets_in_repr(tmp_path, monkeypatch):
+    from orchestration.resources import platform_resources_from_env
+
+    local = platform_resources_from_env({})["store"].store_or_default(tmp_path)
     assert isinstance(local, LocalStore) and local.root == (tmp_path / "store").resolve()
-    s3 = store_from_env({"UHR_S3_ENDPOINT": "https://s3.invalid:9000", "UHR_S3_BUCKET": "b", "UHR_S3_PREFIX": "p/q",
-                         "UHR_S3_ACCESS_KEY": "AKIA-visible-id", "UHR_S3_SECRET_KEY": SECRET})
+    env = {"UHR_S3_ENDPOINT": "https://s3.invalid:9000", "UHR_S3_BUCKET": "b", "UHR_S3_PREFIX": "p/q",
+           "UHR_S3_ACCESS_KEY": "AKIA-visible-id", "UHR_S3_SECRET_KEY": SECRET}
+    for k, v in env.items():  # the keys are EnvVars, resolved from the process environment
+        monkeypatch.setenv(k, v)
+    s3 = platform_resources_from_env(env)["store"].get_store()
     assert isinstance(s3, S3Store) and s3.secure and s3.url("blobs/x") == "s3://b/p/q/blobs/x"
     text = repr(s3) + str(s3.describe()) + json.dumps(s3.describe())
     assert SECRET not in text and "AKIA-visible-id" not in text
@@ -163,20 +167,21 @@ def test_resources_take_secrets_from_env_vars_only(monkeypatch):
     assert pg.masked_url() == "postgresql://dagster:***@postgres.invalid:5432/dagster"
     assert PG_SECRET in pg.url()  # only the driver-facing URL carries it
     assert res["mlflow"].uri() == "http://mlflow.invalid:5000"
-    assert res["vlm"].client_config()["backend"] == "vllm"
+    assert res["vlm"].endpoint == PROD_ENV["UHR_VLM_ENDPOINT"]
+    assert res["vlm"].client_config(res["settings"].config(), "corpus")["endpoint"] == PROD_ENV["UHR_VLM_ENDPOINT"]
     assert res["dvc"].endpoint_url == "http://minio.invalid:9000" and res["dvc"].env({})["AWS_ENDPOINT_URL"]
 
 
 def test_resources_default_to_local_without_env(monkeypatch, tmp_path):
     from orchestration.resources import resources_from_env
 
-    for k in list(PROD_ENV) + ["UHR_STORE_ROOT", "UHR_JUDGE_ENDPOINT"]:
+    for k in list(PROD_ENV) + ["UHR_STORE_ROOT", "UHR_VLM_API_KEY_ENV"]:
         monkeypatch.delenv(k, raising=False)
     monkeypatch.setenv("UHR_DATA_ROOT", str(tmp_path))
     res = resources_from_env()
     assert not res["store"].enabled and res["store"].prepare(res["settings"], "raw_pool", "s") == {}
     assert res["mlflow"].uri().startswith("sqlite:///")
-    assert res["vlm"].client_config() == {"backend": "heuristic"}
+    assert res["vlm"].endpoint is None and res["vlm"].client_config(res["settings"].config(), "corpus")["endpoint"] is None
     assert not res["postgres"].enabled
 
 

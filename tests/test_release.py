@@ -56,7 +56,7 @@ def rel(tmp_path_factory):
 
 
 def _cli(*args, env=None):
-    from orchestration.cli import cli
+    from cli.main import cli
 
     return CliRunner().invoke(cli, list(args), env=env, catch_exceptions=False)
 
@@ -247,47 +247,37 @@ def test_a_new_stage_adds_its_link_and_joins_the_audit(rel):
         core._PROVIDERS.pop("captions_test", None)
 
 
-def test_uhr_release_command_runs_the_asset_on_the_data_root_instance(rel, monkeypatch):
-    import importlib
+def test_uhr_release_command_runs_the_asset_on_the_data_root_instance(rel, monkeypatch, tmp_path):
+    import os
 
-    import orchestration.definitions as definitions
-
-    for k in ("UHR_DATA_ROOT", "UHR_PROFILE", "UHR_RAW_ROOT", "DAGSTER_HOME"):
+    for k in ("UHR_DATA_ROOT", "UHR_PROFILE", "UHR_RAW_ROOT"):
         monkeypatch.delenv(k, raising=False)
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "elsewhere"))  # not used: the data root's instance is
     monkeypatch.setenv("UHR_STORE_ROOT", str(rel["store"].root))
     monkeypatch.setenv("UHR_DVC_REMOTE", str(rel["remote"]))
-    try:
-        out = _cli("release", "v2", "--data-root", str(rel["data"]), "--profile", "test", "--no-tag")
-        assert out.exit_code == 0, out.output
-        assert "release v2:" in out.output and "audit: OK" in out.output and "git tag none" in out.output
-        from curation.release import read_entry, releases_table
+    before = dict(os.environ)
+    out = _cli("release", "v2", "--data-root", str(rel["data"]), "--profile", "test", "--no-tag")
+    assert out.exit_code == 0, out.output
+    assert dict(os.environ) == before, "the CLI configures resources, it never writes the environment"
+    assert "release v2:" in out.output and "audit: OK" in out.output and "git tag none" in out.output
+    from curation.release import read_entry, releases_table
 
-        e1, e2 = read_entry(rel["layout"], "v1"), read_entry(rel["layout"], "v2")
-        assert e2["manifest_sha256"] == e1["manifest_sha256"] and e2["git"] is None and e2["dvc"]["pushed"]
-        assert [e["name"] for e in releases_table(rel["layout"])] == ["v1", "v2"]
-        inst = DagsterInstance.from_config(str(rel["data"] / "dagster_home"))
-        assert inst.get_latest_materialization_event(__import__("dagster").AssetKey("corpus_release")) is not None
-        listed = _cli("releases", "--data-root", str(rel["data"]))
-        assert "v1" in listed.output and "v2" in listed.output
-    finally:
-        monkeypatch.undo()
-        importlib.reload(definitions)
+    e1, e2 = read_entry(rel["layout"], "v1"), read_entry(rel["layout"], "v2")
+    assert e2["manifest_sha256"] == e1["manifest_sha256"] and e2["git"] is None and e2["dvc"]["pushed"]
+    assert [e["name"] for e in releases_table(rel["layout"])] == ["v1", "v2"]
+    inst = DagsterInstance.from_config(str(rel["data"] / "dagster_home"))
+    assert inst.get_latest_materialization_event(__import__("dagster").AssetKey("corpus_release")) is not None
+    assert not (tmp_path / "elsewhere").exists()
+    listed = _cli("releases", "--data-root", str(rel["data"]))
+    assert "v1" in listed.output and "v2" in listed.output
 
 
 def test_release_with_nothing_to_release_fails_with_the_reason(tmp_path, monkeypatch):
-    import importlib
-
-    import orchestration.definitions as definitions
+    from cli.main import cli
 
     for k in ("UHR_DATA_ROOT", "UHR_PROFILE", "UHR_RAW_ROOT", "DAGSTER_HOME", "UHR_STORE_ROOT"):
         monkeypatch.delenv(k, raising=False)
-    try:
-        from orchestration.cli import cli
-
-        out = CliRunner().invoke(cli, ["release", "x1", "--data-root", str(tmp_path / "empty")])
-        assert out.exit_code != 0 and "nothing to release: no passed corpus_100mp rows" in out.output
-        audit = CliRunner().invoke(cli, ["audit", "x1", "--data-root", str(tmp_path / "empty")])
-        assert audit.exit_code == 1 and "not in the releases table" in audit.output
-    finally:
-        monkeypatch.undo()
-        importlib.reload(definitions)
+    out = CliRunner().invoke(cli, ["release", "x1", "--data-root", str(tmp_path / "empty")])
+    assert out.exit_code != 0 and "nothing to release: no passed corpus_100mp rows" in out.output
+    audit = CliRunner().invoke(cli, ["audit", "x1", "--data-root", str(tmp_path / "empty")])
+    assert audit.exit_code == 1 and "not in the releases table" in audit.output

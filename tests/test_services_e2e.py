@@ -342,7 +342,7 @@ def test_release_to_s3_with_a_dvc_s3_remote_then_audit_and_trace_from_a_fresh_wo
 
     from curation.release import read_entry
     from curation.store import blob_key
-    from orchestration.cli import cli
+    from cli.main import cli
     from orchestration.definitions import build_definitions
     from orchestration.resources import AestheticModels, DVCRemote
 

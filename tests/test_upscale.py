@@ -266,7 +266,7 @@ def test_diffusers_unavailable_without_gpu():
 # -- CLI --------------------------------------------------------------------------------------
 
 def test_cli_upscale_and_seam_check(tmp_path, photo):
-    from curation.upscale.commands import COMMANDS
+    from cli.corpus import COMMANDS
 
     upscale, seam = COMMANDS
     write_array(tmp_path / "in.png", photo)

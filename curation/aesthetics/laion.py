@@ -10,8 +10,8 @@ the MLP "improved aesthetic predictor"; its checkpoint has other keys and is rej
 Weights are never downloaded here. ``clip_model`` is either a model id looked up in the
 local HF cache only (``local_files_only=True``; default ``openai/clip-vit-large-patch14``)
 or a local directory written by ``save_pretrained`` (a full ``CLIPModel`` checkpoint or a
-vision-only one both load). The head comes from ``head_path`` or, when that is null, the
-environment variable ``UHR_LAION_HEAD``.
+vision-only one both load). The head comes from ``head_path`` (the ``aesthetics`` resource
+sets it from ``UHR_LAION_HEAD``; this library reads no environment).
 
 Construction never loads anything heavy and never fails on missing files:
 :meth:`LaionAestheticScorer.availability` checks the files (and loads the 3 KB head) and
@@ -99,7 +99,7 @@ class LaionAestheticScorer(AestheticScorer):
     Parameters (the keys of ``purification.aesthetics.laion``):
 
     * ``clip_model`` -- HF model id (looked up in the local cache only) or a local directory;
-    * ``head_path`` -- path to ``sa_0_4_vit_l_14_linear.pth``; null: env ``UHR_LAION_HEAD``;
+    * ``head_path`` -- path to ``sa_0_4_vit_l_14_linear.pth`` (the resource's ``UHR_LAION_HEAD``);
     * ``batch_size`` -- images per forward pass;
     * ``device`` -- ``"cpu"``, ``"cuda"``, ...; null or ``"auto"``: CUDA if available;
     * ``cache_dir`` -- HF cache directory; null: the default (``HF_HUB_CACHE`` / ``HF_HOME``).
@@ -119,8 +119,6 @@ class LaionAestheticScorer(AestheticScorer):
         if int(batch_size) < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.clip_model = str(clip_model or DEFAULT_CLIP_MODEL)
-        if head_path is None:
-            head_path = os.environ.get(HEAD_ENV) or None
         self.head_path = str(Path(head_path).expanduser()) if head_path else None
         self.batch_size = int(batch_size)
         self.device_request = device

@@ -162,3 +162,15 @@ def _seam_check(src: Any, stride: int, r_t: float, n: int, eps: float, box: int,
     n_flag = sum(s["flagged"] for s in segs)
     return SeamResult(max_ratio=float(worst["ratio"]) if worst else 0.0, seams=len(segs), flagged=n_flag > 0,
                       n_flagged=n_flag, threshold=r_t, stride=stride, worst=worst, segments=segs)
+
+
+def seam_check_record(path: str, stride: int = STRIDE, r_t: float = R_T) -> dict:
+    """The ``uhr seam-check`` line of one file: ``path, max_ratio, seams, flagged``; an unreadable
+    file gets ``flagged: None`` and ``error`` instead of raising."""
+    rec: dict = {"path": path}
+    try:
+        r = seam_check(path, stride=stride, r_t=r_t)
+        rec.update(max_ratio=r.max_ratio, seams=r.seams, flagged=r.flagged)
+    except Exception as exc:  # unreadable file: report, keep going
+        rec.update(max_ratio=None, seams=0, flagged=None, error=f"{type(exc).__name__}: {exc}")
+    return rec

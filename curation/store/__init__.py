@@ -10,7 +10,7 @@ Keys (relative to the store's prefix)::
 Modules:
 
 * :mod:`curation.store.backends` -- the :class:`ObjectStore` interface, :class:`LocalStore`,
-  :class:`S3Store`, :func:`store_from_env`, the errors and key helpers;
+  :class:`S3Store`, the errors and key helpers;
 * :mod:`curation.store.blobs` -- content-addressed blobs: put/get (hash checked), digest and
   verify, :func:`publish_blobs`, :func:`restore_sources`;
 * :mod:`curation.store.sync` -- a worker's data root against the store: manifests, thresholds,
@@ -36,7 +36,6 @@ from curation.store.backends import (
     md5_file,
     raw_shard_prefix,
     sha256_file,
-    store_from_env,
 )
 from curation.store.blobs import (
     blob_digest,
@@ -71,7 +70,7 @@ from curation.store.sync import (
 __all__ = [
     "BLOBS", "MANIFESTS", "RAW_PREFIX", "THRESHOLDS_STAGE", "stage_blobs", "stage_inputs",
     "StoreError", "ObjectNotFound", "BlobIntegrityError", "ObjectInfo",
-    "ObjectStore", "LocalStore", "S3Store", "store_from_env",
+    "ObjectStore", "LocalStore", "S3Store",
     "manifest_key", "raw_shard_prefix", "sha256_file", "md5_file",
     "blob_key", "put_blob", "get_blob", "blob_digest", "verify_blob", "publish_blobs", "restore_sources",
     "data_key", "publish_file", "publish_manifest", "ensure_local", "ensure_local_manifest", "remote_shards",

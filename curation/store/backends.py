@@ -7,10 +7,10 @@
 Keys are relative to the store's prefix; the top-level namespaces are :data:`BLOBS`,
 :data:`MANIFESTS` and :data:`RAW_PREFIX` (see the package docstring for the layout).
 
-:func:`store_from_env` builds the store from ``UHR_S3_ENDPOINT``, ``UHR_S3_BUCKET``,
-``UHR_S3_PREFIX``, ``UHR_S3_ACCESS_KEY`` / ``UHR_S3_SECRET_KEY`` (``UHR_S3_SECURE``); with no
-endpoint it is a local folder. Credentials live only in the client: never in ``repr``,
-:meth:`ObjectStore.describe`, logs or metadata.
+:class:`orchestration.resources.ObjectStoreResource` (the ``store`` resource, configured by
+``UHR_S3_*`` / ``UHR_STORE_ROOT``) builds the store; this package reads no environment.
+Credentials live only in the client: never in ``repr``, :meth:`ObjectStore.describe`, logs or
+metadata.
 """
 
 from __future__ import annotations
@@ -404,30 +404,4 @@ class S3Store(ObjectStore):
         self._client.remove_object(self.bucket, self._full(key))
 
 
-def _truthy(v: str | None) -> bool:
-    return str(v or "").strip().lower() in ("1", "true", "yes", "on")
-
-
-def store_from_env(env: Mapping[str, str] | None = None, local_root: str | os.PathLike | None = None) -> ObjectStore:
-    """S3 when ``UHR_S3_ENDPOINT`` is set, else a local folder.
-
-    The local folder is ``local_root``, else ``UHR_STORE_ROOT``, else ``<UHR_DATA_ROOT>/store``.
-    Credentials: ``UHR_S3_ACCESS_KEY`` / ``UHR_S3_SECRET_KEY`` (falling back to the standard
-    ``AWS_ACCESS_KEY_ID`` / ``AWS_SECRET_ACCESS_KEY``).
-    """
-    env = os.environ if env is None else env
-    endpoint = (env.get("UHR_S3_ENDPOINT") or "").strip()
-    if endpoint:
-        secure = True if _truthy(env.get("UHR_S3_SECURE")) else None
-        return S3Store(
-            endpoint,
-            bucket=env.get("UHR_S3_BUCKET") or "uhrforge",
-            prefix=env.get("UHR_S3_PREFIX") or "",
-            access_key=env.get("UHR_S3_ACCESS_KEY") or env.get("AWS_ACCESS_KEY_ID"),
-            secret_key=env.get("UHR_S3_SECRET_KEY") or env.get("AWS_SECRET_ACCESS_KEY"),
-            secure=secure,
-            region=env.get("UHR_S3_REGION") or None,
-        )
-    root = local_root or env.get("UHR_STORE_ROOT") or Path(env.get("UHR_DATA_ROOT") or Path("data") / "demo") / "store"
-    return LocalStore(root)
 

@@ -7,7 +7,7 @@
   ``upscale_image``);
 * :mod:`.storage` - region sources and streaming writers (tiled TIFF default, PNG, JPEG XL,
   WebP);
-* :mod:`.commands` - ``uhr upscale`` and ``uhr seam-check``.
+* ``uhr upscale`` and ``uhr seam-check`` live in :mod:`cli.corpus`.
 """
 
 from curation.upscale.tiers import ARCHIVE, X2, X4, scale_for, tier_bounds, tier_for

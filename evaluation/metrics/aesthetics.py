@@ -23,7 +23,7 @@ MLP_LAYERS = (768, 1024, 128, 64, 16, 1)
 MLP_LINEAR_INDICES = (0, 2, 4, 6, 7)
 MLP_DROPOUTS = {1: 0.2, 3: 0.2, 5: 0.1}
 CLIP_L14_MODEL = "openai/clip-vit-large-patch14"
-CLIP_ENV = "UHR_AESTHETIC_CLIP"
+CLIP_ENV = "UHR_LAION_CLIP"  # the same CLIP ViT-L/14 as the curation's LAION scorer
 MLP_ENV = "UHR_AESTHETIC_MLP"
 OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -125,11 +125,11 @@ class AestheticsMetric(HFModelMetric):
 
     Where the weights come from (nothing is downloaded):
 
-    * CLIP: metric option ``clip_model``, else ``$UHR_AESTHETIC_CLIP``, else the hub id
+    * CLIP: metric option ``clip_model`` (the bench settings pass ``$UHR_LAION_CLIP``), else the hub id
       ``openai/clip-vit-large-patch14``; a hub id is read from the local HF cache only
       (option ``cache_dir``), a directory is any ``save_pretrained`` copy (full ``CLIPModel`` or
       vision-only checkpoint). ``config.json`` and the weights are required;
-    * MLP: option ``mlp_path``, else ``$UHR_AESTHETIC_MLP``, else
+    * MLP: option ``mlp_path`` (the bench settings pass ``$UHR_AESTHETIC_MLP``), else
       ``$TORCH_HOME/hub/checkpoints/sac+logos+ava1-l14-linearMSE.pth``.
 
     Deviations: the reference loads ``clip.load("ViT-L/14")`` (OpenAI's ``ViT-L-14.pt``); here

@@ -97,8 +97,8 @@ class ClipScoreMetric(CaptionedImageMixin, HFModelMetric):
       processed one by one, and CLIP's text tower is causal and pools at the EOS position,
       which the batch's padding does not move).
 
-    Where the weights come from (nothing is downloaded): metric option ``clip_model``, else
-    ``$UHR_CLIPSCORE_CLIP``, else the hub id ``openai/clip-vit-base-patch16`` (local HF cache
+    Where the weights come from (nothing is downloaded): metric option ``clip_model`` (the
+    bench settings pass ``$UHR_CLIPSCORE_CLIP``), else the hub id ``openai/clip-vit-base-patch16`` (local HF cache
     only, option ``cache_dir``); a directory must hold ``config.json``,
     ``preprocessor_config.json``, the tokenizer and the weights.
 

@@ -138,8 +138,8 @@ class FgClip2Metric(CaptionedImageMixin, HFModelMetric):
     * both L2-normalised; score = ``max(cos, 0) * 100``; set score = mean over images. The
       cosine and the patch budget are kept in ``extra``.
 
-    Where the weights come from (nothing is downloaded): metric option ``model``, else
-    ``$UHR_FGCLIP2_MODEL``, else the hub id ``qihoo360/fg-clip2-base`` (local HF cache only,
+    Where the weights come from (nothing is downloaded): metric option ``model`` (the bench
+    settings pass ``$UHR_FGCLIP2_MODEL``), else the hub id ``qihoo360/fg-clip2-base`` (local HF cache only,
     option ``cache_dir``); the folder must hold ``config.json``, ``preprocessor_config.json``,
     the tokenizer and the weights.
 

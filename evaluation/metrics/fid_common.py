@@ -218,10 +218,11 @@ def tf1_bilinear_resize(x: "Any", out: int = INCEPTION_SIZE) -> "Any":
 
 
 def cpu_threads() -> int:
-    """Threads for CPU inference: ``$UHR_TORCH_THREADS``, else the usable cores minus one (at
+    """Threads for CPU inference: ``$UHRFORGE_TORCH_THREADS`` (a runtime switch like the kernel
+    ones), else the usable cores minus one (at
     least 1). OpenMP threads that outnumber the free cores make every forward pass stall for
     seconds on a shared 2-core machine; one thread there is 10x steadier."""
-    env = os.environ.get("UHR_TORCH_THREADS")
+    env = os.environ.get("UHRFORGE_TORCH_THREADS")
     if env:
         return max(1, int(env))
     try:

@@ -6,8 +6,8 @@ Used by ``aesthetics``, ``clipscore`` and ``fgclip2``. Nothing here downloads: a
   cache folder: the metric option ``cache_dir``, else ``$HF_HUB_CACHE`` / ``$HF_HOME``), or
 * a **local directory** written by ``save_pretrained`` / ``hf download --local-dir``.
 
-Each metric takes the model from its metric option (``BenchConfig.metric_options``), else from
-its environment variable, else its default hub id (see :func:`setting`). The id/path rule is
+Each metric takes the model from its metric option (``BenchConfig.metric_options``, filled from
+its environment variable by the bench settings), else its default hub id (see :func:`setting`). The id/path rule is
 the curation LAION adapter's (:func:`curation.aesthetics.laion._looks_like_path`): a string that
 cannot be a ``namespace/name`` id, or that exists on disk, is a path.
 
@@ -49,10 +49,12 @@ def looks_like_path(spec: str) -> bool:
 
 
 def setting(option: Any, env: str, default: str | None) -> str | None:
-    """The metric option if given, else ``$env`` if set and non-empty, else ``default``."""
+    """The metric option if given, else ``default``. ``env`` only names the variable that sets the
+    option: the bench settings (``orchestration.bench_resources``, for ``uhr bench``, ``uhr metric``
+    and the ``bench_scores`` asset) read it and pass its value as the option."""
     if option not in (None, ""):
         return str(option)
-    return os.environ.get(env) or default
+    return default
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,25 @@
-"""``uhr`` commands that drive Dagster: ``demo``, ``materialize`` and ``dvc-yaml``."""
+"""``uhr demo``, ``uhr materialize`` and ``uhr dvc-yaml``: the curation graph on a data root."""
 
 from __future__ import annotations
 
 import click
+
+
+class StageName(click.Choice):
+    """A stage-table name, the table read when first needed (``uhr --help`` does not import it)."""
+
+    def __init__(self) -> None:
+        super().__init__([])
+
+    @property
+    def choices(self):
+        from curation.stages.table import STAGES
+
+        return tuple(STAGES.names())
+
+    @choices.setter
+    def choices(self, _value) -> None:
+        pass
 
 
 @click.command("demo")
@@ -18,33 +35,24 @@ def demo_cmd(data_root: str, profile: str, n: int | None, seed: int, raw_root: s
     run_demo(data_root, profile=profile, n=n, seed=seed, raw_root=raw_root)
 
 
-ASSET_NAMES = ("raw_pool", "image_scores", "purification_thresholds", "candidate_pool", "corpus_100mp")
-
-
 @click.command("materialize")
 @click.option("--data-root", required=True, help="Data root (manifests, reports, Dagster storage).")
 @click.option("--raw-root", required=True, help="Folder of raw shard folders.")
 @click.option("--profile", default="paper", show_default=True)
-@click.option("--asset", "assets", multiple=True, type=click.Choice(ASSET_NAMES),
+@click.option("--asset", "assets", multiple=True, type=StageName(),
               help="Materialise only this asset (every registered shard); repeatable. Default: the whole graph.")
 def materialize_cmd(data_root: str, raw_root: str, profile: str, assets: tuple[str, ...]) -> None:
     """Register every shard folder of RAW_ROOT and materialise the curation assets.
 
-    The runs go to the Dagster instance under DATA_ROOT/dagster_home (DAGSTER_HOME), so the UI
-    shows them -- DVC-triggered ones (one ``--asset`` per stage) included."""
-    import importlib
+    The runs go to the Dagster instance under DATA_ROOT/dagster_home, so the UI shows them --
+    DVC-triggered ones (one ``--asset`` per stage) included."""
+    from orchestration.pipeline import materialize_all
+    from orchestration.runs import definitions_for, instance_for
 
-    from dagster import DagsterInstance
-
-    from orchestration.pipeline import materialize_all, set_env
-
-    set_env(data_root, profile, raw_root)
-    import orchestration.definitions as definitions
-
-    definitions = importlib.reload(definitions)
-    instance = DagsterInstance.get()
+    defs = definitions_for(data_root, raw_root, profile)
+    instance = instance_for(data_root)
     try:
-        materialize_all(definitions.defs, instance, raw_root, log=click.echo, assets=list(assets) or None)
+        materialize_all(defs, instance, raw_root, log=click.echo, assets=list(assets) or None)
     finally:
         instance.dispose()
 

@@ -1,21 +1,31 @@
-"""``uhr metric NAME PATH... [--json]``: score image files with one registered bench metric.
+"""``uhr metric`` and ``uhr bench``: one bench metric on image files, a model folder on the bench.
 
-Only ``click`` is imported at module level (``uhr --help`` stays fast); the metric registry is
-imported when the command runs.
+The bench settings (model locations of the weight-based metrics, judge, MLflow) come from
+:func:`orchestration.bench_resources.bench_settings_from_env`, the options given here winning.
 """
 
 from __future__ import annotations
 
+import json
+
 import click
+
+
+def _metric(name: str):
+    """The registered metric ``name`` with the configured model locations."""
+    from evaluation.metrics import create_metric
+    from orchestration.bench_resources import bench_settings_from_env
+
+    return create_metric(name, **bench_settings_from_env().metric_options().get(name, {}))
 
 
 def _list_callback(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
     if not value or ctx.resilient_parsing:
         return
-    from evaluation.metrics import create_metric, describe_metrics
+    from evaluation.metrics import describe_metrics
 
     for info in describe_metrics():
-        ok, why = create_metric(info["name"]).availability()
+        ok, why = _metric(info["name"]).availability()
         state = "available" if ok else f"not available: {why}"
         click.echo(f"{info['name']:<18} {info['kind']:<9} {state}")
     ctx.exit(0)
@@ -30,14 +40,13 @@ def _list_callback(ctx: click.Context, _param: click.Parameter, value: bool) -> 
 def metric_cmd(name: str, paths: tuple[str, ...], as_json: bool) -> None:
     """Score each image PATH with the per-image metric NAME (e.g. glcm, glcm_entropy,
     compression_ratio). A value that cannot be computed faithfully is null with a reason."""
-    import json
     import math
 
-    from evaluation.metrics import PER_IMAGE, create_metric, list_metrics
+    from evaluation.metrics import PER_IMAGE, list_metrics
 
     if name not in list_metrics():
         raise click.BadParameter(f"unknown metric {name!r}; known: {', '.join(list_metrics())}", param_hint="NAME")
-    metric = create_metric(name)
+    metric = _metric(name)
     if metric.kind != PER_IMAGE:
         raise click.BadParameter(f"{name} is a per-set metric; score a set with `uhr bench`", param_hint="NAME")
     for path in paths:
@@ -55,6 +64,26 @@ def metric_cmd(name: str, paths: tuple[str, ...], as_json: bool) -> None:
             click.echo(f"{path}\t{r.metric}\t{shown}")
 
 
+def _summary(result) -> dict:
+    """The ``--json`` object of a bench result."""
+    from evaluation.runner import _jsonable
+
+    return _jsonable({
+        "model": result.model,
+        "n_prompts": result.n_prompts,
+        "n_images": result.n_images,
+        "missing": result.missing,
+        "extra_files": result.extra_files,
+        "metrics": {k: {"value": v["value"], **({"reason": v["reason"]} if v["value"] is None else {}),
+                        "kind": v["kind"], "protocol_version": v["protocol_version"]}
+                    for k, v in result.metrics.items()},
+        "judge": result.judge,
+        "timings": result.timings,
+        "files": result.files,
+        "mlflow": result.mlflow,
+    })
+
+
 @click.command("bench")
 @click.argument("model_dir", type=click.Path(exists=True, file_okay=False))
 @click.option("--prompts", required=True, type=click.Path(exists=True, dir_okay=False),
@@ -70,10 +99,10 @@ def metric_cmd(name: str, paths: tuple[str, ...], as_json: bool) -> None:
 @click.option("--data-root", default=None, help="Data root for default outputs and the MLflow store "
               "(default $UHR_DATA_ROOT or data/demo).")
 @click.option("--judge", "judge_backend", type=click.Choice(["auto", "vllm", "heuristic", "none"]), default=None,
-              help="MSFI / ICS judge backend (default $UHR_JUDGE_BACKEND or auto: vllm with --judge-endpoint, "
+              help="MSFI / ICS judge backend (default auto: vllm when an endpoint is configured, "
                    "else the offline heuristic judge, reported as msfi_heuristic / ics_heuristic).")
-@click.option("--judge-endpoint", default=None, help="OpenAI-compatible judge endpoint (default $UHR_JUDGE_ENDPOINT).")
-@click.option("--judge-model", default=None, help="Served judge model name (default $UHR_JUDGE_MODEL or Qwen3.5-35B-A3B).")
+@click.option("--judge-endpoint", default=None, help="OpenAI-compatible judge endpoint (default $UHR_VLM_ENDPOINT, else judges.bench.endpoint).")
+@click.option("--judge-model", default=None, help="Served judge model name (default judges.bench.model of the profile).")
 @click.option("--no-mlflow", is_flag=True, help="Do not log an MLflow run.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object: model, metrics (value or null and "
               "reason), images, missing, files, MLflow run.")
@@ -83,40 +112,20 @@ def bench_cmd(model_dir: str, prompts: str, reference: str | None, out_dir: str 
     """Score the images in MODEL_DIR on the bench (every registered metric; unavailable ones say
     why), write per-image CSV / HTML and scores.json, and log an MLflow run
     ($MLFLOW_TRACKING_URI, default a sqlite store under the data root)."""
-    import json
-    import os
-    from pathlib import Path
-
     from evaluation.reports import display_name, table3_markdown
-    from evaluation.runner import BenchConfig, _jsonable, default_data_root, make_judge, run_bench
+    from evaluation.runner import run_bench
+    from orchestration.bench_resources import bench_settings_from_env
 
-    root = Path(data_root) if data_root else default_data_root()
-    judge = make_judge(judge_backend or os.environ.get("UHR_JUDGE_BACKEND") or "auto",
-                       judge_endpoint or os.environ.get("UHR_JUDGE_ENDPOINT"),
-                       judge_model or os.environ.get("UHR_JUDGE_MODEL"), os.environ.get("UHR_JUDGE_API_KEY_ENV"),
-                       root / "cache" / "vlm")
-    cfg = BenchConfig(metrics=list(metrics) or None, eval_size=eval_size, judge=judge, data_root=str(root),
-                      mlflow=not no_mlflow)
+    settings = bench_settings_from_env(data_root, judge_backend=judge_backend, judge_endpoint=judge_endpoint,
+                                       judge_model=judge_model)
+    cfg = settings.bench_config(metrics=list(metrics) or None, eval_size=eval_size, mlflow=not no_mlflow)
     log = (lambda _m: None) if as_json else (lambda m: click.echo(m, err=True))
     try:
         result = run_bench(model_dir, prompts, reference=reference, out_dir=out_dir, config=cfg, name=name, log=log)
     except (KeyError, ValueError) as exc:
         raise click.UsageError(str(exc)) from None
     if as_json:
-        click.echo(json.dumps(_jsonable({
-            "model": result.model,
-            "n_prompts": result.n_prompts,
-            "n_images": result.n_images,
-            "missing": result.missing,
-            "extra_files": result.extra_files,
-            "metrics": {k: {"value": v["value"], **({"reason": v["reason"]} if v["value"] is None else {}),
-                            "kind": v["kind"], "protocol_version": v["protocol_version"]}
-                        for k, v in result.metrics.items()},
-            "judge": result.judge,
-            "timings": result.timings,
-            "files": result.files,
-            "mlflow": result.mlflow,
-        })))
+        click.echo(json.dumps(_summary(result)))
     else:
         click.echo(table3_markdown([result]))
         click.echo(f"per-image page: {result.files.get('html')}")

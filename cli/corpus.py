@@ -1,8 +1,4 @@
-"""``uhr upscale`` and ``uhr seam-check`` (the corpus issue's CLI contracts).
-
-Only ``click`` is imported at module level; the image code loads inside the commands.
-Add ``("curation.upscale.commands", "COMMANDS")`` to ``orchestration.cli.COMMAND_MODULES``.
-"""
+"""``uhr upscale`` and ``uhr seam-check`` (the 100 MP corpus: tiled SR of one image, the seam check)."""
 
 from __future__ import annotations
 
@@ -45,16 +41,14 @@ def upscale_cmd(src, dst, scale, backend_name, tile, overlap, pad, ramp, prompt,
     except BackendUnavailable as exc:
         raise click.ClickException(f"backend {backend_name!r} unavailable: {exc}") from None
     try:
-        spec = TileSpec(tile=tile, overlap=overlap, pad=pad, ramp=ramp)
-        engine = TiledUpscaler(backend, spec, workers)
+        engine = TiledUpscaler(backend, TileSpec(tile=tile, overlap=overlap, pad=pad, ramp=ramp), workers)
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from None
     backend.begin_image(prompt=prompt)
     source = open_source(src)
     try:
-        plan = engine.plan(source.height, source.width)
-        with click.progressbar(length=plan.n_tiles, label=f"upscale {scale}x ({plan.n_tiles} tiles)",
-                               file=sys.stderr) as bar:
+        n_tiles = engine.plan(source.height, source.width).n_tiles
+        with click.progressbar(length=n_tiles, label=f"upscale {scale}x ({n_tiles} tiles)", file=sys.stderr) as bar:
             info = engine.upscale_file(source, dst, progress=bar.update)
     except ValueError as exc:  # e.g. WebP beyond its 16383-px side limit
         raise click.ClickException(str(exc)) from None
@@ -74,15 +68,10 @@ def upscale_cmd(src, dst, scale, backend_name, tile, overlap, pad, ramp, prompt,
 def seam_check_cmd(paths, as_json, stride, threshold):
     """Gradient ratio across every seam on the --stride grid; one line per image:
     ``{"path", "max_ratio", "seams", "flagged"}``. Exit status 0 even when flagged."""
-    from curation.final_filters.seams import seam_check
+    from curation.final_filters.seams import seam_check_record
 
     for p in paths:
-        rec: dict = {"path": p}
-        try:
-            r = seam_check(p, stride=stride, r_t=threshold)
-            rec.update(max_ratio=r.max_ratio, seams=r.seams, flagged=r.flagged)
-        except Exception as exc:  # unreadable file: report, keep going
-            rec.update(max_ratio=None, seams=0, flagged=None, error=f"{type(exc).__name__}: {exc}")
+        rec = seam_check_record(p, stride=stride, r_t=threshold)
         if as_json:
             click.echo(json.dumps(rec))
         else:
