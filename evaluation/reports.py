@@ -25,6 +25,8 @@ import os
 from pathlib import Path
 from typing import Any, Sequence
 
+from evaluation.results import NOT_SELECTED
+
 #: Table 3's columns first, then the project's metrics next to what they stand in for
 COLUMN_ORDER = (
     "fid", "fid_fidhelper_inception", "fid_patch", "fid_patch_fidhelper_inception", "aesthetics", "glcm",
@@ -70,8 +72,6 @@ def _order_key(name: str) -> tuple[int, str]:
 
 def table_metrics(results: Sequence[Any]) -> list[str]:
     """Metric columns: every metric that was run for at least one model (not 'not selected')."""
-    from evaluation.runner import NOT_SELECTED
-
     names = {k for r in results for k, v in r.metrics.items() if v.get("reason") != NOT_SELECTED}
     return sorted(names, key=_order_key)
 

@@ -33,7 +33,6 @@ Library only: no Dagster import (the asset in ``assets/bench.py`` and ``uhr benc
 from __future__ import annotations
 
 import json
-import math
 import os
 import re
 import time
@@ -42,10 +41,11 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 from curation.hashing import sha256_file
+from evaluation.reports import per_image_csv, per_image_html
+from evaluation.results import NOT_SELECTED, RESULT_FILE, BenchResult, _jsonable, load_result  # noqa: F401  (re-exported)
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp")
 DEFAULT_EXPERIMENT = "uhrforge-bench"
-RESULT_FILE = "scores.json"
 THUMB_PX = 256
 
 Log = Callable[[str], None]
@@ -131,25 +131,25 @@ def default_data_root() -> Path:
     return Path("data") / "demo"
 
 
-PAPER_JUDGE_MODEL = "Qwen3.5-35B-A3B"
-
-
-def make_judge(backend: str | None, endpoint: str | None = None, model: str | None = None,
-               api_key_env: str | None = None, cache_dir: str | os.PathLike | None = None) -> Any:
+def make_judge(backend: str | None, section: Mapping[str, Any] | None = None, *,
+               base_dir: str | os.PathLike | None = None, cache_dir: str | os.PathLike | None = None) -> Any:
     """The MSFI / ICS judge: a :mod:`curation.vlm` client, or None for backend ``none``.
 
-    ``auto``: ``vllm`` when an endpoint is given (served model name ``model``, default the
-    paper's judge ``Qwen3.5-35B-A3B``), else the offline ``heuristic`` client (whose scores the
-    metrics report as ``msfi_heuristic`` / ``ics_heuristic``)."""
+    ``section``: the client config, i.e. ``judges.bench`` of the profile with the deployment's
+    endpoint (``curation.vlm.use_config``; ``BenchSettings.judge`` builds it); a relative
+    ``cache_dir`` resolves against ``base_dir`` (the data root), ``cache_dir`` overrides it.
+    ``auto``: ``vllm`` when the section has an endpoint, else the offline ``heuristic`` client
+    (whose scores the metrics report as ``msfi_heuristic`` / ``ics_heuristic``); an endpoint
+    that cannot be reached gives judge failures, never heuristic scores."""
     backend = (backend or "auto").lower()
     if backend == "none":
         return None
     from curation.vlm import create_vlm_client
 
-    cfg: dict[str, Any] = {"backend": backend}
-    if endpoint:
-        cfg.update(endpoint=endpoint, model=model or PAPER_JUDGE_MODEL, api_key_env=api_key_env)
-    return create_vlm_client(cfg, cache_dir=str(cache_dir) if cache_dir else None)
+    cfg: dict[str, Any] = {**dict(section or {}), "backend": backend}
+    if cache_dir:
+        cfg["cache_dir"] = str(cache_dir)
+    return create_vlm_client(cfg, base_dir=base_dir)
 
 
 def default_tracking_uri(data_root: str | os.PathLike | None = None) -> str:
@@ -197,102 +197,10 @@ class BenchConfig:
 
 
 # =============================================================================================
-# result
-# =============================================================================================
-@dataclass
-class BenchResult:
-    """Everything one bench run produced (``scores.json`` is :meth:`to_dict`)."""
-
-    model: str
-    source: dict[str, Any]
-    out_dir: str
-    prompts_file: str
-    prompts_sha256: str
-    reference_dir: str | None
-    n_prompts: int
-    rows: list[dict[str, Any]]
-    metrics: dict[str, dict[str, Any]]          # name -> {value, reason, kind, higher_is_better, protocol_version, extra}
-    missing: list[str]
-    extra_files: list[str]
-    ambiguous: dict[str, list[str]]
-    reference_missing: list[str]
-    judge: dict[str, Any]
-    config: dict[str, Any]
-    timings: dict[str, Any]
-    generation: dict[str, Any] | None = None
-    mlflow: dict[str, Any] | None = None
-    files: dict[str, str] = field(default_factory=dict)
-
-    # -- views ------------------------------------------------------------------------------
-    def value(self, metric: str) -> float | None:
-        m = self.metrics.get(metric)
-        return None if m is None else m.get("value")
-
-    def reason(self, metric: str) -> str | None:
-        m = self.metrics.get(metric)
-        return None if m is None else m.get("reason")
-
-    @property
-    def protocols(self) -> dict[str, str]:
-        return {k: v["protocol_version"] for k, v in self.metrics.items() if v.get("protocol_version")}
-
-    @property
-    def n_images(self) -> int:
-        return sum(1 for r in self.rows if r["status"] == "ok")
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "BenchResult":
-        names = cls.__dataclass_fields__.keys()
-        return cls(**{k: d[k] for k in names if k in d})
-
-    def save(self, path: str | os.PathLike | None = None) -> str:
-        path = Path(path or Path(self.out_dir) / RESULT_FILE)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(_jsonable(self.to_dict()), indent=1, allow_nan=False))
-        os.replace(tmp, path)
-        return str(path)
-
-
-def load_result(path: str | os.PathLike) -> BenchResult:
-    """A saved run (``scores.json`` or the folder holding it)."""
-    p = Path(path)
-    if p.is_dir():
-        p = p / RESULT_FILE
-    return BenchResult.from_dict(json.loads(p.read_text()))
-
-
-def _jsonable(x: Any) -> Any:
-    """JSON-safe copy: NaN/inf -> None, numpy scalars -> Python, tuples -> lists, bytes dropped."""
-    if isinstance(x, dict):
-        return {str(k): _jsonable(v) for k, v in x.items() if not isinstance(v, (bytes, bytearray))}
-    if isinstance(x, (list, tuple)):
-        return [_jsonable(v) for v in x]
-    if isinstance(x, float):
-        return x if math.isfinite(x) else None
-    if isinstance(x, (str, int, bool)) or x is None:
-        return x
-    try:
-        import numpy as np
-
-        if isinstance(x, np.generic):
-            return _jsonable(x.item())
-        if isinstance(x, np.ndarray):
-            return _jsonable(x.tolist())
-    except ImportError:  # pragma: no cover
-        pass
-    return str(x)
-
-
-# =============================================================================================
 # metrics
 # =============================================================================================
 FID_FAMILY = ("fid", "fid_patch", "fid_fidhelper_inception", "fid_patch_fidhelper_inception")
 JUDGED = ("msfi", "ics")
-NOT_SELECTED = "not run: not selected for this bench run"
 
 
 def _make_metric(name: str, cfg: BenchConfig, cache_dir: str | None) -> Any:
@@ -365,12 +273,59 @@ def run_bench(model: str | os.PathLike | Any, prompts: str | os.PathLike, refere
     needed by the FID family. ``out_dir``: this model's output folder (default
     ``<data root>/bench/<name>``). ``name``: the model's name in reports and MLflow (default:
     the folder's name or the generator's ``name``). Returns the :class:`BenchResult` (also
-    saved as ``scores.json``)."""
-    from evaluation.generation import PeakMemory, generate_bench, generator_availability
+    saved as ``scores.json``).
+
+    The phases, in order: :func:`resolve_inputs`, :func:`load_metrics`, :func:`score_images`
+    and :func:`aggregate_scores` (both under one peak-memory probe), :func:`complete_records`,
+    :func:`assemble_result`, :func:`write_outputs`, :func:`log_run`."""
+    from evaluation.generation import PeakMemory
 
     cfg = config or BenchConfig()
     log = log or (lambda _msg: None)
     t_start = time.perf_counter()
+    inputs = resolve_inputs(model, prompts, reference, out_dir, cfg, name, log)
+    chosen = load_metrics(cfg, inputs.data_root)
+    t_score = time.perf_counter()
+    with PeakMemory() as mem:
+        scored = score_images(inputs, chosen, cfg, log)
+        aggregate_scores(inputs, chosen, scored, log)
+    scoring_s = time.perf_counter() - t_score
+    records = complete_records(chosen, scored.rows)
+    result = assemble_result(inputs, chosen, scored, records, cfg, scoring_s, mem)
+    write_outputs(result)
+    log_run(result, cfg, inputs.data_root, log)
+    result.timings["total_s"] = round(time.perf_counter() - t_start, 4)
+    result.save()
+    return result
+
+
+@dataclass
+class BenchInputs:
+    """What a run scores, resolved: the prompts, the model's name and source, the output folder,
+    the image folder (generated first for a generator) and the images matched to the bench rows."""
+
+    name: str
+    source: dict[str, Any]
+    prompts_path: Path
+    rows: list[BenchPrompt]
+    data_root: Path
+    out: Path
+    folder: Path
+    reference: str | os.PathLike | None
+    generation: dict[str, Any] | None
+    matching: Matching
+    gen_paths: list[str | None]
+    ref_paths: list[str | None] | None
+    ref_missing: list[str]
+
+
+def resolve_inputs(model: str | os.PathLike | Any, prompts: str | os.PathLike, reference: str | os.PathLike | None,
+                   out_dir: str | os.PathLike | None, cfg: BenchConfig, name: str | None, log: Log) -> BenchInputs:
+    """Phase 1: read the prompts file, resolve the model (a folder, or a generator that must be
+    available), create the output folder, generate the bench images for a generator, and match
+    the images (and the reference set's) to the bench rows by stem."""
+    from evaluation.generation import generate_bench, generator_availability
+
     prompts_path = Path(prompts).resolve()
     rows = load_prompts(prompts_path)
     data_root = Path(cfg.data_root) if cfg.data_root else default_data_root()
@@ -412,10 +367,29 @@ def run_bench(model: str | os.PathLike | Any, prompts: str | os.PathLike, refere
     log(f"[{name}] {len(rows) - len(matching.missing)}/{len(rows)} images matched"
         + (f", {len(matching.missing)} missing" if matching.missing else "")
         + (f", {len(matching.extra)} extra files ignored" if matching.extra else ""))
+    return BenchInputs(name, source, prompts_path, rows, data_root, out, folder, reference, generation, matching,
+                       gen_paths, ref_paths, ref_missing)
 
-    # ---- metrics ---------------------------------------------------------------------------
-    from evaluation.metrics import PER_IMAGE, BenchItem, list_metrics
-    from evaluation.metrics.judging import is_model_judge, judge_backend, judge_info
+
+@dataclass
+class BenchMetrics:
+    """The metrics of a run: every registered name, the selected ones, the instances that can
+    run (per image / per set), and a record for each selected one that cannot (its reason)."""
+
+    registered: list[str]
+    selected: list[str]
+    available: dict[str, Any]
+    per_image: dict[str, Any]
+    per_set: dict[str, Any]
+    records: dict[str, dict[str, Any]]
+
+
+def load_metrics(cfg: BenchConfig, data_root: Path) -> BenchMetrics:
+    """Phase 2: create the selected metrics (``KeyError`` for an unknown name) with the run's
+    options; a metric that comes back under another name (the judges' heuristic stand-ins, a
+    protocol-changing option) or that is not available gets a record with the reason."""
+    from evaluation.metrics import PER_IMAGE, list_metrics
+    from evaluation.metrics.judging import judge_backend
 
     registered = list_metrics()
     selected = list(cfg.metrics) if cfg.metrics is not None else registered
@@ -445,127 +419,164 @@ def run_bench(model: str | os.PathLike | Any, prompts: str | os.PathLike, refere
             records[mname] = _metric_record(m, None, reason, {})
     per_image = {k: m for k, m in available.items() if m.kind == PER_IMAGE}
     per_set = {k: m for k, m in available.items() if m.kind != PER_IMAGE}
+    return BenchMetrics(registered, selected, available, per_image, per_set, records)
 
-    # ---- per image, in bench order ----------------------------------------------------------
-    views_root = out / "views"
-    thumbs_root = out / "thumbs"
+
+@dataclass
+class ImageScores:
+    """The per-image phase's output: one row per bench row (bench order), each per-image
+    metric's results for the scored images, and the seconds spent in each metric."""
+
+    rows: list[dict[str, Any]]
+    image_results: dict[str, list]
+    metric_seconds: dict[str, float]
+
+
+def score_images(inputs: BenchInputs, chosen: BenchMetrics, cfg: BenchConfig, log: Log) -> ImageScores:
+    """Phase 3: every bench row in order: a missing or ambiguous image gets the reason for each
+    per-image metric; a matched one its file info (hash, size, format), a thumbnail, and every
+    per-image metric's value or reason (a metric that raises is recorded as failed, the others
+    still run)."""
+    from evaluation.metrics import BenchItem
+
+    name, matching, ref_paths, per_image = inputs.name, inputs.matching, inputs.ref_paths, chosen.per_image
+    views_root = inputs.out / "views"
+    thumbs_root = inputs.out / "thumbs"
     for m in per_image.values():
         m.begin_set()
-    metric_seconds: dict[str, float] = {k: 0.0 for k in available}
+    metric_seconds: dict[str, float] = {k: 0.0 for k in chosen.available}
     image_results: dict[str, list] = {k: [] for k in per_image}
     out_rows: list[dict[str, Any]] = []
-    t_score = time.perf_counter()
-    with PeakMemory() as mem:
-        for p, path in zip(rows, gen_paths):
-            row: dict[str, Any] = {"index": p.index, "stem": p.stem, "file_name": p.file_name, "path": path,
-                                   "reference_path": ref_paths[p.index] if ref_paths else None,
-                                   "short_caption": p.short_caption, "long_caption": p.long_caption,
-                                   "values": {}, "reasons": {}, "extra": {}}
-            if path is None:
-                row["status"] = "ambiguous" if p.stem in matching.ambiguous else "missing"
-                why = ("ambiguous: several files " + ", ".join(matching.ambiguous[p.stem])
-                       if p.stem in matching.ambiguous else "missing image")
-                for k in per_image:
-                    row["values"][k], row["reasons"][k] = None, why
-                out_rows.append(row)
-                continue
-            row["status"] = "ok"
-            info = _image_info(path)
-            row.update(info)
-            if cfg.thumbnails:
-                row["thumb"] = _thumbnail(path, thumbs_root / f"{_safe_name(p.stem)}.jpg")
-            item = BenchItem(p.index, p.stem, path, p.short_caption, p.long_caption,
-                             image_id=f"sha256:{info['sha256']}" if "sha256" in info else None,
-                             views_dir=str(views_root / _safe_name(p.stem)) if cfg.save_views else None)
-            for k, m in per_image.items():
-                t0 = time.perf_counter()
-                try:
-                    r = m.score_item(item)
-                except Exception as exc:  # a metric bug must not lose the other scores
-                    r = m.result(None, f"failed: {type(exc).__name__}: {exc}")
-                metric_seconds[k] += time.perf_counter() - t0
-                image_results[k].append(r)
-                row["values"][k] = r.value
-                if r.value is None:
-                    row["reasons"][k] = r.reason
-                if r.extra:
-                    row["extra"][k] = _jsonable(r.extra)
-            judged = [row["extra"].get(k, {}).get("judge_backend") for k in per_image if k.split("_")[0] in JUDGED]
-            row["judge_backend"] = next((b for b in judged if b), None)
+    for p, path in zip(inputs.rows, inputs.gen_paths):
+        row: dict[str, Any] = {"index": p.index, "stem": p.stem, "file_name": p.file_name, "path": path,
+                               "reference_path": ref_paths[p.index] if ref_paths else None,
+                               "short_caption": p.short_caption, "long_caption": p.long_caption,
+                               "values": {}, "reasons": {}, "extra": {}}
+        if path is None:
+            row["status"] = "ambiguous" if p.stem in matching.ambiguous else "missing"
+            why = ("ambiguous: several files " + ", ".join(matching.ambiguous[p.stem])
+                   if p.stem in matching.ambiguous else "missing image")
+            for k in per_image:
+                row["values"][k], row["reasons"][k] = None, why
             out_rows.append(row)
-            log(f"[{name}] {p.stem}: " + ", ".join(
-                f"{k}={row['values'][k]:.4g}" for k in per_image if row["values"].get(k) is not None))
-
-        # ---- per-image metrics over the set, then per-set metrics ------------------------------
+            continue
+        row["status"] = "ok"
+        info = _image_info(path)
+        row.update(info)
+        if cfg.thumbnails:
+            row["thumb"] = _thumbnail(path, thumbs_root / f"{_safe_name(p.stem)}.jpg")
+        item = BenchItem(p.index, p.stem, path, p.short_caption, p.long_caption,
+                         image_id=f"sha256:{info['sha256']}" if "sha256" in info else None,
+                         views_dir=str(views_root / _safe_name(p.stem)) if cfg.save_views else None)
         for k, m in per_image.items():
-            agg = m.aggregate(image_results[k]) if image_results[k] else m.result(None, "no image to score")
-            extra = {**agg.extra, "n_missing": len(matching.missing), "seconds": round(metric_seconds[k], 4)}
-            records[k] = _metric_record(m, agg.value, agg.reason, extra)
-        for k, m in per_set.items():
             t0 = time.perf_counter()
-            log(f"[{name}] {k} over the set ...")
             try:
-                r = m.score_set(gen_paths, reference_paths=ref_paths)
-            except Exception as exc:
+                r = m.score_item(item)
+            except Exception as exc:  # a metric bug must not lose the other scores
                 r = m.result(None, f"failed: {type(exc).__name__}: {exc}")
             metric_seconds[k] += time.perf_counter() - t0
-            records[k] = _metric_record(m, r.value, r.reason, {**r.extra, "seconds": round(metric_seconds[k], 4)})
-    scoring_s = time.perf_counter() - t_score
+            image_results[k].append(r)
+            row["values"][k] = r.value
+            if r.value is None:
+                row["reasons"][k] = r.reason
+            if r.extra:
+                row["extra"][k] = _jsonable(r.extra)
+        judged = [row["extra"].get(k, {}).get("judge_backend") for k in per_image if k.split("_")[0] in JUDGED]
+        row["judge_backend"] = next((b for b in judged if b), None)
+        out_rows.append(row)
+        log(f"[{name}] {p.stem}: " + ", ".join(
+            f"{k}={row['values'][k]:.4g}" for k in per_image if row["values"].get(k) is not None))
+    return ImageScores(out_rows, image_results, metric_seconds)
 
-    # the reasons of unavailable per-image metrics go in every row too
+
+def aggregate_scores(inputs: BenchInputs, chosen: BenchMetrics, scored: ImageScores, log: Log) -> None:
+    """Phase 4: each per-image metric's value over the set (from its image results), then each
+    per-set metric (FID family) over the image paths and the reference paths; the records go
+    into ``chosen.records``, the seconds into ``scored.metric_seconds``."""
+    records, metric_seconds = chosen.records, scored.metric_seconds
+    for k, m in chosen.per_image.items():
+        results = scored.image_results[k]
+        agg = m.aggregate(results) if results else m.result(None, "no image to score")
+        extra = {**agg.extra, "n_missing": len(inputs.matching.missing), "seconds": round(metric_seconds[k], 4)}
+        records[k] = _metric_record(m, agg.value, agg.reason, extra)
+    for k, m in chosen.per_set.items():
+        t0 = time.perf_counter()
+        log(f"[{inputs.name}] {k} over the set ...")
+        try:
+            r = m.score_set(inputs.gen_paths, reference_paths=inputs.ref_paths)
+        except Exception as exc:
+            r = m.result(None, f"failed: {type(exc).__name__}: {exc}")
+        metric_seconds[k] += time.perf_counter() - t0
+        records[k] = _metric_record(m, r.value, r.reason, {**r.extra, "seconds": round(metric_seconds[k], 4)})
+
+
+def complete_records(chosen: BenchMetrics, out_rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Phase 5: the reason of each unavailable per-image metric goes in every row too; every
+    registered metric not selected gets a :data:`NOT_SELECTED` record; the records in the
+    registry's order (a stand-in next to the metric it stands in for)."""
+    from evaluation.metrics import PER_IMAGE, create_metric
+
+    records = chosen.records
     for k, rec in records.items():
-        if rec["kind"] == PER_IMAGE and k not in per_image and rec["value"] is None:
+        if rec["kind"] == PER_IMAGE and k not in chosen.per_image and rec["value"] is None:
             for row in out_rows:
                 row["values"].setdefault(k, None)
                 row["reasons"].setdefault(k, rec["reason"])
-    for mname in registered:
-        if mname not in selected:
-            from evaluation.metrics import create_metric
-
+    for mname in chosen.registered:
+        if mname not in chosen.selected:
             records[mname] = _metric_record(create_metric(mname), None, NOT_SELECTED, {})
+    order = {n: i for i, n in enumerate(chosen.registered)}
+    return dict(sorted(records.items(), key=lambda kv: (order.get(kv[0].split("_heuristic")[0], 99), kv[0])))
 
-    n_ok = sum(1 for r in out_rows if r["status"] == "ok")
+
+def assemble_result(inputs: BenchInputs, chosen: BenchMetrics, scored: ImageScores, records: dict[str, dict[str, Any]],
+                    cfg: BenchConfig, scoring_s: float, mem: Any) -> BenchResult:
+    """Phase 6: the :class:`BenchResult`: timings (scoring time, per image, per metric, peak
+    memory), the judge's backend / model / prompt hashes, the prompts file's hash, the config."""
+    from evaluation.metrics.judging import is_model_judge, judge_info
+
+    n_ok = sum(1 for r in scored.rows if r["status"] == "ok")
     timings = {
         "scoring_s": round(scoring_s, 4),
         "scoring_per_image_s": round(scoring_s / n_ok, 4) if n_ok else None,
-        "metric_s": {k: round(v, 4) for k, v in metric_seconds.items()},
+        "metric_s": {k: round(v, 4) for k, v in scored.metric_seconds.items()},
         "peak_memory_bytes": mem.peak_bytes,
         "memory_kind": mem.kind,
     }
-    order = {n: i for i, n in enumerate(registered)}
-    records = dict(sorted(records.items(), key=lambda kv: (order.get(kv[0].split("_heuristic")[0], 99), kv[0])))
+    selected, reference = chosen.selected, inputs.reference
     judge = judge_info(cfg.judge, tuple(t for k in ("msfi", "ics") if k in selected for t in
                                         (("msfi_global", "msfi_local") if k == "msfi" else ("ics",))))
     judge["is_model"] = is_model_judge(cfg.judge)
-    result = BenchResult(
-        model=name, source=source, out_dir=str(out), prompts_file=str(prompts_path),
-        prompts_sha256=sha256_file(prompts_path), reference_dir=str(Path(reference).resolve()) if reference else None,
-        n_prompts=len(rows), rows=out_rows, metrics=records, missing=matching.missing, extra_files=matching.extra,
-        ambiguous=matching.ambiguous, reference_missing=ref_missing, judge=judge,
+    return BenchResult(
+        model=inputs.name, source=inputs.source, out_dir=str(inputs.out), prompts_file=str(inputs.prompts_path),
+        prompts_sha256=sha256_file(inputs.prompts_path),
+        reference_dir=str(Path(reference).resolve()) if reference else None,
+        n_prompts=len(inputs.rows), rows=scored.rows, metrics=records, missing=inputs.matching.missing,
+        extra_files=inputs.matching.extra, ambiguous=inputs.matching.ambiguous, reference_missing=inputs.ref_missing,
+        judge=judge,
         config={"eval_size": cfg.eval_size, "device": cfg.device, "selected": selected,
                 "metric_options": _jsonable(dict(cfg.metric_options)), "prompt_field": cfg.prompt_field,
                 "width": cfg.width, "height": cfg.height, "base_seed": cfg.base_seed},
-        timings=timings, generation=generation,
+        timings=timings, generation=inputs.generation,
     )
-    write_outputs(result)
-    if cfg.mlflow:
-        uri = cfg.tracking_uri or default_tracking_uri(data_root)
-        log(f"[{name}] logging to MLflow at {uri} ...")
-        result.mlflow = log_to_mlflow(result, uri, cfg.experiment)
-    result.timings["total_s"] = round(time.perf_counter() - t_start, 4)
-    result.save()
-    return result
 
 
 def write_outputs(result: BenchResult) -> None:
-    """scores.json, per_image.csv and index.html under the result's folder."""
-    from evaluation.reports import per_image_csv, per_image_html
-
+    """Phase 7: scores.json, per_image.csv and index.html under the result's folder."""
     out = Path(result.out_dir)
     result.files["per_image_csv"] = per_image_csv(result, out / "per_image.csv")
     result.files["html"] = per_image_html(result, out / "index.html")
     result.files["scores_json"] = str(out / RESULT_FILE)
     result.save()
+
+
+def log_run(result: BenchResult, cfg: BenchConfig, data_root: Path, log: Log) -> None:
+    """Phase 8: with ``cfg.mlflow``, one MLflow run for the result (:func:`log_to_mlflow`);
+    ``result.mlflow`` names it."""
+    if cfg.mlflow:
+        uri = cfg.tracking_uri or default_tracking_uri(data_root)
+        log(f"[{result.model}] logging to MLflow at {uri} ...")
+        result.mlflow = log_to_mlflow(result, uri, cfg.experiment)
 
 
 # =============================================================================================
