@@ -96,9 +96,13 @@ def _read_yaml(path: Path) -> dict:
         return yaml.safe_load(fh) or {}
 
 
-def load_config(profile: str | os.PathLike | None = None) -> Config:
-    """Resolve a profile name (``paper``, ``demo``, ``test``) or a YAML path over paper.yaml."""
-    base = _read_yaml(CONFIG_DIR / "paper.yaml")
+def load_config(profile: str | os.PathLike | None = None, config_dir: str | os.PathLike | None = None) -> Config:
+    """Resolve a profile name (``paper``, ``demo``, ``test``) or a YAML path over paper.yaml.
+
+    ``config_dir``: the folder holding ``paper.yaml`` and the profiles (default: the project's
+    ``configs/``; a lab may keep its own copy of paper.yaml there)."""
+    config_dir = Path(config_dir) if config_dir else CONFIG_DIR
+    base = _read_yaml(config_dir / "paper.yaml")
     if profile is None:  # the library reads no environment: UHR_PROFILE is the settings resource's
         profile = "paper"
     profile = str(profile)
@@ -106,7 +110,7 @@ def load_config(profile: str | os.PathLike | None = None) -> Config:
         return Config("paper", base)
     path = Path(profile)
     if not path.suffix:
-        path = CONFIG_DIR / f"{profile}.yaml"
+        path = config_dir / f"{profile}.yaml"
     if not path.exists():
         raise ProfileError(f"unknown profile {profile!r} (no file {path})")
     override = _read_yaml(path)
