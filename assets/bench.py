@@ -15,6 +15,7 @@ from pathlib import Path
 from dagster import AssetExecutionContext, DynamicPartitionsDefinition, MaterializeResult, MetadataValue, asset
 
 from orchestration.bench_resources import BenchSettings
+from orchestration.resources import VLMEndpoint
 
 bench_model_partitions = DynamicPartitionsDefinition(name="bench_models")
 
@@ -77,7 +78,7 @@ def materialised_results(settings: BenchSettings, keys: list[str]) -> list:
     description="PixVerve-Bench scores of one model (a folder of generated images): every registered metric, "
                 "unavailable ones with their reason; Table-3-like report over all scored models.",
 )
-def bench_scores(context: AssetExecutionContext, bench: BenchSettings) -> MaterializeResult:
+def bench_scores(context: AssetExecutionContext, bench: BenchSettings, vlm: VLMEndpoint) -> MaterializeResult:
     from evaluation.reports import display_name, write_table3
     from evaluation.runner import run_bench
 
@@ -86,7 +87,7 @@ def bench_scores(context: AssetExecutionContext, bench: BenchSettings) -> Materi
     if not folder.is_dir():
         raise FileNotFoundError(f"bench model folder {folder} does not exist (partition {model!r})")
     result = run_bench(folder, bench.prompts_file, reference=bench.reference_dir, out_dir=bench.out_dir(model),
-                       config=bench.bench_config(), name=model, log=context.log.info)
+                       config=bench.bench_config(vlm), name=model, log=context.log.info)
     keys = list(context.instance.get_dynamic_partitions(bench_model_partitions.name))
     results = materialised_results(bench, keys)
     if not any(r.model == model for r in results):

@@ -9,17 +9,18 @@ from assets.checks import run_corpus_checks, corpus_specs
 from curation.corpus import run_corpus
 from curation.manifest import read_manifest
 from curation.reports import corpus_contact_sheet
-from orchestration.resources import CurationSettings, ObjectStoreResource
+from orchestration.resources import CurationSettings, ObjectStoreResource, VLMEndpoint
 
 # SR on a GPU host: the stage table puts corpus_100mp in the "gpu" pool (at most N at once).
 @stage_asset("corpus_100mp", kinds={"python", "tiff", "parquet"}, check_specs=corpus_specs("corpus_100mp"))
 def corpus_100mp(context: AssetExecutionContext, settings: CurationSettings,
-                  store: ObjectStoreResource) -> MaterializeResult:
+                  store: ObjectStoreResource, vlm: VLMEndpoint) -> MaterializeResult:
     cfg = settings.config()
     layout = settings.layout()
     shard = context.partition_key
     prepared = prepare(context, store, settings, "corpus_100mp", shard)
-    res = run_corpus(layout, shard, cfg)
+    with vlm.client(cfg, "corpus", base_dir=layout.root) as judge:
+        res = run_corpus(layout, shard, cfg, judge_client=judge)
     rows = res.rows
     s = res.summary
     md = base_metadata(res.table, res.path, s)

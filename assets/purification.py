@@ -15,17 +15,17 @@ from assets.checks import run_checks, specs
 from curation.manifest import read_manifest
 from curation.stages import run_image_scores, run_thresholds
 from curation.stages.purification import previous_thresholds_version
-from orchestration.resources import AestheticModels, CurationSettings, ObjectStoreResource
+from orchestration.resources import AestheticModels, CurationSettings, ObjectStoreResource, VLMEndpoint
 
 
 @stage_asset("image_scores", kinds={"python", "parquet"}, check_specs=specs("image_scores"))
 def image_scores(context: AssetExecutionContext, settings: CurationSettings, aesthetics: AestheticModels,
-                 store: ObjectStoreResource) -> MaterializeResult:
+                 store: ObjectStoreResource, vlm: VLMEndpoint) -> MaterializeResult:
     cfg = settings.config()
     layout = settings.layout()
     shard = context.partition_key
     prepared = prepare(context, store, settings, "image_scores", shard)
-    scorers, unavailable = aesthetics.load(cfg)
+    scorers, unavailable = aesthetics.load(cfg, vlm)
     for name, reason in unavailable.items():
         context.log.warning(f"aesthetic scorer {name} not available: {reason}")
     res = run_image_scores(layout, shard, cfg, scorers, unavailable)
@@ -58,10 +58,11 @@ def image_scores(context: AssetExecutionContext, settings: CurationSettings, aes
 
 @stage_asset("purification_thresholds", kinds={"python", "json"})
 def purification_thresholds(context: AssetExecutionContext, settings: CurationSettings,
-                            aesthetics: AestheticModels, store: ObjectStoreResource) -> MaterializeResult:
+                            aesthetics: AestheticModels, store: ObjectStoreResource,
+                            vlm: VLMEndpoint) -> MaterializeResult:
     cfg = settings.config()
     prepared = prepare(context, store, settings, "purification_thresholds", None)
-    _, unavailable = aesthetics.load(cfg)
+    _, unavailable = aesthetics.load(cfg, vlm)
     before = previous_thresholds_version(settings.layout())
     th, path = run_thresholds(settings.layout(), cfg, unavailable)
     same = before == th.version

@@ -18,8 +18,10 @@ environment through :class:`dagster.EnvVar`, never in logs, metadata or manifest
   its credentials; ``UHR_S3_RAW_PREFIX`` (e.g. ``raw``) makes the store the raw-shard source.
   No endpoint: no sync, unless ``UHR_STORE_ROOT`` names a local folder to use as the store.
 * ``MLFLOW_TRACKING_URI`` / ``UHR_MLFLOW_EXPERIMENT``  MLflow (default: sqlite under the data root)
-* ``UHR_VLM_ENDPOINT`` / ``UHR_VLM_MODEL`` / ``UHR_VLM_API_KEY_ENV``  OpenAI-compatible VLM server
-  (vLLM); the key's *name* is configured, its value read from that variable at call time
+* ``UHR_VLM_ENDPOINT`` / ``UHR_VLM_API_KEY_ENV``  the OpenAI-compatible VLM server (vLLM) of every
+  VLM use (corpus judge, bench judge, ArtiMuse; resource ``vlm``, :class:`VLMEndpoint`), overriding
+  ``judges.<use>.endpoint`` of the profile; the key's *name* is configured, its value read from
+  that variable at call time. Models, prompts and request settings: ``judges.<use>``.
 * ``UHR_DVC_REMOTE`` / ``UHR_DVC_ENDPOINT`` / ``UHR_DVC_REPO``  DVC remote URL (``s3://bucket/dvc``),
   its endpoint, the DVC repository (default: the nearest ``.dvc/`` above the data root)
 * ``DAGSTER_PG_HOST`` / ``DAGSTER_PG_PORT`` / ``DAGSTER_PG_USER`` / ``DAGSTER_PG_DB`` /
@@ -86,11 +88,14 @@ class AestheticModels(ConfigurableResource):
 
     clip_model: str | None = None
     head_path: str | None = None
-    artimuse_endpoint: str | None = None
 
-    def load(self, cfg: Config) -> tuple[list, dict[str, str]]:
-        """(available scorer objects, {name: reason} of the unavailable ones)."""
+    def load(self, cfg: Config, vlm: "VLMEndpoint | None" = None) -> tuple[list, dict[str, str]]:
+        """(available scorer objects, {name: reason} of the unavailable ones).
+
+        ArtiMuse is configured like every VLM use: ``judges.artimuse`` of the profile, the
+        endpoint and API-key variable name of the ``vlm`` resource overriding the section's."""
         from curation.aesthetics import create_scorer
+        from curation.vlm import use_config
 
         section = cfg["purification"]["aesthetics"]
         available, unavailable = [], {}
@@ -101,8 +106,9 @@ class AestheticModels(ConfigurableResource):
                     opts["clip_model"] = self.clip_model
                 if self.head_path:
                     opts["head_path"] = self.head_path
-            if name == "artimuse" and self.artimuse_endpoint:
-                opts["endpoint"] = self.artimuse_endpoint
+            if name == "artimuse":
+                opts = use_config(cfg, "artimuse", endpoint=vlm.endpoint if vlm else None,
+                                  api_key_env=vlm.api_key_env if vlm else None)
             try:
                 scorer = create_scorer(name, opts)
                 ok, reason = scorer.availability()
@@ -230,23 +236,35 @@ class MLflowSettings(ConfigurableResource):
 
 
 class VLMEndpoint(ConfigurableResource):
-    """An OpenAI-compatible VLM server (vLLM in compose). ``api_key_env`` is the *name* of the
-    variable holding the key; the key itself is read by the client at call time."""
+    """The deployment's OpenAI-compatible VLM server (vLLM in compose), the one place every VLM
+    use takes its endpoint from: the corpus judge (``corpus_100mp``), the bench's MSFI / ICS judge
+    (``bench_scores``) and the ArtiMuse scorer (``image_scores``, ``purification_thresholds``).
+
+    Each use reads its model, prompts and request settings from ``judges.<use>`` of the profile
+    (:func:`curation.vlm.use_config`); ``endpoint`` and ``api_key_env`` (the *name* of the
+    variable holding the key, read by the client at call time) override the section's. With no
+    endpoint here nor in the section the offline heuristic backend answers, labelled
+    ``heuristic``; an endpoint that cannot be reached gives ``judge_failed`` results."""
 
     endpoint: str | None = None
-    model: str = "Qwen3.5-35B-A3B"
     api_key_env: str | None = None
-    max_concurrency: int = 8
 
-    def client_config(self) -> dict:
-        """The ``curation.vlm.create_vlm_client`` config: vllm with an endpoint, else the heuristic."""
-        if not self.endpoint:
-            return {"backend": "heuristic"}
-        cfg = {"backend": "vllm", "endpoint": self.endpoint, "model": self.model,
-               "max_concurrency": self.max_concurrency}
-        if self.api_key_env:
-            cfg["api_key_env"] = self.api_key_env
-        return cfg
+    def client_config(self, cfg: Config, use: str) -> dict:
+        """The ``curation.vlm.create_vlm_client`` config of ``use`` (``corpus``, ``bench``, ``artimuse``)."""
+        from curation.vlm import use_config
+
+        return use_config(cfg, use, endpoint=self.endpoint, api_key_env=self.api_key_env)
+
+    def client(self, cfg: Config, use: str, base_dir: str | os.PathLike | None = None):
+        """The VLM client of ``use``; a relative ``cache_dir`` resolves against ``base_dir`` (the data root)."""
+        from curation.vlm import create_vlm_client
+
+        return create_vlm_client(self.client_config(cfg, use), base_dir=base_dir)
+
+
+def vlm_endpoint_from_env(env: Mapping[str, str] | None = None) -> VLMEndpoint:
+    """The ``vlm`` resource: ``UHR_VLM_ENDPOINT``, ``UHR_VLM_API_KEY_ENV`` (None when unset)."""
+    return VLMEndpoint(endpoint=env_setting("UHR_VLM_ENDPOINT", env), api_key_env=env_setting("UHR_VLM_API_KEY_ENV", env))
 
 
 class DVCRemote(ConfigurableResource):
@@ -340,11 +358,7 @@ def platform_resources_from_env(env=None) -> dict:
             tracking_uri=_env("MLFLOW_TRACKING_URI", env),
             experiment=_env("UHR_MLFLOW_EXPERIMENT", env) or "uhrforge-curation",
         ),
-        "vlm": VLMEndpoint(
-            endpoint=_env("UHR_VLM_ENDPOINT", env) or _env("UHR_JUDGE_ENDPOINT", env),
-            model=_env("UHR_VLM_MODEL", env) or _env("UHR_JUDGE_MODEL", env) or "Qwen3.5-35B-A3B",
-            api_key_env=_env("UHR_VLM_API_KEY_ENV", env) or _env("UHR_JUDGE_API_KEY_ENV", env),
-        ),
+        "vlm": vlm_endpoint_from_env(env),
         "dvc": DVCRemote(url=_env("UHR_DVC_REMOTE", env), endpoint_url=dvc_endpoint, repo=_env("UHR_DVC_REPO", env)),
         "postgres": PostgresSettings(
             host=pg_host,
@@ -357,12 +371,11 @@ def platform_resources_from_env(env=None) -> dict:
 
 
 def aesthetic_models_from_env(env: Mapping[str, str] | None = None) -> AestheticModels:
-    """The aesthetic scorers' overrides: ``UHR_LAION_CLIP`` / ``UHR_LAION_HEAD`` (and the ArtiMuse endpoint)."""
+    """The aesthetic scorers' overrides: ``UHR_LAION_CLIP`` / ``UHR_LAION_HEAD`` (ArtiMuse's endpoint: the ``vlm`` resource)."""
     env = os.environ if env is None else env
     return AestheticModels(
         clip_model=_env("UHR_LAION_CLIP", env),
         head_path=_env("UHR_LAION_HEAD", env),
-        artimuse_endpoint=_env("UHR_ARTIMUSE_ENDPOINT", env),
     )
 
 
