@@ -66,6 +66,10 @@ class Registry(Generic[T]):
             return _add
         return _add(obj)
 
+    def unregister(self, name: str) -> T | None:
+        """Remove ``name`` (a test's temporary entry); returns what was registered, or None."""
+        return self._entries.pop(name, None)
+
     # -- lookup ----------------------------------------------------------------------------
     def get(self, name: str) -> T:
         """The factory registered under ``name``; ``KeyError`` listing known names otherwise."""
@@ -79,11 +83,22 @@ class Registry(Generic[T]):
         """Registered names, sorted."""
         return sorted(self._entries)
 
+    def items(self) -> list[tuple[str, T]]:
+        """``(name, factory)`` pairs, sorted by name."""
+        return [(n, self._entries[n]) for n in self.names()]
+
+    def values(self) -> list[T]:
+        """The factories, sorted by name."""
+        return [self._entries[n] for n in self.names()]
+
     def create(self, name: str, *args: Any, **kwargs: Any) -> Any:
         """Call the factory registered under ``name`` with the given arguments."""
         return self.get(name)(*args, **kwargs)
 
     # -- container protocol ----------------------------------------------------------------
+    def __getitem__(self, name: str) -> T:
+        return self.get(name)
+
     def __contains__(self, name: object) -> bool:
         return name in self._entries
 

@@ -49,3 +49,18 @@ def test_store_and_synth_packages_keep_their_public_names():
     for name in synth.__all__:
         assert hasattr(synth, name), name
     assert store.sha256_file is sha256_file and store.md5_file is md5_file and content_hash is sha256_file
+
+
+def test_one_registry_class_for_metrics_and_lineage_links():
+    from curation.lineage import core
+    from curation.registry import Registry
+    from evaluation.metrics import METRICS, create_metric, list_metrics
+
+    assert isinstance(METRICS, Registry) and isinstance(core._PROVIDERS, Registry)
+    assert list_metrics() == METRICS.names() and "glcm" in METRICS
+    assert type(create_metric("glcm")) is METRICS["glcm"]
+    assert [p.stage for p in core.link_providers()]  # discovered through the registry
+    reg = Registry("thing")
+    reg.register("a", dict)
+    assert reg.items() == [("a", dict)] and reg.values() == [dict]
+    assert reg.unregister("a") is dict and "a" not in reg and reg.unregister("a") is None

@@ -244,7 +244,7 @@ def test_a_new_stage_adds_its_link_and_joins_the_audit(rel):
         assert {f.image_id for f in report.failures if f.check == "stage captions_test"} == without
         assert report.checked["stage captions_test"] == len(t)
     finally:
-        core._PROVIDERS.pop("captions_test", None)
+        core._PROVIDERS.unregister("captions_test")
 
 
 def test_uhr_release_command_runs_the_asset_on_the_data_root_instance(rel, monkeypatch, tmp_path):

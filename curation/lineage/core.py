@@ -13,6 +13,7 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
 from curation.layout import DataLayout
+from curation.registry import Registry
 
 PASSED, REJECTED, INFO = "passed", "rejected", "info"
 
@@ -57,15 +58,16 @@ class LinkProvider:
         raise NotImplementedError
 
 
-_PROVIDERS: dict[str, type[LinkProvider]] = {}
+#: stage name -> provider class (the project's one registry pattern, :class:`curation.registry.Registry`)
+_PROVIDERS: Registry[type[LinkProvider]] = Registry("lineage link provider")
 _DISCOVERED = False
 
 
 def register_link_provider(cls: type[LinkProvider]) -> type[LinkProvider]:
+    """Class decorator: register a stage's :class:`LinkProvider` under ``cls.stage``."""
     if not cls.stage:
         raise ValueError(f"{cls.__name__} has no stage")
-    _PROVIDERS[cls.stage] = cls
-    return cls
+    return _PROVIDERS.register(cls.stage, cls)
 
 
 def _discover() -> None:

@@ -27,14 +27,16 @@ import os
 from dataclasses import asdict, dataclass, field
 from typing import Any, ClassVar, Iterable, Sequence
 
+from curation.registry import Registry
+
 PER_IMAGE = "per_image"
 PER_SET = "per_set"
 KINDS = (PER_IMAGE, PER_SET)
 
 NOT_AVAILABLE = "not available"
 
-# name -> Metric subclass; filled by @register when evaluation.metrics is imported
-METRICS: dict[str, type["Metric"]] = {}
+# name -> Metric subclass (a curation.registry.Registry); filled by @register when evaluation.metrics is imported
+METRICS: Registry[type["Metric"]] = Registry("metric")
 
 
 @dataclass
@@ -190,29 +192,23 @@ class Metric:
 
 
 def register(cls: type[Metric]) -> type[Metric]:
-    """Class decorator: add a metric to :data:`METRICS` under ``cls.name``."""
+    """Class decorator: add a metric to :data:`METRICS` under ``cls.name`` (another class under
+    a taken name is a ``ValueError``)."""
     if not cls.name:
         raise ValueError(f"{cls.__name__} has no name")
     if cls.kind not in KINDS:
         raise ValueError(f"{cls.__name__}.kind must be one of {KINDS}")
-    if cls.name in METRICS and METRICS[cls.name] is not cls:
-        raise ValueError(f"metric {cls.name!r} registered twice")
-    METRICS[cls.name] = cls
-    return cls
+    return METRICS.register(cls.name, cls)
 
 
 def create_metric(name: str, **kwargs: Any) -> Metric:
     """Instantiate a registered metric by name (``KeyError`` listing the known names if absent)."""
-    try:
-        cls = METRICS[name]
-    except KeyError:
-        raise KeyError(f"unknown metric {name!r}; known: {', '.join(list_metrics())}") from None
-    return cls(**kwargs)
+    return METRICS.create(name, **kwargs)
 
 
 def list_metrics(kind: str | None = None) -> list[str]:
     """Registered metric names, sorted (optionally only one kind)."""
-    return sorted(n for n, c in METRICS.items() if kind is None or c.kind == kind)
+    return [n for n, c in METRICS.items() if kind is None or c.kind == kind]
 
 
 def describe_metrics() -> list[dict[str, Any]]:
