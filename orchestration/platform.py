@@ -152,7 +152,7 @@ def log_curation_run(layout, cfg, tracking_uri: str, *, shards: list[str] | None
     from mlflow.entities import Metric, Param, RunTag
     from mlflow.tracking import MlflowClient
 
-    from curation.stages import CODE_VERSIONS
+    from curation.stages import STAGES, fingerprints
 
     for name in ("mlflow", "alembic"):
         logging.getLogger(name).setLevel(logging.WARNING)
@@ -168,7 +168,8 @@ def log_curation_run(layout, cfg, tracking_uri: str, *, shards: list[str] | None
     rid = run.info.run_id
     params = {"profile": cfg.name, "config_hash": cfg.hash, "data_root": str(layout.root),
               "shards": ",".join(shards) if shards else "all"}
-    params.update({f"code_version.{k}": v for k, v in CODE_VERSIONS.items()})
+    params.update({f"code_version.{s.name}": s.code_version for s in STAGES})
+    params.update({f"fingerprint.{k}": v for k, v in fingerprints(cfg).items()})
     if store:
         params.update({f"store.{k}": str(v) for k, v in store.items()})
     latest = layout.thresholds_dir() / "latest.json"

@@ -223,3 +223,11 @@ def test_a_new_stage_is_one_table_entry_plus_its_function_and_body(toy_stage, tm
     doc = json.loads(res.stdout)
     shards = DataLayout.at(data).shards_with("raw_pool")
     assert doc["stages"] == [{"stage": "toy_stage", "partitions": len(shards), "computed": passed, "reused": 0}]
+
+
+def test_readme_shows_the_stage_table():
+    from curation.stages.table import stage_table_markdown
+
+    text = (ROOT / "README.md").read_text()
+    block = text.split("<!-- stage-table:begin -->\n", 1)[1].split("\n<!-- stage-table:end -->", 1)[0]
+    assert block == stage_table_markdown()

@@ -179,3 +179,16 @@ register_stage(StageSpec(
     description="Every candidate brought to >= 100 MP (archive / 2x / 4x tiled SR) and checked: seams, "
                 "post-SR consistency, region-level VLM artifacts, instance hook.",
 ))
+
+
+def stage_table_markdown(table: StageTable = STAGES) -> str:
+    """The stage table as Markdown (the README's copy is checked against this by a test)."""
+    lines = ["| stage | code version | upstream | config keys read | blobs | partitions | pool | job | library function |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for s in table:
+        lines.append("| " + " | ".join([
+            f"`{s.name}`", s.code_version, ", ".join((["raw shards"] if s.reads_raw else []) + list(s.upstream)),
+            ", ".join(f"`{k}`" for k in s.reads) or "-", f"`{s.blobs[0]}`" if s.blobs else "-",
+            "shard" if s.partitioned else "global", s.pool, f"`{s.job}`", f"`{s.function}`",
+        ]) + " |")
+    return "\n".join(lines)

@@ -7,7 +7,6 @@ from curation.lineage.providers._util import ManifestLinks, cmp
 @register_link_provider
 class CandidatePoolLinks(ManifestLinks):
     stage = "candidate_pool"
-    order = 30
     required = True
     title = "candidate selection"
 

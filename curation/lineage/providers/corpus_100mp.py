@@ -10,7 +10,6 @@ from curation.lineage.providers._util import num, record, rejected_suffix, statu
 @register_link_provider
 class CorpusLinks(LinkProvider):
     stage = "corpus_100mp"
-    order = 40
     required = True
     title = "100 MP corpus"
 

@@ -17,7 +17,6 @@ def limits(snapshot: dict | None) -> dict:
 @register_link_provider
 class ImageScoresLinks(ManifestLinks):
     stage = "image_scores"
-    order = 20
     required = True
     title = "purification scores"
 

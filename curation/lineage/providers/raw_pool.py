@@ -7,7 +7,6 @@ from curation.lineage.providers._util import ManifestLinks, rejected_suffix
 @register_link_provider
 class RawPoolLinks(ManifestLinks):
     stage = "raw_pool"
-    order = 10
     required = True
     title = "raw source"
 
