@@ -41,7 +41,8 @@ class Link:
 class LinkProvider:
     """One stage's part of the lineage.
 
-    ``order`` places the stage in the chain; ``required`` stages must hold a passed record
+    A stage of the stage table takes its table position in the chain; ``order`` places the
+    others (releases, checkpoints) after them; ``required`` stages must hold a passed record
     for every image of a release (``uhr audit``). ``edges`` reports (parent, child) id pairs
     the stage created (derived images); ``links`` the stage's records for a set of ids.
     """
@@ -81,10 +82,19 @@ def _discover() -> None:
     _DISCOVERED = True
 
 
+def _chain_position(p: LinkProvider) -> tuple[int, str]:
+    """A stage of the stage table sits at its table position; other links (releases, checkpoints)
+    at their ``order`` (after the table's stages unless they say otherwise)."""
+    from curation.stages.table import STAGES
+
+    names = STAGES.names()
+    return (names.index(p.stage) if p.stage in names else len(names) + p.order, p.stage)
+
+
 def link_providers() -> list[LinkProvider]:
     """Every registered provider, in chain order."""
     _discover()
-    return sorted((cls() for cls in _PROVIDERS.values()), key=lambda p: (p.order, p.stage))
+    return sorted((cls() for cls in _PROVIDERS.values()), key=_chain_position)
 
 
 class LineageContext:
