@@ -40,15 +40,8 @@ from curation.layout import DataLayout
 from curation.manifest import CORPUS, read_manifest, to_table, write_manifest
 from curation.stages.fingerprint import input_key, reusable, stage_fingerprint
 from curation.stages.purification import StageError, StageResult, code_version as stage_code_version, commit, reuse_result, upstream_versions
-
-SEAM_DISCONTINUITY = "seam_discontinuity"
-INCONSISTENT = "inconsistent_with_input"
-REGION_ARTIFACTS = "region_artifacts"
-JUDGE_FAILED = "judge_failed"
-INSTANCE_ARTIFACTS = "instance_artifacts"
-BELOW_100MP = "below_100mp"
-UPSCALE_FAILED = "upscale_failed"
-DEFERRED = "deferred_by_profile_cap"
+from curation.reasons import (BELOW_100MP, DEFERRED, INCONSISTENT, INSTANCE_ARTIFACTS, JUDGE_FAILED,
+                              REGION_ARTIFACTS, SEAM_DISCONTINUITY, UPSCALE_FAILED)
 
 _EXT = {"tiff": ".tif", "png": ".png", "jxl": ".jxl", "webp": ".webp"}
 

@@ -23,8 +23,22 @@ FLAT = "flat"
 LOW_ENTROPY = "low_entropy"
 LOW_AESTHETICS = "low_aesthetics"
 
+# 100 MP corpus: final checks of the upscaled output, in verdict order
+BELOW_100MP = "below_100mp"  # the output is still under the corpus' minimum pixel count
+SEAM_DISCONTINUITY = "seam_discontinuity"  # the seam check flagged tile seams in the output
+INCONSISTENT = "inconsistent_with_input"  # the output drifted from its input (consistency check)
+JUDGE_FAILED = "judge_failed"  # a VLM judgement could not be made (a failed judgement is never a pass)
+REGION_ARTIFACTS = "region_artifacts"  # the VLM judge flagged artifacts in the region patches
+INSTANCE_ARTIFACTS = "instance_artifacts"  # the VLM judge flagged artifacts on an instance pair
+
+# 100 MP corpus: the stage's own outcomes
+UPSCALE_FAILED = "upscale_failed"  # upscaling the image (or checking its output) raised
+DEFERRED = "deferred_by_profile_cap"  # not upscaled: over the profile's corpus.max_upscales_per_shard
+
 FILE_REASONS = (NOT_AN_IMAGE, UNREADABLE, TRUNCATED, TOO_MANY_PIXELS, ANIMATED)
 SCREEN_REASONS = (TOO_FEW_PIXELS, MIN_SIDE_TOO_SHORT)
 ABSOLUTE_REASONS = (OVER_OR_UNDER_EXPOSED, BLURRED, FLAT)
 RELATIVE_REASONS = (LOW_ENTROPY, LOW_AESTHETICS)
+CORPUS_REASONS = (BELOW_100MP, SEAM_DISCONTINUITY, INCONSISTENT, JUDGE_FAILED, REGION_ARTIFACTS, INSTANCE_ARTIFACTS,
+                  UPSCALE_FAILED, DEFERRED)
 ALL = (DUPLICATE,) + FILE_REASONS + SCREEN_REASONS + ABSOLUTE_REASONS + RELATIVE_REASONS

@@ -64,3 +64,14 @@ def test_one_registry_class_for_metrics_and_lineage_links():
     reg.register("a", dict)
     assert reg.items() == [("a", dict)] and reg.values() == [dict]
     assert reg.unregister("a") is dict and "a" not in reg and reg.unregister("a") is None
+
+
+def test_every_reject_reason_is_defined_in_reasons():
+    from curation import corpus, reasons
+    from curation.final_filters import judging
+
+    for name in ("SEAM_DISCONTINUITY", "INCONSISTENT", "REGION_ARTIFACTS", "JUDGE_FAILED", "INSTANCE_ARTIFACTS",
+                 "BELOW_100MP", "UPSCALE_FAILED", "DEFERRED"):
+        assert getattr(corpus, name) == getattr(reasons, name) and getattr(reasons, name) in reasons.CORPUS_REASONS
+    assert judging.JUDGE_FAILED is reasons.JUDGE_FAILED
+    assert len(set(reasons.ALL + reasons.CORPUS_REASONS)) == len(reasons.ALL) + len(reasons.CORPUS_REASONS)

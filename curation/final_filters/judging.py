@@ -15,7 +15,8 @@ from typing import Any
 
 import numpy as np
 
-JUDGE_FAILED = "judge_failed"
+from curation.reasons import JUDGE_FAILED
+
 Judge = Callable[[list[np.ndarray]], list[dict]]
 
 
