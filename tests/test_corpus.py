@@ -164,7 +164,7 @@ def test_corpus_asset_materialises_with_a_capped_profile(candidates, tmp_path):
     from dagster import AssetKey, DagsterInstance, materialize
 
     from assets.corpus import corpus_100mp
-    from orchestration.resources import CurationSettings, ObjectStoreResource
+    from orchestration.resources import CurationSettings, ObjectStoreResource, VLMEndpoint
 
     cfg, layout, shard = candidates
     layout = _fresh(layout, tmp_path)
@@ -176,7 +176,7 @@ def test_corpus_asset_materialises_with_a_capped_profile(candidates, tmp_path):
     # the capped profile has its own config hash, so it decides afresh (no cache reuse)
     res = materialize([corpus_100mp], partition_key=shard, instance=instance,
                       resources={"settings": CurationSettings(data_root=str(layout.root), profile=str(prof)),
-                                 "store": ObjectStoreResource()})
+                                 "store": ObjectStoreResource(), "vlm": VLMEndpoint()})
     assert res.success
     md = instance.get_latest_materialization_event(AssetKey("corpus_100mp")).asset_materialization.metadata
     assert md["dagster/row_count"].value >= 2
