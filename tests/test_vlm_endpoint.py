@@ -158,7 +158,7 @@ def test_env_endpoint_reaches_corpus_bench_and_artimuse(tmp_path, monkeypatch):
         assert section["endpoint"] == url and section["api_key_env"] == "UHR_TEST_VLM_KEY", use
         assert section["model"] == cfg.get(f"judges.{use}.model"), use  # the model from the profile
     # corpus judge
-    with vlm.client(cfg, "corpus") as c:
+    with vlm.client(cfg, "corpus", base_dir=tmp_path) as c:
         assert c.backend == "vllm" and c.endpoint == "http://vlm.invalid:8000" and c.model == cfg.get("judges.corpus.model")
     # bench judge (the asset passes the resource; the CLI builds the same one from the environment)
     bench = bench_settings_from_env(str(tmp_path))
