@@ -55,3 +55,12 @@ def test_score_image_exit_code_only_when_all_fail(tmp_path):
 def test_uhr_console_script_runs():
     out = subprocess.run([sys.executable, "-m", "cli.main", "--help"], capture_output=True, text=True)
     assert out.returncode == 0 and "score-image" in out.stdout and "demo" in out.stdout
+
+
+def test_uhr_help_imports_no_heavy_module():
+    """``uhr --help`` stays fast: the command modules import only click at module level."""
+    code = ("import sys; from cli.main import cli; "
+            "print(sorted(m for m in ('dagster', 'torch', 'cv2', 'pyarrow', 'mlflow', 'curation', 'evaluation') "
+            "if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.strip() == "[]", out.stdout + out.stderr
