@@ -80,7 +80,7 @@ def region_judge(client, image_id: str, patch: int) -> Callable:
                 out.append({"status": "ok", "artifact": bool(r.answer.get("artifact")),
                             "reason": str(r.answer.get("reason", "")), "backend": r.backend})
             else:
-                out.append({"status": "judge_failed", "artifact": None, "reason": r.reason, "backend": r.backend})
+                out.append({"status": JUDGE_FAILED, "artifact": None, "reason": r.reason, "backend": r.backend})
         return out
 
     return judge

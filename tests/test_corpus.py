@@ -9,6 +9,7 @@ from curation import corpus as corpus_mod
 from curation.config import load_config
 from curation.layout import DataLayout
 from curation.stages import run_candidate_pool, run_image_scores, run_raw_pool, run_thresholds
+from curation.stages.fingerprint import stage_fingerprint
 from curation.upscale.backends import BACKENDS, LanczosBackend
 from curation.upscale.tiers import tier_bounds
 
@@ -99,7 +100,7 @@ def test_clean_corpus_passes_every_check(candidates, tmp_path):
     assert {"2x", "4x"} <= tiers
     min_px = tier_bounds(cfg)["archive_min_pixels_inclusive"]
     for r in rows:
-        assert r["parent_id"] and r["config_hash"] == cfg.hash
+        assert r["parent_id"] and r["config_hash"] == stage_fingerprint(cfg, "corpus_100mp")
         assert r["passed"], r
         assert r["width"] * r["height"] >= min_px
         if r["tier"] in ("2x", "4x"):
