@@ -70,7 +70,8 @@ def summary_markdown(layout: DataLayout, raw_root: Path, cfg) -> tuple[str, list
     evals: list[dict] = []
     labels_path = raw_root / "labels.jsonl"
     if labels_path.exists():
-        evals = evaluate(load_labels(raw_root), _rows(layout, "raw_pool"), _rows(layout, "candidate_pool"))
+        evals = evaluate(load_labels(raw_root), _rows(layout, "raw_pool"), _rows(layout, "candidate_pool"),
+                         root=layout.root)
         md += ["## Filters against the generator's labels", "",
                markdown_table(["filter", "evaluated", "fired", "labelled", "TP", "precision", "recall"],
                               [[e["filter"], e["evaluated"], e["fired"], e["labelled"], e["tp"], e["precision"], e["recall"]]
@@ -173,6 +174,10 @@ def run_demo(data_root: str | Path, profile: str = "demo", n: int | None = None,
                f"`{released['manifest_sha256'][:16]}`, DVC `{released['dvc_md5']}`, git tag `{released['git_tag']}`; "
                f"audit {'OK' if released['audit_ok'] else 'FAILED'}.\n\nLineage of `{released['image_id']}` "
                f"(`uhr lineage {released['image_id'][:10]} --data-root {data_root}`):\n\n```\n{released['lineage']}\n```\n")
+    from orchestration.pipeline import stages_table
+
+    md += ("\n## Stages (images computed in this run / reused from an earlier one)\n\n```\n"
+           + stages_table(run["stages"]) + "\n```\n")
     timings["total"] = time.perf_counter() - t_start
     md += "\n## Timings (s)\n\n" + markdown_table(["step", "seconds"], [[k, v] for k, v in timings.items()]) + "\n"
     report = layout.report_dir("demo") / "summary.md"
