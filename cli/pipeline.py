@@ -41,8 +41,12 @@ def demo_cmd(data_root: str, profile: str, n: int | None, seed: int, raw_root: s
 @click.option("--profile", default="paper", show_default=True)
 @click.option("--asset", "assets", multiple=True, type=StageName(),
               help="Materialise only this asset (every registered shard); repeatable. Default: the whole graph.")
-def materialize_cmd(data_root: str, raw_root: str, profile: str, assets: tuple[str, ...]) -> None:
-    """Register every shard folder of RAW_ROOT and materialise the curation assets.
+@click.option("--json", "as_json", is_flag=True,
+              help='Print one JSON object {"stages": [{"stage", "partitions", "computed", "reused"}, ...]} on '
+                   "stdout (progress goes to stderr).")
+def materialize_cmd(data_root: str, raw_root: str, profile: str, assets: tuple[str, ...], as_json: bool) -> None:
+    """Register every shard folder of RAW_ROOT and materialise the curation assets; end with a
+    per-stage table (stage, partitions, images computed, images reused).
 
     The runs go to the Dagster instance under DATA_ROOT/dagster_home, so the UI shows them --
     DVC-triggered ones (one ``--asset`` per stage) included."""
@@ -52,9 +56,18 @@ def materialize_cmd(data_root: str, raw_root: str, profile: str, assets: tuple[s
     defs = definitions_for(data_root, raw_root, profile)
     instance = instance_for(data_root)
     try:
-        materialize_all(defs, instance, raw_root, log=click.echo, assets=list(assets) or None)
+        out = materialize_all(defs, instance, raw_root, log=lambda m: click.echo(m, err=as_json),
+                              assets=list(assets) or None)
     finally:
         instance.dispose()
+    if as_json:
+        import json
+
+        click.echo(json.dumps({"stages": out["stages"]}))
+    else:
+        from orchestration.pipeline import stages_table
+
+        click.echo("\n" + stages_table(out["stages"]))
 
 
 @click.command("dvc-yaml")

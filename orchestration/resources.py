@@ -67,9 +67,10 @@ class CurationSettings(ConfigurableResource):
     data_root: str
     raw_root: str | None = None
     profile: str = "paper"
+    config_dir: str | None = None
 
     def config(self) -> Config:
-        return load_config(self.profile)
+        return load_config(self.profile, self.config_dir)
 
     def layout(self) -> DataLayout:
         return DataLayout.at(self.data_root)
