@@ -208,12 +208,12 @@ def run_corpus(layout: DataLayout, shard: str, cfg: Config, backend_name: str | 
 
         judge_client = create_vlm_client(cfg.get("judges.corpus") or {}, base_dir=layout.root)
     fp = stage_fingerprint(cfg, "corpus_100mp")
-    # the judge's backend is part of the inputs: a heuristic verdict is never reused for a served judge
-    key = input_key(fp, upstream_versions(layout, "corpus_100mp", shard),
-                    {"backend": backend_name, "judge": getattr(judge_client, "backend", None)})
+    # the judge (backend + model) is part of the inputs: a heuristic verdict is never reused for a
+    # served judge, nor one model's verdict for another's
+    judge = f"{getattr(judge_client, 'backend', None)}/{getattr(judge_client, 'model', None)}"
+    key = input_key(fp, upstream_versions(layout, "corpus_100mp", shard), {"backend": backend_name, "judge": judge})
     dst = layout.manifest("corpus_100mp", shard)
-    if reusable(dst, key) and all(layout.resolve(r["output_path"]).exists()
-                                  for r in read_manifest(dst).to_pylist() if r.get("passed")):
+    if reusable(dst, key) and _complete(layout, read_manifest(dst).to_pylist()):
         return _with_tiers(reuse_result(dst))
     chosen = select_for_upscale([r for r in cands if r["tier"] in ("2x", "4x")], cap)
     cache = layout.cache("corpus", fp)
@@ -228,9 +228,10 @@ def run_corpus(layout: DataLayout, shard: str, cfg: Config, backend_name: str | 
                          "reject_detail": f"corpus.max_upscales_per_shard={cap} in profile {cfg.name}",
                          "code_version": cv})
             continue
-        ckey = hashlib.sha256(f"{r['image_id']}:{backend_name}".encode()).hexdigest()[:24]
+        ckey = hashlib.sha256(f"{r['image_id']}:{backend_name}:{judge}".encode()).hexdigest()[:24]
         cached = _read(cache / f"{ckey}.json")
-        if cached and (not cached.get("output_path") or layout.resolve(cached["output_path"]).exists()):
+        if (cached and cached.get("reject_reason") != JUDGE_FAILED  # a failed judge call is retried
+                and (not cached.get("output_path") or layout.resolve(cached["output_path"]).exists())):
             rows.append(cached)
             reused += 1
         else:
@@ -245,6 +246,13 @@ def run_corpus(layout: DataLayout, shard: str, cfg: Config, backend_name: str | 
     res = _with_tiers(StageResult(table, path, {}))
     res.summary.update(computed=computed, reused=reused)
     return res
+
+
+def _complete(layout: DataLayout, rows: list[dict]) -> bool:
+    """A committed corpus manifest can stand as it is: every passed output is on this worker and no
+    row waits for a judge that failed (those are retried)."""
+    return all(layout.resolve(r["output_path"]).exists() for r in rows if r.get("passed")) \
+        and not any(r.get("reject_reason") == JUDGE_FAILED for r in rows)
 
 
 def _with_tiers(res: StageResult) -> StageResult:

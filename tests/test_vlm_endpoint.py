@@ -196,3 +196,35 @@ def test_removed_variable_names_are_gone():
     files += [root / "docker-compose.yml", root / "README.md", root / "configs" / "paper.yaml"]
     hits = [f"{p.relative_to(root)}: {name}" for p in files if p.exists() for name in old if name in p.read_text()]
     assert not hits, hits
+
+
+def test_corpus_never_reuses_a_verdict_across_judges_and_retries_failed_ones(one_shard, tmp_path):
+    """Same data root: a heuristic verdict is not reused once an endpoint is configured, and a
+    ``judge_failed`` row is judged again on the next run (counted)."""
+    import shutil
+
+    from curation.corpus import DEFERRED, JUDGE_FAILED, run_corpus
+    from orchestration.resources import VLMEndpoint
+
+    layout0, shard = one_shard
+    layout = DataLayout.at(tmp_path / "data")
+    shutil.copytree(layout0.root / "manifests", layout.root / "manifests")
+    cfg = _fast(load_config("test"), "corpus")
+    cfg.data["corpus"]["max_upscales_per_shard"] = 1
+
+    def run(vlm):
+        with vlm.client(cfg, "corpus", base_dir=layout.root) as judge:
+            res = run_corpus(layout, shard, cfg, "lanczos", judge)
+        sr = [r for r in res.rows if r["tier"] in ("2x", "4x") and r["reject_reason"] != DEFERRED]
+        return sr, res.summary
+
+    sr, s = run(VLMEndpoint(endpoint=None))
+    assert sr and all(r["judge_backend"] == "heuristic" for r in sr) and s["computed"] >= len(sr)
+    dead = VLMEndpoint(endpoint=_dead_endpoint())
+    sr, s = run(dead)
+    assert all(r["reject_reason"] == JUDGE_FAILED and r["judge_backend"] == "vllm" for r in sr), sr
+    assert s["computed"] >= len(sr) and not s.get("manifest_reused")
+    sr, s = run(dead)  # failed calls are retried, not reused
+    assert all(r["reject_reason"] == JUDGE_FAILED for r in sr) and s["computed"] >= len(sr)
+    sr, s = run(VLMEndpoint(endpoint=None))  # back to the heuristic: its cached verdicts are valid again
+    assert all(r["judge_backend"] == "heuristic" for r in sr) and s["reused"] >= len(sr) and s["computed"] == 0

@@ -150,7 +150,7 @@ register_stage(StageSpec(
     upstream=("raw_pool",), inputs=("raw_pool",),
     reads=("purification.exposure", "purification.sharpness", "purification.flatness",
            "purification.richness.histogram_bins", "purification.aesthetics.scorers",
-           "purification.aesthetics.laion", "purification.aesthetics.artimuse", "judges.artimuse",
+           "purification.aesthetics.laion", "judges.artimuse",
            "io.max_pixels", "report.thumb_px"),
     job="shard_purification",
     description="Per-image purification scores (exposure, Laplacian, flatness, entropy, aesthetics), one decode each.",
