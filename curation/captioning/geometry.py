@@ -1,0 +1,211 @@
+"""Boxes, mask IoU, NMS, the area filter, instance crops and the highlighted full image.
+
+Coordinates: a box is ``(x0, y0, x1, y1)`` in **full-image pixels**, ``x1``/``y1`` exclusive
+(``width = x1 - x0``); floats are allowed for model outputs, :func:`crop_box` returns integers.
+
+The instance *visual pair* (paper 3.1.5) is built here, always through region reads of the
+tiled corpus file (:func:`curation.upscale.storage.open_source`, ``.read(y0, y1, x0, x1)``), so
+a 100 MP image is never decoded whole into memory:
+
+* the **crop** (:func:`crop_box`, :func:`read_crop`): the instance box grown on every side by
+  ``padding`` (default 0.05 = 5 %) **of the box's own side length** -- left and right by
+  ``0.05 x box width``, top and bottom by ``0.05 x box height`` -- so the crop stays centred on
+  the box and is 10 % wider and taller than it; at an image border the crop is clipped (it is
+  not shifted), so it then has less margin on that side only. A crop larger than
+  ``max_long_edge`` is downscaled band by band while it is read;
+* the **highlighted full image** (:func:`downscaled_read`, :func:`render_highlight`,
+  :func:`highlight_image`): the whole image downscaled to ``long_edge`` by reading row bands
+  and area-resampling each one (bounded memory), the instance's mask sampled on the same grid
+  from its RLE (:func:`curation.captioning.rle.decode_resized`, no full-size mask), everything
+  outside the mask darkened to ``dim`` x its brightness and the mask outlined just outside its
+  edge.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+Box = tuple[float, float, float, float]
+
+
+# =============================================================================================
+# boxes and masks
+# =============================================================================================
+def box_area(box: Sequence[float]) -> float:
+    x0, y0, x1, y1 = box
+    return max(0.0, x1 - x0) * max(0.0, y1 - y0)
+
+
+def box_iou(a: Sequence[float], b: Sequence[float]) -> float:
+    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = ix * iy
+    union = box_area(a) + box_area(b) - inter
+    return inter / union if union > 0 else 0.0
+
+
+def valid_box(box: Any, width: int | None = None, height: int | None = None) -> Box | None:
+    """``box`` as four finite floats with ``x1 > x0`` and ``y1 > y0``, clipped to the image when
+    its size is given; None when it is not a box or nothing of it is inside the image."""
+    try:
+        x0, y0, x1, y1 = (float(v) for v in box)
+    except (TypeError, ValueError):
+        return None
+    if not all(math.isfinite(v) for v in (x0, y0, x1, y1)):
+        return None
+    if width is not None and height is not None:
+        x0, x1 = max(0.0, x0), min(float(width), x1)
+        y0, y1 = max(0.0, y0), min(float(height), y1)
+    if x1 <= x0 or y1 <= y0:
+        return None
+    return x0, y0, x1, y1
+
+
+def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
+    """IoU of two boolean masks of one shape (0 when both are empty)."""
+    a, b = np.asarray(a, bool), np.asarray(b, bool)
+    if a.shape != b.shape:
+        raise ValueError(f"mask shapes differ: {a.shape} vs {b.shape}")
+    union = np.logical_or(a, b).sum()
+    return float(np.logical_and(a, b).sum() / union) if union else 0.0
+
+
+def mask_iou_matrix(masks: Sequence[np.ndarray]) -> np.ndarray:
+    n = len(masks)
+    m = np.eye(n)
+    for i in range(n):
+        for j in range(i + 1, n):
+            m[i, j] = m[j, i] = mask_iou(masks[i], masks[j])
+    return m
+
+
+def nms(scores: Sequence[float], iou: np.ndarray, threshold: float) -> list[int]:
+    """Greedy non-maximum suppression: visit by decreasing score (ties: lower index first),
+    keep an item unless its IoU with an already kept item is ``> threshold``. Returns the kept
+    indices in visiting order."""
+    s = np.asarray(scores, dtype=np.float64)
+    iou = np.asarray(iou, dtype=np.float64)
+    if iou.shape != (len(s), len(s)):
+        raise ValueError(f"iou matrix shape {iou.shape} does not match {len(s)} scores")
+    order = sorted(range(len(s)), key=lambda i: (-s[i] if math.isfinite(s[i]) else math.inf, i))
+    kept: list[int] = []
+    for i in order:
+        if all(iou[i, k] <= threshold for k in kept):
+            kept.append(i)
+    return kept
+
+
+def mask_nms(masks: Sequence[np.ndarray], scores: Sequence[float], threshold: float) -> list[int]:
+    """:func:`nms` on the mask IoU of boolean masks."""
+    return nms(scores, mask_iou_matrix(masks), threshold)
+
+
+def area_filter(areas: Sequence[float], image_area: float, min_fraction: float) -> list[int]:
+    """Indices whose area is at least ``min_fraction`` of ``image_area`` (trivial objects out)."""
+    lim = float(min_fraction) * float(image_area)
+    return [i for i, a in enumerate(areas) if float(a) >= lim and float(a) > 0]
+
+
+# =============================================================================================
+# crops
+# =============================================================================================
+def crop_box(box: Sequence[float], width: int, height: int, padding: float = 0.05) -> tuple[int, int, int, int]:
+    """The instance crop: ``box`` grown by ``padding x box width`` left and right and
+    ``padding x box height`` top and bottom (centred on the box), rounded outwards to whole
+    pixels and clipped at the image borders. Raises ``ValueError`` for a box outside the image."""
+    vb = valid_box(box)
+    if vb is None:
+        raise ValueError(f"not a box: {box!r}")
+    x0, y0, x1, y1 = vb
+    px, py = float(padding) * (x1 - x0), float(padding) * (y1 - y0)
+    cx0, cy0 = max(0, math.floor(x0 - px)), max(0, math.floor(y0 - py))
+    cx1, cy1 = min(int(width), math.ceil(x1 + px)), min(int(height), math.ceil(y1 + py))
+    if cx1 <= cx0 or cy1 <= cy0:
+        raise ValueError(f"box {box!r} lies outside the {width}x{height} image")
+    return cx0, cy0, cx1, cy1
+
+
+def _target_size(w: int, h: int, long_edge: int | None) -> tuple[int, int]:
+    if not long_edge or max(w, h) <= long_edge:
+        return w, h
+    s = long_edge / max(w, h)
+    return max(1, round(w * s)), max(1, round(h * s))
+
+
+def read_region(src: Any, box: Sequence[int], max_long_edge: int | None = None, band_rows: int = 1024) -> np.ndarray:
+    """RGB uint8 of ``box = (x0, y0, x1, y1)`` from a region source, downscaled (area) to
+    ``max_long_edge`` when larger. Reads ``band_rows`` full-resolution rows at a time and
+    resamples each band, so memory stays ~ one band plus the output."""
+    import cv2
+
+    x0, y0, x1, y1 = (int(v) for v in box)
+    w, h = x1 - x0, y1 - y0
+    if w <= 0 or h <= 0:
+        raise ValueError(f"empty region {box!r}")
+    tw, th = _target_size(w, h, max_long_edge)
+    if (tw, th) == (w, h):
+        return np.ascontiguousarray(src.read(y0, y1, x0, x1))
+    step = max(int(band_rows), math.ceil(h / th))  # at least one output row per band
+    parts = []
+    for b0 in range(0, h, step):
+        b1 = min(h, b0 + step)
+        r0, r1 = round(b0 * th / h), round(b1 * th / h)
+        if r1 <= r0:
+            continue
+        band = src.read(y0 + b0, y0 + b1, x0, x1)
+        parts.append(cv2.resize(band, (tw, r1 - r0), interpolation=cv2.INTER_AREA))
+    return np.ascontiguousarray(np.concatenate(parts, axis=0))
+
+
+def read_crop(src: Any, box: Sequence[float], padding: float = 0.05, max_long_edge: int | None = 2048,
+              band_rows: int = 1024) -> tuple[np.ndarray, tuple[int, int, int, int]]:
+    """The padded instance crop (see :func:`crop_box`) and its box in full-image pixels."""
+    cb = crop_box(box, src.width, src.height, padding)
+    return read_region(src, cb, max_long_edge, band_rows), cb
+
+
+def downscaled_read(src: Any, long_edge: int, band_rows: int = 1024) -> np.ndarray:
+    """The whole image with its long edge at ``long_edge`` (never upscaled), read in bands."""
+    return read_region(src, (0, 0, src.width, src.height), long_edge, band_rows)
+
+
+# =============================================================================================
+# highlight
+# =============================================================================================
+def render_highlight(image: np.ndarray, mask: np.ndarray, dim: float = 0.35, outline_px: int = 3,
+                     outline_rgb: Sequence[int] = (255, 64, 0)) -> np.ndarray:
+    """``image`` with the pixels outside ``mask`` darkened to ``dim`` x their value and a
+    ``outline_px`` wide outline drawn just outside the mask edge; pixels inside the mask keep
+    their values. ``mask`` has the image's height and width."""
+    import cv2
+
+    img = np.asarray(image)
+    m = np.asarray(mask, bool)
+    if img.shape[:2] != m.shape:
+        raise ValueError(f"mask {m.shape} does not match image {img.shape[:2]}")
+    out = (img.astype(np.float32) * float(dim)).round().clip(0, 255).astype(np.uint8)
+    out[m] = img[m]
+    if outline_px > 0 and m.any():
+        k = 2 * int(outline_px) + 1
+        ring = cv2.dilate(m.astype(np.uint8), np.ones((k, k), np.uint8)).astype(bool) & ~m
+        out[ring] = np.asarray(outline_rgb, dtype=np.uint8)
+    return out
+
+
+def highlight_image(src: Any, rle: Mapping[str, Any], long_edge: int = 1024, dim: float = 0.35,
+                    outline_px: int = 3, outline_rgb: Sequence[int] = (255, 64, 0), band_rows: int = 1024,
+                    thumbnail: np.ndarray | None = None) -> np.ndarray:
+    """The highlighted full image of one instance: a downscaled read of the image (or the given
+    ``thumbnail`` of it, reused across instances) with the instance's RLE mask sampled on the
+    thumbnail grid (:func:`render_highlight`)."""
+    from curation.captioning import rle as rle_mod
+
+    thumb = thumbnail if thumbnail is not None else downscaled_read(src, long_edge, band_rows)
+    if tuple(int(v) for v in rle["size"]) != (src.height, src.width):
+        raise ValueError(f"mask size {rle['size']} does not match the image {src.height}x{src.width}")
+    small = rle_mod.decode_resized(rle, thumb.shape[0], thumb.shape[1])
+    return render_highlight(thumb, small, dim, outline_px, outline_rgb)
