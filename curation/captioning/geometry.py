@@ -48,9 +48,10 @@ def box_iou(a: Sequence[float], b: Sequence[float]) -> float:
     return inter / union if union > 0 else 0.0
 
 
-def valid_box(box: Any, width: int | None = None, height: int | None = None) -> Box | None:
+def valid_box(box: Any, width: int | None = None, height: int | None = None, min_side: float = 0.0) -> Box | None:
     """``box`` as four finite floats with ``x1 > x0`` and ``y1 > y0``, clipped to the image when
-    its size is given; None when it is not a box or nothing of it is inside the image."""
+    its size is given; None when it is not a box, nothing of it is inside the image, or a side
+    (after clipping) is shorter than ``min_side``."""
     try:
         x0, y0, x1, y1 = (float(v) for v in box)
     except (TypeError, ValueError):
@@ -60,7 +61,7 @@ def valid_box(box: Any, width: int | None = None, height: int | None = None) -> 
     if width is not None and height is not None:
         x0, x1 = max(0.0, x0), min(float(width), x1)
         y0, y1 = max(0.0, y0), min(float(height), y1)
-    if x1 <= x0 or y1 <= y0:
+    if x1 <= x0 or y1 <= y0 or x1 - x0 < min_side or y1 - y0 < min_side:
         return None
     return x0, y0, x1, y1
 
