@@ -14,7 +14,8 @@ Steps and answer shapes (the schemas of :mod:`curation.captioning.tasks`):
 step                value
 =================== ===========================================================================
 tags                ``{"tags": [str, ...]}`` (tagger output; a JSON list, an object with
-                    ``tags`` or a comma/newline-separated string); lower-cased, de-duplicated
+                    ``tags`` or a comma/newline-separated string); lower-cased, de-duplicated,
+                    at most :data:`MAX_TAG_WORDS` words each
 tag pruning         ``{"tangible_tags": [str, ...]}``: a subset of the candidate tags (compared
                     case- and space-insensitively); an explicit empty list is a valid answer
 instance            ``{"description": str, "importance": int}``; importance in
@@ -51,6 +52,9 @@ AESTHETIC_DIMENSIONS: dict[str, str] = {
     "theme_communication": "theme & communication",
     "emotion_viewer_response": "emotion & viewer response",
 }
+
+#: a tag longer than this is prose, not a tag (not in paper)
+MAX_TAG_WORDS = 5
 
 _WORD = re.compile(r"[A-Za-z0-9]+(?:['’-][A-Za-z0-9]+)*")
 
@@ -159,6 +163,8 @@ def _tag_list(v: Any, key: str) -> tuple[list[str] | None, str | None]:
         n = _norm_tag(t)
         if not n:
             return None, f"{key}[{i}] is empty"
+        if len(n.split()) > MAX_TAG_WORDS:
+            return None, f"{key}[{i}] has more than {MAX_TAG_WORDS} words: {t[:60]!r}"
         if n not in out:
             out.append(n)
     return out, None
@@ -170,9 +176,10 @@ def _tag_list(v: Any, key: str) -> tuple[list[str] | None, str | None]:
 def parse_tags(answer: Any) -> Parsed:
     """A tagger's tags: a JSON list of strings, ``{"tags": [...]}`` or a comma / newline
     separated string. At least one tag."""
-    if isinstance(answer, str) and not answer.lstrip().startswith(("{", "[", "`", "<")):
-        parts = [p for p in re.split(r"[,\n|]", answer) if p.strip()]
-        answer = parts
+    if isinstance(answer, str) and answer.strip() and not answer.lstrip().startswith(("{", "[", "`", "<")):
+        if not re.search(r"[,\n|]", answer.strip()):
+            return _fail(f"plain text without separators is not a tag list: {answer.strip()[:60]!r}")
+        answer = [p for p in re.split(r"[,\n|]", answer) if p.strip()]
     if isinstance(answer, str):
         s = answer.replace("```json", "").replace("```", "").strip()
         try:

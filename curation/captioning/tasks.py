@@ -154,8 +154,9 @@ def _instance_lines(instances: Any) -> list[str]:
 
 
 def heuristic_long_caption(images: list[np.ndarray], variables: Mapping[str, Any]) -> dict:
-    """Template caption: image statistics, the tags, every instance description, the
-    aesthetics texts; cut at the maximum word count."""
+    """Template caption: image statistics (light, orientation, palette, palette of each
+    horizontal third), the tags, every instance description, the aesthetics texts; cut at the
+    maximum word count."""
     img = images[0]
     g = float(img.mean())
     light = "bright" if g > 160 else ("dark" if g < 80 else "evenly lit")
@@ -164,6 +165,12 @@ def heuristic_long_caption(images: list[np.ndarray], variables: Mapping[str, Any
     orient = "landscape" if w > h * 1.1 else ("portrait" if h > w * 1.1 else "square")
     art = "An" if light[0] in "aeiou" else "A"
     parts = [f"{H} {art} {light} {orient} picture whose palette is dominated by {', '.join(cols) or 'neutral'} tones."]
+    thirds = []
+    for name, part in (("upper", img[: h // 3]), ("middle", img[h // 3: 2 * h // 3]), ("lower", img[2 * h // 3:])):
+        if part.size:
+            thirds.append(f"the {name} third is mostly {' and '.join(_colours(part, 2))}")
+    if thirds:
+        parts.append("Seen from top to bottom, " + ", ".join(thirds) + ".")
     tags = [t for t in (variables.get("tags") or []) if isinstance(t, str)]
     if tags:
         parts.append("Visible elements include " + ", ".join(tags[:12]) + ".")
@@ -173,7 +180,7 @@ def heuristic_long_caption(images: list[np.ndarray], variables: Mapping[str, Any
     aes = variables.get("aesthetics")
     if isinstance(aes, Mapping):
         for k, name in A.AESTHETIC_DIMENSIONS.items():
-            v = aes.get(k)
+            v = aes.get(k, aes.get(name))  # keyed by answer key or by the paper's name
             if isinstance(v, str) and v.strip():
                 parts.append(f"Regarding {name}, " + v.replace(H, "").strip())
     words = " ".join(parts).split()
