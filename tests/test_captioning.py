@@ -229,10 +229,12 @@ def _reference_upsample(low, frame, H, W, thr):
     return out
 
 
-@pytest.mark.parametrize("frame,chunk", [((7.3, 4.1, 61.7, 38.9), 5), ((-10, -3, 90, 70), 1000), ((0, 0, 70, 45), 1)])
-def test_encode_lowres_matches_the_reference(frame, chunk):
+@pytest.mark.parametrize("frame,chunk,dense", [((7.3, 4.1, 61.7, 38.9), 5, False), ((-10, -3, 90, 70), 1000, False),
+                                               ((0, 0, 70, 45), 1, False), ((5, 0, 60, 30), 3, True),
+                                               ((5, 20, 60, 45), 4, True), ((0, 10, 70, 30), 7, True)])
+def test_encode_lowres_matches_the_reference(frame, chunk, dense):
     rng = np.random.default_rng(3)
-    low = rng.random((6, 9)).astype(np.float32)
+    low = (rng.random((6, 9)) * (0.5 if dense else 1.0) + (0.45 if dense else 0.0)).astype(np.float32)
     H, W = 45, 70
     r = R.encode_lowres(low, frame, H, W, 0.5, chunk_columns=chunk)
     ref = _reference_upsample(low.astype(np.float64), frame, H, W, 0.5)

@@ -146,7 +146,8 @@ def encode_lowres(low: np.ndarray, frame: Sequence[float], height: int, width: i
     y1)`` in full-image pixels (may extend past the image). A full-image pixel is foreground
     when its centre lies in the frame and the bilinear interpolation of ``low`` at that centre is
     ``>= threshold`` (use a threshold in (0, 1]; booleans count as 0 / 1). Work is done
-    ``chunk_columns`` columns at a time: peak memory ~ ``height x (mw + chunk_columns)`` float32.
+    ``chunk_columns`` columns at a time, over the frame's rows only: peak memory ~
+    ``frame rows x (mw + chunk_columns)`` float32, time ~ the frame's area.
     """
     low = np.asarray(low, dtype=np.float32)
     if low.ndim != 2 or low.size == 0:
@@ -177,16 +178,21 @@ def encode_lowres(low: np.ndarray, frame: Sequence[float], height: int, width: i
                     changes.append(np.array([c0 * H], dtype=np.int64))
                     prev = False
                 continue
-            full = np.zeros((c1 - c0, H), dtype=bool)  # one row per column = column-major order
-            full[:, ry0:ry1] = fg.T
-            flat = full.ravel()
+            # one row per column (= column-major order) holding the frame rows, plus one zero
+            # standing for the whole gap above / below the frame when there is one
+            ha, hb = int(ry0 > 0), int(ry1 < H)
+            L = ha + (ry1 - ry0) + hb
+            seg = np.zeros((c1 - c0, L), dtype=bool)
+            seg[:, ha:ha + ry1 - ry0] = fg.T
+            flat = seg.ravel()
             d = np.flatnonzero(flat[1:] != flat[:-1]) + 1
-            base = c0 * H
+            k = d % L
+            rows = np.where((k == 0) & (ha == 1), 0, ry0 + k - ha)   # local index -> image row
             if flat[0] != prev:
-                changes.append(np.array([base], dtype=np.int64))
-            changes.append(d.astype(np.int64) + base)
+                changes.append(np.array([c0 * H], dtype=np.int64))
+            changes.append((c0 + d // L).astype(np.int64) * H + rows)
             prev = bool(flat[-1])
-            del full, flat, vals, fg
+            del seg, flat, vals, fg
         if prev:
             changes.append(np.array([cx1 * H], dtype=np.int64))
     ch = np.concatenate(changes) if changes else np.zeros(0, dtype=np.int64)
