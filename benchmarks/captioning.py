@@ -2,9 +2,10 @@
 
 Measures, on the project's generator image written as the corpus' tiled zstd TIFF:
 
-* **crops vs full decode**: the 16 instance crops of a typical image (5 % padding, boxes from
-  ~300 px to ~5000 px, crops downscaled to a 2048 long edge) and the highlight thumbnail (1024
-  long edge), read through region reads, against ``read_image`` of the whole file; ratio;
+* **crops vs full decode**: 16 instance crops of typical size (5 % padding, boxes from 256 to
+  2048 px), 4 large ones (3000-6000 px, downscaled to a 2048 long edge while read) and the
+  highlight thumbnail (1024 long edge), all through region reads, against ``read_image`` of
+  the whole file; ratios;
 * **RLE of a 100 MP mask**: the streamed encoder from a 256x256 low-resolution mask
   (``encode_lowres``) vs materialising the full mask and ``pycocotools.mask.encode``; full
   decode (``pycocotools.mask.decode``) and the sampled decode used for highlights;
@@ -49,11 +50,12 @@ def _rss_mb() -> float:
     return float("nan")
 
 
-def _boxes(w: int, h: int, n: int = 16, seed: int = 0) -> list[tuple[int, int, int, int]]:
+def _boxes(w: int, h: int, n: int = 16, lo: int = 256, hi: int = 2048, seed: int = 0) -> list[tuple[int, int, int, int]]:
+    """``n`` instance boxes with sides from ``lo`` to ``hi`` px (geometric), aspect 0.6-1.4."""
     rng = np.random.default_rng(seed)
     out = []
     for i in range(n):
-        side = int(300 * (5000 / 300) ** (i / (n - 1)))  # 300 px .. 5000 px, geometric
+        side = int(lo * (hi / lo) ** (i / max(1, n - 1)))
         bw, bh = side, int(side * rng.uniform(0.6, 1.4))
         x0, y0 = int(rng.integers(0, max(1, w - bw))), int(rng.integers(0, max(1, h - bh)))
         out.append((x0, y0, min(w, x0 + bw), min(h, y0 + bh)))
@@ -88,10 +90,16 @@ def _task(task: str, path: str) -> dict:
     if task == "full_decode":
         a = read_image(path)
         out["shape"] = list(a.shape)
-    elif task == "crops":
+    elif task in ("crops_typical", "crops_large"):
+        n, lo, hi = (16, 256, 2048) if task == "crops_typical" else (4, 3000, 6000)
         with open_source(path) as src:
-            for b in _boxes(src.width, src.height):
-                crop, _ = G.read_crop(src, b, 0.05, 2048)
+            boxes = _boxes(src.width, src.height, n, lo, hi)
+            px = 0
+            for b in boxes:
+                crop, cb = G.read_crop(src, b, 0.05, 2048)
+                px += (cb[2] - cb[0]) * (cb[3] - cb[1])
+            out["n_crops"] = n
+            out["crop_megapixels_read"] = round(px / 1e6, 1)
             out["decoded_tiles"] = src.decoded_segments
             out["tiles_in_file"] = len(src.page.dataoffsets)
     elif task == "highlight_thumb":
@@ -115,6 +123,7 @@ def _task(task: str, path: str) -> dict:
             out["area_fraction"] = R.area(r) / (W * H)
         else:
             r = R.encode_lowres(low, frame, H, W)
+            r2 = R.encode_lowres(low[::-1].copy(), frame, H, W)
             base = _rss_mb()
             t0 = time.perf_counter()
             if task == "rle_decode_full":
@@ -125,7 +134,7 @@ def _task(task: str, path: str) -> dict:
                 out["fg"] = int(m.sum())
             elif task == "rle_area_bbox_iou":
                 out["area"], out["bbox"] = R.area(r), R.bbox(r)
-                out["iou"] = float(R.iou_matrix([r, R.encode_lowres(low[::-1].copy(), frame, H, W)])[0, 1])
+                out["iou"] = float(R.iou_matrix([r, r2])[0, 1])
     elif task == "pipeline":
         from curation.captioning import GROUNDERS, SEGMENTERS, TAGGERS, caption_image
         from curation.vlm import create_vlm_client
@@ -181,13 +190,14 @@ def main() -> None:
             w, h = make_tiff(path, args.mp)
         res: dict = {"image": {"path": str(path) if args.tiff else "generated", "bytes": os.path.getsize(path),
                                "make_s": round(time.perf_counter() - t0, 1)}}
-        for task in ("full_decode", "crops", "highlight_thumb", "rle_stream_encode", "rle_full_encode",
+        for task in ("full_decode", "crops_typical", "crops_large", "highlight_thumb", "rle_stream_encode", "rle_full_encode",
                      "rle_decode_full", "rle_decode_resized", "rle_area_bbox_iou", "pipeline"):
             res[task] = in_child(task, str(path))
             print(task, json.dumps(res[task]), flush=True)
         dec = res["full_decode"]["seconds"]
         res["ratios"] = {
-            "crops_over_full_decode": round(res["crops"]["seconds"] / dec, 4),
+            "crops_typical_over_full_decode": round(res["crops_typical"]["seconds"] / dec, 4),
+            "crops_large_over_full_decode": round(res["crops_large"]["seconds"] / dec, 4),
             "highlight_thumb_over_full_decode": round(res["highlight_thumb"]["seconds"] / dec, 4),
             "rle_stream_over_full_encode": round(res["rle_stream_encode"]["seconds"] / res["rle_full_encode"]["seconds"], 4),
             "pipeline_overhead_over_full_decode": round(res["pipeline"]["overhead_s"] / dec, 4),

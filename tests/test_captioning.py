@@ -237,7 +237,7 @@ def test_encode_lowres_matches_the_reference(frame, chunk, dense):
     low = (rng.random((6, 9)) * (0.5 if dense else 1.0) + (0.45 if dense else 0.0)).astype(np.float32)
     H, W = 45, 70
     r = R.encode_lowres(low, frame, H, W, 0.5, chunk_columns=chunk)
-    ref = _reference_upsample(low.astype(np.float64), frame, H, W, 0.5)
+    ref = _reference_upsample(low.astype(np.float64), tuple(round(v) for v in frame), H, W, 0.5)  # frame -> whole px
     got = R.decode(r)
     assert (got != ref).sum() <= 2   # float32 vs float64 ties at the threshold only
     assert R.area(r) == int(got.sum())
@@ -466,7 +466,7 @@ def test_pipeline_end_to_end_offline(scene_tif):
     assert q["instance_coverage"] == 1.0 and q["long_words"] >= 40 and 5 <= q["short_words"] <= 80
     back = CaptionRecord.from_json(rec.to_json())
     assert back == rec
-    assert {"analysis_view", "rle_encode", "visual_pairs", "model.tagger"} <= set(tim)
+    assert {"views", "rle_encode", "visual_pairs", "model.tagger"} <= set(tim)
 
 
 def test_pipeline_survives_garbage_everywhere(scene_tif):
@@ -641,3 +641,21 @@ def test_captioning_imports_neither_dagster_nor_evaluation():
                 names = [node.module]
             for n in names:
                 assert not n.split(".")[0] in ("dagster", "evaluation", "assets", "orchestration"), (path.name, n)
+
+
+def test_counts_from_string_matches_explicit_runs():
+    rng = np.random.default_rng(5)
+    for shape, p in [((7, 13), 0.5), ((300, 200), 0.999), ((64, 64), 0.01), ((1, 1), 0.5)]:
+        m = rng.random(shape) < p
+        col = m.T.ravel().astype(np.int8)
+        d = np.flatnonzero(np.diff(np.concatenate([[0], col])) != 0)
+        ref = np.diff(np.concatenate([[0], d, [col.size]]))
+        assert list(R.counts_from_string(R.encode(m)["counts"])) == list(ref)
+    big = np.zeros((5000, 3000), bool)
+    big[100:4900, 5:2990] = True
+    big[0, 0] = True
+    r = R.encode(big)
+    assert R.from_counts(R.counts_from_string(r["counts"]), 5000, 3000) == r
+    for bad in ("\x10", "a" * 3 + "o"):
+        with pytest.raises(ValueError):
+            R.counts_from_string(bad)

@@ -130,7 +130,7 @@ def crop_box(box: Sequence[float], width: int, height: int, padding: float = 0.0
     return cx0, cy0, cx1, cy1
 
 
-def _target_size(w: int, h: int, long_edge: int | None) -> tuple[int, int]:
+def target_size(w: int, h: int, long_edge: int | None) -> tuple[int, int]:
     if not long_edge or max(w, h) <= long_edge:
         return w, h
     s = long_edge / max(w, h)
@@ -147,7 +147,7 @@ def read_region(src: Any, box: Sequence[int], max_long_edge: int | None = None, 
     w, h = x1 - x0, y1 - y0
     if w <= 0 or h <= 0:
         raise ValueError(f"empty region {box!r}")
-    tw, th = _target_size(w, h, max_long_edge)
+    tw, th = target_size(w, h, max_long_edge)
     if (tw, th) == (w, h):
         return np.ascontiguousarray(src.read(y0, y1, x0, x1))
     step = max(int(band_rows), math.ceil(h / th))  # at least one output row per band

@@ -2,8 +2,9 @@
 
 :func:`caption_image` runs, for one image of the tiled 100 MP corpus:
 
-1. the **analysis view**: the whole image downscaled (band-wise region reads) to
-   ``analysis_long_edge``; the tagger, grounder and segmenter see only this view;
+1. the **views**: the whole image downscaled once (band-wise region reads) to the largest of
+   ``analysis_long_edge``, ``highlight.long_edge`` and ``caption_view_long_edge``, the others
+   area-resampled from it; the tagger, grounder and segmenter see only the analysis view;
 2. **tags** (tagger) -> **tangible tags** (LLM task ``caption_tag_pruning``; tags the LLM
    invents fail the step) -> **boxes** (grounder, ``box_threshold``) -> **masks** (segmenter,
    one box prompt each) -> full-resolution COCO RLE from the low-resolution masks
@@ -68,6 +69,20 @@ def _result_prov(res: Any, parsed: A.Parsed | None = None) -> Provenance:
     return Provenance(res.backend, res.model, res.prompt_hash)
 
 
+def _views(src: Any, edges: Mapping[str, int], band: int) -> dict[str, np.ndarray]:
+    """The downscaled whole-image views by long edge: the largest read band-wise from the file,
+    each smaller one area-resampled from it (so the file is decoded once)."""
+    import cv2
+
+    big_edge = max(edges.values())
+    big = G.downscaled_read(src, big_edge, band)
+    out = {}
+    for k, e in edges.items():
+        tw, th = G.target_size(src.width, src.height, e)
+        out[k] = big if (th, tw) == big.shape[:2] else cv2.resize(big, (tw, th), interpolation=cv2.INTER_AREA)
+    return out
+
+
 def caption_image(image: Any, image_id: str, *, tagger: Any, grounder: Any, segmenter: Any, llm: Any, vlm: Any,
                   params: Mapping[str, Any] | None = None, check_artifacts: bool = True,
                   artifact_judge: Any = None, timings: dict | None = None) -> CaptionRecord:
@@ -90,8 +105,10 @@ def _run(src: Any, image_id: str, p: dict, tagger, grounder, segmenter, llm, vlm
     band = int(p["captions.read.band_rows"])
     rec = CaptionRecord(image_id=image_id, width=W, height=H,
                         params={k: v for k, v in p.items() if not k.startswith("captions.models.")})
-    with _timed(timings, "analysis_view"):
-        view = G.downscaled_read(src, int(p["captions.analysis_long_edge"]), band)
+    edges = {k: int(p[f"captions.{k}"]) for k in ("analysis_long_edge", "highlight.long_edge", "caption_view_long_edge")}
+    with _timed(timings, "views"):  # one band-wise pass over the file; smaller views derived from it
+        views = _views(src, edges, band)
+    view = views["analysis_long_edge"]
     vh, vw = view.shape[:2]
     sx, sy = W / vw, H / vh
 
@@ -166,8 +183,8 @@ def _run(src: Any, image_id: str, p: dict, tagger, grounder, segmenter, llm, vlm
     # -- visual pairs and instance descriptions ----------------------------------------------------
     pairs = []
     with _timed(timings, "visual_pairs"):
-        hl_edge = int(p["captions.highlight.long_edge"])
-        thumb = view if hl_edge == int(p["captions.analysis_long_edge"]) else G.downscaled_read(src, hl_edge, band)
+        hl_edge = edges["highlight.long_edge"]
+        thumb = views["highlight.long_edge"]
         for inst in rec.instances:
             crop, cb = G.read_crop(src, inst.box, float(p["captions.crop.padding"]),
                                    int(p["captions.crop.max_long_edge"]), band)
@@ -207,9 +224,8 @@ def _run(src: Any, image_id: str, p: dict, tagger, grounder, segmenter, llm, vlm
     del pairs
 
     # -- aesthetics analysis, long and short caption ------------------------------------------------
-    with _timed(timings, "caption_view"):
-        cv_edge = int(p["captions.caption_view_long_edge"])
-        cview = view if cv_edge == int(p["captions.analysis_long_edge"]) else G.downscaled_read(src, cv_edge, band)
+    cv_edge = edges["caption_view_long_edge"]
+    cview = views["caption_view_long_edge"]
     vid = image_id if max(W, H) <= cv_edge else patch_image_id(image_id, (0, 0, W, H), f"view{cv_edge}")
     with _timed(timings, "model.aesthetics_analysis"):
         res = vlm.run_one(VLMRequest("caption_aesthetics_analysis", vid, [cview]))

@@ -12,7 +12,7 @@ Two ways in:
 * :func:`encode_lowres` -- what the pipeline uses: a segmenter's *low-resolution* mask
   (probabilities or booleans) covering a ``frame`` of the image (full-image pixel coordinates),
   upsampled bilinearly and thresholded **column chunk by column chunk** into the runs, so the
-  full-resolution mask never exists in memory (peak ~ ``height x chunk_columns`` floats).
+  full-resolution mask never exists in memory (peak ~ ``frame rows x chunk_columns`` floats).
   The runs are turned into the compressed string by pycocotools (``frPyObjects``).
 
 Ways out: :func:`decode` (full mask, pycocotools), :func:`decode_resized` (the mask sampled on a
@@ -92,27 +92,33 @@ def iou_matrix(rles: Sequence[Mapping[str, Any]]) -> np.ndarray:
 
 def counts_from_string(s: str | bytes) -> np.ndarray:
     """Uncompressed run lengths of a COCO counts string (inverse of pycocotools' string form:
-    5-bit groups offset by 48, bit 0x20 = more groups follow, bit 0x10 of the last group =
-    negative; from the third run on, each value is stored as the difference to the run two
-    places before)."""
+    each value is a group of characters ``48 + 5 bits``, bit 0x20 = more characters follow,
+    bit 0x10 of the last one = negative; from the fourth run on (index > 2), each value is
+    stored as the difference to the run two places before). Vectorised with numpy."""
     b = s.encode("ascii") if isinstance(s, str) else bytes(s)
-    out: list[int] = []
-    p, n = 0, len(b)
-    while p < n:
-        x = k = 0
-        more = True
-        while more:
-            c = b[p] - 48
-            x |= (c & 0x1F) << (5 * k)
-            more = bool(c & 0x20)
-            p += 1
-            k += 1
-            if not more and (c & 0x10):
-                x |= -1 << (5 * k)
-        if len(out) > 2:
-            x += out[-2]
-        out.append(x)
-    return np.asarray(out, dtype=np.int64)
+    if not b:
+        return np.zeros(0, dtype=np.int64)
+    c = np.frombuffer(b, dtype=np.uint8).astype(np.int64) - 48
+    if (c < 0).any() or (c > 63).any():
+        raise ValueError("not a COCO counts string")
+    last = (c & 0x20) == 0                       # the last character of each value
+    ends = np.flatnonzero(last)
+    if ends.size == 0 or ends[-1] != len(c) - 1:
+        raise ValueError("truncated COCO counts string")
+    starts = np.concatenate([[0], ends[:-1] + 1])
+    lengths = ends - starts + 1
+    k = np.arange(len(c)) - np.repeat(starts, lengths)   # position of each character in its value
+    if (k > 12).any():
+        raise ValueError("COCO counts value too long")
+    x = np.add.reduceat((c & 0x1F) << (5 * k), starts)
+    neg = (c[ends] & 0x10) != 0
+    x[neg] |= -(np.int64(1) << (5 * lengths[neg]))
+    out = x.copy()
+    if len(x) > 3:                                # out[m] = x[m] + out[m-2] for m > 2
+        out[3::2] = x[1] + np.cumsum(x[3::2])
+    if len(x) > 4:
+        out[4::2] = x[2] + np.cumsum(x[4::2])
+    return out
 
 
 def from_counts(counts: Sequence[int] | np.ndarray, height: int, width: int) -> RLE:
@@ -125,65 +131,63 @@ def from_counts(counts: Sequence[int] | np.ndarray, height: int, width: int) -> 
     return _ours(mu.frPyObjects({"size": [int(height), int(width)], "counts": c}, int(height), int(width)))
 
 
-def _interp_index(n_out: int, start: float, length: float, n_low: int, offset: int = 0):
-    """For output pixels ``offset .. offset+n_out-1`` (full-image units), the low-res sample
-    position of each pixel centre: indices i0, i1, weight w, and which pixels lie in the frame."""
-    pos = np.arange(offset, offset + n_out, dtype=np.float64) + 0.5
-    inside = (pos >= start) & (pos < start + length)
-    u = (pos - start) * (n_low / length) - 0.5
-    u = np.clip(u, 0.0, n_low - 1)
-    i0 = np.floor(u).astype(np.int64)
-    i1 = np.minimum(i0 + 1, n_low - 1)
-    w = (u - i0).astype(np.float32)
-    return i0, i1, w, inside
-
-
 def encode_lowres(low: np.ndarray, frame: Sequence[float], height: int, width: int, threshold: float = 0.5,
                   chunk_columns: int = 512) -> RLE:
     """Full-resolution COCO RLE of a low-resolution mask without building the full mask.
 
     ``low``: ``(mh, mw)`` probabilities in [0, 1] (or booleans) covering ``frame = (x0, y0, x1,
-    y1)`` in full-image pixels (may extend past the image). A full-image pixel is foreground
-    when its centre lies in the frame and the bilinear interpolation of ``low`` at that centre is
-    ``>= threshold`` (use a threshold in (0, 1]; booleans count as 0 / 1). Work is done
-    ``chunk_columns`` columns at a time, over the frame's rows only: peak memory ~
-    ``frame rows x (mw + chunk_columns)`` float32, time ~ the frame's area.
+    y1)`` in full-image pixels (may extend past the image); the frame is first rounded to whole
+    pixels (a shift of at most half a pixel). A full-image pixel is foreground when it lies in
+    the frame and the bilinear interpolation of ``low`` at its centre (pixel-centre alignment,
+    samples clamped at the edges -- OpenCV's ``INTER_LINEAR`` convention) is ``>= threshold``
+    (use a threshold in (0, 1]; booleans count as 0 / 1).
+
+    Separable and streamed: ``low`` is interpolated along x once for every frame column (a
+    ``(frame columns, mh)`` array), then ``chunk_columns`` columns at a time along y, directly in
+    column-major layout, thresholded and turned into run boundaries. The full mask never exists:
+    peak memory ~ ``frame columns x mh + chunk_columns x frame rows`` float32.
     """
+    import cv2
+
     low = np.asarray(low, dtype=np.float32)
     if low.ndim != 2 or low.size == 0:
         raise ValueError(f"expected a non-empty 2-D low-resolution mask, got shape {low.shape}")
     H, W = int(height), int(width)
-    fx0, fy0, fx1, fy1 = (float(v) for v in frame)
+    try:
+        fx0, fy0, fx1, fy1 = (int(round(float(v))) for v in frame)
+    except (TypeError, ValueError, OverflowError):
+        raise ValueError(f"not a frame: {frame!r}") from None
     if not (fx1 > fx0 and fy1 > fy0):
         raise ValueError(f"empty frame {frame}")
     mh, mw = low.shape
-    # rows of the frame that exist in the image; interpolate along y once: (rows, mw)
-    ry0, ry1 = max(0, int(np.floor(fy0))), min(H, int(np.ceil(fy1)))
-    cx0, cx1 = max(0, int(np.floor(fx0))), min(W, int(np.ceil(fx1)))
+    ry0, ry1 = max(0, fy0), min(H, fy1)
+    cx0, cx1 = max(0, fx0), min(W, fx1)
     changes: list[np.ndarray] = []
     if ry1 > ry0 and cx1 > cx0:
-        i0, i1, wy, rin = _interp_index(ry1 - ry0, fy0, fy1 - fy0, mh, ry0)
-        col_low = low[i0] * (1 - wy)[:, None] + low[i1] * wy[:, None]  # (rows, mw)
-        col_low[~rin] = 0.0
+        fw, fh = fx1 - fx0, fy1 - fy0
+        # along x for every frame column: (fw, mh); keep the columns inside the image
+        xt = cv2.resize(np.ascontiguousarray(low.T), (mh, fw), interpolation=cv2.INTER_LINEAR)
+        xt = np.ascontiguousarray(xt.reshape(fw, mh)[cx0 - fx0: cx1 - fx0])
+        ha, hb = int(ry0 > 0), int(ry1 < H)   # one zero standing for the gap above / below the frame
+        L = ha + (ry1 - ry0) + hb
         prev = False  # value of the pixel before the current chunk (column-major)
         step = max(1, int(chunk_columns))
         for c0 in range(cx0, cx1, step):
             c1 = min(cx1, c0 + step)
-            j0, j1, wx, cin = _interp_index(c1 - c0, fx0, fx1 - fx0, mw, c0)
-            vals = col_low[:, j0] * (1 - wx)[None, :] + col_low[:, j1] * wx[None, :]  # (rows, cols)
-            fg = vals >= threshold
-            fg[:, ~cin] = False
+            # along y for this chunk, already column-major: (columns, frame rows)
+            vals = cv2.resize(xt[c0 - cx0: c1 - cx0], (fh, c1 - c0), interpolation=cv2.INTER_LINEAR)
+            fg = vals.reshape(c1 - c0, fh)[:, ry0 - fy0: ry1 - fy0] >= threshold
+            del vals
             if not fg.any():
-                if prev:  # the run of ones ended at the top of column c0 (above row ry0 is zero)
+                if prev:  # the run of ones ended at the top of column c0
                     changes.append(np.array([c0 * H], dtype=np.int64))
                     prev = False
                 continue
-            # one row per column (= column-major order) holding the frame rows, plus one zero
-            # standing for the whole gap above / below the frame when there is one
-            ha, hb = int(ry0 > 0), int(ry1 < H)
-            L = ha + (ry1 - ry0) + hb
-            seg = np.zeros((c1 - c0, L), dtype=bool)
-            seg[:, ha:ha + ry1 - ry0] = fg.T
+            if ha or hb:
+                seg = np.zeros((c1 - c0, L), dtype=bool)
+                seg[:, ha:ha + ry1 - ry0] = fg
+            else:
+                seg = fg
             flat = seg.ravel()
             d = np.flatnonzero(flat[1:] != flat[:-1]) + 1
             k = d % L
@@ -192,7 +196,7 @@ def encode_lowres(low: np.ndarray, frame: Sequence[float], height: int, width: i
                 changes.append(np.array([c0 * H], dtype=np.int64))
             changes.append((c0 + d // L).astype(np.int64) * H + rows)
             prev = bool(flat[-1])
-            del seg, flat, vals, fg
+            del seg, flat, fg
         if prev:
             changes.append(np.array([cx1 * H], dtype=np.int64))
     ch = np.concatenate(changes) if changes else np.zeros(0, dtype=np.int64)
