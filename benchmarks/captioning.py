@@ -9,9 +9,11 @@ Measures, on the project's generator image written as the corpus' tiled zstd TIF
 * **RLE of a 100 MP mask**: the streamed encoder from a 256x256 low-resolution mask
   (``encode_lowres``) vs materialising the full mask and ``pycocotools.mask.encode``; full
   decode (``pycocotools.mask.decode``) and the sampled decode used for highlights;
-* **pipeline overhead**: ``caption_image`` with the offline backends, seconds per step; the
-  overhead is every step except the ``model.*`` ones (tagger, grounder, segmenter, VLM calls),
-  set against the decode of the image.
+* **pipeline overhead**: ``caption_image`` with instant stand-in backends (fixed tags, 16
+  boxes of 256-4096 px, elliptic 64x64 masks, canned VLM answers): the pipeline's own cost
+  (views, RLE, NMS, crops, highlights, parsing) and peak memory, set against the decode of the
+  image; and with the offline heuristic backends, seconds per step (``model.*`` steps are the
+  backends / VLM calls, the rest is overhead).
 
 Peak memory is each child's ``VmHWM`` (peak RSS), with the baseline after its imports.
 
@@ -84,6 +86,10 @@ def _task(task: str, path: str) -> dict:
     from curation.captioning import rle as R
     from curation.upscale.storage import open_source, read_image
 
+    import cv2  # noqa: F401  (imports outside the timed part)
+    import pycocotools.mask  # noqa: F401
+    import tifffile  # noqa: F401
+
     base = _rss_mb()
     out: dict = {}
     t0 = time.perf_counter()
@@ -135,6 +141,17 @@ def _task(task: str, path: str) -> dict:
             elif task == "rle_area_bbox_iou":
                 out["area"], out["bbox"] = R.area(r), R.bbox(r)
                 out["iou"] = float(R.iou_matrix([r, r2])[0, 1])
+    elif task == "pipeline_no_models":
+        from curation.captioning import caption_image
+
+        tim = {}
+        with _ConstVLM() as c:
+            t0 = time.perf_counter()
+            rec = caption_image(path, "bench", tagger=_FixedTagger(), grounder=_FixedGrounder(),
+                                segmenter=_FixedSegmenter(), llm=c, vlm=c, timings=tim)
+        out["timings_s"] = {k: round(v, 4) for k, v in tim.items()}
+        out["n_instances"] = len(rec.instances)
+        out["complete"] = rec.complete
     elif task == "pipeline":
         from curation.captioning import GROUNDERS, SEGMENTERS, TAGGERS, caption_image
         from curation.vlm import create_vlm_client
@@ -154,6 +171,73 @@ def _task(task: str, path: str) -> dict:
     out["peak_rss_mb"] = round(_hwm_mb(), 1)
     out["baseline_rss_mb"] = round(base, 1)
     return out
+
+
+class _FixedTagger:
+    """Instant stand-ins: what the pipeline costs around the models."""
+
+    def tag(self, view):
+        from curation.captioning import Tag
+
+        return [Tag(f"object {i}", 0.9, "fixed") for i in range(8)]
+
+    def describe(self):
+        return {"backend": "fixed", "model": "none"}
+
+
+class _FixedGrounder:
+    def ground(self, view, tags):
+        from curation.captioning import Detection
+
+        h, w = view.shape[:2]
+        s = w / 11547
+        return [Detection(tags[i % len(tags)], tuple(v * s for v in b), 0.9 - 0.01 * i, "fixed")
+                for i, b in enumerate(_boxes(11547, int(h / s), 16, 256, 4096))]
+
+    def describe(self):
+        return {"backend": "fixed", "model": "none"}
+
+
+class _FixedSegmenter:
+    def segment(self, view, boxes):
+        from curation.captioning import MaskResult
+
+        yy, xx = np.mgrid[0:64, 0:64]
+        ell = (((xx - 31.5) / 32) ** 2 + ((yy - 31.5) / 32) ** 2 <= 1).astype(np.float32)
+        return [MaskResult(ell, tuple(b), 0.9, "fixed") for b in boxes]
+
+    def describe(self):
+        return {"backend": "fixed", "model": "none"}
+
+
+_CANNED = {
+    "caption_tag_pruning": None,  # echo the candidates
+    "caption_instance_description": {"description": "A fixed description of the instance.", "importance": 5},
+    "caption_aesthetics_analysis": {"composition_design": "c", "visual_elements_structure": "v",
+                                    "technical_execution": "t", "originality_creativity": "o",
+                                    "theme_communication": "t", "emotion_viewer_response": "e", "overall": 50},
+    "caption_long": {"long_caption": " ".join(["word"] * 200)},
+    "caption_short": {"short_caption": "a short fixed caption of the image"},
+    "instance_artifact": {"artifact": False, "severity": 0, "reason": "clean"},
+}
+
+
+def _const_client():
+    from curation.vlm.client import _Outcome
+    from curation.vlm.heuristic import HeuristicVLMClient
+
+    class ConstVLM(HeuristicVLMClient):
+        """Answers instantly without looking at the images (images are still encoded-free)."""
+
+        def _attempt(self, p):
+            a = _CANNED[p.spec.name] or {"tangible_tags": list(p.req.variables["tags"])}
+            return _Outcome("answer", text=json.dumps(a))
+
+    return ConstVLM()
+
+
+def _ConstVLM():  # noqa: N802
+    return _const_client()
 
 
 def in_child(task: str, path: str) -> dict:
@@ -191,7 +275,7 @@ def main() -> None:
         res: dict = {"image": {"path": str(path) if args.tiff else "generated", "bytes": os.path.getsize(path),
                                "make_s": round(time.perf_counter() - t0, 1)}}
         for task in ("full_decode", "crops_typical", "crops_large", "highlight_thumb", "rle_stream_encode", "rle_full_encode",
-                     "rle_decode_full", "rle_decode_resized", "rle_area_bbox_iou", "pipeline"):
+                     "rle_decode_full", "rle_decode_resized", "rle_area_bbox_iou", "pipeline_no_models", "pipeline"):
             res[task] = in_child(task, str(path))
             print(task, json.dumps(res[task]), flush=True)
         dec = res["full_decode"]["seconds"]
@@ -201,6 +285,7 @@ def main() -> None:
             "highlight_thumb_over_full_decode": round(res["highlight_thumb"]["seconds"] / dec, 4),
             "rle_stream_over_full_encode": round(res["rle_stream_encode"]["seconds"] / res["rle_full_encode"]["seconds"], 4),
             "pipeline_overhead_over_full_decode": round(res["pipeline"]["overhead_s"] / dec, 4),
+            "pipeline_no_models_over_full_decode": round(res["pipeline_no_models"]["seconds"] / dec, 4),
         }
         print("ratios", json.dumps(res["ratios"]))
     if args.out:
