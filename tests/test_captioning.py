@@ -511,6 +511,10 @@ def test_pipeline_survives_garbage_everywhere(scene_tif):
     rec = _run(path, grounder=NanGrounder(), segmenter=NanSegmenter())   # NaN masks -> empty -> filtered
     assert rec.instances == [] and rec.long_caption                        # captions still written
 
+    junk = type("Junk", (), {"segment": lambda self, v, b: ["not a mask"] * len(b), "describe": lambda self: {}})()
+    rec = _run(path, segmenter=junk)
+    assert rec.instances == [] and "unusable" in rec.provenance["masks"].reason and rec.long_caption
+
     rec = _run(path, tagger=Raises())
     assert "tagger exploded" in rec.failures["tags"] and rec.tags == [] and rec.long_caption
 

@@ -157,15 +157,22 @@ def _run(src: Any, image_id: str, p: dict, tagger, grounder, segmenter, llm, vlm
             masks = []
             rec.provenance["masks"] = _backend_prov(segmenter, "failed", f"{type(e).__name__}: {e}")
     cands = []
+    unusable = 0
     with _timed(timings, "rle_encode"):
         for d, m in zip(dets, masks):
-            low = np.nan_to_num(np.asarray(m.low, dtype=np.float32), nan=0.0, posinf=1.0, neginf=0.0)
-            fr = m.scaled(sx, sy).frame
-            if G.valid_box(fr) is None or low.ndim != 2 or low.size == 0:
+            try:
+                low = np.nan_to_num(np.asarray(m.low, dtype=np.float32), nan=0.0, posinf=1.0, neginf=0.0)
+                fr = m.scaled(sx, sy).frame
+                if G.valid_box(fr) is None or low.ndim != 2 or low.size == 0 or not np.isfinite(float(d.score)):
+                    raise ValueError("unusable mask or score")
+                r = R.encode_lowres(low, fr, H, W, float(p["captions.segmenter.mask_threshold"]),
+                                    int(p["captions.rle.chunk_columns"]))
+            except (TypeError, ValueError, AttributeError):
+                unusable += 1
                 continue
-            r = R.encode_lowres(low, fr, H, W, float(p["captions.segmenter.mask_threshold"]),
-                                int(p["captions.rle.chunk_columns"]))
             cands.append((d, m, r, R.area(r)))
+    if unusable and "masks" in rec.provenance:
+        rec.provenance["masks"].reason = f"{unusable} unusable mask(s) dropped"
     with _timed(timings, "select"):
         keep = G.area_filter([c[3] for c in cands], W * H, float(p["captions.min_area_fraction"]))
         cands = [cands[i] for i in keep]
