@@ -1,0 +1,171 @@
+"""GPU-hour ledger: what each training run cost, Table A1 beside ours, and a paper-scale forecast.
+
+Appendix E.1: "GPU hours are computed as the product of the number of NVIDIA H20 GPUs used and
+the wall-clock training time". A :class:`LedgerRow` records one run (scheme, tier, epochs,
+device type, device count, wall clock) and derives ``device_hours = count x wall clock`` and
+samples/s. The unit follows the device: a run on GPUs is GPU hours, a run on the CPU is CPU
+hours and is never counted or printed as GPU hours.
+
+:func:`table_a1` lays our rows out as the paper's Table A1 (scheme, tier, epochs, H20 GPU
+hours) with ours beside it, and the paper's implied device-seconds per sample
+(``gpu_hours x 3600 / (images x epochs)``). :func:`forecast` turns a measured
+device-seconds-per-sample of each tier into the device hours of a paper-scale run (95,735
+images x the paper's epochs), per stage of each ladder.
+
+Rows are JSON lines (``append`` / ``read``), so a ledger file is diffable and DVC-trackable.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from . import curriculum
+
+
+def _unit(device_type: str) -> str:
+    return "CPU" if device_type.upper().startswith("CPU") else "GPU"
+
+
+@dataclass
+class LedgerRow:
+    scheme: str
+    tier: str
+    epochs: float
+    device_type: str
+    device_count: int
+    wall_clock_s: float
+    samples: int
+    steps: int = 0
+    profile: str = "paper"
+    run_id: str | None = None
+    note: str = ""
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def unit(self) -> str:
+        """``GPU`` or ``CPU``: the hours of this row are of that device."""
+        return _unit(self.device_type)
+
+    @property
+    def device_hours(self) -> float:
+        return self.device_count * self.wall_clock_s / 3600.0
+
+    @property
+    def gpu_hours(self) -> float | None:
+        """Device hours if the devices are GPUs; None for a CPU run (CPU hours are not GPU hours)."""
+        return self.device_hours if self.unit == "GPU" else None
+
+    @property
+    def cpu_hours(self) -> float | None:
+        return self.device_hours if self.unit == "CPU" else None
+
+    @property
+    def samples_per_s(self) -> float:
+        return self.samples / self.wall_clock_s if self.wall_clock_s > 0 else float("nan")
+
+    @property
+    def device_seconds_per_sample(self) -> float:
+        return self.device_count * self.wall_clock_s / self.samples if self.samples else float("nan")
+
+    def to_json(self) -> dict:
+        d = asdict(self)
+        d.update(unit=self.unit, device_hours=self.device_hours, gpu_hours=self.gpu_hours, cpu_hours=self.cpu_hours,
+                 samples_per_s=self.samples_per_s, device_seconds_per_sample=self.device_seconds_per_sample)
+        return d
+
+    @classmethod
+    def from_json(cls, d: dict) -> LedgerRow:
+        keys = {f for f in cls.__dataclass_fields__}
+        return cls(**{k: v for k, v in d.items() if k in keys})
+
+    @classmethod
+    def from_result(cls, result, profile: str = "paper", run_id: str | None = None) -> LedgerRow:
+        """A row from a :class:`training.trainer.TrainResult` (its measured wall clock)."""
+        return cls(scheme=result.scheme, tier=result.tier, epochs=result.epochs, device_type=result.device_type,
+                   device_count=result.device_count, wall_clock_s=result.wall_clock_s, samples=result.samples,
+                   steps=result.steps, profile=profile, run_id=run_id,
+                   extra={k: result.extra.get(k) for k in ("tier_side", "grid", "token_px", "batch_size", "images")})
+
+
+def append(path: str | os.PathLike, row: LedgerRow) -> None:
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    with open(p, "a") as fh:
+        fh.write(json.dumps(row.to_json(), default=str) + "\n")
+
+
+def read(path: str | os.PathLike) -> list[LedgerRow]:
+    p = Path(path)
+    if not p.exists():
+        return []
+    return [LedgerRow.from_json(json.loads(line)) for line in p.read_text().splitlines() if line.strip()]
+
+
+def _paper(cfg) -> tuple[dict, int, str]:
+    t = curriculum._training(cfg)
+    return t["schemes"], int(t.get("dataset_images", 95735)), t.get("device_type", "NVIDIA H20")
+
+
+def table_a1(cfg, rows: list[LedgerRow] = ()) -> list[dict]:
+    """Table A1's rows (scheme, tier, paper epochs, paper H20 GPU hours, paper device-seconds per
+    sample) with ours beside them (sum over our rows of that scheme x tier)."""
+    schemes, images, gpu = _paper(cfg)
+    out = []
+    for scheme, sc in schemes.items():
+        for st in sc["ladder"]:
+            mine = [r for r in rows if r.scheme == scheme and r.tier == st["tier"]]
+            ep, gh = float(st["epochs"]), st.get("gpu_hours")
+            row = {"scheme": scheme, "label": sc.get("label", scheme), "tier": st["tier"], "paper_epochs": ep,
+                   "paper_gpu_hours": gh, "paper_device": gpu,
+                   "paper_gpu_s_per_sample": (gh * 3600 / (images * ep)) if gh else None,
+                   "ours_epochs": sum(r.epochs for r in mine) if mine else None,
+                   "ours_gpu_hours": sum(r.gpu_hours for r in mine if r.gpu_hours is not None) if any(
+                       r.unit == "GPU" for r in mine) else None,
+                   "ours_cpu_hours": sum(r.cpu_hours for r in mine if r.cpu_hours is not None) if any(
+                       r.unit == "CPU" for r in mine) else None,
+                   "ours_device": ", ".join(sorted({f"{r.device_count}x {r.device_type}" for r in mine})) or None,
+                   "ours_profile": ", ".join(sorted({r.profile for r in mine})) or None}
+            out.append(row)
+    return out
+
+
+def forecast(cfg, seconds_per_sample: dict, images: int | None = None, device_type: str | None = None) -> list[dict]:
+    """Device hours of a paper-scale run: for every ladder stage, ``images x paper epochs x
+    device-seconds per sample / 3600``. ``seconds_per_sample`` maps ``(scheme, tier)`` or
+    ``tier`` to measured device-seconds per sample (``LedgerRow.device_seconds_per_sample``);
+    stages without a measurement are left out."""
+    schemes, n_img, _ = _paper(cfg)
+    n = int(images or n_img)
+    unit = _unit(device_type) if device_type else None
+    out = []
+    for scheme, sc in schemes.items():
+        for st in sc["ladder"]:
+            sps = seconds_per_sample.get((scheme, st["tier"]), seconds_per_sample.get(st["tier"]))
+            if sps is None:
+                continue
+            ep = float(st["epochs"])
+            hours = n * ep * float(sps) / 3600.0
+            out.append({"scheme": scheme, "tier": st["tier"], "images": n, "epochs": ep,
+                        "device_s_per_sample": float(sps), "device_hours": hours, "unit": unit,
+                        "paper_gpu_hours": st.get("gpu_hours"),
+                        "ratio_to_paper": (hours / st["gpu_hours"]) if st.get("gpu_hours") else None})
+    return out
+
+
+def format_table_a1(rows: list[dict]) -> str:
+    """Markdown of :func:`table_a1` (CPU hours in their own column, never as GPU hours)."""
+    head = ("| scheme | tier | paper epochs | paper H20 GPU h | paper GPU-s/sample | our epochs | our GPU h | "
+            "our CPU h | our devices |")
+    lines = [head, "|" + "---|" * 9]
+
+    def f(x, nd=1):
+        return "" if x is None else (f"{x:,.{nd}f}" if isinstance(x, float) else f"{x:,}")
+
+    for r in rows:
+        lines.append(f"| {r['label']} | {r['tier']} | {f(r['paper_epochs'], 2)} | {f(r['paper_gpu_hours'])} | "
+                     f"{f(r['paper_gpu_s_per_sample'], 1)} | {f(r['ours_epochs'], 3)} | {f(r['ours_gpu_hours'], 4)} | "
+                     f"{f(r['ours_cpu_hours'], 4)} | {r['ours_device'] or ''} |")
+    return "\n".join(lines)
