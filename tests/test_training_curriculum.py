@@ -92,3 +92,24 @@ def test_profile_scales_sizes_not_logic(tmp_path):
     p.write_text("profile: x\ntraining:\n  schemes:\n    I_full:\n      lr: 0.1\n")
     with pytest.raises(ProfileError):
         load_config(str(p))
+
+
+def test_training_library_imports_neither_dagster_nor_the_bench():
+    """training/ is a library: no Dagster (the assets come later, in assets/) and no ``evaluation``;
+    lazy imports inside functions count (parsed with ast)."""
+    import ast
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    bad = []
+    for path in sorted((root / "training").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                names = [node.module]
+            bad += [f"{path.relative_to(root)}:{node.lineno} {n}" for n in names
+                    if n.split(".")[0] in ("dagster", "dagster_mlflow", "dagster_pipes", "evaluation", "assets",
+                                           "orchestration")]
+    assert not bad, bad
