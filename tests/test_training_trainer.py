@@ -127,3 +127,20 @@ def test_kill_9_mid_run_then_resume(setup, tmp_path):
     ref = train_stage(cfg, "I_full", "4K", recs, tmp_path / "ref", max_steps=target, batch_size=2)
     assert [s for s, _ in rest.losses] == list(range(step, target))
     assert np.allclose([v for _, v in ref.losses][step:], [v for _, v in rest.losses], rtol=1e-5, atol=1e-6)
+
+
+def test_resume_with_gradient_accumulation(setup, tmp_path):
+    """With 2 batches per optimizer step the resumed stream restarts at batch 2 x step."""
+    cfg, recs, _, _ = setup
+    acc = {"training": {**cfg.data["training"], "grad_accumulation": 2}}
+    full = train_stage(acc, "I_lora", "4K", recs, tmp_path / "a", max_steps=4, batch_size=1, export=False)
+    part = train_stage(acc, "I_lora", "4K", recs, tmp_path / "b", max_steps=3, batch_size=1, checkpoint_every=2,
+                       export=False)
+    assert part.checkpoint.endswith("step-00000003")
+    import shutil
+    shutil.rmtree(part.checkpoint)   # resume from step 2 (saved right after its optimizer step, not mid-accumulation)
+    (tmp_path / "b" / "checkpoints" / "latest.json").write_text('{"checkpoint": "step-00000002", "global_step": 2}')
+    rest = train_stage(acc, "I_lora", "4K", recs, tmp_path / "b", max_steps=4, batch_size=1, resume=True,
+                       export=False)
+    assert len(full.losses) == 8 and full.samples == 8 and full.epochs == 2.0   # 4 steps x 2 batches x 1 of 4 images
+    assert np.allclose([v for _, v in full.losses][4:], [v for _, v in rest.losses], rtol=1e-5, atol=1e-6)

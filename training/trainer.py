@@ -156,6 +156,9 @@ class _StepCheckpoints(L.Callback):
                 trainer.strategy.checkpoint_io.remove_checkpoint(self.folder / old)
             self.saved = self.saved[-self.keep:]
 
+    def on_train_start(self, trainer, pl_module) -> None:
+        self._prev_step = trainer.global_step
+
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         step = trainer.global_step
         if self.loss_log is not None and pl_module.loss_history:
@@ -163,6 +166,9 @@ class _StepCheckpoints(L.Callback):
             with open(self.loss_log, "a") as fh:
                 fh.write(json.dumps({"step": s, "loss": loss}) + "\n")
                 fh.flush()
+        stepped, self._prev_step = step != self._prev_step, step
+        if not stepped:  # mid-accumulation: a checkpoint only right after an optimizer step
+            return
         if step in self.epoch_marks:
             self._save(trainer, f"epoch-{curriculum._fmt(self.epoch_marks[step])}", latest=False)
         if self.every and step % self.every == 0:
@@ -187,21 +193,25 @@ def train_stage(cfg, scheme: str, tier: str, records, out_dir: str | os.PathLike
                 checkpoint_every: int = 0, resume: bool = False, init_checkpoint: str | os.PathLike | None = None,
                 seed: int | None = None, latent_cache_dir: str | os.PathLike | None = None, scale: float | None = None,
                 accelerator: str | None = None, deepspeed_stage: int | None = None, num_workers: int = 0,
-                export: bool = True) -> TrainResult:
-    """Fit one stage. Steps: ``max_steps``, else ``epochs`` (default: the stage's) over the records."""
+                devices: int = 1, export: bool = True) -> TrainResult:
+    """Fit one stage. Steps: ``max_steps``, else ``epochs`` (default: the stage's) over the records.
+    ``devices``: GPUs of this node (data parallel; each rank reads every ``devices``-th batch)."""
     t = _tcfg(cfg)
     stage = next(s for s in curriculum.ladder(cfg, scheme, scale) if s.tier.name == tier)
     seed = int(t.get("seed", 0) if seed is None else seed)
     bs = int(batch_size or t.get("batch_size", 1))
+    accum = int(t.get("grad_accumulation", 1))
+    world = int(devices) if (accelerator or device_description()[0]) == "gpu" else 1
+    per_step = bs * accum * world  # samples per optimizer step
     recs = records_from(records, t.get("buckets", {}).get("caption_field", "long_caption"))
     data = TierDataset(recs, stage.tier.pixels, t["buckets"]["ratios"], stage.tier.token_px, seed=seed,
                        crop_scale_range=t["buckets"].get("crop_scale_range", (1.0, 1.0)),
                        min_grid_side=max(max(f) for f in stage.partition_factors) if stage.partition_factors else 1)
     ep = stage.epochs if epochs is None else float(epochs)
-    steps = int(max_steps) if max_steps else stage.steps(len(recs), bs, ep)
+    steps = int(max_steps) if max_steps else stage.steps(len(recs), per_step, ep)
     marks = {}
     for e in curriculum.checkpoint_epochs(curriculum.ladder(cfg, scheme, scale)).get(tier, []):
-        marks[stage.steps(len(recs), bs, e)] = e
+        marks[stage.steps(len(recs), per_step, e)] = e
 
     out = Path(out_dir)
     ck_dir = out / "checkpoints"
@@ -215,7 +225,7 @@ def train_stage(cfg, scheme: str, tier: str, records, out_dir: str | os.PathLike
         found = latest_checkpoint(ck_dir)
         if found is not None:
             ckpt_path, start = found
-    stream = TierStream(data, bs, seed=seed, start=start)
+    stream = TierStream(data, bs, seed=seed, start=start * accum * world)  # global batches already consumed
     loader = torch.utils.data.DataLoader(stream, batch_size=None, num_workers=num_workers)
 
     acc, dev_type, dev_count = device_description()
@@ -236,11 +246,11 @@ def train_stage(cfg, scheme: str, tier: str, records, out_dir: str | os.PathLike
                                                                precision=precision))
     cb = _StepCheckpoints(ck_dir, checkpoint_every, marks, loss_log=out / "losses.jsonl")
     plugins = [SafetensorsCheckpointIO()] if strategy == "auto" else []
-    trainer = L.Trainer(accelerator=acc, devices=1 if acc == "cpu" else "auto", strategy=strategy,
+    trainer = L.Trainer(accelerator=acc, devices=1 if acc == "cpu" else world, strategy=strategy,
                         precision=precision, max_steps=steps, max_epochs=-1, logger=False,
                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                         callbacks=[cb], plugins=plugins, num_sanity_val_steps=0,
-                        accumulate_grad_batches=int(t.get("grad_accumulation", 1)),
+                        accumulate_grad_batches=accum,
                         default_root_dir=str(out))
     t0 = time.perf_counter()
     trainer.fit(module, train_dataloaders=loader, ckpt_path=str(ckpt_path) if ckpt_path else None)
@@ -249,8 +259,8 @@ def train_stage(cfg, scheme: str, tier: str, records, out_dir: str | os.PathLike
     weights = None
     if export:
         weights = module.export_weights(out / "weights")
-    res = TrainResult(scheme=scheme, tier=tier, steps=trainer.global_step, samples=done * bs,
-                      epochs=trainer.global_step * bs / len(recs), wall_clock_s=wall, device_type=dev_type,
+    res = TrainResult(scheme=scheme, tier=tier, steps=trainer.global_step, samples=done * per_step,
+                      epochs=trainer.global_step * per_step / len(recs), wall_clock_s=wall, device_type=dev_type,
                       device_count=dev_count, losses=list(module.loss_history),
                       checkpoint=str(cb.folder / cb.saved[-1]) if cb.saved else None, weights=weights,
                       resumed_from_step=start,
@@ -258,6 +268,7 @@ def train_stage(cfg, scheme: str, tier: str, records, out_dir: str | os.PathLike
                              "images": len(recs), "tier_side": stage.tier.side, "grid": list(stage.tier.grid),
                              "token_px": stage.tier.token_px, "lr": stage.lr, "trainable": module.n_trainable(),
                              "region_reads": data.region_reads, "init_from": str(stage.init_from),
-                             "samples_per_s": (done * bs / wall) if wall > 0 else math.nan})
+                             "grad_accumulation": accum, "world_size": world,
+                             "samples_per_s": (done * per_step / wall) if wall > 0 else math.nan})
     (out / "result.json").write_text(json.dumps(res.to_json(), indent=1, default=str))
     return res

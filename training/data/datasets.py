@@ -169,8 +169,14 @@ class TierStream(IterableDataset):
         self.limit = limit
 
     def __iter__(self):
+        # data parallel: rank r of w takes the global batches r, r + w, r + 2w, ... (start counts global batches)
+        rank, world = 0, 1
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
         n = 0
         for ref in self.order.batches(self.start):
+            if ref.index % world != rank:
+                continue
             if self.limit is not None and n >= self.limit:
                 return
             samples = [self.dataset.sample(i, ref.first_sample + j) for j, i in enumerate(ref.items)]
