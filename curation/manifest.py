@@ -154,11 +154,61 @@ RELEASE = pa.schema(
     metadata={"stage": "release"},
 )
 
+#: captions of one corpus image (paper 3.1.5) and the instance artifact check (3.1.4); the whole
+#: record (tags, instances with box / COCO RLE mask / area / description / importance, aesthetics
+#: analysis, captions, per-field provenance) is the JSON column ``record``
+CAPTIONS = pa.schema(
+    [
+        pa.field("image_id", pa.string(), nullable=False),
+        pa.field("shard", pa.string(), nullable=False),
+        pa.field("output_path", pa.string()),  # the corpus file captioned (relative to the data root)
+        pa.field("parent_id", pa.string()),
+        pa.field("n_tags", pa.int32()),
+        pa.field("n_instances", pa.int32()),
+        pa.field("long_caption", pa.string()),
+        pa.field("short_caption", pa.string()),
+        pa.field("caption_complete", pa.bool_()),
+        pa.field("caption_failures", pa.string()),  # JSON {field: reason}
+        pa.field("instance_status", pa.string()),  # applied | not_applied
+        pa.field("instance_decision", pa.string()),  # pass | fail | judge_failed
+        pa.field("instance_flagged", pa.int32()),
+        pa.field("instance_passed", pa.bool_()),
+        pa.field("instance_coverage", pa.float64()),
+        pa.field("noun_match", pa.float64()),
+        pa.field("long_words", pa.int32()),
+        pa.field("short_words", pa.int32()),
+        pa.field("backends", pa.string()),  # JSON {field: "backend/model"}
+        pa.field("record", pa.string()),  # the CaptionRecord as JSON
+        pa.field("seconds", pa.float64()),
+    ]
+    + _DECISION,
+    metadata={"stage": "captions"},
+)
+
+#: the final corpus (corpus passed AND instance check passed AND captions complete) and its split
+FINAL_CORPUS = pa.schema(
+    [
+        pa.field("image_id", pa.string(), nullable=False),
+        pa.field("shard", pa.string(), nullable=False),
+        pa.field("output_path", pa.string()),
+        pa.field("parent_id", pa.string()),
+        pa.field("sha256", pa.string()),
+        pa.field("tier", pa.string()),
+        pa.field("megapixels", pa.float64()),
+        pa.field("short_caption", pa.string()),
+        pa.field("long_caption", pa.string()),
+    ]
+    + _DECISION,
+    metadata={"stage": "final_corpus"},
+)
+
 SCHEMAS: dict[str, pa.Schema] = {
     "raw_pool": RAW_POOL,
     "image_scores": IMAGE_SCORES,
     "candidate_pool": CANDIDATE_POOL,
     "corpus_100mp": CORPUS,
+    "captions": CAPTIONS,
+    "final_corpus": FINAL_CORPUS,
 }
 
 

@@ -35,10 +35,14 @@ INSTANCE_ARTIFACTS = "instance_artifacts"  # the VLM judge flagged artifacts on 
 UPSCALE_FAILED = "upscale_failed"  # upscaling the image (or checking its output) raised
 DEFERRED = "deferred_by_profile_cap"  # not upscaled: over the profile's corpus.max_upscales_per_shard
 
+# captions and the final corpus (paper 3.1.5, 3.1.4 instance check)
+CAPTION_FAILED = "caption_failed"  # a captions step failed (tags, grounding, a model call, a caption)
+
 FILE_REASONS = (NOT_AN_IMAGE, UNREADABLE, TRUNCATED, TOO_MANY_PIXELS, ANIMATED)
 SCREEN_REASONS = (TOO_FEW_PIXELS, MIN_SIDE_TOO_SHORT)
 ABSOLUTE_REASONS = (OVER_OR_UNDER_EXPOSED, BLURRED, FLAT)
 RELATIVE_REASONS = (LOW_ENTROPY, LOW_AESTHETICS)
 CORPUS_REASONS = (BELOW_100MP, SEAM_DISCONTINUITY, INCONSISTENT, JUDGE_FAILED, REGION_ARTIFACTS, INSTANCE_ARTIFACTS,
                   UPSCALE_FAILED, DEFERRED)
+CAPTION_REASONS = (CAPTION_FAILED, INSTANCE_ARTIFACTS, JUDGE_FAILED)
 ALL = (DUPLICATE,) + FILE_REASONS + SCREEN_REASONS + ABSOLUTE_REASONS + RELATIVE_REASONS

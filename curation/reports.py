@@ -135,3 +135,41 @@ def corpus_contact_sheet(rows: list[dict], out_path: str | os.PathLike, crop: in
     out_path.parent.mkdir(parents=True, exist_ok=True)
     cv2.imwrite(str(out_path), cv2.cvtColor(np.vstack(panels), cv2.COLOR_RGB2BGR))
     return out_path
+
+
+def caption_overlay(layout, caption_row: dict, out_path: str | os.PathLike, long_edge: int = 768) -> Path | None:
+    """One captioned image on a thumbnail: every instance's mask tinted and its box outlined,
+    labelled with its index and label (the captions asset links it from its metadata)."""
+    from curation.captioning.geometry import downscaled_read
+    from curation.captioning.record import CaptionRecord
+    from curation.captioning.rle import decode_resized
+    from curation.upscale.storage import open_source
+
+    try:
+        rec = CaptionRecord.from_json(caption_row["record"])
+        src = open_source(str(layout.resolve(caption_row["output_path"])))
+        try:
+            view = np.ascontiguousarray(downscaled_read(src, long_edge))
+        finally:
+            if hasattr(src, "close"):
+                src.close()
+    except Exception:
+        return None
+    h, w = view.shape[:2]
+    sx, sy = w / rec.width, h / rec.height
+    out = view.astype(np.float32)
+    rng = np.random.default_rng(0)
+    colours = [rng.integers(64, 256, 3) for _ in rec.instances]
+    for inst, colour in zip(rec.instances, colours):
+        m = decode_resized(inst.mask_rle, h, w).astype(bool)
+        out[m] = 0.55 * out[m] + 0.45 * colour.astype(np.float32)
+    out = np.ascontiguousarray(np.clip(out, 0, 255).astype(np.uint8))
+    for i, (inst, colour) in enumerate(zip(rec.instances, colours)):
+        x0, y0, x1, y1 = (int(round(v)) for v in (inst.box[0] * sx, inst.box[1] * sy, inst.box[2] * sx, inst.box[3] * sy))
+        cv2.rectangle(out, (x0, y0), (max(x0, x1 - 1), max(y0, y1 - 1)), tuple(int(c) for c in colour), 2)
+        cv2.putText(out, f"{i} {inst.label}"[:32], (x0 + 3, max(12, y0 + 14)), cv2.FONT_HERSHEY_SIMPLEX, 0.45,
+                    (255, 255, 255), 1, cv2.LINE_AA)
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    cv2.imwrite(str(out_path), cv2.cvtColor(out, cv2.COLOR_RGB2BGR))
+    return out_path

@@ -42,6 +42,7 @@ from dagster import (
     sensor,
 )
 
+from curation.stages.table import STAGES
 from orchestration.partitions import shard_partitions
 from orchestration.resources import CurationSettings, ObjectStoreResource, env_setting
 
@@ -51,8 +52,13 @@ TIMEZONE = env_setting("UHR_SCHEDULE_TZ", default="UTC")
 
 #: the Dagster concurrency pool of the GPU stages (instance: ``concurrency: pools:``)
 GPU_POOL = "gpu"
-#: assets (= step keys) that hold a GPU: CLIP aesthetics, SR, bench models; extended as stages land
-GPU_ASSETS = ("image_scores", "corpus_100mp", "bench_scores")
+def _gpu_assets() -> tuple[str, ...]:
+    """Assets (= step keys) that hold a GPU: the stage table's ``gpu`` stages (SR, captions), plus
+    ``image_scores`` (the CLIP aesthetic scorer on a GPU pod, not pool-limited) and the bench models."""
+    return tuple(dict.fromkeys(["image_scores", *(s.name for s in STAGES if s.pool == "gpu"), "bench_scores"]))
+
+
+GPU_ASSETS = _gpu_assets()
 #: run tags for transient failures (the daemon re-launches a failed run; needs ``run_retries``)
 RUN_RETRY_TAGS = {"dagster/max_retries": "2", "dagster/retry_strategy": "FROM_FAILURE"}
 #: ingest runs share this tag; the run queue serialises it so shards ingest in key order
@@ -95,14 +101,9 @@ def code_changed_nightly(cron: str = NIGHTLY_CRON, tz: str = TIMEZONE) -> Automa
 
 def automation_conditions() -> dict[str, AutomationCondition]:
     """Asset name -> condition (what :func:`apply_automation` sets)."""
-    nightly = nightly_if_stale()
-    return {
-        "raw_pool": code_changed_nightly(),
-        "image_scores": nightly,
-        "purification_thresholds": nightly,
-        "candidate_pool": nightly,
-        "corpus_100mp": nightly,
-    }
+    nightly, ingest = nightly_if_stale(), code_changed_nightly()
+    # stages that read the raw shards get new shards from the sensor: nightly only after a code change
+    return {s.name: ingest if s.reads_raw else nightly for s in STAGES}
 
 
 def apply_automation(assets: list) -> list:
@@ -118,7 +119,7 @@ def apply_automation(assets: list) -> list:
 
 curation_automation_sensor = AutomationConditionSensorDefinition(
     "curation_nightly_automation",
-    target=AssetSelection.groups("curation", "corpus"),
+    target=AssetSelection.groups(*dict.fromkeys(s.group for s in STAGES)),  # every stage-table group
     run_tags=RUN_RETRY_TAGS,
     default_status=SENSOR_STATUS,
     minimum_interval_seconds=60,

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dagster import AssetSelection, Definitions, define_asset_job
 
 import assets.candidate_pool  # noqa: F401  (each stage module registers its @stage_asset)
+import assets.captions  # noqa: F401
 import assets.corpus  # noqa: F401
 import assets.purification  # noqa: F401
 import assets.raw_pool  # noqa: F401

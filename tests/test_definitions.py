@@ -9,9 +9,9 @@ def test_definitions_load_with_every_asset_and_check():
     graph = defs.resolve_asset_graph()
     keys = {k.to_user_string() for k in graph.get_all_asset_keys()}
     assert keys == {"raw_pool", "image_scores", "purification_thresholds", "candidate_pool", "corpus_100mp",
-                    "bench_scores", "corpus_release"}
+                    "captions", "final_corpus", "bench_split", "bench_scores", "corpus_release"}
     checks = {(c.asset_key.to_user_string(), c.name) for c in graph.asset_check_keys}
-    for asset in ("raw_pool", "image_scores", "candidate_pool"):
+    for asset in ("raw_pool", "image_scores", "candidate_pool", "captions", "final_corpus"):
         assert (asset, "rows_conserved") in checks and (asset, "manifest_schema") in checks
     for job in ("shard_purification", "candidate_selection", "purification_thresholds_job", "corpus_100mp_job",
                 "bench_scores_job", "release_job"):

@@ -62,6 +62,9 @@ def test_one_stage_per_asset_with_code_config_and_upstream_deps():
         "purification_thresholds": ["data/demo/manifests/image_scores"],
         "candidate_pool": ["data/demo/manifests/image_scores", "data/demo/manifests/purification_thresholds"],
         "corpus_100mp": ["data/demo/manifests/candidate_pool", "data/demo/manifests/raw_pool"],
+        "captions": ["data/demo/manifests/corpus_100mp"],
+        "final_corpus": ["data/demo/manifests/corpus_100mp", "data/demo/manifests/captions"],
+        "bench_split": ["data/demo/manifests/final_corpus"],
     }
     paper = dvc_stages("/srv/data", "/srv/raw", "paper", uhr="uhr")["stages"]
     assert "raw" not in paper and list(paper) == list(ASSETS)  # no synthetic pool outside the demo

@@ -2,9 +2,10 @@
 
 * a throw-away stage added to the table shows up in the Definitions (asset, job, fingerprint as
   code version), in ``dvc.yaml`` and in ``uhr materialize --asset``, and runs;
-* on the test profile's whole pipeline (corpus included): changing a bench judge key or adding a
-  ``captions:`` section recomputes zero images in every stage; changing a ``corpus.*`` key
-  recomputes the corpus images and nothing upstream (counted from the materialisations, and the
+* on the test profile's whole pipeline (corpus and captions included): changing a bench judge key
+  recomputes zero images in every stage; a ``captions.*`` key recomputes the captions and what
+  follows, not one corpus image; a ``corpus.*`` key recomputes the corpus and what follows and
+  nothing upstream (counted from the materialisations, and the
   Dagster code versions change for exactly that stage);
 * a copied data root works after the original is deleted; two fresh runs on one pool agree on
   the threshold version.
@@ -83,10 +84,10 @@ def test_first_run_computes_everything_and_a_rerun_nothing(pipeline):
         assert computed == 0 and reused == first[stage][1], (stage, again[stage], first[stage])
 
 
-def test_bench_or_captions_change_recomputes_nothing(pipeline, tmp_path):
+def test_bench_judge_change_recomputes_nothing(pipeline, tmp_path):
     def edit(paper):
         paper["judges"]["bench"]["model"] = "another-judge"
-        paper["captions"] = {"long_caption_words": 234}
+        paper["bench_metrics_note"] = "a new top-level section no stage reads"
 
     cdir = _config_copy(tmp_path, edit)
     cfg = load_config("test", cdir)
@@ -98,6 +99,23 @@ def test_bench_or_captions_change_recomputes_nothing(pipeline, tmp_path):
     assert out["corpus_100mp"][2] > 0
 
 
+def test_captions_change_recomputes_captions_and_nothing_upstream(pipeline, tmp_path):
+    def edit(paper):
+        paper["captions"]["long_caption"]["max_words"] = 500
+
+    cdir = _config_copy(tmp_path, edit)
+    before, after = fingerprints(pipeline["cfg"]), fingerprints(load_config("test", cdir))
+    changed = {s for s in before if before[s] != after[s]}
+    assert changed == set(STAGES.downstream("captions")) == {"captions", "final_corpus", "bench_split"}
+    out = _counts(materialize_all(_defs(pipeline["data"], pipeline["raw"], cdir), pipeline["instance"],
+                                  pipeline["raw"], log=lambda *_: None))
+    for stage in STAGES.names():
+        if stage in changed:
+            assert out[stage][1] > 0, (stage, out[stage])
+        else:  # the corpus above all: not one upscale redone
+            assert out[stage][1] == 0, (stage, out[stage])
+
+
 def test_corpus_change_recomputes_corpus_and_nothing_upstream(pipeline, tmp_path):
     def edit(paper):
         paper["corpus"]["final_filters"]["seam"]["r_t"] = 2.6
@@ -105,7 +123,8 @@ def test_corpus_change_recomputes_corpus_and_nothing_upstream(pipeline, tmp_path
     cdir = _config_copy(tmp_path, edit)
     before, after = fingerprints(pipeline["cfg"]), fingerprints(load_config("test", cdir))
     changed = {s for s in before if before[s] != after[s]}
-    assert changed == set(STAGES.downstream("corpus_100mp")) == {"corpus_100mp"}
+    assert changed == set(STAGES.downstream("corpus_100mp")) == {"corpus_100mp", "captions", "final_corpus",
+                                                                  "bench_split"}
     defs = _defs(pipeline["data"], pipeline["raw"], cdir)
     graph = defs.resolve_asset_graph()  # the UI marks exactly the corpus partitions stale
     for stage in STAGES.names():
@@ -114,6 +133,8 @@ def test_corpus_change_recomputes_corpus_and_nothing_upstream(pipeline, tmp_path
     first = _counts(pipeline["first"])
     for stage in ("raw_pool", "image_scores", "purification_thresholds", "candidate_pool"):
         assert out[stage][1] == 0, (stage, out[stage])
+    for stage in ("captions", "final_corpus"):  # downstream of the corpus: recomputed
+        assert out[stage][1] > 0, (stage, out[stage])
     assert out["corpus_100mp"][1] == first["corpus_100mp"][1] > 0
     layout = DataLayout.at(pipeline["data"])
     for p in layout.manifests("corpus_100mp"):
@@ -135,6 +156,8 @@ def test_threshold_version_is_reproducible_across_fresh_runs(pipeline, tmp_path)
 
 def test_copied_data_root_works_after_the_original_is_deleted(pipeline, tmp_path):
     src = pipeline["data"]
+    # bring the original up to date with the default config first (earlier tests ran other configs)
+    materialize_all(_defs(src, pipeline["raw"]), pipeline["instance"], pipeline["raw"], log=lambda *_: None)
     copy = tmp_path / "moved"
     shutil.copytree(src, copy, symlinks=True)
     keep = tmp_path / "keep"
@@ -154,7 +177,7 @@ def test_copied_data_root_works_after_the_original_is_deleted(pipeline, tmp_path
         assert n_paths > 0
         out = _counts(materialize_all(_defs(copy, copy / "raw"), DagsterInstance.ephemeral(), copy / "raw",
                                       log=lambda *_: None))
-        assert all(computed == 0 for _, computed, _ in out.values()), out
+        assert all(computed == 0 for _, computed, _ in out.values()), out.items()
         from curation.lineage import image_lineage, lineage_text
         from curation.lineage.core import LineageContext
 

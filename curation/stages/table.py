@@ -180,6 +180,31 @@ register_stage(StageSpec(
                 "post-SR consistency, region-level VLM artifacts, instance hook.",
 ))
 
+register_stage(StageSpec(
+    name="captions", code_version="captions-1",
+    function="curation.captioning.stage:run_captions",
+    upstream=("corpus_100mp",), inputs=("corpus_100mp",),
+    reads=("captions", "judges.captions", "judges.captions_llm", "judges.corpus",
+           "corpus.final_filters.instances.max_flagged"),
+    pool="gpu", job="captions_job", group="captions",
+    description="Stage-wise, instance-grounded captions (tags, boxes, masks, instance descriptions, aesthetics "
+                "analysis, long and short caption) and the instance-level artifact check (3.1.4).",
+))
+register_stage(StageSpec(
+    name="final_corpus", code_version="final_corpus-1",
+    function="curation.stages.final:run_final_corpus",
+    upstream=("corpus_100mp", "captions"), inputs=("corpus_100mp", "captions"),
+    job="final_corpus_job", group="captions",
+    description="The final corpus: corpus passed AND instance check passed AND captions complete.",
+))
+register_stage(StageSpec(
+    name="bench_split", code_version="bench_split-1",
+    function="curation.stages.final:run_bench_split",
+    upstream=("final_corpus",), reads=("bench_split",), partitioned=False, job="bench_split_job",
+    group="captions",
+    description="PixVerve-Bench images held out of the final corpus by a seeded rule (benchmark.jsonl + reference/).",
+))
+
 
 def stage_table_markdown(table: StageTable = STAGES) -> str:
     """The stage table as Markdown (the README's copy is checked against this by a test)."""

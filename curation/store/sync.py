@@ -223,10 +223,16 @@ def prepare_stage(store: ObjectStore, layout, stage: str, shard: str | None = No
             if s < shard and ensure_local_manifest(store, layout, "raw_pool", s, refresh=True):
                 summary["fetched"].append(manifest_key("raw_pool", s))
         return summary
-    if stage == THRESHOLDS_STAGE:
-        for s in remote_shards(store, "image_scores"):
-            ensure_local_manifest(store, layout, "image_scores", s, refresh=True)
-            summary["fetched"].append(manifest_key("image_scores", s))
+    if _is_global(stage):  # a reduce: every committed shard of its upstream per-shard stages
+        for dep in _partitioned_upstream(stage):
+            for s in remote_shards(store, dep):
+                ensure_local_manifest(store, layout, dep, s, refresh=True)
+                summary["fetched"].append(manifest_key(dep, s))
+        if stage == "bench_split":  # the reference links point at the corpus files
+            from curation.manifest import read_manifest
+
+            rows = [r for p in layout.manifests("final_corpus") for r in read_manifest(p).to_pylist() if r["passed"]]
+            summary["sources"] = restore_sources(store, rows, path_field="output_path", root=layout.root)
         return summary
     if shard is None:
         raise ValueError(f"{stage} is per shard")
@@ -247,7 +253,33 @@ def prepare_stage(store: ObjectStore, layout, stage: str, shard: str | None = No
         keep = {r["image_id"] for r in read_manifest(layout.manifest("candidate_pool", shard)).to_pylist() if r["passed"]}
         rows = [r for r in read_manifest(layout.manifest("raw_pool", shard)).to_pylist() if r["image_id"] in keep]
         summary["sources"] = restore_sources(store, rows, root=layout.root)
+    if stage == "captions":  # the corpus files, read by regions
+        from curation.manifest import read_manifest
+
+        rows = read_manifest(layout.manifest("corpus_100mp", shard)).to_pylist()
+        summary["sources"] = restore_sources(store, rows, path_field="output_path", root=layout.root)
     return summary
+
+
+def _is_global(stage: str) -> bool:
+    from curation.stages.table import STAGES
+
+    return stage in STAGES and not STAGES[stage].partitioned
+
+
+def _partitioned_upstream(stage: str) -> list[str]:
+    from curation.stages.table import STAGES
+
+    return [u for u in STAGES[stage].upstream if STAGES[u].partitioned]
+
+
+def publish_global_files(store: ObjectStore, layout, stage: str) -> list[str]:
+    """Upload the files a global stage wrote under ``manifests/<stage>/`` (links resolved to their
+    targets' keys are skipped: the blobs hold the bytes); the stage's main file last."""
+    d = layout.root / MANIFESTS / stage
+    files = sorted(p for p in d.rglob("*") if p.is_file() and not p.is_symlink() and p.stat().st_nlink == 1)
+    files.sort(key=lambda p: p.name == "split.json")
+    return [publish_file(store, layout, p, "application/json" if p.suffix == ".json" else "application/octet-stream") for p in files]
 
 
 def publish_stage(store: ObjectStore, layout, stage: str, shard: str | None = None, blobs: bool = True) -> dict:
@@ -256,6 +288,9 @@ def publish_stage(store: ObjectStore, layout, stage: str, shard: str | None = No
     summary: dict = {"stage": stage, "shard": shard, "keys": []}
     if stage == THRESHOLDS_STAGE:
         summary["keys"] = publish_thresholds(store, layout)
+        return summary
+    if _is_global(stage):
+        summary["keys"] = publish_global_files(store, layout, stage)
         return summary
     if shard is None:
         raise ValueError(f"{stage} is per shard")
