@@ -144,3 +144,23 @@ def test_resume_with_gradient_accumulation(setup, tmp_path):
                        export=False)
     assert len(full.losses) == 8 and full.samples == 8 and full.epochs == 2.0   # 4 steps x 2 batches x 1 of 4 images
     assert np.allclose([v for _, v in full.losses][4:], [v for _, v in rest.losses], rtol=1e-5, atol=1e-6)
+
+
+def test_ladder_i_full_4k_then_8k_from_the_epoch_3_checkpoint(setup, tmp_path):
+    """Table A1 / E.1: I-Full 8K starts from the 4K checkpoint after 3 epochs (not the last one)."""
+    from training import curriculum
+    from training.trainer import stage_checkpoints
+
+    cfg, recs, _, _ = setup
+    four = train_stage(cfg, "I_full", "4K", recs, tmp_path / "4K", epochs=3.5, batch_size=2, export=False)
+    # 4 images in 3 aspect buckets at batch 2: 3 batches per epoch; ceil(3.5 x 3) = 11 steps
+    assert four.steps == 11 and four.epochs == pytest.approx(11 / 3) and four.extra["batches_per_epoch"] == 3
+    ck = stage_checkpoints(tmp_path / "4K", "I_full", "4K")
+    assert set(ck) == {"I_full/4K/epoch-3", "I_full/4K/final"}
+    assert load_tree(ck["I_full/4K/epoch-3"])["global_step"] == 9
+    stage8 = curriculum.ladder(cfg, "I_full")[1]
+    start = curriculum.resolve_init(stage8, ck)
+    assert start == ck["I_full/4K/epoch-3"]
+    eight = train_stage(cfg, "I_full", "8K", recs, tmp_path / "8K", max_steps=1, batch_size=1, init_checkpoint=start,
+                        export=False)
+    assert eight.extra["grid"] == [16, 16] and np.isfinite(eight.losses[0][1])

@@ -188,6 +188,20 @@ def latest_checkpoint(folder: str | os.PathLike) -> tuple[Path, int] | None:
     return Path(folder) / info["checkpoint"], int(info["global_step"])
 
 
+def stage_checkpoints(out_dir: str | os.PathLike, scheme: str, tier: str) -> dict[str, Path]:
+    """Checkpoints a finished stage offers to later stages, under their curriculum keys:
+    ``<scheme>/<tier>/epoch-<e>`` for each epoch mark and ``<scheme>/<tier>/final`` (latest)."""
+    folder = Path(out_dir) / "checkpoints"
+    out: dict[str, Path] = {}
+    for p in sorted(folder.glob("epoch-*")):
+        if p.is_dir() and not p.name.endswith((".tmp", ".old")):
+            out[curriculum.checkpoint_key(scheme, tier, float(p.name[len("epoch-"):]))] = p
+    found = latest_checkpoint(folder)
+    if found is not None:
+        out[curriculum.checkpoint_key(scheme, tier, None)] = found[0]
+    return out
+
+
 def train_stage(cfg, scheme: str, tier: str, records, out_dir: str | os.PathLike, *, max_steps: int | None = None,
                 epochs: float | None = None, batch_size: int | None = None, backbone: str = "tiny",
                 checkpoint_every: int = 0, resume: bool = False, init_checkpoint: str | os.PathLike | None = None,
@@ -202,16 +216,20 @@ def train_stage(cfg, scheme: str, tier: str, records, out_dir: str | os.PathLike
     bs = int(batch_size or t.get("batch_size", 1))
     accum = int(t.get("grad_accumulation", 1))
     world = int(devices) if (accelerator or device_description()[0]) == "gpu" else 1
-    per_step = bs * accum * world  # samples per optimizer step
     recs = records_from(records, t.get("buckets", {}).get("caption_field", "long_caption"))
     data = TierDataset(recs, stage.tier.pixels, t["buckets"]["ratios"], stage.tier.token_px, seed=seed,
                        crop_scale_range=t["buckets"].get("crop_scale_range", (1.0, 1.0)),
                        min_grid_side=max(max(f) for f in stage.partition_factors) if stage.partition_factors else 1)
     ep = stage.epochs if epochs is None else float(epochs)
-    steps = int(max_steps) if max_steps else stage.steps(len(recs), per_step, ep)
-    marks = {}
-    for e in curriculum.checkpoint_epochs(curriculum.ladder(cfg, scheme, scale)).get(tier, []):
-        marks[stage.steps(len(recs), per_step, e)] = e
+    # an epoch is one pass of the bucketed batch order (a bucket's last batch may be short)
+    per_epoch = TierStream(data, bs, seed=seed).order.batches_per_epoch()
+    batches_per_step = accum * world
+
+    def steps_for(e: float) -> int:
+        return max(1, math.ceil(e * per_epoch / batches_per_step))
+
+    steps = int(max_steps) if max_steps else steps_for(ep)
+    marks = {steps_for(e): e for e in curriculum.checkpoint_epochs(curriculum.ladder(cfg, scheme, scale)).get(tier, [])}
 
     out = Path(out_dir)
     ck_dir = out / "checkpoints"
@@ -256,11 +274,13 @@ def train_stage(cfg, scheme: str, tier: str, records, out_dir: str | os.PathLike
     trainer.fit(module, train_dataloaders=loader, ckpt_path=str(ckpt_path) if ckpt_path else None)
     wall = time.perf_counter() - t0
     done = trainer.global_step - start
+    consumed = list(zip(range(done * batches_per_step), stream.order.batches(start * batches_per_step)))
+    samples = sum(len(ref.items) for _, ref in consumed)
     weights = None
     if export:
         weights = module.export_weights(out / "weights")
-    res = TrainResult(scheme=scheme, tier=tier, steps=trainer.global_step, samples=done * per_step,
-                      epochs=trainer.global_step * per_step / len(recs), wall_clock_s=wall, device_type=dev_type,
+    res = TrainResult(scheme=scheme, tier=tier, steps=trainer.global_step, samples=samples,
+                      epochs=trainer.global_step * batches_per_step / per_epoch, wall_clock_s=wall, device_type=dev_type,
                       device_count=dev_count, losses=list(module.loss_history),
                       checkpoint=str(cb.folder / cb.saved[-1]) if cb.saved else None, weights=weights,
                       resumed_from_step=start,
@@ -269,6 +289,6 @@ def train_stage(cfg, scheme: str, tier: str, records, out_dir: str | os.PathLike
                              "token_px": stage.tier.token_px, "lr": stage.lr, "trainable": module.n_trainable(),
                              "region_reads": data.region_reads, "init_from": str(stage.init_from),
                              "grad_accumulation": accum, "world_size": world,
-                             "samples_per_s": (done * per_step / wall) if wall > 0 else math.nan})
+                             "batches_per_epoch": per_epoch, "samples_per_s": (samples / wall) if wall > 0 else math.nan})
     (out / "result.json").write_text(json.dumps(res.to_json(), indent=1, default=str))
     return res
