@@ -1,15 +1,22 @@
 """``uhr audit RELEASE``: check every image of a release, end to end (no Dagster here).
 
 Per image: its blob is in the object store and hashes to its id's hash; the raw source blob
-too, with a licence; every *required* lineage stage (raw_pool, image_scores, candidate_pool,
-corpus_100mp -- and each stage that registers as required later) holds a passed record in the
-image's family; the corpus record's hash equals the release's. Per release: the table entry
-exists and the manifest's digest matches it. Failures are named (image, check, detail).
+too, with a licence; every *required* lineage stage holds a passed record in the image's
+family; the corpus record's hash equals the release's. Required stages: those release.json
+names (``required_stages``: a release made from the final corpus adds ``captions`` and
+``final_corpus``), else -- a release.json from before that key -- raw_pool, image_scores,
+candidate_pool and corpus_100mp; and each provider that registers as ``required`` later.
+A release with captions also checks that the captions record it references is the one in the
+captions manifest now (``caption record``: sha256 of the record) and that no image is a
+PixVerve-Bench image (``bench held out``: the ids release.json recorded and the current split).
+Per release: the table entry exists and the manifest's digest matches it. Failures are named
+(image, check, detail).
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Callable
@@ -17,7 +24,8 @@ from typing import Callable
 from curation.layout import DataLayout
 from curation.lineage import LineageContext, lineage_batch, link_providers
 from curation.lineage.core import PASSED
-from curation.release import ReleaseError, read_entry, read_release_manifest, rows_digest
+from curation.release import (ReleaseError, read_entry, read_release_info, read_release_manifest,
+                              release_required_stages, rows_digest)
 from curation.store import ObjectStore, blob_digest, blob_key
 
 
@@ -84,7 +92,17 @@ def audit_release(layout: DataLayout, name: str, store: ObjectStore, verify_hash
     if len(rows) != entry["n_images"]:
         report.fail("-", "release manifest", f"{len(rows)} rows, the releases table says {entry['n_images']}")
 
-    required = [p for p in link_providers() if p.required]
+    info = read_release_info(layout, name, store)
+    wanted = set(release_required_stages(info, entry)) | {p.stage for p in link_providers() if p.required}
+    required = [p for p in link_providers() if p.stage in wanted]
+    report.checked["required stages"] += 1
+    for stage in sorted(wanted - {p.stage for p in required}):
+        report.fail("-", "required stages", f"stage {stage} is required by the release but has no lineage provider")
+    held: set[str] = set()
+    if info and info.get("bench_split") is not None:
+        from curation.stages.final import bench_ids
+
+        held = set(info["bench_split"].get("image_ids") or []) | bench_ids(layout)
     ctx = LineageContext(layout, store)
     sha_memo: dict[str, str | None] = {}
 
@@ -128,6 +146,20 @@ def audit_release(layout: DataLayout, name: str, store: ObjectStore, verify_hash
                     report.fail(iid, check, f"no {p.stage} record for the image or its parent")
                 elif not any(lk.status == PASSED for lk in got):
                     report.fail(iid, check, "rejected: " + "; ".join(lk.summary.split("REJECTED: ")[-1] for lk in got))
+            if info and info.get("bench_split") is not None:
+                report.checked["bench held out"] += 1
+                if iid in held:
+                    report.fail(iid, "bench held out", "a PixVerve-Bench image is in the release's training set")
+            if r.get("caption_record"):
+                report.checked["caption record"] += 1
+                ref = json.loads(r["caption_record"])
+                cap = [lk for lk in by_stage.get("captions", []) if lk.image_id == iid]
+                now = cap[0].details.get("record_sha256") if cap else None
+                if now is None:
+                    report.fail(iid, "caption record", f"no captions record for the image ({ref.get('manifest')})")
+                elif now != ref.get("record_sha256"):
+                    report.fail(iid, "caption record", f"captions record hashes to {now[:16]} now, the release "
+                                                       f"references {str(ref.get('record_sha256'))[:16]}")
             report.checked["corpus hash"] += 1
             own = [lk for lk in by_stage.get("corpus_100mp", []) if lk.image_id == iid and lk.status == PASSED]
             if own and own[0].details.get("sha256") != r["sha256"]:

@@ -4,15 +4,25 @@ A release is
 
 * ``<data_root>/releases/<name>/manifest.parquet`` -- one row per image (:data:`RELEASE`):
   id, content hash and blob key, size, tier, parent and raw source hash, licence and origin,
-  captions (null until the captions stage exists), config hash and code version;
+  the short and long caption and ``caption_record`` (a compact JSON reference to the image's
+  captions record: manifest, config hash, sha256 of the full record, per-field provenance),
+  config hash and code version;
 * ``<data_root>/releases/<name>/release.json`` -- counts, shards, config hashes, code versions,
-  the manifest digest; deterministic, so re-releasing the same content is a no-op;
+  the manifest digest, the stages the audit requires (``required_stages``), the bench split it
+  left out (``bench_split``: version, how many ids) and where its training export comes from;
+  deterministic, so re-releasing the same content is a no-op;
 * the images themselves as content-addressed blobs in the object store (uploaded when missing;
   the release lists their keys, so storage is never doubled);
 * that folder tracked by DVC (``<repo>/releases/<name>.dvc``) and pushed to the DVC remote;
 * an annotated git tag ``release/<name>`` on a commit holding the ``.dvc`` file;
 * an entry in the releases table (``releases/_index/<name>.json``, written last: the entry's
   presence is the release's commit marker; ``releases/releases.parquet`` is the table view).
+
+Where the rows come from: with ``final_corpus`` manifests on the data root, the passed
+``final_corpus`` rows (corpus passed AND instance check passed AND captions complete) minus
+every PixVerve-Bench id (:func:`curation.stages.final.bench_ids`); the audit then requires the
+``captions`` and ``final_corpus`` records too. A data root without them releases the passed
+``corpus_100mp`` rows with null caption columns, as releases made before the captions stage did.
 
 Release names are immutable: the same name with the same content returns the existing
 release; with different content it is refused.
@@ -38,8 +48,19 @@ from curation.manifest import RELEASE, read_manifest, to_table, write_manifest
 from curation.store import BlobIntegrityError, ObjectStore, blob_key, data_key, ensure_local, put_blob
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-CAPTIONS_NOTE = "no captions yet: the captions stage (paper 3.1.5) is not built; caption columns are null"
+CAPTIONS_NOTE = ("captions from the captions stage (paper 3.1.5): short_caption and long_caption; caption_record = "
+                 "JSON reference to the full record (captions manifest, config hash, record sha256, per-field "
+                 "provenance); `uhr captions IMAGE_ID` prints the whole record")
+NO_CAPTIONS_NOTE = ("no captions: this data root had no final_corpus manifests when the release was made "
+                    "(released from corpus_100mp); caption columns are null")
 RELEASE_FORMAT = 1
+#: the stages every release requires (what ``uhr audit`` checks for a release.json without ``required_stages``)
+LEGACY_REQUIRED_STAGES = ("raw_pool", "image_scores", "candidate_pool", "corpus_100mp")
+#: release.json's ``training_export``: the folder is not part of the release (DVC would hash every
+#: 100 MP image again); it is rebuilt from the release's manifest, images as hard links
+TRAINING_EXPORT_NOTE = ("diffusers image folder (metadata.jsonl: file_name, text, short_caption, long_caption; "
+                        "images hard-linked): `uhr export-training OUT_DIR --release {name}` "
+                        "(curation.captioning.export.export_training_set(layout, out_dir, release='{name}'))")
 LOCAL_FIELDS = ("file_bytes", "source_path")
 
 
@@ -56,11 +77,76 @@ def check_name(name: str) -> str:
 
 # -- rows -------------------------------------------------------------------------------------
 
-def release_rows(layout: DataLayout) -> list[dict]:
-    """One row per passed ``corpus_100mp`` image over every shard, joined with its raw source."""
+def release_source(layout: DataLayout) -> str:
+    """``final_corpus`` when the data root has final_corpus manifests, else ``corpus_100mp``
+    (a data root from before the captions stage)."""
+    return "final_corpus" if layout.manifests("final_corpus") else "corpus_100mp"
+
+
+def required_stages(source: str) -> list[str]:
+    """The lineage stages a release made from ``source`` requires (recorded in release.json):
+    every provider marked ``required``, plus those marked ``required_with_captions`` for a
+    release made from the final corpus."""
+    from curation.lineage import link_providers
+
+    return [p.stage for p in link_providers()
+            if p.required or (source == "final_corpus" and getattr(p, "required_with_captions", False))]
+
+
+def caption_reference(cap: dict, layout: DataLayout) -> str:
+    """The release's ``caption_record``: a compact, deterministic JSON pointing at the image's full
+    captions record (its manifest, config hash, code version and the record's sha256) with the
+    provenance of every field (backend, model, prompt hash, status) and the instance check."""
+    rec = json.loads(cap["record"]) if cap.get("record") else {}
+    prov = {k: {f: v.get(f) for f in ("backend", "model", "prompt_hash", "status")}
+            for k, v in sorted((rec.get("provenance") or {}).items())}
+    return json.dumps({
+        "manifest": f"manifests/captions/{cap['shard']}.parquet",
+        "config_hash": cap.get("config_hash"), "code_version": cap.get("code_version"),
+        "record_sha256": hashlib.sha256((cap.get("record") or "").encode()).hexdigest(),
+        "n_tags": cap.get("n_tags"), "n_instances": cap.get("n_instances"),
+        "instance_decision": cap.get("instance_decision"), "provenance": prov,
+    }, sort_keys=True)
+
+
+def _captions_for(layout: DataLayout, ids: set[str]) -> dict[str, dict]:
+    cols = ["image_id", "shard", "record", "n_tags", "n_instances", "instance_decision", "config_hash", "code_version"]
+    out: dict[str, dict] = {}
+    for p in layout.manifests("captions"):
+        t = read_manifest(p)
+        for r in t.select([c for c in cols if c in t.column_names]).to_pylist():
+            if r["image_id"] in ids:
+                out[r["image_id"]] = r
+    return out
+
+
+def release_plan(layout: DataLayout) -> tuple[list[dict], dict]:
+    """``(rows, info)``: the release rows (:func:`release_rows`) and what release.json says about
+    where they came from (``source``, ``required_stages``, ``bench_split``, ``captions``)."""
+    from curation.stages.final import bench_ids, load_split
+
+    source = release_source(layout)
     corpus = [r for p in layout.manifests("corpus_100mp") for r in read_manifest(p).to_pylist() if r["passed"]]
+    info: dict = {"source": source, "required_stages": required_stages(source)}
+    final: dict[str, dict] = {}
+    caps: dict[str, dict] = {}
+    if source == "final_corpus":
+        final = {r["image_id"]: r for p in layout.manifests("final_corpus") for r in read_manifest(p).to_pylist()
+                 if r["passed"]}
+        held = bench_ids(layout)
+        split = load_split(layout) or {}
+        info["bench_split"] = {
+            "version": split.get("version"), "rule": split.get("rule"), "n_split": len(held),
+            "n_held_out": len(held & set(final)), "image_ids": sorted(held),
+            "file": "manifests/bench_split/split.json" if split else None,
+        }
+        corpus = [r for r in corpus if r["image_id"] in final and r["image_id"] not in held]
+        caps = _captions_for(layout, {r["image_id"] for r in corpus})
+        info["captions"] = CAPTIONS_NOTE
+    else:
+        info["captions"] = NO_CAPTIONS_NOTE
     if not corpus:
-        return []
+        return [], info
     parents = {r["parent_id"] for r in corpus}
     raw: dict[str, dict] = {}
     for p in layout.manifests("raw_pool"):
@@ -78,6 +164,7 @@ def release_rows(layout: DataLayout) -> list[dict]:
         seen.add(r["image_id"])
         src = raw.get(r["parent_id"], {})
         out_path = layout.resolve(r.get("output_path"))
+        fin, cap = final.get(r["image_id"]), caps.get(r["image_id"])
         rows.append({
             "image_id": r["image_id"], "sha256": r["sha256"], "blob_key": blob_key(r["sha256"]),
             "file_format": r.get("file_format"),
@@ -87,11 +174,20 @@ def release_rows(layout: DataLayout) -> list[dict]:
             "raw_sha256": src.get("sha256"), "raw_blob_key": blob_key(src["sha256"]) if src.get("sha256") else None,
             "shard": r["shard"], "licence": src.get("licence"), "origin": src.get("origin"),
             "source_path": src.get("source_path"),
-            "short_caption": None, "long_caption": None, "caption_record": None,
+            "short_caption": fin.get("short_caption") if fin else None,
+            "long_caption": fin.get("long_caption") if fin else None,
+            "caption_record": caption_reference(cap, layout) if cap else None,
             "corpus_config_hash": r["config_hash"], "corpus_code_version": r["code_version"],
             "threshold_version": cand.get(r["parent_id"]),
         })
-    return rows
+    return rows, info
+
+
+def release_rows(layout: DataLayout) -> list[dict]:
+    """One row per released image over every shard, joined with its raw source: the passed
+    ``final_corpus`` rows minus the bench split, with their captions (a data root without
+    final_corpus manifests: the passed ``corpus_100mp`` rows, caption columns null)."""
+    return release_plan(layout)[0]
 
 
 def rows_digest(rows: list[dict]) -> str:
@@ -202,6 +298,26 @@ def release_tags(entry: dict) -> dict[str, str]:
     }.items() if v}
 
 
+def read_release_info(layout: DataLayout, name: str, store: ObjectStore | None = None) -> dict | None:
+    """A release's ``release.json`` (fetched from the store when not on this worker), or None."""
+    p = layout.release_dir(name) / "release.json"
+    if store is not None:
+        ensure_local(store, data_key(layout, p), p)
+    try:
+        return json.loads(p.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def release_required_stages(info: dict | None, entry: dict | None = None) -> list[str]:
+    """The stages a release's audit requires: release.json's ``required_stages`` (the entry's when
+    release.json is unreadable), else the list every release required before captions existed."""
+    for d in (info, entry):
+        if d and d.get("required_stages") is not None:
+            return list(d["required_stages"])
+    return list(LEGACY_REQUIRED_STAGES)
+
+
 def read_release_manifest(layout: DataLayout, name: str, store: ObjectStore | None = None) -> pa.Table:
     p = layout.release_dir(name) / "manifest.parquet"
     if store is not None:
@@ -236,9 +352,11 @@ def make_release(layout: DataLayout, name: str, store: ObjectStore, dvc=None, re
     Re-running after a crash resumes: the entry is written last.
     """
     check_name(name)
-    rows = release_rows(layout)
+    rows, plan = release_plan(layout)
     if not rows:
-        raise ReleaseError(f"nothing to release: no passed corpus_100mp rows under {layout.root}/manifests")
+        what = ("no passed final_corpus rows outside the bench split" if plan["source"] == "final_corpus"
+                else "no passed corpus_100mp rows")
+        raise ReleaseError(f"nothing to release: {what} under {layout.root}/manifests")
     digest = rows_digest(rows)
     existing = read_entry(layout, name, store)
     if existing is not None:
@@ -252,12 +370,16 @@ def make_release(layout: DataLayout, name: str, store: ObjectStore, dvc=None, re
                     for r in read_manifest(p).select(["image_id", "output_path", "passed"]).to_pylist() if r["passed"]}
     blobs = ensure_release_blobs(store, rows, corpus_paths, progress, resolve=layout.resolve)
     log(f"blobs: {blobs['uploaded']} uploaded ({blobs['bytes'] / 1e6:.1f} MB), {blobs['present']} already in {store.url('blobs')}")
-    info = {"name": name, "format": RELEASE_FORMAT, "manifest_sha256": digest, "captions": CAPTIONS_NOTE,
-            "blob_store": store.describe(), "columns": RELEASE.names, **describe_rows(rows)}
+    info = {"name": name, "format": RELEASE_FORMAT, "manifest_sha256": digest, "blob_store": store.describe(),
+            "columns": RELEASE.names, **plan, **describe_rows(rows)}
+    if plan["source"] == "final_corpus":
+        info["training_export"] = TRAINING_EXPORT_NOTE.format(name=name)
     folder = _write_release_dir(layout, name, rows, info)
     entry = {"name": name, "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
              **{k: info[k] for k in ("n_images", "manifest_sha256", "shards", "tiers", "licences", "config_hashes",
-                                     "code_versions", "threshold_versions", "captions")},
+                                     "code_versions", "threshold_versions", "captions", "source", "required_stages")},
+             "bench_held_out": (info.get("bench_split") or {}).get("n_held_out"),
+             "bench_split_version": (info.get("bench_split") or {}).get("version"),
              "release_dir": data_key(layout, folder), "store": store.describe(), "blobs": blobs, "dvc": None, "git": None}
 
     if dvc is not None:

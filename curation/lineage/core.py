@@ -43,13 +43,16 @@ class LinkProvider:
 
     A stage of the stage table takes its table position in the chain; ``order`` places the
     others (releases, checkpoints) after them; ``required`` stages must hold a passed record
-    for every image of a release (``uhr audit``). ``edges`` reports (parent, child) id pairs
-    the stage created (derived images); ``links`` the stage's records for a set of ids.
+    for every image of a release (``uhr audit``); ``required_with_captions`` stages only for a
+    release made from the final corpus (release.json's ``required_stages`` says which were).
+    ``edges`` reports (parent, child) id pairs the stage created (derived images); ``links``
+    the stage's records for a set of ids.
     """
 
     stage: str = ""
     order: int = 100
     required: bool = False
+    required_with_captions: bool = False
     title: str = ""
 
     def edges(self, ctx: "LineageContext", ids: set[str]) -> list[tuple[str, str]]:

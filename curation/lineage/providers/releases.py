@@ -38,7 +38,17 @@ class ReleaseLinks(LinkProvider):
                            f"{e['manifest_sha256'][:16]}), DVC {dvc.get('md5') or 'not tracked'}"
                            f"{' pushed to ' + dvc['remote_url'] if dvc.get('pushed') and dvc.get('remote_url') else ''}, "
                            f"git tag {git.get('tag') or 'none'}{' @ ' + git['commit'][:12] if git.get('commit') else ''}; "
-                           f"licence {r['licence']}; captions {r['caption_record'] or 'none'}")
+                           f"licence {r['licence']}; captions {_captions(r)}")
                 out.append(Link(self.stage, r["image_id"], INFO, summary, {"release": name, **r,
                                 "release_entry": {k: e.get(k) for k in ("dvc", "git", "created_at")}}, str(p)))
         return out
+
+
+def _captions(r: dict) -> str:
+    if not r.get("caption_record"):
+        return "none"
+    import json
+
+    ref = json.loads(r["caption_record"])
+    return (f"{len((r.get('long_caption') or '').split())}-word long / {len((r.get('short_caption') or '').split())}-word "
+            f"short caption, record sha256 {str(ref.get('record_sha256'))[:16]} in {ref.get('manifest')}")
