@@ -228,3 +228,34 @@ def test_without_an_endpoint_every_field_is_the_labelled_heuristic(corpus_shard,
         assert all("heuristic" in v for v in json.loads(r["backends"]).values())
     again = _run(layout, corpus_shard[1], _cfg(None))
     assert again.summary["computed"] == 0 and again.summary.get("manifest_reused")
+
+
+def test_a_prompt_change_redoes_only_the_calls_of_that_prompt(corpus_shard, tmp_path, monkeypatch):
+    import curation.vlm.client as vlm_client
+    import curation.vlm.prompts as vlm_prompts
+    from curation.stages.fingerprint import fingerprints
+    from vlm_server import VLMTestServer
+
+    layout = _fresh(corpus_shard, tmp_path / "root")
+    shard = corpus_shard[1]
+    with VLMTestServer(model=SERVED) as server:
+        server.default = answer
+        cfg = _cfg(server.base_url)
+        first = _run(layout, shard, cfg)
+        assert server.n_requests > 0
+        before = fingerprints(cfg)
+        prompts = tmp_path / "prompts"
+        shutil.copytree(vlm_prompts.DEFAULT_PROMPT_DIR, prompts)
+        with open(prompts / "caption_short.md", "a") as fh:
+            fh.write("\nKeep it under twenty words.\n")
+        monkeypatch.setattr(vlm_prompts, "DEFAULT_PROMPT_DIR", prompts)
+        monkeypatch.setattr(vlm_client, "DEFAULT_PROMPT_DIR", prompts)
+        after = fingerprints(cfg)
+        assert {s for s in before if before[s] != after[s]} == {"captions", "final_corpus", "bench_split"}
+        server.reset_stats()
+        second = _run(layout, shard, cfg)
+        assert second.summary["computed"] == len(second.rows) and not second.summary.get("manifest_reused")
+        # every image asks for its short caption again; every other call is served from the cache
+        assert server.n_requests == len([r for r in first.rows if r["long_caption"]]) > 0
+        texts = [json.dumps(r["body"]) for r in server.requests]
+        assert all("twenty words" in t for t in texts)

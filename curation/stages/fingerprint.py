@@ -1,7 +1,8 @@
 """Per-stage fingerprints and data versions.
 
 * **fingerprint** of a stage = sha256 of (the config keys it ``reads``, its ``code_version``, the
-  fingerprints of its upstream stages), 16 hex chars. Per-image caches live under
+  content of the prompt files its model calls use, the fingerprints of its upstream stages),
+  16 hex chars. Per-image caches live under
   ``cache/<stage>/<fingerprint>/``, every manifest row's ``config_hash`` is its stage's
   fingerprint, and the Dagster asset's ``code_version`` is it: a change to ``corpus.*`` changes
   the corpus fingerprint and nothing upstream; a bench or captions key changes no curation stage.
@@ -49,16 +50,30 @@ def stage_fingerprint(cfg, name: str, table: StageTable = STAGES) -> str:
     return fingerprints(cfg, table)[name]
 
 
+def prompt_hashes(names) -> dict[str, str | None]:
+    """sha256 of each default prompt file ``prompts/<name>.md`` (None when missing)."""
+    from curation.vlm.prompts import DEFAULT_PROMPT_DIR
+
+    out = {}
+    for n in names:
+        p = DEFAULT_PROMPT_DIR / f"{n}.md"
+        out[n] = hashlib.sha256(p.read_bytes()).hexdigest()[:16] if p.exists() else None
+    return out
+
+
 def fingerprints(cfg, table: StageTable = STAGES) -> dict[str, str]:
     """Every stage's fingerprint under ``cfg`` (table order)."""
     out: dict[str, str] = {}
     for spec in table:
-        out[spec.name] = _digest({
+        parts = {
             "stage": spec.name,
             "code_version": spec.code_version,
             "reads": stage_reads(cfg, spec.name, table),
             "upstream": {u: out[u] for u in spec.upstream},
-        })
+        }
+        if spec.prompts:
+            parts["prompts"] = prompt_hashes(spec.prompts)
+        out[spec.name] = _digest(parts)
     return out
 
 

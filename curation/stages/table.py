@@ -34,7 +34,10 @@ class StageSpec:
     * ``pool``: ``"cpu"`` or ``"gpu"`` (Dagster concurrency pool of the asset);
     * ``job`` / ``group``: the Dagster job that materialises it and the UI group;
     * ``function``: ``"module:function"`` of its library entry point (no Dagster import there);
-    * ``reads_raw``: the stage reads the raw shard folders (DVC dep on the raw root).
+    * ``reads_raw``: the stage reads the raw shard folders (DVC dep on the raw root);
+    * ``prompts``: the prompt files (``prompts/<name>.md``) of the model calls it makes: their
+      content is part of the fingerprint, so a prompt change redoes the stage (the VLM answer
+      cache still serves every call whose prompt did not change) and what follows.
     """
 
     name: str
@@ -49,6 +52,7 @@ class StageSpec:
     job: str = ""
     group: str = "curation"
     reads_raw: bool = False
+    prompts: tuple[str, ...] = ()
     description: str = ""
     extra: dict = field(default_factory=dict, compare=False, hash=False)
 
@@ -152,7 +156,7 @@ register_stage(StageSpec(
            "purification.richness.histogram_bins", "purification.aesthetics.scorers",
            "purification.aesthetics.laion", "judges.artimuse",
            "io.max_pixels", "report.thumb_px"),
-    job="shard_purification",
+    prompts=("artimuse_aesthetics",), job="shard_purification",
     description="Per-image purification scores (exposure, Laplacian, flatness, entropy, aesthetics), one decode each.",
 ))
 register_stage(StageSpec(
@@ -176,6 +180,7 @@ register_stage(StageSpec(
     upstream=("candidate_pool", "raw_pool"), inputs=("candidate_pool", "raw_pool"),
     reads=("sizes.linear_scale", "resolution_screen", "corpus", "judges.corpus"),
     blobs=("output_path", "sha256"), pool="gpu", job="corpus_100mp_job", group="corpus",
+    prompts=("region_artifact",),
     description="Every candidate brought to >= 100 MP (archive / 2x / 4x tiled SR) and checked: seams, "
                 "post-SR consistency, region-level VLM artifacts, instance hook.",
 ))
@@ -187,6 +192,8 @@ register_stage(StageSpec(
     reads=("captions", "judges.captions", "judges.captions_llm", "judges.corpus",
            "corpus.final_filters.instances.max_flagged"),
     pool="gpu", job="captions_job", group="captions",
+    prompts=("caption_tag_pruning", "caption_instance_description", "instance_artifact",
+             "caption_aesthetics_analysis", "caption_long", "caption_short"),
     description="Stage-wise, instance-grounded captions (tags, boxes, masks, instance descriptions, aesthetics "
                 "analysis, long and short caption) and the instance-level artifact check (3.1.4).",
 ))
