@@ -1,6 +1,7 @@
 """Releases, lineage and audit on a real (test-profile) pipeline run.
 
-The pipeline runs once (raw pool -> 100 MP corpus) into a temporary data root; the release
+The pipeline runs once (raw pool -> 100 MP corpus -> captions -> final corpus -> bench split)
+into a temporary data root; the release (the final corpus minus the bench split)
 goes through the Dagster ``release_job`` into a folder object store, a DVC repo created at the
 data root (git + DVC) and a local DVC remote. Then: lineage of a derived image and of its raw
 parent, the audit (clean, then with a corrupted blob, a deleted blob and a rejected stage row),
@@ -39,7 +40,7 @@ def rel(tmp_path_factory):
     cfg = load_config("test")
     base = tmp_path_factory.mktemp("rel")
     raw, data = base / "raw", base / "data"
-    make_raw_pool(raw, 20, 3, cfg)
+    make_raw_pool(raw, 40, 3, cfg)  # two shards; a few images pass the instance check
     store_root, remote = base / "store", base / "dvc-remote"
     defs = build_definitions({
         "settings": CurationSettings(data_root=str(data), raw_root=str(raw), profile="test"),
@@ -66,17 +67,23 @@ def test_release_freezes_the_passed_corpus(rel):
 
     res, layout, store = rel["res"], rel["layout"], rel["store"]
     assert res.success
-    passed = [r for r in _rows(layout, "corpus_100mp") if r["passed"]]
-    assert passed, "the test pipeline must pass some images"
+    from curation.stages.final import bench_ids
+
+    passed = [r for r in _rows(layout, "final_corpus") if r["passed"]]
+    held = bench_ids(layout)
+    assert passed and held, "the test pipeline must pass some images and hold some out for the bench"
     entry = read_entry(layout, "v1")
     t = read_release_manifest(layout, "v1").to_pylist()
-    assert {r["image_id"] for r in t} == {r["image_id"] for r in passed} and entry["n_images"] == len(t)
+    assert {r["image_id"] for r in t} == {r["image_id"] for r in passed} - held and entry["n_images"] == len(t)
+    assert entry["bench_held_out"] == len(held & {r["image_id"] for r in passed})
     raw = {r["image_id"]: r for r in _rows(layout, "raw_pool") if r["passed"]}
+    final = {r["image_id"]: r for r in passed}
     for r in t:
         assert store.exists(blob_key(r["sha256"])) and store.exists(blob_key(r["raw_sha256"]))
         assert r["licence"] == raw[r["parent_id"]]["licence"] and r["raw_sha256"] == raw[r["parent_id"]]["sha256"]
-        assert r["short_caption"] is None and r["megapixels"] >= 100 * 0.125 ** 2 * 0.99
-    assert "captions stage" in entry["captions"]
+        assert r["megapixels"] >= 100 * 0.125 ** 2 * 0.99
+        assert r["short_caption"] == final[r["image_id"]]["short_caption"] and json.loads(r["caption_record"])["provenance"]
+    assert "captions stage" in entry["captions"] and "captions" in entry["required_stages"]
     # DVC: tracked, in the cache and pushed to the remote
     dvc_file = Path(entry["dvc"]["repo"]) / entry["dvc"]["file"]
     md5 = entry["dvc"]["md5"]
@@ -104,8 +111,13 @@ def test_same_name_same_content_is_a_no_op_other_content_is_refused(rel, monkeyp
     layout, store = rel["layout"], rel["store"]
     again = release.make_release(layout, "v1", store, log=lambda *_: None)
     assert again["existing"] and again["manifest_sha256"] == release.read_entry(layout, "v1")["manifest_sha256"]
-    real = release.release_rows
-    monkeypatch.setattr(release, "release_rows", lambda lay: real(lay)[:-1])
+    real = release.release_plan
+
+    def one_less(lay):
+        rows, info = real(lay)
+        return rows[:-1], info
+
+    monkeypatch.setattr(release, "release_plan", one_less)
     with pytest.raises(release.ReleaseError, match="immutable"):
         release.make_release(layout, "v1", store, log=lambda *_: None)
     with pytest.raises(release.ReleaseError, match="bad release name"):
@@ -114,9 +126,10 @@ def test_same_name_same_content_is_a_no_op_other_content_is_refused(rel, monkeyp
 
 def test_lineage_of_a_derived_image_and_of_its_raw_parent(rel):
     layout = rel["layout"]
-    rows = [r for r in _rows(layout, "corpus_100mp") if r["passed"]]
+    released = set(pq.read_table(layout.release_dir("v1") / "manifest.parquet").column("image_id").to_pylist())
+    rows = [r for r in _rows(layout, "corpus_100mp") if r["passed"] and r["image_id"] in released]
     derived = next((r for r in rows if r["tier"] in ("2x", "4x")), None)
-    assert derived is not None, "the test pipeline upscales at least one image"
+    assert derived is not None, "the test pipeline releases at least one upscaled image"
     raw = {r["image_id"]: r for r in _rows(layout, "raw_pool") if r["passed"]}[derived["parent_id"]]
     out = _cli("lineage", derived["image_id"][:10], "--data-root", str(rel["data"]))
     assert out.exit_code == 0, out.output
@@ -128,6 +141,7 @@ def test_lineage_of_a_derived_image_and_of_its_raw_parent(rel):
         js = json.loads(_cli("lineage", parent_query, "--data-root", str(rel["data"]), "--json").output)
         stages = [lk["stage"] for lk in js["links"]]
         assert stages[:4] == ["raw_pool", "image_scores", "candidate_pool", "corpus_100mp"] and "release" in stages
+        assert stages.index("captions") < stages.index("final_corpus") < stages.index("release")
         assert {"parent": derived["parent_id"], "child": derived["image_id"]} in js["edges"]
         cp = next(lk for lk in js["links"] if lk["stage"] == "candidate_pool")
         assert cp["details"]["entropy"] >= cp["details"]["entropy_threshold"]
@@ -220,6 +234,7 @@ def test_a_new_stage_adds_its_link_and_joins_the_audit(rel):
     from curation.audit import audit_release
     from curation.lineage import LineageContext, Link, LinkProvider, lineage, register_link_provider
     from curation.lineage import core
+    from curation.stages.table import STAGES
 
     @register_link_provider
     class FakeCaptions(LinkProvider):
@@ -234,7 +249,8 @@ def test_a_new_stage_adds_its_link_and_joins_the_audit(rel):
         for r in t:
             stages = [lk.stage for lk in lineage(LineageContext(layout, store), r["image_id"]).links]
             if any(i[0] in "0123456789" for i in (r["image_id"], r["parent_id"])):
-                assert stages.index("captions_test") == max(i for i, s in enumerate(stages) if s == "corpus_100mp") + 1
+                # not in the stage table: after every table stage's links, before the releases
+                assert stages.index("captions_test") == max(i for i, s in enumerate(stages) if s in STAGES) + 1
                 assert stages[-1] == "release"
             else:
                 assert "captions_test" not in stages
