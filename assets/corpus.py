@@ -39,7 +39,8 @@ def corpus_100mp(context: AssetExecutionContext, settings: CurationSettings,
     checks.append(["instance artifacts", 0, 0, None])
     md["check_pass_rates"] = counts_table(checks, [("check", "string"), ("evaluated", "int"), ("passed", "int"),
                                                     ("pass_rate", "float")])
-    md["instance_check"] = "not applied: instance crops come from the captions stage (paper 3.1.5)"
+    md["instance_check"] = ("applied downstream: the captions stage judges every instance pair (paper 3.1.4 with the "
+                            "3.1.5 crops); final_corpus = corpus passed AND instance check passed")
     md["judge_backend"] = ", ".join(sorted({str(r.get("judge_backend")) for r in sr})) or "none"
     md["lpips"] = next((r["lpips_reason"] for r in sr if r.get("lpips_reason")), "n/a")
     sheet = corpus_contact_sheet(rows, layout.report_dir("corpus_100mp", shard) / "native_vs_sr.png", root=layout.root)

@@ -54,9 +54,54 @@ def data_flow(layout: DataLayout, cfg) -> list[list]:
             rows.append(["  deferred (profile cap on SR per shard)", "not processed", deferred, None])
         for reason in sorted({r["reject_reason"] for r in done if not r["passed"]}):
             rows.append([f"  rejected: {reason}", "", sum(r["reject_reason"] == reason for r in done), None])
-        rows.append(["Final data filtering", "Final Data (>= 100 MP)", sum(r["passed"] for r in corpus),
-                     t1.get("final")])
+        final = _rows(layout, "final_corpus")
+        if final:
+            caps = _rows(layout, "captions")
+            rows.append(["  >= 100 MP after SR + final checks", "corpus_100mp passed", sum(r["passed"] for r in corpus),
+                         None])
+            for reason in sorted({r["reject_reason"] for r in caps if not r["passed"]}):
+                rows.append([f"  captions / instance check: {reason}", "", sum(r["reject_reason"] == reason for r in caps),
+                             None])
+            rows.append(["Final data filtering", "Final Data (>= 100 MP, instance check, captions)",
+                         sum(r["passed"] for r in final), t1.get("final")])
+        else:
+            rows.append(["Final data filtering", "Final Data (>= 100 MP)", sum(r["passed"] for r in corpus),
+                         t1.get("final")])
     return rows
+
+
+def captions_markdown(layout: DataLayout) -> str:
+    """The captions part of the demo summary: bench split, caption quality vs Table 2, one record."""
+    from curation.stages.final import PROMPTS_FILE, REFERENCE_DIR, load_split, split_dir
+
+    caps = [r for r in _rows(layout, "captions")]
+    if not caps:
+        return ""
+    done = [r for r in caps if r.get("long_caption")]
+    mean = lambda xs: sum(xs) / len(xs) if xs else None  # noqa: E731
+    q = [["long caption words (Table 2: 234.1 on average)", mean([r["long_words"] for r in done if r["long_words"]])],
+         ["short caption words", mean([r["short_words"] for r in done if r["short_words"]])],
+         ["instances per image", mean([r["n_instances"] for r in caps if r["n_instances"] is not None])],
+         ["instance descriptions reflected in the long caption", mean([r["instance_coverage"] for r in done
+                                                                       if r["instance_coverage"] is not None])],
+         ["long-caption object nouns matching a tag or instance", mean([r["noun_match"] for r in done
+                                                                         if r["noun_match"] is not None])]]
+    md = ["", "## Captions (paper 3.1.5) and the bench split", "",
+          markdown_table(["measure (mean over images)", "value"], q), "",
+          "Backends: " + "; ".join(sorted({b for r in caps if r.get("backends") for b in
+                                           set(json.loads(r["backends"]).values())})) + "."]
+    split = load_split(layout)
+    if split:
+        d = split_dir(layout)
+        md += ["", f"Bench split: {len(split['image_ids'])} of {split['n_final']} final images held out "
+                   f"({split['rule']}); prompts `{d / PROMPTS_FILE}`, references `{d / REFERENCE_DIR}`."]
+    overlay = sorted(layout.root.glob("reports/captions/*/instances.png"))
+    if overlay:
+        md += ["", f"One image's instances (boxes and masks on a thumbnail): `{overlay[0]}`"]
+    pick = next((r for r in done if r.get("n_instances")), done[0] if done else None)
+    if pick is not None:
+        md += ["", f"Short caption of `{pick['image_id']}`: {pick['short_caption']}"]
+    return "\n".join(md) + "\n"
 
 
 def summary_markdown(layout: DataLayout, raw_root: Path, cfg) -> tuple[str, list[dict]]:
@@ -165,6 +210,7 @@ def run_demo(data_root: str | Path, profile: str = "demo", n: int | None = None,
     timings["bench"] = time.perf_counter() - t0
     layout = DataLayout.at(data_root)
     md, evals = summary_markdown(layout, raw_root, cfg)
+    md += captions_markdown(layout)
     md += "\n## Bench (like the paper's Table 3; degraded copies of the references as \"models\")\n\n" + \
         bench["markdown"].replace("### Bench results (layout of PixVerve Table 3)\n\n", "") + \
         f"\nTable files: {bench['table']} (.csv, .html next to it); per-image pages under " \
