@@ -49,6 +49,8 @@ def _captions(r: dict) -> str:
         return "none"
     import json
 
+    from curation.captioning.answers import word_count
+
     ref = json.loads(r["caption_record"])
-    return (f"{len((r.get('long_caption') or '').split())}-word long / {len((r.get('short_caption') or '').split())}-word "
+    return (f"{word_count(r.get('long_caption') or '')}-word long / {word_count(r.get('short_caption') or '')}-word "
             f"short caption, record sha256 {str(ref.get('record_sha256'))[:16]} in {ref.get('manifest')}")
