@@ -100,8 +100,13 @@ def audit_release(layout: DataLayout, name: str, store: ObjectStore, verify_hash
         report.fail("-", "required stages", f"stage {stage} is required by the release but has no lineage provider")
     held: set[str] = set()
     if info and info.get("bench_split") is not None:
-        from curation.stages.final import bench_ids
+        from curation.stages.final import SPLIT_FILE, bench_ids, split_dir
+        from curation.store import data_key, ensure_local
 
+        try:  # the current split too (a worker that did not run bench_split fetches it)
+            ensure_local(store, data_key(layout, split_dir(layout) / SPLIT_FILE), split_dir(layout) / SPLIT_FILE)
+        except Exception:
+            pass  # not in the store: the recorded ids still hold
         held = set(info["bench_split"].get("image_ids") or []) | bench_ids(layout)
     ctx = LineageContext(layout, store)
     sha_memo: dict[str, str | None] = {}
