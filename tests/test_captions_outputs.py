@@ -240,6 +240,19 @@ def test_training_export_is_the_final_corpus_minus_the_bench(cap, tmp_path):
     # from the release: the same set; an image no longer in the set is removed on the next export
     rel = export_training_set(layout, tmp_path / "rel", release="c1", store=cap["store"])
     assert rel["n_images"] == len(lines) and rel["bench_held_out"] == len(held)
+    # a worker without the corpus files: a release's images come from the object store
+    corpus_dir = cap["data"] / "corpus"
+    shutil.move(corpus_dir, tmp_path / "corpus.away")
+    try:
+        fetched = export_training_set(layout, tmp_path / "fetched", release="c1", store=cap["store"])
+    finally:
+        shutil.move(tmp_path / "corpus.away", corpus_dir)
+    assert fetched["fetched"] == len(lines)
+    sha = {r["image_id"]: r["sha256"] for r in pq.read_table(layout.release_dir("c1") / "manifest.parquet").to_pylist()}
+    for x in (tmp_path / "fetched" / "metadata.jsonl").read_text().splitlines():
+        x = json.loads(x)
+        got = __import__("hashlib").sha256((tmp_path / "fetched" / x["file_name"]).read_bytes()).hexdigest()
+        assert got == sha[x["image_id"]]
     (out_dir / "metadata.jsonl").write_text((out_dir / "metadata.jsonl").read_text()
                                             + json.dumps({"file_name": "gone.tif"}) + "\n")
     (out_dir / "gone.tif").write_bytes(b"x")
