@@ -93,7 +93,7 @@ def required_stages(source: str) -> list[str]:
             if p.required or (source == "final_corpus" and getattr(p, "required_with_captions", False))]
 
 
-def caption_reference(cap: dict, layout: DataLayout) -> str:
+def caption_reference(cap: dict) -> str:
     """The release's ``caption_record``: a compact, deterministic JSON pointing at the image's full
     captions record (its manifest, config hash, code version and the record's sha256) with the
     provenance of every field (backend, model, prompt hash, status) and the instance check."""
@@ -176,7 +176,7 @@ def release_plan(layout: DataLayout) -> tuple[list[dict], dict]:
             "source_path": src.get("source_path"),
             "short_caption": fin.get("short_caption") if fin else None,
             "long_caption": fin.get("long_caption") if fin else None,
-            "caption_record": caption_reference(cap, layout) if cap else None,
+            "caption_record": caption_reference(cap) if cap else None,
             "corpus_config_hash": r["config_hash"], "corpus_code_version": r["code_version"],
             "threshold_version": cand.get(r["parent_id"]),
         })
