@@ -49,14 +49,14 @@ def write_lineage_report(layout, name: str, store) -> tuple[str, list[dict]]:
 
 
 @asset(
-    deps=["corpus_100mp"],
+    deps=["final_corpus", "bench_split"],
     code_version=RELEASE_CODE_VERSION,
     group_name="release",
     kinds={"dvc", "parquet"},
     check_specs=[AssetCheckSpec("release_audit", asset="corpus_release",
                                 description="uhr audit: every blob present with its hash, every stage record present "
                                             "and passed, every image with a source and licence.")],
-    description="A named release of the passed 100 MP corpus: manifest (ids, hashes, captions, licences), blobs in "
+    description="A named release of the final corpus minus the bench split: manifest (ids, hashes, captions, licences), blobs in "
                 "the object store, DVC-tracked and pushed, git tag release/<name>, releases table entry.",
 )
 def corpus_release(context: AssetExecutionContext, config: ReleaseConfig, settings: CurationSettings,

@@ -146,7 +146,7 @@ RELEASE = pa.schema(
         pa.field("source_path", pa.string()),
         pa.field("short_caption", pa.string()),
         pa.field("long_caption", pa.string()),
-        pa.field("caption_record", pa.string()),  # the captions stage's record id; null until it exists
+        pa.field("caption_record", pa.string()),  # JSON pointer to the captions record (manifest, sha256, provenance)
         pa.field("corpus_config_hash", pa.string()),
         pa.field("corpus_code_version", pa.string()),
         pa.field("threshold_version", pa.string()),

@@ -326,12 +326,13 @@ def sync_manifests(store: ObjectStore, layout, stages: Iterable[str] | None = No
         from curation.stages.table import STAGES
 
         stages = [s.name for s in STAGES if s.partitioned]
-    out = {"manifests": 0, "configs": 0, "releases": 0}
+    out = {"manifests": 0, "configs": 0, "bench_split": 0, "releases": 0}
     for stage in stages:
         for shard in remote_shards(store, stage):
             ensure_local_manifest(store, layout, stage, shard, refresh=True)
             out["manifests"] += 1
-    for prefix, kind in ((f"{MANIFESTS}/configs/", "configs"), ("releases/", "releases")):
+    for prefix, kind in ((f"{MANIFESTS}/configs/", "configs"), (f"{MANIFESTS}/bench_split/", "bench_split"),
+                         ("releases/", "releases")):
         for key in store.list(prefix):
             ensure_local(store, key, layout.root / key, refresh=True)
             out[kind] += 1
