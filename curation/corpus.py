@@ -34,6 +34,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Callable
 
+from curation.atomic import read_json, write_json
 from curation.config import Config
 from curation.imageio import content_hash, image_id_from_hash
 from curation.layout import DataLayout
@@ -229,14 +230,14 @@ def run_corpus(layout: DataLayout, shard: str, cfg: Config, backend_name: str | 
                          "code_version": cv})
             continue
         ckey = hashlib.sha256(f"{r['image_id']}:{backend_name}:{judge}".encode()).hexdigest()[:24]
-        cached = _read(cache / f"{ckey}.json")
+        cached = read_json(cache / f"{ckey}.json")
         if (cached and cached.get("reject_reason") != JUDGE_FAILED  # a failed judge call is retried
                 and (not cached.get("output_path") or layout.resolve(cached["output_path"]).exists())):
             rows.append(cached)
             reused += 1
         else:
             res = process_image(r, layout, cfg, backend_name, judge_client, cv, config_hash=fp)
-            _write(cache / f"{ckey}.json", res)
+            write_json(cache / f"{ckey}.json", res)
             rows.append(res)
             computed += 1
         if progress:
@@ -266,17 +267,3 @@ def _with_tiers(res: StageResult) -> StageResult:
         "passed_by_tier": dict(Counter(r.get("tier") for r in passed)),
     })
     return res
-
-
-def _read(p: Path) -> dict | None:
-    try:
-        return json.loads(p.read_text())
-    except (OSError, ValueError):
-        return None
-
-
-def _write(p: Path, data: dict) -> None:
-    p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_name(f".{p.name}.tmp")
-    tmp.write_text(json.dumps(data, default=str))
-    os.replace(tmp, p)

@@ -12,7 +12,6 @@ where it stopped and a re-run is idempotent.
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -23,6 +22,7 @@ from typing import Callable
 import cv2
 
 from curation import reasons
+from curation.atomic import read_json, write_json
 from curation.imageio import ImageReadError, decode_rgb, thumbnail, to_grey
 from curation.scores import absolute_verdicts, purification_scores
 
@@ -187,21 +187,11 @@ def score_files(
 
 
 def _read_cache(cache_dir: Path, image_id: str) -> dict | None:
-    p = cache_dir / f"{image_id}.json"
-    try:
-        with open(p) as fh:
-            return json.load(fh)
-    except (OSError, ValueError):
-        return None
+    return read_json(cache_dir / f"{image_id}.json")
 
 
 def _write_cache(cache_dir: Path, res: dict) -> None:
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    p = cache_dir / f"{res['image_id']}.json"
-    tmp = p.with_name(f".{p.name}.{os.getpid()}.tmp")
-    with open(tmp, "w") as fh:
-        json.dump(res, fh)
-    os.replace(tmp, p)
+    write_json(cache_dir / f"{res['image_id']}.json", res)
 
 
 # -- one file on its own (``uhr score-image``) ----------------------------------------------

@@ -72,19 +72,10 @@ def _cfg(endpoint: str | None):
 @pytest.fixture(scope="module")
 def corpus_shard(tmp_path_factory):
     """One test-profile shard through corpus_100mp (lanczos, heuristic region judge)."""
+    from conftest import shard_to_candidates
     from curation.corpus import run_corpus
-    from curation.stages import run_candidate_pool, run_image_scores, run_raw_pool, run_thresholds
-    from curation.synth import make_raw_pool
 
-    cfg = load_config("test")
-    root = tmp_path_factory.mktemp("captions")
-    make_raw_pool(root / "raw", 24, 5, cfg)
-    layout = DataLayout.at(root / "data")
-    shard = "shard-00000"
-    run_raw_pool(layout, root / "raw", shard, cfg)
-    run_image_scores(layout, shard, cfg)
-    run_thresholds(layout, cfg)
-    run_candidate_pool(layout, shard, cfg)
+    cfg, layout, shard = shard_to_candidates(tmp_path_factory.mktemp("captions"), 24, 5)
     res = run_corpus(layout, shard, cfg, "lanczos")
     assert sum(r["passed"] for r in res.rows) >= 3
     return layout, shard

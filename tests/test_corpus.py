@@ -8,7 +8,6 @@ import pytest
 from curation import corpus as corpus_mod
 from curation.config import load_config
 from curation.layout import DataLayout
-from curation.stages import run_candidate_pool, run_image_scores, run_raw_pool, run_thresholds
 from curation.stages.fingerprint import stage_fingerprint
 from curation.upscale.backends import BACKENDS, LanczosBackend
 from curation.upscale.tiers import tier_bounds
@@ -67,18 +66,9 @@ class _Judge:
 
 @pytest.fixture(scope="module")
 def candidates(tmp_path_factory):
-    from curation.synth import make_raw_pool
+    from conftest import shard_to_candidates
 
-    cfg = load_config("test")
-    root = tmp_path_factory.mktemp("corpus")
-    make_raw_pool(root / "raw", 24, 2, cfg)
-    layout = DataLayout.at(root / "data")
-    shard = "shard-00000"
-    run_raw_pool(layout, root / "raw", shard, cfg)
-    run_image_scores(layout, shard, cfg)
-    run_thresholds(layout, cfg)
-    run_candidate_pool(layout, shard, cfg)
-    return cfg, layout, shard
+    return shard_to_candidates(tmp_path_factory.mktemp("corpus"))
 
 
 def _fresh(layout, tmp_path):

@@ -46,18 +46,9 @@ def dead(monkeypatch):
 @pytest.fixture(scope="module")
 def one_shard(tmp_path_factory):
     """A small test-profile shard up to candidate_pool, with at least one SR (2x / 4x) candidate."""
-    from curation.stages import run_candidate_pool, run_image_scores, run_raw_pool, run_thresholds
-    from curation.synth import make_raw_pool
+    from conftest import shard_to_candidates
 
-    cfg = load_config("test")
-    root = tmp_path_factory.mktemp("vlm_corpus")
-    make_raw_pool(root / "raw", 24, 2, cfg)
-    layout = DataLayout.at(root / "data")
-    shard = "shard-00000"
-    run_raw_pool(layout, root / "raw", shard, cfg)
-    run_image_scores(layout, shard, cfg)
-    run_thresholds(layout, cfg)
-    run_candidate_pool(layout, shard, cfg)
+    _, layout, shard = shard_to_candidates(tmp_path_factory.mktemp("vlm_corpus"))
     return layout, shard
 
 

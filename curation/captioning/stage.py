@@ -22,13 +22,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import time
 from collections import Counter
-from pathlib import Path
 from typing import Any, Callable
 
 from curation import reasons
+from curation.atomic import read_json, write_json
 from curation.config import Config
 from curation.layout import DataLayout
 from curation.manifest import CAPTIONS, read_manifest
@@ -185,13 +184,13 @@ def run_captions(layout: DataLayout, shard: str, cfg: Config, clients: dict | No
     timings: dict = {}
     for r in images:
         path = cache / f"{r['image_id']}-{ident}.json"
-        cached = _read(path)
+        cached = read_json(path)
         if cached is not None and cached.get("reject_reason") not in _RETRY:
             rows.append(cached)
             reused += 1
         else:
             row = caption_row(layout, r, cfg, backends, clients, fp, timings)
-            _write(path, row)
+            write_json(path, row)
             rows.append(row)
             computed += 1
         if progress:
@@ -211,17 +210,3 @@ def _summarise(res: StageResult, extra: dict) -> StageResult:
         **extra,
     })
     return res
-
-
-def _read(p: Path) -> dict | None:
-    try:
-        return json.loads(p.read_text())
-    except (OSError, ValueError):
-        return None
-
-
-def _write(p: Path, data: dict) -> None:
-    p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_name(f".{p.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, default=str))
-    os.replace(tmp, p)

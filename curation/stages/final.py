@@ -23,6 +23,7 @@ import os
 from pathlib import Path
 
 from curation import reasons
+from curation.atomic import write_text
 from curation.config import Config
 from curation.layout import DataLayout
 from curation.manifest import FINAL_CORPUS, read_manifest
@@ -126,13 +127,13 @@ def run_bench_split(layout: DataLayout, cfg: Config) -> tuple[dict, dict]:
         lines.append(json.dumps({"file_name": name, "image_id": r["image_id"],
                                  "short_caption": r["short_caption"], "long_caption": r["long_caption"]},
                                 ensure_ascii=False))
-    _atomic(d / PROMPTS_FILE, "\n".join(lines) + ("\n" if lines else ""))
+    write_text(d / PROMPTS_FILE, "\n".join(lines) + ("\n" if lines else ""))
     split = {"image_ids": [r["image_id"] for r in chosen], "n_requested": n, "n_final": len(passed),
              "rule": f"the {n} smallest sha256('{seed}:<image_id>') over the passed final_corpus rows",
              "seed": seed, "shards": shards, "input_key": key, "config_hash": fp,
              "code_version": code_version("bench_split"), "prompts": PROMPTS_FILE, "reference": REFERENCE_DIR,
              "version": hashlib.sha256(json.dumps(sorted(r["image_id"] for r in chosen)).encode()).hexdigest()[:12]}
-    _atomic(d / SPLIT_FILE, json.dumps(split, indent=1, sort_keys=True))
+    write_text(d / SPLIT_FILE, json.dumps(split, indent=1, sort_keys=True))
     return split, {"computed": len(passed), "reused": 0}
 
 
@@ -144,10 +145,3 @@ def _exports_present(layout: DataLayout, split: dict) -> bool:
     d = split_dir(layout)
     return (d / PROMPTS_FILE).exists() and all(
         any((d / REFERENCE_DIR).glob(f"{i}.*")) for i in split["image_ids"])
-
-
-def _atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
