@@ -215,7 +215,9 @@ def run_corpus(layout: DataLayout, shard: str, cfg: Config, backend_name: str | 
     key = input_key(fp, upstream_versions(layout, "corpus_100mp", shard), {"backend": backend_name, "judge": judge})
     dst = layout.manifest("corpus_100mp", shard)
     if reusable(dst, key) and _complete(layout, read_manifest(dst).to_pylist()):
-        return _with_tiers(reuse_result(dst))
+        res = _with_tiers(reuse_result(dst))
+        res.summary["reused"] = sum(r["reject_reason"] != DEFERRED for r in res.rows)  # images, as `computed` counts
+        return res
     chosen = select_for_upscale([r for r in cands if r["tier"] in ("2x", "4x")], cap)
     cache = layout.cache("corpus", fp)
     cv = stage_code_version("corpus_100mp")
