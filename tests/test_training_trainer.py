@@ -121,7 +121,10 @@ def test_kill_9_mid_run_then_resume(setup, tmp_path):
             proc.kill()
     assert proc.returncode == -signal.SIGKILL
     ck, step = latest_checkpoint(out / "checkpoints")
-    assert step >= 2 and ck.exists() and not list((out / "checkpoints").glob("*.tmp"))
+    # a kill during a save may leave that save's ``.tmp`` folder; it is never taken for a checkpoint
+    assert step >= 2 and ck.exists() and not ck.name.endswith(".tmp")
+    for left in (out / "checkpoints").glob("*.tmp"):
+        assert int(left.name.split("-")[1].split(".")[0]) > step
     target = step + 6
     rest = train_stage(cfg, "I_full", "4K", recs, out, max_steps=target, batch_size=2, resume=True)
     ref = train_stage(cfg, "I_full", "4K", recs, tmp_path / "ref", max_steps=target, batch_size=2)
