@@ -35,21 +35,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-
-def _hwm_mb() -> float:
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024.0
-    return float("nan")
-
-
-def _rss_mb() -> float:
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024.0
-    return float("nan")
+from benchmarks._measure import peak_rss_mb, rss_mb  # noqa: E402
 
 
 def _boxes(w: int, h: int, n: int = 16, lo: int = 256, hi: int = 2048, seed: int = 0) -> list[tuple[int, int, int, int]]:
@@ -90,7 +76,7 @@ def _task(task: str, path: str) -> dict:
     import pycocotools.mask  # noqa: F401
     import tifffile  # noqa: F401
 
-    base = _rss_mb()
+    base = rss_mb()
     out: dict = {}
     t0 = time.perf_counter()
     if task == "full_decode":
@@ -130,7 +116,7 @@ def _task(task: str, path: str) -> dict:
         else:
             r = R.encode_lowres(low, frame, H, W)
             r2 = R.encode_lowres(low[::-1].copy(), frame, H, W)
-            base = _rss_mb()
+            base = rss_mb()
             t0 = time.perf_counter()
             if task == "rle_decode_full":
                 m = R.decode(r)
@@ -168,7 +154,7 @@ def _task(task: str, path: str) -> dict:
     else:
         raise ValueError(task)
     out["seconds"] = round(time.perf_counter() - t0, 4)
-    out["peak_rss_mb"] = round(_hwm_mb(), 1)
+    out["peak_rss_mb"] = round(peakrss_mb(), 1)
     out["baseline_rss_mb"] = round(base, 1)
     return out
 

@@ -15,7 +15,6 @@ import argparse
 import json
 import multiprocessing as mp
 import os
-import resource
 import sys
 import tempfile
 import time
@@ -26,14 +25,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-
-def _peak_rss_mb() -> float:
-    """This process's RSS high-water mark (VmHWM; ru_maxrss would include the parent's peak)."""
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024.0
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+from benchmarks._measure import best, peak_rss_mb  # noqa: E402
 
 
 def _child(task: str, path: str, q) -> None:
@@ -50,7 +42,7 @@ def _child(task: str, path: str, q) -> None:
     elif task == "pipeline_reference":
         grey = to_grey(decode_rgb(path, 10**9))
         reference_scores(grey)
-    q.put({"seconds": time.perf_counter() - t0, "peak_rss_mb": _peak_rss_mb()})
+    q.put({"seconds": time.perf_counter() - t0, "peak_rss_mb": peak_rss_mb()})
 
 
 def in_child(task: str, path: str) -> dict:
@@ -61,15 +53,6 @@ def in_child(task: str, path: str) -> dict:
     out = q.get()
     p.join()
     return out
-
-
-def best(fn, repeat: int) -> float:
-    ts = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t0)
-    return min(ts)
 
 
 def make_image(megapixels: float, seed: int = 0) -> np.ndarray:

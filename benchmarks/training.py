@@ -29,6 +29,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from benchmarks._measure import best  # noqa: E402
+
 TOKENS = {"4K": 65536, "8K": 262144, "10K": 409600}
 KLEIN_BLOCKS = (5, 20)       # FLUX.2-klein-4B: double-stream, single-stream blocks
 KLEIN_ATTN = (24, 128)       # heads, head_dim
@@ -107,19 +109,11 @@ def measured_attention(repeat: int = 3) -> list[dict]:
     grid, t, heads, d = (64, 64), 8, 2, 32
     q, k, v = (torch.randn(1, t + grid[0] * grid[1], heads, d, generator=g) for _ in range(3))
 
-    def best(fn):
-        ts = []
-        for _ in range(repeat):
-            t0 = time.perf_counter()
-            fn()
-            ts.append(time.perf_counter() - t0)
-        return min(ts)
-
-    full = best(lambda: full_attention(q, k, v))
+    full = best(lambda: full_attention(q, k, v), repeat)
     rows = []
     for f in SCHEDULE_4K:
         dual_branch_attention(q, k, v, t, grid, f)  # warm-up (allocations, kernel selection)
-        w = best(lambda: dual_branch_attention(q, k, v, t, grid, f)) if f != (1, 1) else full
+        w = best(lambda: dual_branch_attention(q, k, v, t, grid, f), repeat) if f != (1, 1) else full
         rows.append({"grid": "64x64", "tokens": 4096, "factors": f"{f[0]}x{f[1]}", "full_ms": full * 1e3,
                      "window_ms": w * 1e3, "measured_ratio": w / full,
                      "paper_2_over_ab": 1.0 if f == (1, 1) else 2 / (f[0] * f[1])})

@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing as mp
-import resource
 import sys
 import tempfile
 import time
@@ -36,18 +35,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-
-def _peak_rss_mb() -> float:
-    """Peak resident set of this process image: ``VmHWM`` (reset at exec, unlike ``ru_maxrss``,
-    which a spawned child inherits from the parent it was forked from)."""
-    try:
-        with open("/proc/self/status") as fh:
-            for line in fh:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024.0
-    except OSError:  # pragma: no cover - non-Linux
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+from benchmarks._measure import peak_rss_mb  # noqa: E402
 
 
 def _child(task: str, inp: str, out: str, workers: int, q) -> None:
@@ -57,7 +45,7 @@ def _child(task: str, inp: str, out: str, workers: int, q) -> None:
     from curation.upscale.storage import TiffRegionSource, write_array  # noqa: F401  (import cost outside timing)
     from curation.upscale.tiles import TiledUpscaler, TileSpec
 
-    base = _peak_rss_mb()
+    base = peak_rss_mb()
     res: dict = {}
     if task in ("oneshot", "tiled"):
         img = np.load(inp)
@@ -83,7 +71,7 @@ def _child(task: str, inp: str, out: str, workers: int, q) -> None:
         with TiffRegionSource(inp) as src:
             TiledUpscaler(create_backend("lanczos", 2), TileSpec(), workers).upscale_file(src, out)
         res["seconds"] = time.perf_counter() - t0
-    res["peak_rss_mb"] = _peak_rss_mb()
+    res["peak_rss_mb"] = peak_rss_mb()
     res["baseline_rss_mb"] = base
     q.put(res)
 
