@@ -39,7 +39,6 @@ HTTP protocol (``HttpTagger`` / ``HttpGrounder``): request body
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -85,6 +84,19 @@ def _local_model_path(name_or_path: str) -> str | None:
         return str(Path(hit).parent) if isinstance(hit, str) else None
     except Exception:
         return None
+
+
+def _hf_availability(class_name: str, path: str) -> Availability:
+    """Available when transformers has ``class_name`` and ``path`` is a local folder or in the HF cache."""
+    try:
+        import transformers
+
+        getattr(transformers, class_name)
+    except Exception as e:
+        return Availability(False, f"transformers without {class_name}: {e}")
+    if _local_model_path(path) is None:
+        return Availability(False, f"no local weights for {path!r}")
+    return Availability(True, "")
 
 
 def _to_tensor(view: np.ndarray, size: tuple[int, int], mean: Sequence[float], std: Sequence[float]):
@@ -138,14 +150,7 @@ class Sam2Segmenter:
 
     @classmethod
     def availability(cls, path: str = "facebook/sam2.1-hiera-large", **_: Any) -> Availability:
-        try:
-            import transformers  # noqa: F401
-            from transformers import Sam2Model  # noqa: F401
-        except Exception as e:
-            return Availability(False, f"transformers without Sam2Model: {e}")
-        if _local_model_path(path) is None:
-            return Availability(False, f"no local weights for {path!r}")
-        return Availability(True, "")
+        return _hf_availability("Sam2Model", path)
 
     def segment(self, view: np.ndarray, boxes: Sequence[Sequence[float]]) -> list[MaskResult]:
         import torch
@@ -224,13 +229,7 @@ class Owlv2Grounder:
 
     @classmethod
     def availability(cls, path: str = "google/owlv2-base-patch16-ensemble", **_: Any) -> Availability:
-        try:
-            from transformers import Owlv2ForObjectDetection  # noqa: F401
-        except Exception as e:
-            return Availability(False, f"transformers without Owlv2ForObjectDetection: {e}")
-        if _local_model_path(path) is None:
-            return Availability(False, f"no local weights for {path!r}")
-        return Availability(True, "")
+        return _hf_availability("Owlv2ForObjectDetection", path)
 
     def ground(self, view: np.ndarray, tags: Sequence[str]) -> list[Detection]:
         import torch
@@ -294,12 +293,9 @@ class _HttpModel:
             raise ValueError(f"{type(self).__name__}: a url is needed")
         self.url = str(url)
         self.model_name = model or self.url
-        headers = {"Content-Type": "application/json"}
-        if api_key_env:
-            key = os.environ.get(api_key_env)
-            if not key:
-                raise ValueError(f"{type(self).__name__}: environment variable {api_key_env!r} is not set")
-            headers["Authorization"] = f"Bearer {key}"
+        from curation.vlm.client import json_headers
+
+        headers = json_headers(api_key_env, type(self).__name__)
         self._http = httpx.Client(headers=headers, timeout=float(timeout_s), transport=transport, trust_env=False)
         self.jpeg_quality = int(jpeg_quality)
         self.dropped = 0

@@ -438,6 +438,18 @@ class VLMClient(abc.ABC):
 _RETRY_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 
 
+def json_headers(api_key_env: str | None, who: str) -> dict[str, str]:
+    """JSON request headers, with ``Authorization: Bearer <key>`` read now from the variable named
+    ``api_key_env`` (the key itself is never configured, logged or recorded)."""
+    headers = {"Content-Type": "application/json"}
+    if api_key_env:
+        key = os.environ.get(api_key_env)
+        if not key:
+            raise ValueError(f"{who}: environment variable {api_key_env!r} (api_key_env) is not set")
+        headers["Authorization"] = f"Bearer {key}"
+    return headers
+
+
 class HttpVLMClient(VLMClient):
     """OpenAI-compatible chat completions over HTTP (a ``vllm serve`` endpoint).
 
@@ -458,12 +470,7 @@ class HttpVLMClient(VLMClient):
             base = base[:-3]
         self.endpoint = base
         self.url = base + "/v1/chat/completions"
-        headers = {"Content-Type": "application/json"}
-        if api_key_env:
-            key = os.environ.get(api_key_env)
-            if not key:
-                raise ValueError(f"VLM client: environment variable {api_key_env!r} (api_key_env) is not set")
-            headers["Authorization"] = f"Bearer {key}"
+        headers = json_headers(api_key_env, "VLM client")
         self.api_key_env = api_key_env
         self._http = httpx.Client(
             headers=headers,
