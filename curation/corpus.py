@@ -38,9 +38,9 @@ from curation.atomic import read_json, write_json
 from curation.config import Config
 from curation.imageio import content_hash, image_id_from_hash
 from curation.layout import DataLayout
-from curation.manifest import CORPUS, read_manifest, to_table, write_manifest
-from curation.stages.fingerprint import input_key, reusable, stage_fingerprint
-from curation.stages.purification import StageError, StageResult, code_version as stage_code_version, commit, reuse_result, upstream_versions
+from curation.manifest import CORPUS, read_manifest
+from curation.stages.fingerprint import input_key, stage_fingerprint
+from curation.stages.purification import StageError, StageResult, code_version as stage_code_version, commit, reuse_committed, upstream_versions
 from curation.reasons import (BELOW_100MP, DEFERRED, INCONSISTENT, INSTANCE_ARTIFACTS, JUDGE_FAILED,
                               REGION_ARTIFACTS, SEAM_DISCONTINUITY, UPSCALE_FAILED)
 
@@ -194,13 +194,6 @@ def run_corpus(layout: DataLayout, shard: str, cfg: Config, backend_name: str | 
     src = layout.manifest("candidate_pool", shard)
     if not src.exists():
         raise StageError(f"candidate_pool manifest for {shard} is missing: materialise candidate_pool first")
-    from curation.upscale.tiers import tier_for
-
-    cands = [r for r in read_manifest(src).to_pylist() if r["passed"]]
-    raw = {r["image_id"]: r for r in read_manifest(layout.manifest("raw_pool", shard)).to_pylist()}
-    for r in cands:
-        r["sha256"] = raw.get(r["image_id"], {}).get("sha256")
-        r["tier"] = tier_for(r["width"], r["height"], cfg)
     cc = cfg["corpus"]
     backend_name = backend_name or cc["backend"]
     cap = cc.get("max_upscales_per_shard")
@@ -214,10 +207,18 @@ def run_corpus(layout: DataLayout, shard: str, cfg: Config, backend_name: str | 
     judge = f"{getattr(judge_client, 'backend', None)}/{getattr(judge_client, 'model', None)}"
     key = input_key(fp, upstream_versions(layout, "corpus_100mp", shard), {"backend": backend_name, "judge": judge})
     dst = layout.manifest("corpus_100mp", shard)
-    if reusable(dst, key) and _complete(layout, read_manifest(dst).to_pylist()):
-        res = _with_tiers(reuse_result(dst))
+    res = reuse_committed(dst, key, retry=(JUDGE_FAILED,))  # rows waiting for a failed judge are retried
+    if res is not None and all(layout.resolve(r["output_path"]).exists() for r in res.rows if r.get("passed")):
+        res = _with_tiers(res)
         res.summary["reused"] = sum(r["reject_reason"] != DEFERRED for r in res.rows)  # images, as `computed` counts
         return res
+    from curation.upscale.tiers import tier_for
+
+    cands = [r for r in read_manifest(src).to_pylist() if r["passed"]]
+    raw = {r["image_id"]: r for r in read_manifest(layout.manifest("raw_pool", shard)).to_pylist()}
+    for r in cands:
+        r["sha256"] = raw.get(r["image_id"], {}).get("sha256")
+        r["tier"] = tier_for(r["width"], r["height"], cfg)
     chosen = select_for_upscale([r for r in cands if r["tier"] in ("2x", "4x")], cap)
     cache = layout.cache("corpus", fp)
     cv = stage_code_version("corpus_100mp")
@@ -249,13 +250,6 @@ def run_corpus(layout: DataLayout, shard: str, cfg: Config, backend_name: str | 
     res = _with_tiers(StageResult(table, path, {}))
     res.summary.update(computed=computed, reused=reused)
     return res
-
-
-def _complete(layout: DataLayout, rows: list[dict]) -> bool:
-    """A committed corpus manifest can stand as it is: every passed output is on this worker and no
-    row waits for a judge that failed (those are retried)."""
-    return all(layout.resolve(r["output_path"]).exists() for r in rows if r.get("passed")) \
-        and not any(r.get("reject_reason") == JUDGE_FAILED for r in rows)
 
 
 def _with_tiers(res: StageResult) -> StageResult:

@@ -31,8 +31,8 @@ from curation.atomic import read_json, write_json
 from curation.config import Config
 from curation.layout import DataLayout
 from curation.manifest import CAPTIONS, read_manifest
-from curation.stages.fingerprint import input_key, reusable, stage_fingerprint
-from curation.stages.purification import (StageError, StageResult, code_version, commit, reuse_result,
+from curation.stages.fingerprint import input_key, stage_fingerprint
+from curation.stages.purification import (StageError, StageResult, code_version, commit, reuse_committed,
                                           upstream_versions)
 
 
@@ -174,10 +174,9 @@ def run_captions(layout: DataLayout, shard: str, cfg: Config, clients: dict | No
     who.update({k: getattr(b, "name", type(b).__name__) for k, b in sorted(backends.items())})
     key = input_key(fp, upstream_versions(layout, "captions", shard), who)
     dst = layout.manifest("captions", shard)
-    if reusable(dst, key):
-        prior = read_manifest(dst).to_pylist()
-        if not any(r.get("reject_reason") in _RETRY for r in prior):
-            return _summarise(reuse_result(dst), {})
+    res = reuse_committed(dst, key, retry=_RETRY)  # failed rows are captioned again
+    if res is not None:
+        return _summarise(res, {})
     cache = layout.cache("captions", fp)
     ident = hashlib.sha256(json.dumps(who, sort_keys=True).encode()).hexdigest()[:12]
     rows, computed, reused = [], 0, 0

@@ -27,8 +27,8 @@ from curation.atomic import write_text
 from curation.config import Config
 from curation.layout import DataLayout
 from curation.manifest import FINAL_CORPUS, read_manifest
-from curation.stages.fingerprint import input_key, manifest_versions, reusable, stage_fingerprint
-from curation.stages.purification import StageError, StageResult, _count, code_version, commit, reuse_result, upstream_versions
+from curation.stages.fingerprint import input_key, manifest_versions, stage_fingerprint
+from curation.stages.purification import StageError, StageResult, _count, code_version, commit, reuse_committed, upstream_versions
 
 SPLIT_FILE = "split.json"
 PROMPTS_FILE = "benchmark.jsonl"
@@ -42,8 +42,9 @@ def run_final_corpus(layout: DataLayout, shard: str, cfg: Config) -> StageResult
     fp = stage_fingerprint(cfg, "final_corpus")
     key = input_key(fp, upstream_versions(layout, "final_corpus", shard))
     dst = layout.manifest("final_corpus", shard)
-    if reusable(dst, key):
-        return reuse_result(dst)
+    res = reuse_committed(dst, key)
+    if res is not None:
+        return res
     caps = {r["image_id"]: r for r in read_manifest(layout.manifest("captions", shard)).to_pylist()}
     rows = []
     for r in read_manifest(layout.manifest("corpus_100mp", shard)).to_pylist():

@@ -65,10 +65,17 @@ def upstream_versions(layout: DataLayout, stage: str, shard: str) -> dict[str, s
     return {u: manifest_versions(layout.manifest(u, shard))["data_version"] for u in STAGES[stage].inputs}
 
 
-def reuse_result(path: Path, summary: dict | None = None) -> StageResult:
-    """The committed manifest at ``path`` as this run's result (nothing recomputed)."""
+def reuse_committed(path: Path, key: str, summary: dict | None = None, retry: tuple[str, ...] = ()) -> StageResult | None:
+    """The committed manifest at ``path`` as this run's result (nothing recomputed) when it was
+    written from exactly these inputs (input ``key``) and none of its rows was rejected for one of
+    the ``retry`` reasons (failures worth another try, such as a judge that could not answer);
+    else None."""
+    if not reusable(path, key):
+        return None
     table = read_manifest(path)
     rows = table.to_pylist()
+    if retry and any(r.get("reject_reason") in retry for r in rows):
+        return None
     out = _count(rows)
     out.update(summary or {})
     out.update(computed=0, reused=len(rows), manifest_reused=True)
@@ -115,8 +122,8 @@ def run_raw_pool(layout: DataLayout, raw_root: str | Path, shard: str, cfg: Conf
     key = input_key(fp, {s: manifest_versions(layout.manifest("raw_pool", s))["data_version"] for s in earlier},
                     {"shard": shard, "files": file_listing(files, shard_dir)})
     dst = layout.manifest("raw_pool", shard)
-    if reusable(dst, key):
-        res = reuse_result(dst)
+    res = reuse_committed(dst, key)
+    if res is not None:
         res.summary["by_tier"] = dict(Counter(r.get("screen_tier") for r in res.rows if r["passed"]))
         return res
     rows = build_raw_pool_rows(shard, files, cfg, seen, code_version("raw_pool"), progress,
@@ -147,8 +154,8 @@ def run_image_scores(layout: DataLayout, shard: str, cfg: Config, scorers: list 
     key = input_key(fp, upstream_versions(layout, "image_scores", shard),
                     {"scorers": [f"{s.name}={s.version}" for s in scorers]})
     dst = layout.manifest("image_scores", shard)
-    if reusable(dst, key):
-        res = reuse_result(dst, {"unavailable_scorers": dict(unavailable or {}), "seconds_total": 0.0})
+    res = reuse_committed(dst, key, {"unavailable_scorers": dict(unavailable or {}), "seconds_total": 0.0})
+    if res is not None:
         return res
     thumb_px = int(cfg.get("report.thumb_px"))
     jobs = [
@@ -268,8 +275,8 @@ def run_candidate_pool(layout: DataLayout, shard: str, cfg: Config, th: Threshol
     fp = stage_fingerprint(cfg, "candidate_pool")
     key = input_key(fp, upstream_versions(layout, "candidate_pool", shard), {"thresholds": th.version})
     dst = layout.manifest("candidate_pool", shard)
-    if reusable(dst, key):
-        res = reuse_result(dst, {"threshold_version": th.version, "aesthetics_note": th.aesthetics_note})
+    res = reuse_committed(dst, key, {"threshold_version": th.version, "aesthetics_note": th.aesthetics_note})
+    if res is not None:
         res.summary["criteria"] = _criteria(res.rows)
         return res
     scored = read_manifest(src).to_pylist()

@@ -17,6 +17,7 @@ from typing import Iterable
 from curation.store.backends import (MANIFESTS, RAW_PREFIX, THRESHOLDS_STAGE, ObjectInfo, ObjectNotFound,
                                      ObjectStore, StoreError, _check_key, _norm_prefix, manifest_key, md5_file,
                                      raw_shard_prefix)
+from curation.stages.table import STAGES
 from curation.store.blobs import publish_blobs, restore_sources
 
 
@@ -24,15 +25,11 @@ from curation.store.blobs import publish_blobs, restore_sources
 
 def stage_inputs(stage: str) -> tuple[str, ...]:
     """Same-shard manifests ``stage`` reads (the stage table's ``inputs``)."""
-    from curation.stages.table import STAGES
-
     return STAGES[stage].inputs
 
 
 def stage_blobs(stage: str) -> tuple[str, str] | None:
     """``(path column, sha256 column)`` of the files ``stage`` keeps as blobs (table ``blobs``), or None."""
-    from curation.stages.table import STAGES
-
     return STAGES[stage].blobs
 
 
@@ -262,14 +259,10 @@ def prepare_stage(store: ObjectStore, layout, stage: str, shard: str | None = No
 
 
 def _is_global(stage: str) -> bool:
-    from curation.stages.table import STAGES
-
     return stage in STAGES and not STAGES[stage].partitioned
 
 
 def _partitioned_upstream(stage: str) -> list[str]:
-    from curation.stages.table import STAGES
-
     return [u for u in STAGES[stage].upstream if STAGES[u].partitioned]
 
 
@@ -323,9 +316,7 @@ def sync_manifests(store: ObjectStore, layout, stages: Iterable[str] | None = No
     entries and release folders) from the store to this worker; counts per kind. For lineage and
     audit on a worker that did not run the stages."""
     if stages is None:  # every per-shard stage of the stage table
-        from curation.stages.table import STAGES
-
-        stages = [s.name for s in STAGES if s.partitioned]
+            stages = [s.name for s in STAGES if s.partitioned]
     out = {"manifests": 0, "configs": 0, "bench_split": 0, "releases": 0}
     for stage in stages:
         for shard in remote_shards(store, stage):
