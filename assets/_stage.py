@@ -14,6 +14,8 @@ the images it computed or reused (``uhr materialize`` adds these up per stage).
 
 from __future__ import annotations
 
+import functools
+import time
 from typing import Callable
 
 from dagster import AssetsDefinition, DataVersion, MetadataValue, asset
@@ -49,7 +51,7 @@ def stage_asset(name: str, **kwargs) -> Callable[[Callable], AssetsDefinition]:
     decl.update(kwargs)
 
     def wrap(fn: Callable) -> AssetsDefinition:
-        a = asset(**decl)(fn)
+        a = asset(**decl)(_with_device_ledger(name, fn) if spec.pool == "gpu" else fn)
         STAGE_ASSETS[name] = a
         return a
 
@@ -72,3 +74,27 @@ def stage_metadata(cfg, stage: str, summary: dict) -> dict:
 
 def data_version(version: str | None) -> DataVersion | None:
     return DataVersion(version) if version else None
+
+
+def _with_device_ledger(name: str, fn: Callable) -> Callable:
+    """A GPU-pool stage body that also appends its device time to the ledger
+    (``<data root>/ledger/curation.jsonl``, :func:`training.ledger.append_stage`) when it
+    computed images: the stage, shard, device type and count, wall clock, images."""
+
+    @functools.wraps(fn)
+    def timed(context, *args, **kwargs):
+        t0 = time.perf_counter()
+        out = fn(context, *args, **kwargs)
+        wall = time.perf_counter() - t0
+        settings = kwargs.get("settings")
+        md = getattr(out, "metadata", None) or {}
+        computed = md.get(COMPUTED)
+        computed = int(getattr(computed, "value", computed) or 0)
+        if settings is not None and computed > 0:
+            from training.ledger import StageRow, append_stage
+
+            append_stage(settings.layout().root, StageRow.now(name, context.partition_key if context.has_partition_key
+                                                              else None, wall, computed, settings.profile))
+        return out
+
+    return timed

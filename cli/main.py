@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import click
 
-from cli import bench, captions, corpus, curation, pipeline, release
+from cli import bench, captions, corpus, curation, pipeline, release, training
 
 #: the command modules, in ``uhr --help`` order of their domains
-DOMAINS = (curation, corpus, pipeline, release, captions, bench)
+DOMAINS = (curation, corpus, pipeline, release, captions, training, bench)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

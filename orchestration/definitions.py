@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dagster import AssetSelection, Definitions, define_asset_job
+from dagster import AssetSelection, Definitions, PipesSubprocessClient, define_asset_job
 
 import assets.candidate_pool  # noqa: F401  (each stage module registers its @stage_asset)
 import assets.captions  # noqa: F401
@@ -12,6 +12,7 @@ import assets.raw_pool  # noqa: F401
 from assets._stage import STAGE_ASSETS
 from assets.bench import bench_model_partitions, bench_scores
 from assets.release import corpus_release
+from assets.training import checkpoint, checkpoint_bench, checkpoint_partitions, tier_partitions, training_set
 from curation.stages.table import STAGES
 from orchestration.bench_resources import bench_settings_from_env
 from orchestration.partitions import shard_partitions
@@ -70,9 +71,18 @@ release_job = define_asset_job(
     selection=AssetSelection.assets(corpus_release),
     description="Freeze the passed corpus into a named release (run config: ops.corpus_release.config.name).",
 )
-OTHER_JOBS = [bench_job, release_job]
+training_set_job = define_asset_job(
+    "training_set_job", selection=AssetSelection.assets(training_set), partitions_def=tier_partitions,
+    description="The training set of one tier (4K / 8K / 10K): final corpus minus the bench split, with its release.")
+checkpoint_job = define_asset_job(
+    "checkpoint_job", selection=AssetSelection.assets(checkpoint, checkpoint_bench), partitions_def=checkpoint_partitions,
+    description="Train one stage of a ladder (scheme x tier, through Dagster Pipes), then bench the checkpoint.",
+    run_tags=RUN_RETRY_TAGS,
+)
+OTHER_JOBS = [bench_job, release_job, training_set_job, checkpoint_job]
+TRAINING_ASSETS = [training_set, checkpoint, checkpoint_bench]
 #: every asset with the stage table's code versions (``build_definitions`` uses stage fingerprints)
-ASSETS = apply_automation([*stage_assets(), bench_scores, corpus_release])
+ASSETS = apply_automation([*stage_assets(), bench_scores, corpus_release, *TRAINING_ASSETS])
 
 
 def build_definitions(resources: dict | None = None) -> Definitions:
@@ -88,7 +98,8 @@ def build_definitions(resources: dict | None = None) -> Definitions:
         res.setdefault(key, resource)
     settings = res.get("settings")
     cfg = settings.config() if settings is not None else None
-    assets = apply_automation([*stage_assets(cfg), bench_scores, corpus_release])
+    res.setdefault("pipes_subprocess_client", PipesSubprocessClient())
+    assets = apply_automation([*stage_assets(cfg), bench_scores, corpus_release, *TRAINING_ASSETS])
     return Definitions(assets=assets, jobs=[*stage_jobs(), *OTHER_JOBS], resources=res, sensors=SENSORS,
                        schedules=SCHEDULES, executor=executor_from_env())
 

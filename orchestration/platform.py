@@ -133,12 +133,6 @@ def curation_counts(layout, shards: list[str] | None = None) -> dict[str, float]
     return c
 
 
-def _artifact_location(uri: str) -> str | None:
-    if uri.startswith("sqlite:///"):
-        return (Path(uri[len("sqlite:///"):]).parent / "artifacts").resolve().as_uri()
-    return None
-
-
 def log_curation_run(layout, cfg, tracking_uri: str, *, shards: list[str] | None = None,
                      timings: Mapping[str, float] | None = None, experiment: str = "uhrforge-curation",
                      run_name: str | None = None, store: Mapping[str, Any] | None = None,
@@ -147,21 +141,12 @@ def log_curation_run(layout, cfg, tracking_uri: str, *, shards: list[str] | None
 
     ``store`` is the object store's ``describe()`` (never credentials); ``cfg`` the profile's Config.
     """
-    import logging
-
     from mlflow.entities import Metric, Param, RunTag
-    from mlflow.tracking import MlflowClient
 
     from curation.stages import STAGES, fingerprints
+    from curation.tracking import open_experiment
 
-    for name in ("mlflow", "alembic"):
-        logging.getLogger(name).setLevel(logging.WARNING)
-    if tracking_uri.startswith("sqlite:///"):
-        Path(tracking_uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
-    client = MlflowClient(tracking_uri)
-    exp = client.get_experiment_by_name(experiment)
-    exp_id = exp.experiment_id if exp else client.create_experiment(
-        experiment, artifact_location=_artifact_location(tracking_uri))
+    client, exp_id = open_experiment(tracking_uri, experiment)
     counts = curation_counts(layout, shards)
     run = client.create_run(exp_id, run_name=run_name or f"curation {cfg.name} {time.strftime('%Y-%m-%d %H:%M')}",
                             tags={"uhrforge.component": "curation", "profile": cfg.name, **dict(tags or {})})

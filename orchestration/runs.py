@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from dagster import DagsterInstance, Definitions
+from dagster import AssetKey, DagsterInstance, Definitions
 
 
 def definitions_for(data_root: str | Path, raw_root: str | Path | None = None, profile: str = "paper") -> Definitions:
@@ -48,3 +48,61 @@ def run_release_job(defs: Definitions, instance: DagsterInstance, name: str, tag
         raise RuntimeError(f"release {name} failed: {why}")
     md = {k: getattr(v, "value", v) for k, v in res.asset_materializations_for_node("corpus_release")[0].metadata.items()}
     return md, res.get_asset_check_evaluations()[0]
+
+
+def _root_cause(res) -> str:
+    err = next((e.event_specific_data.error for e in res.all_events
+                if e.is_failure and getattr(e.event_specific_data, "error", None)), None)
+    while err is not None and getattr(err, "cause", None) is not None:
+        err = err.cause
+    return err.message.strip().splitlines()[-1] if err else "see the Dagster run"
+
+
+def run_training_ladder(defs: Definitions, instance: DagsterInstance, scheme: str, tiers: list[str] | None = None,
+                        *, backbone: str = "tiny", release: str | None = None, bench: bool = True,
+                        log=print) -> list[dict]:
+    """Materialise one scheme's ladder in order (``uhr train`` and the demo): each tier's
+    ``training_set``, then ``checkpoint`` (Dagster Pipes subprocess) and, with ``bench``,
+    ``checkpoint_bench`` per stage. ``tiers``: a subset of the ladder (a stage whose ``init_from``
+    tier is neither listed nor trained before fails with that reason). Returns one dict per
+    stage: the checkpoint report (:func:`training.run.current`) plus the bench scores."""
+    from curation.layout import DataLayout
+    from training import curriculum
+    from training.run import CLI_NAMES, current, partition_key, scheme_key
+
+    settings = defs.resources["settings"]
+    cfg = settings.config()
+    key = scheme_key(scheme)
+    ladder = [s.tier.name for s in curriculum.ladder(cfg, key)]
+    wanted = list(tiers) if tiers else ladder
+    unknown = [t for t in wanted if t not in ladder]
+    if unknown:
+        raise ValueError(f"{CLI_NAMES[key]} has no tier(s) {unknown}: its ladder is {' -> '.join(ladder)}")
+    layout = DataLayout.at(settings.data_root)
+    ts_job, ck_job = defs.resolve_job_def("training_set_job"), defs.resolve_job_def("checkpoint_job")
+    out = []
+    for tier in [t for t in ladder if t in wanted]:
+        run_config = {"ops": {"training_set": {"config": {"release": release}}}} if release else None
+        res = ts_job.execute_in_process(partition_key=tier, instance=instance, run_config=run_config,
+                                        raise_on_error=False)
+        if not res.success:
+            raise RuntimeError(f"training_set[{tier}] failed: {_root_cause(res)}")
+        part = partition_key(key, tier)
+        job = ck_job if bench else ck_job.get_subset(asset_selection={AssetKey("checkpoint")})
+        log(f"checkpoint[{part}] ...")
+        res = job.execute_in_process(partition_key=part, instance=instance, raise_on_error=False,
+                                     run_config={"ops": {"checkpoint": {"config": {"backbone": backbone}}}})
+        if not res.success:
+            raise RuntimeError(f"checkpoint[{part}] failed: {_root_cause(res)}")
+        rep = dict(current(layout, key, tier) or {})
+        scores = {}
+        if bench:
+            mats = res.asset_materializations_for_node("checkpoint_bench")
+            if mats:
+                scores = {k[len("score/"):]: getattr(v, "value", v) for k, v in mats[0].metadata.items()
+                          if k.startswith("score/")}
+                rep["bench_model"] = getattr(mats[0].metadata.get("model"), "value", None)
+                rep["bench_run"] = getattr(mats[0].metadata.get("bench_run"), "value", None)
+        rep["bench_scores"] = scores
+        out.append(rep)
+    return out

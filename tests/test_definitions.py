@@ -9,12 +9,13 @@ def test_definitions_load_with_every_asset_and_check():
     graph = defs.resolve_asset_graph()
     keys = {k.to_user_string() for k in graph.get_all_asset_keys()}
     assert keys == {"raw_pool", "image_scores", "purification_thresholds", "candidate_pool", "corpus_100mp",
-                    "captions", "final_corpus", "bench_split", "bench_scores", "corpus_release"}
+                    "captions", "final_corpus", "bench_split", "bench_scores", "corpus_release",
+                    "training_set", "checkpoint", "checkpoint_bench"}
     checks = {(c.asset_key.to_user_string(), c.name) for c in graph.asset_check_keys}
     for asset in ("raw_pool", "image_scores", "candidate_pool", "captions", "final_corpus"):
         assert (asset, "rows_conserved") in checks and (asset, "manifest_schema") in checks
     for job in ("shard_purification", "candidate_selection", "purification_thresholds_job", "corpus_100mp_job",
-                "bench_scores_job", "release_job"):
+                "bench_scores_job", "release_job", "training_set_job", "checkpoint_job"):
         assert defs.resolve_job_def(job) is not None
     # every asset declares a code version
     for key in graph.get_all_asset_keys():
@@ -41,3 +42,21 @@ def test_rows_conserved_check_is_blocking():
     assert specs[("candidate_pool", "rows_conserved")].blocking
     assert specs[("image_scores", "rows_conserved")].blocking
     assert specs[("corpus_100mp", "passed_at_least_100mp")].blocking
+
+
+def test_training_assets_partitions_and_mapping():
+    """checkpoint partitions are the Table A1 ladder stages; each reads its own tier's training set."""
+    from assets.training import checkpoint_partitions, tier_to_checkpoints
+
+    keys = checkpoint_partitions.get_partition_keys()
+    assert keys == ["I-Full_4K", "I-Full_8K", "I-LoRA_4K", "I-LoRA_8K", "I-LoRA_10K", "II_4K", "III_4K", "III_8K",
+                    "III_10K"]
+    graph = defs.resolve_asset_graph()
+    assert graph.get(AssetKey("checkpoint")).parent_keys == {AssetKey("training_set")}
+    assert AssetKey("checkpoint") in graph.get(AssetKey("checkpoint_bench")).parent_keys
+    from dagster import StaticPartitionsDefinition
+
+    up = StaticPartitionsDefinition(["4K", "8K", "10K"])
+    got = tier_to_checkpoints.get_upstream_mapped_partitions_result_for_partitions(
+        checkpoint_partitions.subset_with_partition_keys(["III_8K"]), checkpoint_partitions, up)
+    assert set(got.partitions_subset.get_partition_keys()) == {"8K"}

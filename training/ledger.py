@@ -169,3 +169,99 @@ def format_table_a1(rows: list[dict]) -> str:
                      f"{f(r['paper_gpu_s_per_sample'], 1)} | {f(r['ours_epochs'], 3)} | {f(r['ours_gpu_hours'], 4)} | "
                      f"{f(r['ours_cpu_hours'], 4)} | {r['ours_device'] or ''} |")
     return "\n".join(lines)
+
+
+# -- curation stages that ran in the GPU pool ----------------------------------------------------
+
+STAGE_LEDGER = "curation.jsonl"
+
+
+def current_device() -> tuple[str, int]:
+    """(device type, count) of this process: the CUDA device when torch is loaded and sees one,
+    else the CPU (one device). Never imports torch itself."""
+    import platform
+    import sys
+
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available():
+        return torch.cuda.get_device_name(0), torch.cuda.device_count()
+    return f"CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)", 1
+
+
+@dataclass
+class StageRow:
+    """One GPU-pool curation stage run (a shard of ``corpus_100mp`` or ``captions``)."""
+
+    stage: str
+    shard: str | None
+    device_type: str
+    device_count: int
+    wall_clock_s: float
+    images: int
+    profile: str = "paper"
+
+    @classmethod
+    def now(cls, stage: str, shard: str | None, wall_clock_s: float, images: int, profile: str = "paper") -> StageRow:
+        dev, n = current_device()
+        return cls(stage, shard, dev, n, float(wall_clock_s), int(images), profile)
+
+    @property
+    def unit(self) -> str:
+        return _unit(self.device_type)
+
+    @property
+    def device_hours(self) -> float:
+        return self.device_count * self.wall_clock_s / 3600.0
+
+    def to_json(self) -> dict:
+        d = asdict(self)
+        d.update(unit=self.unit, device_hours=self.device_hours,
+                 gpu_hours=self.device_hours if self.unit == "GPU" else None,
+                 cpu_hours=self.device_hours if self.unit == "CPU" else None)
+        return d
+
+
+def append_stage(data_root: str | os.PathLike, row: StageRow) -> None:
+    p = Path(data_root) / "ledger" / STAGE_LEDGER
+    p.parent.mkdir(parents=True, exist_ok=True)
+    with open(p, "a") as fh:
+        fh.write(json.dumps(row.to_json(), default=str) + "\n")
+
+
+def read_stages(data_root: str | os.PathLike) -> list[StageRow]:
+    p = Path(data_root) / "ledger" / STAGE_LEDGER
+    if not p.exists():
+        return []
+    keys = set(StageRow.__dataclass_fields__)
+    return [StageRow(**{k: v for k, v in json.loads(line).items() if k in keys})
+            for line in p.read_text().splitlines() if line.strip()]
+
+
+def gpu_hours_rows(cfg, rows: list[LedgerRow], stage_rows: list[StageRow] = ()) -> list[dict]:
+    """``uhr gpu-hours --json`` rows: one per scheme x tier of Table A1 (ours null where not run)
+    and one per curation stage that ran in the GPU pool (summed over its shards)."""
+    out = []
+    for r in table_a1(cfg, rows):
+        mine = [x for x in rows if x.scheme == r["scheme"] and x.tier == r["tier"]]
+        out.append({"scheme": r["scheme"], "label": r["label"], "tier": r["tier"],
+                    "epochs": r["ours_epochs"],
+                    "device": ", ".join(sorted({x.device_type for x in mine})) or None,
+                    "device_count": max((x.device_count for x in mine), default=None),
+                    "wall_s": sum(x.wall_clock_s for x in mine) if mine else None,
+                    "gpu_hours": r["ours_gpu_hours"], "cpu_hours": r["ours_cpu_hours"],
+                    "samples": sum(x.samples for x in mine) if mine else None,
+                    "paper_epochs": r["paper_epochs"], "paper_gpu_hours": r["paper_gpu_hours"]})
+    by_stage: dict[str, list[StageRow]] = {}
+    for s in stage_rows:
+        by_stage.setdefault(s.stage, []).append(s)
+    for stage, ss in by_stage.items():
+        gpu = [s for s in ss if s.unit == "GPU"]
+        cpu = [s for s in ss if s.unit == "CPU"]
+        out.append({"scheme": None, "label": f"curation: {stage}", "stage": stage, "tier": None, "epochs": None,
+                    "device": ", ".join(sorted({s.device_type for s in ss})),
+                    "device_count": max(s.device_count for s in ss), "wall_s": sum(s.wall_clock_s for s in ss),
+                    "gpu_hours": sum(s.device_hours for s in gpu) if gpu else None,
+                    "cpu_hours": sum(s.device_hours for s in cpu) if cpu else None,
+                    "images": sum(s.images for s in ss), "shards": len({s.shard for s in ss}),
+                    "paper_epochs": None, "paper_gpu_hours": None})
+    return out

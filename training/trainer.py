@@ -207,9 +207,14 @@ def train_stage(cfg, scheme: str, tier: str, records, out_dir: str | os.PathLike
                 checkpoint_every: int = 0, resume: bool = False, init_checkpoint: str | os.PathLike | None = None,
                 seed: int | None = None, latent_cache_dir: str | os.PathLike | None = None, scale: float | None = None,
                 accelerator: str | None = None, deepspeed_stage: int | None = None, num_workers: int = 0,
-                devices: int = 1, export: bool = True) -> TrainResult:
+                devices: int = 1, export: bool = True, precompute_latents: bool = False,
+                callbacks: list | None = None) -> TrainResult:
     """Fit one stage. Steps: ``max_steps``, else ``epochs`` (default: the stage's) over the records.
-    ``devices``: GPUs of this node (data parallel; each rank reads every ``devices``-th batch)."""
+    ``devices``: GPUs of this node (data parallel; each rank reads every ``devices``-th batch).
+    ``precompute_latents`` (Schemes I / II with ``latent_cache_dir``): encode every sample the run
+    will read into the latent cache before fitting (one VAE pass, batched), so the fit reads
+    cached latents only; counts and seconds go to ``extra``. ``callbacks``: more Lightning
+    callbacks (progress, Pipes reporting)."""
     t = _tcfg(cfg)
     stage = next(s for s in curriculum.ladder(cfg, scheme, scale) if s.tier.name == tier)
     seed = int(t.get("seed", 0) if seed is None else seed)
@@ -229,7 +234,9 @@ def train_stage(cfg, scheme: str, tier: str, records, out_dir: str | os.PathLike
         return max(1, math.ceil(e * per_epoch / batches_per_step))
 
     steps = int(max_steps) if max_steps else steps_for(ep)
-    marks = {steps_for(e): e for e in curriculum.checkpoint_epochs(curriculum.ladder(cfg, scheme, scale)).get(tier, [])}
+    # epoch marks a later stage starts from; a run capped below a mark (max_steps) saves it at its last step
+    marks = {min(steps_for(e), steps): e
+             for e in curriculum.checkpoint_epochs(curriculum.ladder(cfg, scheme, scale)).get(tier, [])}
 
     out = Path(out_dir)
     ck_dir = out / "checkpoints"
@@ -244,6 +251,17 @@ def train_stage(cfg, scheme: str, tier: str, records, out_dir: str | os.PathLike
         if found is not None:
             ckpt_path, start = found
     stream = TierStream(data, bs, seed=seed, start=start * accum * world)  # global batches already consumed
+    pre: dict = {}
+    cache = getattr(module, "_encoders", {}).get("cache") if precompute_latents else None
+    if cache is not None:
+        t_pre = time.perf_counter()
+        ahead = TierStream(data, bs, seed=seed, start=start * accum * world,
+                           limit=max(0, steps - start) * batches_per_step)
+        for batch in ahead:
+            cache.encode(module.latent_encoder, batch["pixels"], batch["key"])
+        pre = {"latent_precompute_s": time.perf_counter() - t_pre, "latents_encoded": cache.misses,
+               "latents_already_cached": cache.hits}
+        cache.hits = cache.misses = 0
     loader = torch.utils.data.DataLoader(stream, batch_size=None, num_workers=num_workers)
 
     acc, dev_type, dev_count = device_description()
@@ -267,7 +285,7 @@ def train_stage(cfg, scheme: str, tier: str, records, out_dir: str | os.PathLike
     trainer = L.Trainer(accelerator=acc, devices=1 if acc == "cpu" else world, strategy=strategy,
                         precision=precision, max_steps=steps, max_epochs=-1, logger=False,
                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                        callbacks=[cb], plugins=plugins, num_sanity_val_steps=0,
+                        callbacks=[cb, *(callbacks or [])], plugins=plugins, num_sanity_val_steps=0,
                         accumulate_grad_batches=accum,
                         default_root_dir=str(out))
     t0 = time.perf_counter()
@@ -289,6 +307,8 @@ def train_stage(cfg, scheme: str, tier: str, records, out_dir: str | os.PathLike
                              "token_px": stage.tier.token_px, "lr": stage.lr, "trainable": module.n_trainable(),
                              "region_reads": data.region_reads, "init_from": str(stage.init_from),
                              "grad_accumulation": accum, "world_size": world,
-                             "batches_per_epoch": per_epoch, "samples_per_s": (samples / wall) if wall > 0 else math.nan})
+                             "batches_per_epoch": per_epoch, "samples_per_s": (samples / wall) if wall > 0 else math.nan,
+                             **pre, **({"latent_cache_hits": cache.hits, "latent_cache_misses": cache.misses}
+                                       if cache is not None else {})})
     (out / "result.json").write_text(json.dumps(res.to_json(), indent=1, default=str))
     return res
