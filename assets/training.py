@@ -106,9 +106,10 @@ def training_set(context: AssetExecutionContext, config: TrainingSetConfig, sett
 )
 def checkpoint(context: AssetExecutionContext, config: CheckpointConfig, settings: CurationSettings,
                mlflow: MLflowSettings, pipes_subprocess_client: PipesSubprocessClient):
-    from training.run import parse_partition
+    from training.run import check_ready, parse_partition
 
     scheme, tier = parse_partition(context.partition_key)
+    check_ready(settings.layout(), _cfg(settings), scheme, tier)  # fail here, with the reason, not in the subprocess
     cmd = [sys.executable, "-m", "orchestration.pipes_train", "--data-root", str(settings.layout().root), "--scheme", scheme,
            "--tier", tier, "--profile", settings.profile, "--backbone", config.backbone,
            "--tracking-uri", mlflow.uri(settings.data_root), "--experiment", TRAINING_EXPERIMENT]

@@ -113,6 +113,12 @@ def _parent(layout, stage) -> tuple[dict | None, Path | None]:
     return rep, layout.root / folder
 
 
+def check_ready(layout, cfg, scheme: str, tier: str) -> None:
+    """Raise the reason a stage cannot start now (unknown stage, or its ``init_from`` tier not
+    trained): the checkpoint asset calls it before it launches a training process."""
+    _parent(layout, _stage(cfg, scheme_key(scheme), tier))
+
+
 def fingerprint(cfg, stage, set_info: dict, parent: dict | None, backbone: str, max_steps: int | None) -> str:
     from training import curriculum
 
