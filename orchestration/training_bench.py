@@ -64,7 +64,7 @@ def bench_checkpoint(layout, cfg, partition: str, bench, vlm, tracking_uri: str 
         rid = result.mlflow["run_id"]
         for k, v in {"uhrforge.checkpoint_run": ckpt_run, "uhrforge.scheme": scheme, "uhrforge.tier": tier,
                      "uhrforge.backbone": report.get("backbone"), "uhrforge.checkpoint_fingerprint": report["fingerprint"],
-                     "uhrforge.release": report.get("release")}.items():
+                     "uhrforge.trained_on_release": report.get("release")}.items():
             if v:
                 client.set_tag(rid, k, str(v))
         summary = gen_rep.summary()

@@ -185,3 +185,38 @@ def test_a_stage_needs_its_init_tier_and_resumes_a_killed_run(root, monkeypatch)
                            log=lambda *_: None)
     assert rep["fingerprint"] == fp and rep["resumed_from_step"] == 1 and rep["steps"] == 2
     assert rep["weights_format"] == "lora" and rep["latents"]["latent_cache_misses"] == 0  # precomputed
+
+
+def test_a_checkpoint_on_the_bench_and_in_the_lineage_of_its_images(root):
+    from curation.lineage.core import LineageContext, lineage
+    from curation.release import read_release_manifest
+    from orchestration.runs import run_training_ladder
+
+    out = run_training_ladder(root["defs"], root["instance"], "III", ["4K"], bench=True, log=lambda *_: None)
+    rep = out[0]
+    assert rep["bench_model"] == f"ckpt-III-4K-{rep['fingerprint'][:8]}"
+    scores = rep["bench_scores"]
+    assert scores and all(math.isfinite(v) for v in scores.values()), rep
+    client = _mlflow(root["uri"])
+    bench_run = client.get_run(rep["bench_run"])
+    ckpt_run = rep["mlflow"]["run_id"]
+    assert bench_run.data.tags["uhrforge.checkpoint_run"] == ckpt_run
+    assert bench_run.data.tags["uhrforge.scheme"] == "III" and bench_run.data.tags["uhrforge.tier"] == "4K"
+    # the generated images exist at the tier's side, one per bench prompt
+    from curation.stages.final import bench_ids
+
+    settings = root["defs"].resources["bench"]
+    folder = Path(settings.model_dir(rep["bench_model"]))
+    pngs = sorted(folder.glob("*.png"))
+    assert len(pngs) == len(bench_ids(root["layout"]))
+    from PIL import Image
+
+    assert all(Image.open(p).size == (256, 256) for p in pngs)
+    # lineage: a released image lists the checkpoints trained on its release and their bench runs
+    image_id = read_release_manifest(root["layout"], "t1").column("image_id").to_pylist()[0]
+    lin = lineage(LineageContext(root["layout"], tracking_uri=root["uri"]), image_id)
+    links = [lk for lk in lin.links if lk.stage == "checkpoints"]
+    by_run = {lk.details["run_id"]: lk for lk in links}
+    assert {r["mlflow"]["run_id"] for r in root["III"]} <= set(by_run)
+    assert by_run[ckpt_run].details["bench_runs"] == [rep["bench_run"]]
+    assert rep["bench_run"] not in by_run  # a bench run is not a checkpoint
