@@ -112,9 +112,9 @@ class CheckpointGenerator:
         if not any(self.weights.glob("*.safetensors")):
             return False, f"no safetensors file in {self.weights}"
         if self.backbone != "tiny" and self.scheme != "III" and not os.path.isdir(self.backbone):
-            from evaluation.metrics.base import hf_model_cached
+            from huggingface_hub import try_to_load_from_cache
 
-            if hf_model_cached(self.backbone) is None:
+            if not isinstance(try_to_load_from_cache(self.backbone, "transformer/config.json"), str):
                 return False, f"backbone {self.backbone} is neither a local folder nor in the Hugging Face cache"
         return True, None
 
