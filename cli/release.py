@@ -72,7 +72,8 @@ def releases_cmd(data_root: str, as_json: bool, sync: bool) -> None:
 @_data_root
 @click.option("--json", "as_json", is_flag=True, help="The whole record as JSON.")
 @click.option("--tracking-uri", envvar="MLFLOW_TRACKING_URI", default=None,
-              help="MLflow, for checkpoints trained on the image's releases (env MLFLOW_TRACKING_URI).")
+              help="MLflow, for checkpoints trained on the image's releases (env MLFLOW_TRACKING_URI; default: the data "
+                   "root's mlflow/mlflow.db when it exists).")
 @_sync
 def lineage_cmd(image_id: str, data_root: str, as_json: bool, tracking_uri: str | None, sync: bool) -> None:
     """The whole chain of one image: raw source -> scores and thresholds -> SR and final
@@ -80,6 +81,9 @@ def lineage_cmd(image_id: str, data_root: str, as_json: bool, tracking_uri: str 
     from curation.lineage import LineageContext, image_lineage, lineage_text
 
     store, layout = _store_and_layout(data_root, sync)
+    default_db = layout.root / "mlflow" / "mlflow.db"  # where training and bench runs log without a server
+    if tracking_uri is None and default_db.exists():
+        tracking_uri = f"sqlite:///{default_db.resolve()}"
     try:
         full, lin = image_lineage(LineageContext(layout, store, tracking_uri), image_id)
     except (KeyError, ValueError) as exc:

@@ -95,7 +95,7 @@ def gpu_hours_cmd(data_root: str, profile: str, as_json: bool, forecast: bool) -
     if as_json:
         click.echo(json.dumps(out, default=str))
         return
-    click.echo(_table(out["rows"]))
+    click.echo(ledger.table_markdown(out["rows"]))
     if forecast:
         click.echo("\nForecast at paper scale (" + out["forecast_note"] + "):\n")
         click.echo("| scheme | tier | images | epochs | device-s/sample | device hours | unit | paper GPU h |")
@@ -104,19 +104,6 @@ def gpu_hours_cmd(data_root: str, profile: str, as_json: bool, forecast: bool) -
             click.echo(f"| {f['scheme']} | {f['tier']} | {f['images']:,} | {f['epochs']:g} | "
                        f"{f['device_s_per_sample']:.3f} | {f['device_hours']:,.1f} | {f['unit'] or 'mixed'} | "
                        f"{f['paper_gpu_hours'] or ''} |")
-
-
-def _table(rows: list[dict]) -> str:
-    def f(x, nd=4):
-        return "" if x is None else (f"{x:,.{nd}f}" if isinstance(x, float) else str(x))
-
-    lines = ["| scheme / stage | tier | paper epochs | paper H20 GPU h | our epochs | our device | wall s | "
-             "our GPU h | our CPU h |", "|" + "---|" * 9]
-    for r in rows:
-        lines.append(f"| {r['label']} | {r['tier'] or ''} | {f(r['paper_epochs'], 2)} | {f(r['paper_gpu_hours'], 0)} | "
-                     f"{f(r['epochs'], 3)} | {(str(r['device_count']) + 'x ' + r['device']) if r['device'] else ''} | "
-                     f"{f(r['wall_s'], 1)} | {f(r['gpu_hours'])} | {f(r['cpu_hours'])} |")
-    return "\n".join(lines)
 
 
 COMMANDS = (train_cmd, gpu_hours_cmd)

@@ -164,9 +164,59 @@ def bench_demo(data_root: str | Path, instance, log=print, resources: dict | Non
         per_model[key] = time.perf_counter() - t1
         log(f"  bench_scores [{key}]: ok ({per_model[key]:.1f} s)")
     table = settings.report_dir() / "table3.md"
-    return {"markdown": table.read_text(), "table": str(table), "models": keys,
+    return {"markdown": table.read_text(), "table": str(table), "models": keys, "settings": settings,
             "timings": {"build": t_build, **{f"score {k}": v for k, v in per_model.items()},
                         "total": time.perf_counter() - t0}}
+
+
+#: schemes the demo trains (issue 18): tiny configs up their scaled ladders
+DEMO_SCHEMES = ("III", "I-LoRA")
+
+
+def train_demo(defs, instance, schemes=DEMO_SCHEMES, log=print) -> dict:
+    """The demo's training step: each scheme's ladder (``training_set`` -> ``checkpoint`` through
+    Dagster Pipes -> ``checkpoint_bench``), then the GPU-hour ledger. ``defs`` must carry the bench
+    settings the checkpoints are scored with. Returns the reports per scheme and Markdown."""
+    from curation.config import load_config
+    from training import ledger
+    from training.run import ledger_path
+
+    settings = defs.resources["settings"]
+    layout = settings.layout()
+    stages: dict[str, list[dict]] = {}
+    timings: dict[str, float] = {}
+    for scheme in schemes:
+        t0 = time.perf_counter()
+        stages[scheme] = run_training_ladder_logged(defs, instance, scheme, log)
+        timings[scheme] = time.perf_counter() - t0
+    cfg = load_config(settings.profile, settings.config_dir or None)
+    table = ledger.table_markdown(ledger.gpu_hours_rows(cfg, ledger.read(ledger_path(layout)),
+                                                        ledger.read_stages(layout.root)))
+    rows = []
+    for scheme, reps in stages.items():
+        for r in reps:
+            scores = r.get("bench_scores") or {}
+            rows.append([r["scheme_label"], r["tier"], r["init_from"], r["steps"], r["samples"],
+                         f"{r['first_loss']:.4f} -> {r['last_loss']:.4f}", f"{r['wall_clock_s']:.1f}",
+                         f"`{r['weights']}`", (r.get("mlflow") or {}).get("run_id", "")[:12],
+                         ", ".join(f"{k} {v:.4g}" for k, v in sorted(scores.items())[:4])])
+    md = ["## Training (tiny random-init backbones on CPU: the pipeline, not the paper's models)", "",
+          markdown_table(["scheme", "tier", "init", "steps", "samples", "loss", "wall s", "weights (safetensors)",
+                          "MLflow run", "bench (first 4 scores)"], rows), "",
+          "GPU-hour ledger (`uhr gpu-hours --data-root ...`; CPU runs are CPU hours, never GPU hours):", "",
+          table, ""]
+    return {"stages": stages, "timings": timings, "markdown": "\n".join(md)}
+
+
+def run_training_ladder_logged(defs, instance, scheme: str, log=print) -> list[dict]:
+    from orchestration.runs import run_training_ladder
+
+    reps = run_training_ladder(defs, instance, scheme, bench=True, log=lambda m: log(f"  {m}"))
+    for r in reps:
+        log(f"  {r['scheme_label']} {r['tier']}: {r['steps']} steps, loss {r['first_loss']:.4f} -> "
+            f"{r['last_loss']:.4f}, {r['wall_clock_s']:.1f} s{' (reused)' if r.get('reused') else ''}; "
+            f"bench {r.get('bench_model')}")
+    return reps
 
 
 def run_demo(data_root: str | Path, profile: str = "demo", n: int | None = None, seed: int = 0,
@@ -208,13 +258,26 @@ def run_demo(data_root: str | Path, profile: str = "demo", n: int | None = None,
     t0 = time.perf_counter()
     bench = bench_demo(data_root, instance, log=log, resources=resources)
     timings["bench"] = time.perf_counter() - t0
+    log(f"training {' and '.join(DEMO_SCHEMES)} up their ladders (training_set, checkpoint, checkpoint_bench) ...")
+    t0 = time.perf_counter()
+    trained = train_demo(build_definitions({**resources, "bench": bench["settings"]}), instance, log=log)
+    timings["train"] = time.perf_counter() - t0
+    bench["markdown"] = Path(bench["table"]).read_text()  # Table 3 now lists the checkpoints too
     layout = DataLayout.at(data_root)
+    if released:  # the lineage again, now with the checkpoints trained on the release
+        from curation.lineage import LineageContext, image_lineage, lineage_text
+
+        store = defs.resources["store"].store_or_default(data_root)
+        full, lin = image_lineage(LineageContext(layout, store, defs.resources["mlflow"].uri(data_root)),
+                                  released["image_id"])
+        released["lineage"] = lineage_text(lin, full)
     md, evals = summary_markdown(layout, raw_root, cfg)
     md += captions_markdown(layout)
     md += "\n## Bench (like the paper's Table 3; degraded copies of the references as \"models\")\n\n" + \
         bench["markdown"].replace("### Bench results (layout of PixVerve Table 3)\n\n", "") + \
         f"\nTable files: {bench['table']} (.csv, .html next to it); per-image pages under " \
         f"{data_root / 'bench'}/<model>/index.html\n"
+    md += "\n" + trained["markdown"]
     if released:
         md += (f"\n## Release\n\n`{released['name']}`: {released['n_images']} images, manifest sha256 "
                f"`{released['manifest_sha256'][:16]}`, DVC `{released['dvc_md5']}`, git tag `{released['git_tag']}`; "
@@ -234,7 +297,7 @@ def run_demo(data_root: str | Path, profile: str = "demo", n: int | None = None,
     log(f"summary written to {report}")
     log("open the UI on the demo data with:  make ui   (then http://127.0.0.1:3000)")
     return {"shards": run["shards"], "timings": timings, "filter_eval": evals, "report": str(report),
-            "bench": bench, "release": released}
+            "bench": bench, "release": released, "training": trained}
 
 
 def release_demo(data_root: Path, defs, instance, log=print) -> dict | None:
@@ -253,7 +316,7 @@ def release_demo(data_root: Path, defs, instance, log=print) -> dict | None:
     md, check = run_release_job(defs, instance, name)
     pick = next((r for r in rows if r["tier"] != "archive"), rows[0])
     store = defs.resources["store"].store_or_default(data_root)
-    full, lin = image_lineage(LineageContext(layout, store, defs.resources["mlflow"].tracking_uri), pick["image_id"])
+    full, lin = image_lineage(LineageContext(layout, store, defs.resources["mlflow"].uri(data_root)), pick["image_id"])
     text = lineage_text(lin, full)
     log(f"  release {name}: {md['dagster/row_count']} images, dvc {md['dvc_md5']}, tag {md['git_tag']}, "
         f"audit {'OK' if check.passed else 'FAILED'}")

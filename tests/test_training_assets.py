@@ -145,6 +145,9 @@ def test_ledger_rows_are_cpu_hours_and_gpu_hours_json_lays_out_table_a1(root):
             assert r["cpu_hours"] > 0 and r["wall_s"] > 0
         assert ran or r["cpu_hours"] is None
     assert {r["paper_gpu_hours"] for r in table if r["scheme"] == "III"} == {8448, 18432, 23040}
+    text = CliRunner().invoke(cli, ["gpu-hours", "--data-root", str(root["data"]), "--profile", "test"]).output
+    iii_lines = [ln for ln in text.splitlines() if ln.startswith("| L2P-III |")]
+    assert len(iii_lines) == 3 and all("CPU" in ln for ln in iii_lines) and "| 8448 |" in iii_lines[0]
     stages = {r["stage"]: r for r in doc["rows"] if not r["scheme"]}
     assert stages["corpus_100mp"]["images"] > 0 and stages["corpus_100mp"]["cpu_hours"] > 0  # the GPU-pool stages
     assert "captions" in stages

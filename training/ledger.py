@@ -265,3 +265,17 @@ def gpu_hours_rows(cfg, rows: list[LedgerRow], stage_rows: list[StageRow] = ()) 
                     "images": sum(s.images for s in ss), "shards": len({s.shard for s in ss}),
                     "paper_epochs": None, "paper_gpu_hours": None})
     return out
+
+
+def table_markdown(rows: list[dict]) -> str:
+    """:func:`gpu_hours_rows` as a Markdown table laid out like Table A1 (``uhr gpu-hours``, the demo)."""
+    def f(x, nd=4):
+        return "" if x is None else (f"{x:,.{nd}f}" if isinstance(x, float) else str(x))
+
+    lines = ["| scheme / stage | tier | paper epochs | paper H20 GPU h | our epochs | our device | wall s | "
+             "our GPU h | our CPU h |", "|" + "---|" * 9]
+    for r in rows:
+        lines.append(f"| {r['label']} | {r['tier'] or ''} | {f(r['paper_epochs'], 2)} | {f(r['paper_gpu_hours'], 0)} | "
+                     f"{f(r['epochs'], 3)} | {(str(r['device_count']) + 'x ' + r['device']) if r['device'] else ''} | "
+                     f"{f(r['wall_s'], 1)} | {f(r['gpu_hours'])} | {f(r['cpu_hours'])} |")
+    return "\n".join(lines)
