@@ -18,15 +18,15 @@
 """
 
 
-import sys
 from pathlib import Path
 
 from dagster import (AllPartitionMapping, AssetDep, AssetExecutionContext, Config, MaterializeResult, MetadataValue,
-                     PipesSubprocessClient, StaticPartitionMapping, StaticPartitionsDefinition, asset)
+                     StaticPartitionMapping, StaticPartitionsDefinition, asset)
 
 from orchestration.automation import GPU_POOL
 from orchestration.bench_resources import BenchSettings
 from orchestration.resources import CurationSettings, MLflowSettings, VLMEndpoint
+from orchestration.training_launch import TrainingLauncher
 
 TIERS = ("4K", "8K", "10K")
 TRAINING_EXPERIMENT = "uhrforge-training"
@@ -105,18 +105,17 @@ def training_set(context: AssetExecutionContext, config: TrainingSetConfig, sett
                 "GPU-hour ledger row.",
 )
 def checkpoint(context: AssetExecutionContext, config: CheckpointConfig, settings: CurationSettings,
-               mlflow: MLflowSettings, pipes_subprocess_client: PipesSubprocessClient):
+               mlflow: MLflowSettings, training_launcher: TrainingLauncher):
     from training.run import check_ready, parse_partition
 
     scheme, tier = parse_partition(context.partition_key)
     check_ready(settings.layout(), _cfg(settings), scheme, tier)  # fail here, with the reason, not in the subprocess
-    cmd = [sys.executable, "-m", "orchestration.pipes_train", "--data-root", str(settings.layout().root), "--scheme", scheme,
-           "--tier", tier, "--profile", settings.profile, "--backbone", config.backbone,
-           "--tracking-uri", mlflow.uri(settings.data_root), "--experiment", TRAINING_EXPERIMENT]
+    args = ["--data-root", str(settings.layout().root), "--scheme", scheme, "--tier", tier, "--profile",
+            settings.profile, "--backbone", config.backbone, "--tracking-uri", mlflow.uri(settings.data_root),
+            "--experiment", TRAINING_EXPERIMENT]
     if settings.config_dir:
-        cmd += ["--config-dir", settings.config_dir]
-    return pipes_subprocess_client.run(command=cmd, context=context,
-                                       cwd=str(Path(__file__).resolve().parent.parent)).get_materialize_result()
+        args += ["--config-dir", settings.config_dir]
+    return training_launcher.launch(context, args).get_materialize_result()
 
 
 @asset(

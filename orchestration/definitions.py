@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dagster import AssetSelection, Definitions, PipesSubprocessClient, define_asset_job
+from dagster import AssetSelection, Definitions, define_asset_job
 
 import assets.candidate_pool  # noqa: F401  (each stage module registers its @stage_asset)
 import assets.captions  # noqa: F401
@@ -19,6 +19,7 @@ from orchestration.partitions import shard_partitions
 from orchestration.automation import INGEST_TAG, RUN_RETRY_TAGS, SCHEDULES, SENSORS, apply_automation
 from orchestration.platform import executor_from_env
 from orchestration.resources import platform_resources_from_env, resources_from_env
+from orchestration.training_launch import training_launcher_from_env
 
 
 def stage_assets(cfg=None) -> list:
@@ -98,7 +99,7 @@ def build_definitions(resources: dict | None = None) -> Definitions:
         res.setdefault(key, resource)
     settings = res.get("settings")
     cfg = settings.config() if settings is not None else None
-    res.setdefault("pipes_subprocess_client", PipesSubprocessClient())
+    res.setdefault("training_launcher", training_launcher_from_env())
     assets = apply_automation([*stage_assets(cfg), bench_scores, corpus_release, *TRAINING_ASSETS])
     return Definitions(assets=assets, jobs=[*stage_jobs(), *OTHER_JOBS], resources=res, sensors=SENSORS,
                        schedules=SCHEDULES, executor=executor_from_env())

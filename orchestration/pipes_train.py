@@ -3,8 +3,9 @@
     python -m orchestration.pipes_train --data-root D --scheme III --tier 8K --profile demo \
         [--backbone tiny] [--tracking-uri URI] [--experiment NAME]
 
-Locally the asset starts it with ``PipesSubprocessClient``; in production the same module runs
-in a pod (``PipesK8sClient``) under ``torchrun`` for several GPUs. Under Pipes it streams a log
+The ``training_launcher`` resource (orchestration/training_launch.py) starts it: a local
+subprocess (``PipesSubprocessClient``) or a pod (``PipesK8sClient``), under ``torchrun`` when
+the run has several processes; only global rank 0 opens Pipes and reports. Under Pipes it streams a log
 line every few steps (step, loss, samples/s) and reports the materialisation (the run's report:
 checkpoint folder, MLflow run and model version, ledger figures) with the checkpoint's
 fingerprint as the data version. Outside Pipes (a plain shell) it prints the report as JSON.
@@ -87,7 +88,8 @@ def main(argv: list[str] | None = None) -> int:
 
     kw = dict(profile=args.profile, config_dir=args.config_dir, tracking_uri=args.tracking_uri,
               experiment=args.experiment, backbone=args.backbone)
-    if os.environ.get(DAGSTER_PIPES_CONTEXT_ENV_VAR):  # launched by a Pipes client
+    rank = int(os.environ.get("RANK", "0"))  # under torchrun only global rank 0 talks to Dagster
+    if os.environ.get(DAGSTER_PIPES_CONTEXT_ENV_VAR) and rank == 0:  # launched by a Pipes client
         with open_dagster_pipes() as pipes:
             log = pipes.log.info
             report = run_checkpoint(args.data_root, args.scheme, args.tier, log=log,
@@ -96,11 +98,12 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     def log(msg: str) -> None:
-        print(msg, file=sys.stderr, flush=True)
+        print(f"[rank {rank}] {msg}" if rank else msg, file=sys.stderr, flush=True)
 
     report = run_checkpoint(args.data_root, args.scheme, args.tier, log=log,
-                            callbacks=[_progress_callback(args.report_every, log)], **kw)
-    print(json.dumps(report, default=str))
+                            callbacks=[_progress_callback(args.report_every, log)] if rank == 0 else [], **kw)
+    if rank == 0:
+        print(json.dumps(report, default=str))
     return 0
 
 

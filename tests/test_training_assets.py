@@ -223,3 +223,25 @@ def test_a_checkpoint_on_the_bench_and_in_the_lineage_of_its_images(root):
     assert {r["mlflow"]["run_id"] for r in root["III"]} <= set(by_run)
     assert by_run[ckpt_run].details["bench_runs"] == [rep["bench_run"]]
     assert rep["bench_run"] not in by_run  # a bench run is not a checkpoint
+
+
+def test_two_data_parallel_processes_through_torchrun(root):
+    """The launcher with 2 processes per node: torchrun, CPU DDP (gloo), rank 0 reports once."""
+    from orchestration.definitions import build_definitions
+    from orchestration.runs import run_training_ladder
+    from orchestration.training_launch import TrainingLauncher
+    from training import ledger
+    from training.run import ledger_path
+
+    defs = build_definitions({**root["defs"].resources, "training_launcher": TrainingLauncher(procs_per_node=2)})
+    n = len(ledger.read(ledger_path(root["layout"])))
+    rep = run_training_ladder(defs, root["instance"], "I-LoRA", ["10K"], bench=False, log=lambda *_: None)[0]
+    assert rep["world_size"] == 2 and rep["device_count"] == 2 and rep["steps"] == 2
+    assert rep["samples"] == 4  # two global batches of one sample per rank
+    rows = ledger.read(ledger_path(root["layout"]))
+    assert len(rows) == n + 1 and rows[-1].device_count == 2  # one row, device-hours count both processes
+    assert rows[-1].cpu_hours == pytest.approx(2 * rows[-1].wall_clock_s / 3600)
+    client = _mlflow(root["uri"])
+    runs = client.search_runs([client.get_experiment_by_name("uhrforge-training").experiment_id],
+                              filter_string=f"tags.`uhrforge.fingerprint` = '{rep['fingerprint']}'")
+    assert len(runs) == 1  # only global rank 0 logged

@@ -119,7 +119,19 @@ def check_ready(layout, cfg, scheme: str, tier: str) -> None:
     _parent(layout, _stage(cfg, scheme_key(scheme), tier))
 
 
-def fingerprint(cfg, stage, set_info: dict, parent: dict | None, backbone: str, max_steps: int | None) -> str:
+def distributed_env(env=None) -> dict:
+    """``RANK``, ``WORLD_SIZE``, ``LOCAL_WORLD_SIZE`` as ``torchrun`` sets them (1 process without it):
+    ``{"rank", "world", "devices" (processes per node), "nodes"}``."""
+    env = os.environ if env is None else env
+    world = int(env.get("WORLD_SIZE", "1"))
+    local = int(env.get("LOCAL_WORLD_SIZE", str(world)))
+    if world % local:
+        raise RuntimeError(f"WORLD_SIZE {world} is not a multiple of LOCAL_WORLD_SIZE {local}")
+    return {"rank": int(env.get("RANK", "0")), "world": world, "devices": local, "nodes": world // local}
+
+
+def fingerprint(cfg, stage, set_info: dict, parent: dict | None, backbone: str, max_steps: int | None,
+                world: int = 1) -> str:
     from training import curriculum
 
     t = curriculum._training(cfg)
@@ -132,6 +144,8 @@ def fingerprint(cfg, stage, set_info: dict, parent: dict | None, backbone: str, 
         "buckets": t.get("buckets"), "backbone": backbone, "max_steps": max_steps,
         "training_set": set_info["version"], "parent": parent["fingerprint"] if parent else None,
     }
+    if world != 1:  # the global batch (and so the run) depends on the number of data-parallel processes
+        payload["world"] = int(world)
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -139,7 +153,9 @@ def run_checkpoint(data_root: str | os.PathLike, scheme: str, tier: str, *, prof
                    config_dir: str | os.PathLike | None = None, tracking_uri: str | None = None,
                    experiment: str = "uhrforge-training", backbone: str = "tiny", callbacks: list | None = None,
                    log: Callable[[str], None] = print) -> dict:
-    """Train (or reuse) one stage; returns its report (also ``report.json`` in the run folder)."""
+    """Train (or reuse) one stage; returns its report (also ``report.json`` in the run folder).
+    Under ``torchrun`` every rank trains (data parallel) and only global rank 0 exports, logs to
+    MLflow, writes the ledger row and the report; other ranks return ``{"rank": r, ...}``."""
     from curation.atomic import read_json, write_text
     from curation.config import load_config
     from curation.layout import DataLayout
@@ -156,7 +172,8 @@ def run_checkpoint(data_root: str | os.PathLike, scheme: str, tier: str, *, prof
     parent, init_folder = _parent(layout, stage)
     cap = t.get("max_steps_per_stage")
     cap = int(cap) if cap else None
-    fp = fingerprint(cfg, stage, set_info, parent, backbone, cap)
+    dist = distributed_env()
+    fp = fingerprint(cfg, stage, set_info, parent, backbone, cap, dist["world"])
     out = stage_dir(layout, scheme, tier) / fp
     key = partition_key(scheme, tier)
     done = read_json(out / "report.json")
@@ -172,7 +189,10 @@ def run_checkpoint(data_root: str | os.PathLike, scheme: str, tier: str, *, prof
                       checkpoint_every=int(t.get("checkpoint_every") or 0),
                       resume=True, init_checkpoint=init_folder,
                       latent_cache_dir=(layout.root / "cache" / "latents" / tier) if scheme != "III" else None,
-                      precompute_latents=scheme != "III", callbacks=callbacks)
+                      precompute_latents=scheme != "III", callbacks=callbacks, devices=dist["devices"],
+                      num_nodes=dist["nodes"])
+    if dist["rank"] != 0:
+        return {"rank": dist["rank"], "fingerprint": fp, "steps": res.steps, "run_dir": layout.rel(out)}
     backbone_label = ledger_backbone = ("tiny (random init)" if backbone == "tiny" else backbone)
     row = ledger.LedgerRow.from_result(res, profile=cfg.name, run_id=None)
     row.extra.update(fingerprint=fp, backbone=ledger_backbone)
@@ -210,6 +230,7 @@ def run_checkpoint(data_root: str | os.PathLike, scheme: str, tier: str, *, prof
         "weights_format": (res.weights or {}).get("format"), "checkpoints": cks,
         "steps": res.steps, "samples": res.samples, "epochs": res.epochs, "epochs_planned": stage.epochs,
         "wall_clock_s": res.wall_clock_s, "device_type": res.device_type, "device_count": res.device_count,
+        "world_size": dist["world"],
         "gpu_hours": row.gpu_hours, "cpu_hours": row.cpu_hours, "samples_per_s": row.samples_per_s,
         "device_seconds_per_sample": row.device_seconds_per_sample, "resumed_from_step": res.resumed_from_step,
         "first_loss": res.losses[0][1] if res.losses else None, "last_loss": res.losses[-1][1] if res.losses else None,

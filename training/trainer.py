@@ -146,8 +146,11 @@ class _StepCheckpoints(L.Callback):
 
     def _save(self, trainer, name: str, latest: bool = True) -> None:
         path = self.folder / name
-        trainer.save_checkpoint(path, weights_only=False)
-        if latest:
+        trainer.save_checkpoint(path, weights_only=False)  # the strategy writes on global rank 0 only
+        if latest and not trainer.is_global_zero:
+            self.saved.append(name)
+            self.saved = self.saved[-self.keep:]
+        elif latest:
             tmp = self.folder / "latest.json.tmp"
             tmp.write_text(json.dumps({"checkpoint": name, "global_step": trainer.global_step}))
             os.replace(tmp, self.folder / "latest.json")
@@ -161,7 +164,7 @@ class _StepCheckpoints(L.Callback):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         step = trainer.global_step
-        if self.loss_log is not None and pl_module.loss_history:
+        if self.loss_log is not None and pl_module.loss_history and trainer.is_global_zero:
             s, loss = pl_module.loss_history[-1]
             with open(self.loss_log, "a") as fh:
                 fh.write(json.dumps({"step": s, "loss": loss}) + "\n")
@@ -207,10 +210,12 @@ def train_stage(cfg, scheme: str, tier: str, records, out_dir: str | os.PathLike
                 checkpoint_every: int = 0, resume: bool = False, init_checkpoint: str | os.PathLike | None = None,
                 seed: int | None = None, latent_cache_dir: str | os.PathLike | None = None, scale: float | None = None,
                 accelerator: str | None = None, deepspeed_stage: int | None = None, num_workers: int = 0,
-                devices: int = 1, export: bool = True, precompute_latents: bool = False,
+                devices: int = 1, num_nodes: int = 1, export: bool = True, precompute_latents: bool = False,
                 callbacks: list | None = None) -> TrainResult:
     """Fit one stage. Steps: ``max_steps``, else ``epochs`` (default: the stage's) over the records.
-    ``devices``: GPUs of this node (data parallel; each rank reads every ``devices``-th batch).
+    ``devices`` x ``num_nodes``: data-parallel processes (GPUs, or CPU processes with gloo DDP;
+    under ``torchrun`` Lightning takes ranks from its environment); rank ``r`` of ``w`` reads the
+    global batches ``r, r + w, ...``; only global rank 0 writes checkpoints, logs and weights.
     ``precompute_latents`` (Schemes I / II with ``latent_cache_dir``): encode every sample the run
     will read into the latent cache before fitting (one VAE pass, batched), so the fit reads
     cached latents only; counts and seconds go to ``extra``. ``callbacks``: more Lightning
@@ -220,7 +225,7 @@ def train_stage(cfg, scheme: str, tier: str, records, out_dir: str | os.PathLike
     seed = int(t.get("seed", 0) if seed is None else seed)
     bs = int(batch_size or t.get("batch_size", 1))
     accum = int(t.get("grad_accumulation", 1))
-    world = int(devices) if (accelerator or device_description()[0]) == "gpu" else 1
+    world = int(devices) * int(num_nodes)
     recs = records_from(records, t.get("buckets", {}).get("caption_field", "long_caption"))
     data = TierDataset(recs, stage.tier.pixels, t["buckets"]["ratios"], stage.tier.token_px, seed=seed,
                        crop_scale_range=t["buckets"].get("crop_scale_range", (1.0, 1.0)),
@@ -253,6 +258,8 @@ def train_stage(cfg, scheme: str, tier: str, records, out_dir: str | os.PathLike
     stream = TierStream(data, bs, seed=seed, start=start * accum * world)  # global batches already consumed
     pre: dict = {}
     cache = getattr(module, "_encoders", {}).get("cache") if precompute_latents else None
+    if cache is not None and int(os.environ.get("RANK", "0")) != 0:
+        cache = None  # rank 0 fills the cache; the other ranks wait for it at the process-group barrier of fit
     if cache is not None:
         t_pre = time.perf_counter()
         ahead = TierStream(data, bs, seed=seed, start=start * accum * world,
@@ -267,7 +274,8 @@ def train_stage(cfg, scheme: str, tier: str, records, out_dir: str | os.PathLike
     acc, dev_type, dev_count = device_description()
     if accelerator:
         acc = accelerator
-    strategy: Any = "auto"
+    dev_count = world if world > 1 else dev_count  # device-hours count every process of the run
+    strategy: Any = "auto" if world == 1 else "ddp"
     precision = "32-true"
     if acc == "gpu":  # pragma: no cover - GPU path
         precision = t.get("precision", "bf16-mixed")
@@ -281,8 +289,8 @@ def train_stage(cfg, scheme: str, tier: str, records, out_dir: str | os.PathLike
                                                                grad_accum=int(t.get("grad_accumulation", 1)),
                                                                precision=precision))
     cb = _StepCheckpoints(ck_dir, checkpoint_every, marks, loss_log=out / "losses.jsonl")
-    plugins = [SafetensorsCheckpointIO()] if strategy == "auto" else []
-    trainer = L.Trainer(accelerator=acc, devices=1 if acc == "cpu" else world, strategy=strategy,
+    plugins = [SafetensorsCheckpointIO()] if strategy in ("auto", "ddp") else []
+    trainer = L.Trainer(accelerator=acc, devices=int(devices), num_nodes=int(num_nodes), strategy=strategy,
                         precision=precision, max_steps=steps, max_epochs=-1, logger=False,
                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                         callbacks=[cb, *(callbacks or [])], plugins=plugins, num_sanity_val_steps=0,
@@ -295,7 +303,7 @@ def train_stage(cfg, scheme: str, tier: str, records, out_dir: str | os.PathLike
     consumed = list(zip(range(done * batches_per_step), stream.order.batches(start * batches_per_step)))
     samples = sum(len(ref.items) for _, ref in consumed)
     weights = None
-    if export:
+    if export and trainer.is_global_zero:
         weights = module.export_weights(out / "weights")
     res = TrainResult(scheme=scheme, tier=tier, steps=trainer.global_step, samples=samples,
                       epochs=trainer.global_step * batches_per_step / per_epoch, wall_clock_s=wall, device_type=dev_type,
@@ -310,5 +318,7 @@ def train_stage(cfg, scheme: str, tier: str, records, out_dir: str | os.PathLike
                              "batches_per_epoch": per_epoch, "samples_per_s": (samples / wall) if wall > 0 else math.nan,
                              **pre, **({"latent_cache_hits": cache.hits, "latent_cache_misses": cache.misses}
                                        if cache is not None else {})})
-    (out / "result.json").write_text(json.dumps(res.to_json(), indent=1, default=str))
+    if trainer.is_global_zero:
+        (out / "result.json").write_text(json.dumps(res.to_json(), indent=1, default=str))
+    res.extra["global_rank"] = trainer.global_rank
     return res
