@@ -144,6 +144,8 @@ def fingerprint(cfg, stage, set_info: dict, parent: dict | None, backbone: str, 
         "buckets": t.get("buckets"), "backbone": backbone, "max_steps": max_steps,
         "training_set": set_info["version"], "parent": parent["fingerprint"] if parent else None,
     }
+    if t.get("ema"):  # the exported weights are the average
+        payload["ema"] = t.get("ema")
     if world != 1:  # the global batch (and so the run) depends on the number of data-parallel processes
         payload["world"] = int(world)
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]

@@ -15,8 +15,11 @@ that come later call it):
   through the checkpoint plugin; the data stream restarts at the restored step, and noise is a
   function of the sample index, so the loss trajectory is the uninterrupted one);
 * ``<out>/losses.jsonl`` gets one line per step (appended, flushed);
+* ``training.gradient_checkpointing`` (``true``, ``false`` or ``gpu``: on GPUs only) recomputes
+  activations in backward; ``training.ema: {decay: d}`` keeps an EMA of the trainable weights
+  (training/ema.py), saved in every checkpoint;
 * at the end the trained weights are exported with ``export_weights`` (safetensors) to
-  ``<out>/weights`` and a ledger row (training/ledger.py) describes the run.
+  ``<out>/weights`` (with EMA: the average there, the live weights in ``<out>/weights_raw``) and a ledger row (training/ledger.py) describes the run.
 
 On CPU Lightning runs ``strategy="auto"``; on GPUs ``deepspeed_stage`` selects Lightning's
 ``DeepSpeedStrategy`` with training/deepspeed/zero{2,3}.json (Lightning refuses DeepSpeed on
@@ -40,6 +43,7 @@ import torch
 
 from . import curriculum
 from .checkpoint_io import SafetensorsCheckpointIO, load_tree
+from .ema import EMACallback
 from .data.datasets import TierDataset, TierStream, records_from
 
 
@@ -276,10 +280,17 @@ def train_stage(cfg, scheme: str, tier: str, records, out_dir: str | os.PathLike
         acc = accelerator
     dev_count = world if world > 1 else dev_count  # device-hours count every process of the run
     strategy: Any = "auto" if world == 1 else "ddp"
+    gc = t.get("gradient_checkpointing", False)
+    if gc is True or (gc == "gpu" and acc == "gpu"):
+        module.enable_gradient_checkpointing()
+    ema_cfg = t.get("ema")
+    ema = EMACallback(float(ema_cfg["decay"] if isinstance(ema_cfg, dict) else ema_cfg)) if ema_cfg else None
     precision = "32-true"
     if acc == "gpu":  # pragma: no cover - GPU path
         precision = t.get("precision", "bf16-mixed")
         zs = deepspeed_stage if deepspeed_stage is not None else t.get("deepspeed_stage")
+        if ema is not None and zs == 3:
+            raise ValueError("training.ema with ZeRO-3: parameters are partitioned across ranks; use ZeRO-2 or no EMA")
         if zs:
             from lightning.pytorch.strategies import DeepSpeedStrategy
 
@@ -293,7 +304,9 @@ def train_stage(cfg, scheme: str, tier: str, records, out_dir: str | os.PathLike
     trainer = L.Trainer(accelerator=acc, devices=int(devices), num_nodes=int(num_nodes), strategy=strategy,
                         precision=precision, max_steps=steps, max_epochs=-1, logger=False,
                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                        callbacks=[cb, *(callbacks or [])], plugins=plugins, num_sanity_val_steps=0,
+                        # the EMA update of a step comes before that step's checkpoint saves it
+                        callbacks=[*([ema] if ema else []), cb, *(callbacks or [])], plugins=plugins,
+                        num_sanity_val_steps=0,
                         accumulate_grad_batches=accum,
                         default_root_dir=str(out))
     t0 = time.perf_counter()
@@ -303,7 +316,12 @@ def train_stage(cfg, scheme: str, tier: str, records, out_dir: str | os.PathLike
     consumed = list(zip(range(done * batches_per_step), stream.order.batches(start * batches_per_step)))
     samples = sum(len(ref.items) for _, ref in consumed)
     weights = None
-    if export and trainer.is_global_zero:
+    if export and trainer.is_global_zero and ema is not None:  # weights/ = the average, weights_raw/ = the live ones
+        module.export_weights(out / "weights_raw")
+        with ema.swapped(module):
+            weights = module.export_weights(out / "weights")
+        weights["ema"] = {"decay": ema.decay, "updates": ema.updates, "raw_folder": str(out / "weights_raw")}
+    elif export and trainer.is_global_zero:
         weights = module.export_weights(out / "weights")
     res = TrainResult(scheme=scheme, tier=tier, steps=trainer.global_step, samples=samples,
                       epochs=trainer.global_step * batches_per_step / per_epoch, wall_clock_s=wall, device_type=dev_type,

@@ -108,6 +108,9 @@ class Flux2FlowModule(FlowMatchingModule):
                                 img_ids=img_ids.to(x_t.device), txt_ids=cond["txt_ids"],
                                 joint_attention_kwargs=kwargs, return_dict=False)[0]
 
+    def enable_gradient_checkpointing(self) -> None:
+        self.transformer.enable_gradient_checkpointing()
+
     def export_weights(self, folder) -> dict:
         """Weights as safetensors (+ config.json): the whole transformer (diffusers format)."""
         self.transformer.save_pretrained(folder, safe_serialization=True)

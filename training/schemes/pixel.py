@@ -91,6 +91,8 @@ class LocalUNet(nn.Module):
 
 
 class TinyPatchDiffusion(ModelMixin, ConfigMixin):
+    _supports_gradient_checkpointing = True  # enable_gradient_checkpointing(): recompute blocks and U-Net in backward
+
     @register_to_config
     def __init__(self, patch_size: int = 8, dim: int = 64, depth: int = 2, heads: int = 2, text_dim: int = 64,
                  ctx_channels: int = 16, unet_channels: int = 16):
@@ -104,6 +106,7 @@ class TinyPatchDiffusion(ModelMixin, ConfigMixin):
         self.norm = nn.LayerNorm(dim)
         self.to_ctx = nn.Linear(dim, ctx_channels)
         self.local = LocalUNet(ctx_channels, unet_channels)
+        self.gradient_checkpointing = False
 
     def forward(self, x_t: torch.Tensor, t: torch.Tensor, text: torch.Tensor, patch_size: int | None = None):
         p = int(patch_size or self.config.patch_size)
@@ -118,10 +121,12 @@ class TinyPatchDiffusion(ModelMixin, ConfigMixin):
         temb = self.time_mlp(timestep_embedding(t, self.config.dim))[:, None]
         txt = self.text_in(text)
         seq = torch.cat([txt, tok], dim=1) + temb
-        hid = self.norm(self.blocks(seq))[:, txt.shape[1]:]
-        ctx = self.to_ctx(hid)                                       # (B, N, ctx)
+        ckpt = self.gradient_checkpointing and torch.is_grad_enabled()
+        hid = self._gradient_checkpointing_func(self.blocks, seq) if ckpt else self.blocks(seq)
+        ctx = self.to_ctx(self.norm(hid)[:, txt.shape[1]:])          # (B, N, ctx)
         n = patches.shape[1]
-        v = self.local(patches.reshape(b * n, c, p, p), ctx.reshape(b * n, -1))
+        args = (patches.reshape(b * n, c, p, p), ctx.reshape(b * n, -1))
+        v = self._gradient_checkpointing_func(self.local, *args) if ckpt else self.local(*args)
         return unpatchify(v.view(b, n, c, p, p), grid)
 
 
@@ -154,6 +159,9 @@ class SchemeIII(FlowMatchingModule):
 
     def predict(self, x_t, t, cond):
         return self.model(x_t, t, cond["text"])
+
+    def enable_gradient_checkpointing(self) -> None:
+        self.model.enable_gradient_checkpointing()
 
     def export_weights(self, folder) -> dict:
         self.model.save_pretrained(folder, safe_serialization=True)
