@@ -40,3 +40,55 @@ def best(fn: Callable[[], object], repeat: int) -> float:
         fn()
         ts.append(time.perf_counter() - t0)
     return min(ts)
+
+
+def trim_memory() -> None:
+    """Collect garbage and hand glibc's free heap pages back to the OS (``malloc_trim(0)``), so
+    the RSS read next is live memory, not what the allocator kept from earlier work."""
+    import gc
+
+    gc.collect()
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # pragma: no cover - not glibc
+        pass
+
+
+def reset_peak_rss() -> bool:
+    """Reset this process's RSS high-water mark (``VmHWM``) to its current RSS by writing ``5`` to
+    ``/proc/self/clear_refs`` (Linux >= 4.0). False where that is not possible: the next
+    :func:`peak_rss_mb` is then the process's lifetime peak."""
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+        return True
+    except OSError:  # pragma: no cover - non-Linux or no permission
+        return False
+
+
+class PeakRSS:
+    """The process RSS high-water mark while a block runs, and its rise over the RSS before it.
+
+    ``with PeakRSS() as m: work()`` -> ``m.before_mb`` (RSS after :func:`trim_memory`, just before),
+    ``m.peak_mb`` (``VmHWM`` at the end, reset at the start), ``m.rise_mb`` (peak - before: the
+    memory the block needed on top of what was already live) and ``m.exact`` (False where the
+    high-water mark could not be reset, so ``peak_mb`` may predate the block). Whole-process RSS:
+    it counts every allocator (torch, numpy, codecs), not only Python objects."""
+
+    def __init__(self, trim: bool = True):
+        self.trim = trim
+        self.before_mb = self.peak_mb = self.rise_mb = float("nan")
+        self.exact = False
+
+    def __enter__(self) -> "PeakRSS":
+        if self.trim:
+            trim_memory()
+        self.before_mb = rss_mb()
+        self.exact = reset_peak_rss()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.peak_mb = peak_rss_mb()
+        self.rise_mb = self.peak_mb - self.before_mb
