@@ -154,7 +154,7 @@ def _task(task: str, path: str) -> dict:
     else:
         raise ValueError(task)
     out["seconds"] = round(time.perf_counter() - t0, 4)
-    out["peak_rss_mb"] = round(peakrss_mb(), 1)
+    out["peak_rss_mb"] = round(peak_rss_mb(), 1)
     out["baseline_rss_mb"] = round(base, 1)
     return out
 
