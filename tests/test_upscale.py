@@ -126,7 +126,11 @@ def test_band_memory_does_not_grow_with_height():
 
 @pytest.mark.parametrize("overlap_io", [False, True])
 def test_tiff_writer_memory_bounded(tmp_path, overlap_io):
-    """Streaming into a tiled TIFF: the traced peak does not grow with the output height."""
+    """Streaming into a tiled TIFF: the traced peak does not grow with the output height, but
+    for the reduced-resolution levels the writer keeps until the image is written (1/16 + 1/64 +
+    ... of it; no overview below a 8192 px long edge)."""
+    from curation.upscale.storage import overview_size, pyramid_factors
+
     eng = TiledUpscaler(create_backend("lanczos", 2), TileSpec())
     write_array(tmp_path / "warm.tif", np.zeros((8, 8, 3), np.uint8))  # imports outside the trace
     peaks = []
@@ -140,7 +144,10 @@ def test_tiff_writer_memory_bounded(tmp_path, overlap_io):
     band = (384 + 32) * 600 * 3
     # the producer thread holds at most its queue (2) + 2 bands, whatever the height
     slack = 4 * band if overlap_io else 0.25 * peaks[0]
-    assert peaks[1] < peaks[0] + slack + 200_000
+    assert pyramid_factors(600, 800, 128) == [] and overview_size(600, 3200) is None
+    levels = sum(-(-3200 // f) * -(-600 // f) * 3 for f in pyramid_factors(600, 3200, 128))
+    assert 0 < levels < 3200 * 600 * 3 / 10
+    assert peaks[1] < peaks[0] + slack + 200_000 + levels
     assert peaks[1] < 3200 * 600 * 3  # less than the output itself
     assert np.array_equal(read_image(tmp_path / "o1600.tif"), oneshot(img, 2))
 
@@ -169,6 +176,83 @@ def test_output_format_by_suffix(tmp_path, photo, suffix):
     assert dst.read_bytes()[: len(MAGIC[suffix])] == MAGIC[suffix]
     assert not list(tmp_path.glob("*.tmp*"))
     assert np.array_equal(read_image(dst), oneshot(photo, 2))  # all lossless
+
+
+# -- reduced-resolution levels (pyramid + overview) ------------------------------------------
+
+@pytest.fixture
+def small_levels(monkeypatch):
+    """Level thresholds scaled down so a ~1 MP test image gets a pyramid and an overview."""
+    from curation.upscale import storage
+
+    monkeypatch.setattr(storage, "TIFF_PYRAMID_MIN_EDGE", 64)
+    monkeypatch.setattr(storage, "TIFF_OVERVIEW_LONG_EDGE", 256)
+    monkeypatch.setattr(storage, "TIFF_OVERVIEW_BAND_ROWS", 200)
+    return storage
+
+
+def test_block_mean_averages_partial_edge_blocks():
+    from curation.upscale.storage import block_mean
+
+    a = np.random.default_rng(0).integers(0, 256, (10, 13, 3), dtype=np.uint8)
+    got = block_mean(a, 4)
+    assert got.shape == (3, 4, 3)
+    for i in range(3):
+        for j in range(4):
+            ref = a[4 * i:4 * i + 4, 4 * j:4 * j + 4].reshape(-1, 3).mean(axis=0)
+            assert np.abs(got[i, j].astype(float) - ref).max() <= 0.5 + 1e-9
+
+
+def test_tiff_levels_pyramid_and_overview(tmp_path, small_levels):
+    storage = small_levels
+    img = generate_photo(1203, 811, seed=3)   # odd sizes: partial blocks at the right and bottom
+    assert storage.pyramid_factors(1203, 811, 128) == [4, 8, 16]
+    assert storage.overview_size(1203, 811) == (256, 173)
+    write_array(tmp_path / "p.tif", img, tile=128)
+    write_array(tmp_path / "flat.tif", img, tile=128, pyramid=False)
+    assert np.array_equal(read_image(tmp_path / "p.tif"), img)      # readers unaware of levels see the image
+    import tifffile
+
+    with tifffile.TiffFile(tmp_path / "p.tif") as tf:
+        assert len(tf.pages) == 1 and len(tf.pages[0].subifds) == 4
+    with TiffRegionSource(tmp_path / "flat.tif") as src:
+        assert src.levels() == [] and src.reduced(100, 100) is src
+    with TiffRegionSource(tmp_path / "p.tif") as src:
+        lv = src.levels()
+        assert [(v.width, v.height) for v in lv] == [(301, 203), (256, 173), (151, 102), (76, 51)]
+        assert [v.fx for v in lv] == [4.0, 1203 / 256, 8.0, 16.0] and lv[1].fy == 811 / 173
+        ref4 = storage.block_mean(img, 4)
+        assert np.array_equal(lv[0].read(0, lv[0].height), ref4)       # level 4: block means of the image
+        for v in (lv[2], lv[3]):   # further levels: 2x2 means of the one before (edge blocks weigh alike)
+            ref = storage.block_mean(img, int(v.fx)).astype(int)
+            assert np.abs(v.read(0, v.height).astype(int) - ref)[:-1, :-1].max() <= 1
+        # the overview: exactly the band-wise area downscale a reader of the full image computes
+        from curation.captioning.geometry import downscaled_read
+
+        assert np.array_equal(lv[1].read(0, 173), downscaled_read(ArraySource(img), 256, band_rows=200))
+        assert src.reduced(3.9, 3.9) is src and src.reduced(4, 4) is lv[0]
+        assert src.reduced(1203 / 256, 811 / 173) is lv[1] and src.reduced(9, 9) is lv[2]
+        assert src.reduced(100, 5) is lv[1]                              # both axes must allow it
+        assert src.decoded_segments == 0
+    small = generate_photo(240, 160, seed=1)
+    write_array(tmp_path / "s.tif", small)
+    with TiffRegionSource(tmp_path / "s.tif") as src:
+        assert src.levels() == []                                        # too small for a level
+
+
+def test_tiff_levels_survive_odd_subifds(tmp_path):
+    """SubIFDs that are no usable reduced image (a 16-bit one, a full-size one) are skipped."""
+    import tifffile
+
+    img = generate_photo(640, 480, seed=4)
+    with tifffile.TiffWriter(tmp_path / "odd.tif") as tw:
+        tw.write(img, photometric="rgb", tile=(128, 128), subifds=3, metadata=None)
+        tw.write(np.zeros((120, 160, 3), np.uint16), photometric="rgb", tile=(128, 128), subfiletype=1, metadata=None)
+        tw.write(img, photometric="rgb", tile=(128, 128), subfiletype=1, metadata=None)
+        tw.write(img[::4, ::4].copy(), photometric="rgb", tile=(128, 128), subfiletype=1, metadata=None)
+    with TiffRegionSource(tmp_path / "odd.tif") as src:
+        assert [(v.width, v.fx) for v in src.levels()] == [(160, 4.0)]
+        assert np.array_equal(src.read(0, 480), img)
 
 
 def test_unsupported_suffix_and_bad_rows(tmp_path):

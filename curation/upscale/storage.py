@@ -16,7 +16,8 @@ Nothing here ever needs the full decoded output in memory unless the *format* fo
   suffix   how                                                                        streams
   ======== ========================================================================== =========
   .tif     tiled TIFF (512² tiles), zstd level 3 + horizontal predictor (default),    yes
-  .tiff    deflate on request; tiles encoded in parallel by tifffile
+  .tiff    deflate on request; tiles encoded in parallel by tifffile; reduced-
+           resolution levels (an overview, 1/4, 1/8, ...) in SubIFDs of page 0
   .png     our own streaming PNG encoder: per-row filter (``avg`` default),           yes
            zlib level 1, deflate split over ``workers`` threads (pigz-style sync
            flushes with a 32 KiB preset dictionary, one valid zlib stream)
@@ -28,6 +29,27 @@ Nothing here ever needs the full decoded output in memory unless the *format* fo
 
   Files are written to ``<name>.tmp`` and renamed on success, so a crash never leaves a
   half-written image under the final name.
+
+**Reduced-resolution levels.** A TIFF also gets downscaled copies of itself, written as SubIFDs
+(``NewSubfileType`` = reduced image) of its first page while the rows stream in:
+
+* a **pyramid**: level ``f`` (``f`` = 4, 8, 16, ..., while its long edge is at least
+  :data:`TIFF_PYRAMID_MIN_EDGE`) is ``ceil(H/f) x ceil(W/f)``, each pixel the mean of the
+  ``f x f`` block of the image it covers (the first level from the image, every further one the
+  2x2 mean of the one before; blocks at the right / bottom edge average the pixels they have);
+* an **overview** (an image with a long edge of at least 4x 2048 px): the image area-resampled
+  to a long edge of :data:`TIFF_OVERVIEW_LONG_EDGE` (2048) in bands of
+  :data:`TIFF_OVERVIEW_BAND_ROWS` rows -- the same pixels as a band-wise downscaled read of the
+  full image (``curation.captioning.geometry.downscaled_read(src, 2048, 1024)``), i.e. the
+  captions views, which are then read instead of computed (the analysis copies of the
+  region-artifact check and MSFI are 2048 too).
+
+Together ~13 % of the file (100 MP photo: overview 3 %, pyramid 10 %). A reader that wants a
+downscaled whole image or a large downscaled crop decodes the coarsest level that still has the
+resolution it needs (:meth:`TiffRegionSource.reduced`, used by
+:func:`curation.captioning.geometry.read_region`): the overview is ~1/30 of the pixels of a full
+decode. Readers that know nothing of SubIFDs (tifffile, PIL) see the full-resolution image as
+before. ``write_rows(..., pyramid=False)`` writes neither.
 
 The corpus default is the tiled zstd-3 TIFF (measured in ``benchmarks/out/storage.md``, 100 MP,
 2 threads: encode 2.3 s, decode 1.1 s, 0.49 of raw, a random 1024² crop in ~18 ms; OpenCV's
@@ -60,6 +82,10 @@ PNG_LEVEL = 1
 PNG_FILTER = "avg"
 WEBP_MAX_SIDE = 16383
 WRITE_WORKERS = 2
+TIFF_PYRAMID_FIRST = 4          # side reduction of the first pyramid level (then 8, 16, ...)
+TIFF_PYRAMID_MIN_EDGE = 256     # no pyramid level with a long edge below this
+TIFF_OVERVIEW_LONG_EDGE = 2048  # the overview level (0: none); captions.caption_view_long_edge
+TIFF_OVERVIEW_BAND_ROWS = 1024  # rows per band of its area resampling (captions.read.band_rows)
 
 
 def format_for_path(path: str | os.PathLike) -> str:
@@ -129,6 +155,11 @@ class TiffRegionSource:
     ``cache_bytes`` bounds the LRU of decoded segments (default 96 MB: a full row of 512²
     tiles of a 16k-wide image), so reading a band of rows twice (overlapping tile rows) does
     not decode twice. Segments are decoded over ``workers`` threads (the codecs release the GIL).
+
+    :meth:`levels` gives the file's reduced-resolution levels (SubIFDs of the first page, see
+    the module docstring) as region sources of their own, sharing this one's file handle, with
+    their reduction ``fx``, ``fy`` (image pixels per level pixel; 1 for the image itself);
+    :meth:`reduced` picks the one to downscale from.
     """
 
     def __init__(self, path: str | os.PathLike, cache_bytes: int = 96 << 20, workers: int = 2):
@@ -136,13 +167,21 @@ class TiffRegionSource:
 
         self.path = str(path)
         self._tf = tifffile.TiffFile(self.path)
-        page = self._tf.pages[0]
+        try:
+            self._setup(self._tf.pages[0], cache_bytes, workers)
+        except ValueError as e:
+            self._tf.close()
+            raise ValueError(f"{path}: {e}") from None
+        self._lock = threading.Lock()  # the file handle is shared with the levels
+        self.fx = self.fy = 1.0        # reduction with respect to the full image
+        self._owner = True
+        self._levels: list[TiffRegionSource] | None = None
+
+    def _setup(self, page: Any, cache_bytes: int, workers: int) -> None:
         if page.dtype != np.uint8:
-            self._tf.close()
-            raise ValueError(f"{path}: only 8-bit TIFF supported for region reads, got {page.dtype}")
+            raise ValueError(f"only 8-bit TIFF supported for region reads, got {page.dtype}")
         if page.planarconfig != 1 and page.samplesperpixel > 1:
-            self._tf.close()
-            raise ValueError(f"{path}: planar (separate) TIFF not supported for region reads")
+            raise ValueError("planar (separate) TIFF not supported for region reads")
         self.page = page
         self.height, self.width = int(page.imagelength), int(page.imagewidth)
         self.samples = int(page.samplesperpixel)
@@ -156,9 +195,51 @@ class TiffRegionSource:
         self._cache: OrderedDict[int, np.ndarray] = OrderedDict()
         self._cache_bytes = int(cache_bytes)
         self._cached = 0
-        self._lock = threading.Lock()
         self.workers = max(1, int(workers))
         self.decoded_segments = 0  # for tests / benchmarks: how many segments were decoded
+
+    def levels(self) -> list[TiffRegionSource]:
+        """The reduced-resolution levels, finest first: SubIFDs of the first page marked as
+        reduced images, 8-bit with this image's samples, smaller on both sides. A level whose
+        size is this one's divided by a power of two (rounded up or down) has exactly that
+        reduction, any other ``fx = W / w``, ``fy = H / h``. Empty for a file without them (and
+        for a level itself); a level that cannot be read by region is left out."""
+        if self._levels is not None:
+            return self._levels
+        import tifffile
+
+        out: list[TiffRegionSource] = []
+        for i, off in enumerate(getattr(self.page, "subifds", None) or ()):
+            try:
+                with self._lock:
+                    self._tf.filehandle.seek(off)
+                    page = tifffile.TiffPage(self._tf, (0, i))
+                if not int(getattr(page, "subfiletype", 0) or 0) & 1 or int(page.samplesperpixel) != self.samples:
+                    continue
+                lv = object.__new__(TiffRegionSource)
+                lv._setup(page, max(1 << 20, self._cache_bytes // 4), self.workers)
+            except Exception:  # a level we cannot use is skipped, never an error
+                continue
+            if not (0 < lv.width < self.width and 0 < lv.height < self.height):
+                continue
+            f = 1 << max(1, round(float(np.log2(self.width / lv.width))))
+            if abs(self.width / f - lv.width) < 1 and abs(self.height / f - lv.height) < 1:
+                lv.fx = lv.fy = float(f)
+            else:
+                lv.fx, lv.fy = self.width / lv.width, self.height / lv.height
+            lv.path, lv._tf, lv._lock, lv._owner, lv._levels = self.path, self._tf, self._lock, False, []
+            out.append(lv)
+        self._levels = sorted(out, key=lambda lv: lv.fx * lv.fy)
+        return self._levels
+
+    def reduced(self, fx: float, fy: float) -> TiffRegionSource:
+        """The coarsest of this image and its levels whose reduction is at most ``fx`` across
+        and ``fy`` down (so it still has at least the resolution asked for)."""
+        best: TiffRegionSource = self
+        for lv in self.levels():
+            if lv.fx <= fx * (1 + 1e-9) and lv.fy <= fy * (1 + 1e-9) and lv.fx * lv.fy > best.fx * best.fy:
+                best = lv
+        return best
 
     def _decode(self, index: int, data: bytes) -> np.ndarray:
         seg, _, shape = self.page.decode(data, index, jpegtables=self._jpegtables)
@@ -217,7 +298,10 @@ class TiffRegionSource:
 
     def close(self) -> None:
         self._cache.clear()
-        self._tf.close()
+        if self._owner:
+            for lv in self._levels or ():
+                lv._cache.clear()
+            self._tf.close()
 
     def __enter__(self):
         return self
@@ -293,12 +377,119 @@ def _checked(rows: Rows, width: int, height: int) -> Iterator[tuple[int, np.ndar
         raise ValueError(f"row bands cover {y} of {height} rows")
 
 
-def _tiles_from_rows(rows: Rows, width: int, height: int, tile: int) -> Iterator[np.ndarray]:
-    """Re-cut row bands into TIFF tiles (row-major). Tiles are copies: tifffile batches them."""
+def pyramid_factors(width: int, height: int, tile: int = TIFF_TILE, first: int | None = None,
+                    min_edge: int | None = None) -> list[int]:
+    """The side reductions of the pyramid levels a TIFF of this size gets: ``first`` (default
+    :data:`TIFF_PYRAMID_FIRST`), then doubling, while the level's long edge is at least
+    ``min_edge`` (:data:`TIFF_PYRAMID_MIN_EDGE`) and the factor divides the tile height (a
+    level row must come from one strip of tiles). ``first < 2``: none."""
+    first = TIFF_PYRAMID_FIRST if first is None else first
+    min_edge = TIFF_PYRAMID_MIN_EDGE if min_edge is None else min_edge
+    out: list[int] = []
+    f = int(first)
+    while f >= 2 and tile % f == 0 and max(-(-width // f), -(-height // f)) >= min_edge:
+        out.append(f)
+        f *= 2
+    return out
+
+
+def block_mean(a: np.ndarray, f: int) -> np.ndarray:
+    """``(ceil(h/f), ceil(w/f), c)`` uint8: the rounded mean of each ``f x f`` block of ``a``
+    (blocks at the bottom / right edge average the pixels they have)."""
+    import cv2
+
+    h, w, c = a.shape
+    hq, wq = h // f, w // f
+    out = np.empty((-(-h // f), -(-w // f), c), np.uint8)
+    if hq and wq:
+        out[:hq, :wq] = cv2.resize(a[:hq * f, :wq * f], (wq, hq), interpolation=cv2.INTER_AREA).reshape(hq, wq, c)
+    if wq * f < w and hq:
+        out[:hq, wq] = np.round(a[:hq * f, wq * f:].reshape(hq, f, w - wq * f, c).mean(axis=(1, 2)))
+    if hq * f < h:
+        if wq:
+            out[hq, :wq] = np.round(a[hq * f:, :wq * f].reshape(h - hq * f, wq, f, c).mean(axis=(0, 2)))
+        if wq * f < w:
+            out[hq, wq] = np.round(a[hq * f:, wq * f:].reshape(-1, c).mean(axis=0))
+    return out
+
+
+class _Pyramid:
+    """The reduced levels of an image, filled strip by strip (each strip a multiple of every
+    factor's rows, except the last): the first level from the strip, each further one from the
+    level before (2x2 means)."""
+
+    def __init__(self, width: int, height: int, factors: list[int]):
+        self.factors = list(factors)
+        self.levels = [np.empty((-(-height // f), -(-width // f), 3), np.uint8) for f in self.factors]
+        self._rows = [0] * len(self.factors)
+
+    def add(self, strip: np.ndarray) -> None:
+        prev, pf = strip, 1
+        for k, f in enumerate(self.factors):
+            lv = block_mean(prev, f // pf)
+            self.levels[k][self._rows[k]:self._rows[k] + lv.shape[0]] = lv
+            self._rows[k] += lv.shape[0]
+            prev, pf = lv, f
+
+
+def overview_size(width: int, height: int, long_edge: int | None = None) -> tuple[int, int] | None:
+    """``(w, h)`` of the overview of an image (its long edge at ``long_edge``, default
+    :data:`TIFF_OVERVIEW_LONG_EDGE`, each side rounded as
+    ``curation.captioning.geometry.target_size`` does); None unless the image's long edge is at
+    least 4x that (the overview is then at most 1/16 of the pixels, like the first pyramid level;
+    a smaller image is read from its pyramid)."""
+    long_edge = TIFF_OVERVIEW_LONG_EDGE if long_edge is None else long_edge
+    if not long_edge or max(width, height) < 4 * long_edge:
+        return None
+    s = long_edge / max(width, height)
+    return max(1, round(width * s)), max(1, round(height * s))
+
+
+class _Overview:
+    """The overview, filled strip by strip: rows gathered into bands of ``step`` rows, each band
+    area-resampled to its share of the output rows -- exactly what a band-wise downscaled read
+    of the full image computes (``curation.captioning.geometry.read_region``)."""
+
+    def __init__(self, width: int, height: int, size: tuple[int, int], band_rows: int | None = None):
+        self.tw, self.th = size
+        self.height = height
+        band_rows = TIFF_OVERVIEW_BAND_ROWS if band_rows is None else band_rows
+        self.step = max(int(band_rows), -(-height // self.th))  # at least one output row per band
+        self._buf = np.empty((min(self.step, height), width, 3), np.uint8)
+        self._filled = self._b0 = 0
+        self.image = np.empty((self.th, self.tw, 3), np.uint8)
+
+    def add(self, strip: np.ndarray) -> None:
+        pos = 0
+        while pos < strip.shape[0]:
+            take = min(self._buf.shape[0] - self._filled, strip.shape[0] - pos)
+            self._buf[self._filled:self._filled + take] = strip[pos:pos + take]
+            self._filled += take
+            pos += take
+            if self._filled == self._buf.shape[0] or self._b0 + self._filled == self.height:
+                self._flush()
+
+    def _flush(self) -> None:
+        import cv2
+
+        b0, b1 = self._b0, self._b0 + self._filled
+        r0, r1 = round(b0 * self.th / self.height), round(b1 * self.th / self.height)
+        if r1 > r0:
+            self.image[r0:r1] = cv2.resize(self._buf[:self._filled], (self.tw, r1 - r0),
+                                           interpolation=cv2.INTER_AREA).reshape(r1 - r0, self.tw, 3)
+        self._b0, self._filled = b1, 0
+
+
+def _tiles_from_rows(rows: Rows, width: int, height: int, tile: int,
+                     on_strip: Callable[[np.ndarray], None] | None = None) -> Iterator[np.ndarray]:
+    """Re-cut row bands into TIFF tiles (row-major). Tiles are copies: tifffile batches them.
+    ``on_strip`` sees every full-width strip of ``tile`` rows (the last may be shorter)."""
     buf = np.empty((tile, width, 3), np.uint8)
     filled = 0
 
     def flush(n: int):
+        if on_strip is not None:
+            on_strip(buf[:n])
         for x in range(0, width, tile):
             yield buf[:n, x:x + tile].copy()
 
@@ -317,7 +508,7 @@ def _tiles_from_rows(rows: Rows, width: int, height: int, tile: int) -> Iterator
 
 
 def _write_tiff(tmp: Path, rows: Rows, width: int, height: int, compression: str | None, level: int | None,
-                tile: int, workers: int) -> None:
+                tile: int, workers: int, pyramid: bool = True) -> None:
     import tifffile
 
     comp = (compression or TIFF_COMPRESSION).lower()
@@ -331,13 +522,29 @@ def _write_tiff(tmp: Path, rows: Rows, width: int, height: int, compression: str
         if comp in ("zstd", "zlib", "lzw", "lzma"):
             kw["predictor"] = True
     tile_bytes = tile * tile * 3
+    factors = pyramid_factors(width, height, tile) if pyramid else []
+    pyr = _Pyramid(width, height, factors) if factors else None
+    ov_size = overview_size(width, height) if pyramid else None
+    ov = _Overview(width, height, ov_size) if ov_size else None
+    sinks = [x.add for x in (pyr, ov) if x is not None]
+
+    def on_strip(strip: np.ndarray) -> None:
+        for add in sinks:
+            add(strip)
+
     # classic TIFF offsets are 32-bit: a > ~4 GB file (compression can fail to help) needs BigTIFF
-    bigtiff = height * width * 3 > 2**32 - 2**25
-    tifffile.imwrite(
-        tmp, data=_tiles_from_rows(rows, width, height, tile), shape=(height, width, 3), dtype=np.uint8,
-        photometric="rgb", tile=(tile, tile), maxworkers=max(1, workers),
-        buffersize=4 * max(1, workers) * tile_bytes, metadata=None, bigtiff=bigtiff, **kw,
-    )
+    bigtiff = height * width * 3 * (1.15 if sinks else 1.0) > 2**32 - 2**25
+    with tifffile.TiffWriter(tmp, bigtiff=bigtiff) as tw:
+        n_sub = len(factors) + (ov is not None)
+        tw.write(
+            _tiles_from_rows(rows, width, height, tile, on_strip if sinks else None), shape=(height, width, 3),
+            dtype=np.uint8, photometric="rgb", tile=(tile, tile), maxworkers=max(1, workers),
+            buffersize=4 * max(1, workers) * tile_bytes, metadata=None, subifds=n_sub or None, **kw,
+        )
+        reduced = (list(pyr.levels) if pyr else []) + ([ov.image] if ov else [])
+        for lv in sorted(reduced, key=lambda a: -a.shape[0] * a.shape[1]):   # largest first
+            tw.write(lv, photometric="rgb", tile=(tile, tile), subfiletype=1, maxworkers=max(1, workers),
+                     metadata=None, **kw)
 
 
 class PngStreamWriter:
@@ -479,11 +686,16 @@ def encode_webp(rgb: np.ndarray, method: int = 0) -> bytes:
 
 def write_rows(path: str | os.PathLike, width: int, height: int, rows: Rows, fmt: str | None = None, *,
                compression: str | None = None, level: int | None = None, tile: int = TIFF_TILE,
-               png_filter: str | None = None, workers: int = WRITE_WORKERS, effort: int = 1) -> dict:
+               png_filter: str | None = None, workers: int = WRITE_WORKERS, effort: int = 1,
+               pyramid: bool = True) -> dict:
     """Write row bands ``(y0, (h, width, 3) uint8)`` (in order, covering ``height`` rows) to
     ``path`` in ``fmt`` (default: from the suffix). Returns ``{"path", "format", "bytes"}``.
+    ``pyramid`` (TIFF only): also write the reduced-resolution levels, overview and pyramid
+    (module docstring).
 
-    Memory: TIFF and PNG hold one band of rows plus the encoder's buffers; JPEG XL and WebP
+    Memory: TIFF and PNG hold one band of rows plus the encoder's buffers (a TIFF also its
+    reduced levels, 1/16 + 1/64 + ... of the image, until it is written, and for the overview a
+    band of 1024 rows); JPEG XL and WebP
     go through a raw memmap on disk next to the output (their encoders take whole images).
     """
     path = Path(path)
@@ -491,7 +703,7 @@ def write_rows(path: str | os.PathLike, width: int, height: int, rows: Rows, fmt
     tmp = path.with_name(path.name + ".tmp")
     try:
         if fmt == "tiff":
-            _write_tiff(tmp, rows, width, height, compression, level, tile, workers)
+            _write_tiff(tmp, rows, width, height, compression, level, tile, workers, pyramid)
         elif fmt == "png":
             _write_png(tmp, rows, width, height, level, png_filter, workers)
         elif fmt == "jxl":
