@@ -132,6 +132,54 @@ def test_read_crop_uses_region_reads(scene_tif):
     assert np.abs(thumb.astype(int) - ref.astype(int)).mean() < 2.0
 
 
+@pytest.fixture(scope="module")
+def level_tifs(tmp_path_factory):
+    """A photo with an overview (long edge 300) and pyramid levels 4, 8 (thresholds scaled down
+    for a 1600x1000 image), and the same pixels without levels."""
+    from curation.upscale import storage
+
+    img = np.asarray(__import__("curation.synth", fromlist=["generate_photo"]).generate_photo(1600, 1000, seed=5))
+    d = tmp_path_factory.mktemp("lv")
+    mp = pytest.MonkeyPatch()
+    try:
+        mp.setattr(storage, "TIFF_PYRAMID_MIN_EDGE", 128)
+        mp.setattr(storage, "TIFF_OVERVIEW_LONG_EDGE", 300)
+        storage.write_array(d / "pyr.tif", img, tile=256)
+    finally:
+        mp.undo()
+    storage.write_array(d / "flat.tif", img, tile=256, pyramid=False)
+    return d / "pyr.tif", d / "flat.tif", img
+
+
+def test_region_reads_use_the_coarsest_level_that_suffices(level_tifs):
+    import cv2
+
+    from curation.upscale.storage import open_source
+
+    pyr, flat, img = level_tifs
+    with open_source(pyr) as src, open_source(flat) as ref:
+        assert [(lv.width, lv.height) for lv in src.levels()] == [(400, 250), (300, 188), (200, 125)]
+        assert [lv.fx for lv in src.levels()] == [4.0, 1600 / 300, 8.0]
+        # the whole image at the overview's size: the same pixels as a band-wise read without levels
+        assert np.array_equal(G.downscaled_read(src, 300), G.downscaled_read(ref, 300))
+        assert src.decoded_segments == 0 and src.levels()[1].decoded_segments > 0
+        # smaller: from a pyramid level (8: 200 px >= 150), an antialiased downscale like the area one
+        a = G.downscaled_read(src, 150).astype(int)
+        b = cv2.resize(img, a.shape[1::-1], interpolation=cv2.INTER_AREA).astype(int)
+        assert a.shape == (94, 150, 3) and np.abs(a - b).mean() < 3 and src.decoded_segments == 0
+        # a large crop downscaled >= 4x: from level 4, the same place of the image (to half a level
+        # pixel); this photo's texture is at the output's resolution, so a few grey levels differ
+        crop, cb = G.read_crop(src, (100, 80, 1500, 900), 0.05, max_long_edge=300)
+        full = cv2.resize(img[cb[1]:cb[3], cb[0]:cb[2]], crop.shape[1::-1], interpolation=cv2.INTER_AREA)
+        assert crop.shape == full.shape and np.abs(crop.astype(int) - full).mean() < 5
+        shifted = cv2.resize(img[cb[1]:cb[3], cb[0] + 8:cb[2] + 8], crop.shape[1::-1], interpolation=cv2.INTER_AREA)
+        assert np.abs(crop.astype(int) - full).mean() < np.abs(crop.astype(int) - shifted).mean()
+        assert src.decoded_segments == 0
+        # a crop that needs full resolution still reads (only) full-resolution tiles
+        crop, cb = G.read_crop(src, (300, 100, 400, 180), 0.05, max_long_edge=None)
+        assert np.array_equal(crop, img[96:184, 295:405]) and 0 < src.decoded_segments < 4
+
+
 def test_render_highlight_dims_outside_keeps_inside_and_outlines():
     rng = np.random.default_rng(0)
     img = rng.integers(50, 250, (60, 80, 3), dtype=np.uint8)
@@ -262,6 +310,53 @@ def test_decode_resized_samples_the_mask():
     small = R.decode_resized(R.encode(m), 40, 60)
     assert small.shape == (40, 60)
     assert small[10:30, 15:45].all() and small.sum() == 20 * 30
+
+
+def test_decode_resized_matches_sampling_the_runs():
+    rng = np.random.default_rng(7)
+    for it in range(60):
+        h, w = (int(v) for v in rng.integers(1, 50, 2))
+        m = rng.random((h, w)) > rng.uniform(0, 1)
+        if it % 5 == 0:
+            m[:] = it % 10 == 0                                   # empty and full masks
+        oh, ow = (int(v) for v in rng.integers(1, 70, 2))
+        ys = np.minimum(((np.arange(oh) + 0.5) * (h / oh)).astype(np.int64), h - 1)
+        xs = np.minimum(((np.arange(ow) + 0.5) * (w / ow)).astype(np.int64), w - 1)
+        got = R.decode_resized(R.encode(m), oh, ow)
+        assert np.array_equal(got, m[ys[:, None], xs[None, :]])
+        assert np.array_equal(got, R.sample(R.encode(m), ys[:, None], xs[None, :]))
+
+
+@pytest.mark.parametrize("frame", [(13.4, 7.2, 380.6, 290.1), (-40, -25, 450, 330), (100, 50, 103, 52)])
+def test_encode_lowres_matches_a_dense_resize(frame):
+    """Against thresholding the whole upsampled mask (OpenCV's bilinear resize, float32)."""
+    import cv2
+
+    rng = np.random.default_rng(11)
+    low = cv2.GaussianBlur(rng.random((48, 64)).astype(np.float32), (0, 0), 2)
+    low = (low - low.min()) / (low.max() - low.min())
+    H, W = 300, 400
+    fx0, fy0, fx1, fy1 = (round(v) for v in frame)
+    dense = cv2.resize(low, (fx1 - fx0, fy1 - fy0), interpolation=cv2.INTER_LINEAR) >= 0.5
+    ref = np.zeros((H, W), bool)
+    ys, xs = slice(max(0, fy0), min(H, fy1)), slice(max(0, fx0), min(W, fx1))
+    ref[ys, xs] = dense[ys.start - fy0: ys.stop - fy0, xs.start - fx0: xs.stop - fx0]
+    rles = [R.encode_lowres(low, frame, H, W, 0.5, chunk_columns=c) for c in (1, 37, 512)]
+    assert rles[0] == rles[1] == rles[2]                      # the column chunks do not matter
+    got = R.decode(rles[0])
+    assert (got != ref).sum() <= 3                            # float32 vs float64 ties only
+    assert R.area(rles[0]) == int(got.sum())
+
+
+def test_render_highlight_with_the_dimmed_image_given():
+    rng = np.random.default_rng(2)
+    img = rng.integers(0, 256, (50, 70, 3), dtype=np.uint8)
+    dark = G.dimmed(img, 0.4)
+    for m in (np.zeros((50, 70), bool), np.ones((50, 70), bool), rng.random((50, 70)) > 0.7):
+        for px in (0, 2):
+            a = G.render_highlight(img, m, 0.4, px, (1, 2, 3))
+            assert np.array_equal(a, G.render_highlight(img, m, 0.4, px, (1, 2, 3), dark=dark))
+    assert np.array_equal(dark, G.dimmed(img, 0.4))           # the given image is not written to
 
 
 # =============================================================================================
@@ -466,7 +561,19 @@ def test_pipeline_end_to_end_offline(scene_tif):
     assert q["instance_coverage"] == 1.0 and q["long_words"] >= 40 and 5 <= q["short_words"] <= 80
     back = CaptionRecord.from_json(rec.to_json())
     assert back == rec
-    assert {"views", "rle_encode", "visual_pairs", "model.tagger"} <= set(tim)
+    assert {"views", "rle_encode", "crops", "highlights", "model.tagger"} <= set(tim)
+
+
+def test_pipeline_gives_the_same_record_from_a_file_with_levels(level_tifs):
+    """Views read from the overview are the views computed from the full image: same record."""
+    pyr, flat, _ = level_tifs
+    params = {"captions.analysis_long_edge": 300, "captions.highlight.long_edge": 200,
+              "captions.caption_view_long_edge": 300}
+    tim: dict = {}
+    a = _run(pyr, params=params, timings=tim)
+    b = _run(flat, params=params)
+    assert a == b and a.complete
+    assert tim["views"] > 0
 
 
 def test_pipeline_survives_garbage_everywhere(scene_tif):

@@ -12,10 +12,12 @@ a 100 MP image is never decoded whole into memory:
   ``0.05 x box width``, top and bottom by ``0.05 x box height`` -- so the crop stays centred on
   the box and is 10 % wider and taller than it; at an image border the crop is clipped (it is
   not shifted), so it then has less margin on that side only. A crop larger than
-  ``max_long_edge`` is downscaled band by band while it is read;
+  ``max_long_edge`` is downscaled band by band while it is read (from a reduced-resolution
+  level of the file when it has one fine enough, :func:`read_region`);
 * the **highlighted full image** (:func:`downscaled_read`, :func:`render_highlight`,
   :func:`highlight_image`): the whole image downscaled to ``long_edge`` by reading row bands
-  and area-resampling each one (bounded memory), the instance's mask sampled on the same grid
+  (of a pyramid level when the file has one) and area-resampling each one (bounded memory),
+  the instance's mask sampled on the same grid
   from its RLE (:func:`curation.captioning.rle.decode_resized`, no full-size mask), everything
   outside the mask darkened to ``dim`` x its brightness and the mask outlined just outside its
   edge.
@@ -139,15 +141,40 @@ def target_size(w: int, h: int, long_edge: int | None) -> tuple[int, int]:
 
 def read_region(src: Any, box: Sequence[int], max_long_edge: int | None = None, band_rows: int = 1024) -> np.ndarray:
     """RGB uint8 of ``box = (x0, y0, x1, y1)`` from a region source, downscaled (area) to
-    ``max_long_edge`` when larger. Reads ``band_rows`` full-resolution rows at a time and
-    resamples each band, so memory stays ~ one band plus the output."""
-    import cv2
+    ``max_long_edge`` when larger. Reads ``band_rows`` rows at a time and resamples each band,
+    so memory stays ~ one band plus the output.
 
+    A source with reduced-resolution levels (a TIFF with an overview / pyramid,
+    ``src.reduced(fx, fy)``) is read from its coarsest level that still has the output's
+    resolution, the box mapped to level pixels (``/ fx``, ``/ fy``, rounded: at most half a
+    level pixel off at an edge, under half an output pixel). The overview is the band-wise area
+    downscale of the whole image to its size (the same pixels as reading it here without
+    levels); a pyramid level is made of ``f x f`` block means, so a read from it is an
+    antialiased downscale of the image like the area one, not the same pixels (fine texture
+    differs by a few grey levels)."""
     x0, y0, x1, y1 = (int(v) for v in box)
     w, h = x1 - x0, y1 - y0
     if w <= 0 or h <= 0:
         raise ValueError(f"empty region {box!r}")
     tw, th = target_size(w, h, max_long_edge)
+    if (tw, th) == (w, h):
+        return np.ascontiguousarray(src.read(y0, y1, x0, x1))
+    if hasattr(src, "reduced"):
+        lv = src.reduced(w / tw, h / th)
+        if lv is not src:
+            lx0, ly0 = min(lv.width - 1, round(x0 / lv.fx)), min(lv.height - 1, round(y0 / lv.fy))
+            lx1 = max(lx0 + 1, min(lv.width, round(x1 / lv.fx)))
+            ly1 = max(ly0 + 1, min(lv.height, round(y1 / lv.fy)))
+            return _resampled(lv, (lx0, ly0, lx1, ly1), tw, th, band_rows)
+    return _resampled(src, (x0, y0, x1, y1), tw, th, band_rows)
+
+
+def _resampled(src: Any, box: tuple[int, int, int, int], tw: int, th: int, band_rows: int) -> np.ndarray:
+    """``box`` of ``src`` area-resampled to ``tw x th``, ``band_rows`` source rows at a time."""
+    import cv2
+
+    x0, y0, x1, y1 = box
+    w, h = x1 - x0, y1 - y0
     if (tw, th) == (w, h):
         return np.ascontiguousarray(src.read(y0, y1, x0, x1))
     step = max(int(band_rows), math.ceil(h / th))  # at least one output row per band
@@ -177,36 +204,50 @@ def downscaled_read(src: Any, long_edge: int, band_rows: int = 1024) -> np.ndarr
 # =============================================================================================
 # highlight
 # =============================================================================================
+def dimmed(image: np.ndarray, dim: float = 0.35) -> np.ndarray:
+    """``image`` with every pixel darkened to ``dim`` x its value (rounded): the background of
+    every highlight of one image, computed once (:func:`render_highlight`)."""
+    return (np.asarray(image).astype(np.float32) * float(dim)).round().clip(0, 255).astype(np.uint8)
+
+
 def render_highlight(image: np.ndarray, mask: np.ndarray, dim: float = 0.35, outline_px: int = 3,
-                     outline_rgb: Sequence[int] = (255, 64, 0)) -> np.ndarray:
+                     outline_rgb: Sequence[int] = (255, 64, 0), dark: np.ndarray | None = None) -> np.ndarray:
     """``image`` with the pixels outside ``mask`` darkened to ``dim`` x their value and a
     ``outline_px`` wide outline drawn just outside the mask edge; pixels inside the mask keep
-    their values. ``mask`` has the image's height and width."""
+    their values. ``mask`` has the image's height and width. ``dark``: :func:`dimmed` of the
+    image when the caller has it (several highlights of one image)."""
     import cv2
 
     img = np.asarray(image)
     m = np.asarray(mask, bool)
     if img.shape[:2] != m.shape:
         raise ValueError(f"mask {m.shape} does not match image {img.shape[:2]}")
-    out = (img.astype(np.float32) * float(dim)).round().clip(0, 255).astype(np.uint8)
-    out[m] = img[m]
-    if outline_px > 0 and m.any():
-        k = 2 * int(outline_px) + 1
-        ring = cv2.dilate(m.astype(np.uint8), np.ones((k, k), np.uint8)).astype(bool) & ~m
-        out[ring] = np.asarray(outline_rgb, dtype=np.uint8)
+    out = dimmed(img, dim) if dark is None else np.array(dark, dtype=np.uint8, copy=True)
+    rows, cols = np.flatnonzero(m.any(axis=1)), np.flatnonzero(m.any(axis=0))
+    if rows.size == 0:
+        return out
+    pad = max(0, int(outline_px))   # the mask and its outline lie in its bounding box grown by pad
+    y0, y1 = max(0, int(rows[0]) - pad), min(m.shape[0], int(rows[-1]) + 1 + pad)
+    x0, x1 = max(0, int(cols[0]) - pad), min(m.shape[1], int(cols[-1]) + 1 + pad)
+    sub_m, sub_o = m[y0:y1, x0:x1], out[y0:y1, x0:x1]
+    np.copyto(sub_o, img[y0:y1, x0:x1], where=sub_m[..., None])
+    if pad > 0:
+        k = 2 * pad + 1
+        ring = cv2.dilate(sub_m.astype(np.uint8), np.ones((k, k), np.uint8)).astype(bool) & ~sub_m
+        np.copyto(sub_o, np.asarray(outline_rgb, dtype=np.uint8), where=ring[..., None])
     return out
 
 
 def highlight_image(src: Any, rle: Mapping[str, Any], long_edge: int = 1024, dim: float = 0.35,
                     outline_px: int = 3, outline_rgb: Sequence[int] = (255, 64, 0), band_rows: int = 1024,
-                    thumbnail: np.ndarray | None = None) -> np.ndarray:
+                    thumbnail: np.ndarray | None = None, dark: np.ndarray | None = None) -> np.ndarray:
     """The highlighted full image of one instance: a downscaled read of the image (or the given
-    ``thumbnail`` of it, reused across instances) with the instance's RLE mask sampled on the
-    thumbnail grid (:func:`render_highlight`)."""
+    ``thumbnail`` of it, reused across instances, and its :func:`dimmed` copy ``dark``) with
+    the instance's RLE mask sampled on the thumbnail grid (:func:`render_highlight`)."""
     from curation.captioning import rle as rle_mod
 
     thumb = thumbnail if thumbnail is not None else downscaled_read(src, long_edge, band_rows)
     if tuple(int(v) for v in rle["size"]) != (src.height, src.width):
         raise ValueError(f"mask size {rle['size']} does not match the image {src.height}x{src.width}")
     small = rle_mod.decode_resized(rle, thumb.shape[0], thumb.shape[1])
-    return render_highlight(thumb, small, dim, outline_px, outline_rgb)
+    return render_highlight(thumb, small, dim, outline_px, outline_rgb, dark=dark if thumbnail is not None else None)

@@ -2,7 +2,8 @@
 
 :func:`caption_image` runs, for one image of the tiled 100 MP corpus:
 
-1. the **views**: the whole image downscaled once (band-wise region reads) to the largest of
+1. the **views**: the whole image downscaled once (band-wise region reads, from the file's
+   coarsest pyramid level that is large enough when it has levels) to the largest of
    ``analysis_long_edge``, ``highlight.long_edge`` and ``caption_view_long_edge``, the others
    area-resampled from it; the tagger, grounder and segmenter see only the analysis view;
 2. **tags** (tagger) -> **tangible tags** (LLM task ``caption_tag_pruning``; tags the LLM
@@ -24,8 +25,10 @@ field's :class:`~curation.captioning.record.Provenance` (``status="failed"`` wit
 later steps run on what exists, and :attr:`CaptionRecord.complete` is False. Nothing here
 raises for a model's bad output; caller bugs (a bad config key) still raise.
 
-``timings`` (a dict, optional) receives seconds per step; steps whose name starts with
-``model.`` are backend / model calls, the others are the pipeline's own overhead.
+``timings`` (a dict, optional) receives seconds per step (added to what it holds); steps whose
+name starts with ``model.`` are backend / model calls, the others (``views``, ``rle_encode``,
+``select``, ``crops``, ``highlights``) the pipeline's own overhead, as is the wall time no step
+covers (opening the file, building requests, parsing answers).
 """
 
 from __future__ import annotations
@@ -70,16 +73,20 @@ def _result_prov(res: Any, parsed: A.Parsed | None = None) -> Provenance:
 
 
 def _views(src: Any, edges: Mapping[str, int], band: int) -> dict[str, np.ndarray]:
-    """The downscaled whole-image views by long edge: the largest read band-wise from the file,
-    each smaller one area-resampled from it (so the file is decoded once)."""
+    """The downscaled whole-image views by long edge: the largest read band-wise from the file
+    (from its coarsest pyramid level that is still large enough, when it has levels), each
+    smaller one area-resampled from it once per size (so the file is read once)."""
     import cv2
 
     big_edge = max(edges.values())
     big = G.downscaled_read(src, big_edge, band)
+    by_size: dict[tuple[int, int], np.ndarray] = {big.shape[:2]: big}
     out = {}
     for k, e in edges.items():
         tw, th = G.target_size(src.width, src.height, e)
-        out[k] = big if (th, tw) == big.shape[:2] else cv2.resize(big, (tw, th), interpolation=cv2.INTER_AREA)
+        if (th, tw) not in by_size:
+            by_size[(th, tw)] = cv2.resize(big, (tw, th), interpolation=cv2.INTER_AREA)
+        out[k] = by_size[(th, tw)]
     return out
 
 
@@ -189,17 +196,20 @@ def _run(src: Any, image_id: str, p: dict, tagger, grounder, segmenter, llm, vlm
 
     # -- visual pairs and instance descriptions ----------------------------------------------------
     pairs = []
-    with _timed(timings, "visual_pairs"):
-        hl_edge = edges["highlight.long_edge"]
-        thumb = views["highlight.long_edge"]
-        for inst in rec.instances:
+    hl_edge = edges["highlight.long_edge"]
+    thumb = views["highlight.long_edge"]
+    with _timed(timings, "highlights"):
+        dark = G.dimmed(thumb, float(p["captions.highlight.dim"])) if rec.instances else None
+    for inst in rec.instances:
+        with _timed(timings, "crops"):
             crop, cb = G.read_crop(src, inst.box, float(p["captions.crop.padding"]),
                                    int(p["captions.crop.max_long_edge"]), band)
-            inst.crop_box = list(cb)
+        inst.crop_box = list(cb)
+        with _timed(timings, "highlights"):
             hl = G.highlight_image(src, inst.mask_rle, hl_edge, float(p["captions.highlight.dim"]),
                                    int(p["captions.highlight.outline_px"]), p["captions.highlight.outline_rgb"],
-                                   band, thumbnail=thumb)
-            pairs.append((crop, hl))
+                                   band, thumbnail=thumb, dark=dark)
+        pairs.append((crop, hl))
     reqs = []
     for inst, (crop, hl) in zip(rec.instances, pairs):
         x0, y0, x1, y1 = inst.box

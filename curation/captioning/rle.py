@@ -11,8 +11,9 @@ Two ways in:
   masks; a 100 MP mask needs the 100 MB Fortran-ordered copy pycocotools requires.
 * :func:`encode_lowres` -- what the pipeline uses: a segmenter's *low-resolution* mask
   (probabilities or booleans) covering a ``frame`` of the image (full-image pixel coordinates),
-  upsampled bilinearly and thresholded **column chunk by column chunk** into the runs, so the
-  full-resolution mask never exists in memory (peak ~ ``frame rows x chunk_columns`` floats).
+  upsampled bilinearly and thresholded; the runs come from where the interpolated columns cross
+  the threshold (solved per segment between low-resolution samples), so neither the
+  full-resolution mask nor its values ever exist (cost ~ ``frame columns x mask rows``).
   The runs are turned into the compressed string by pycocotools (``frPyObjects``).
 
 Ways out: :func:`decode` (full mask, pycocotools), :func:`decode_resized` (the mask sampled on a
@@ -125,31 +126,49 @@ def from_counts(counts: Sequence[int] | np.ndarray, height: int, width: int) -> 
     """Compressed RLE from uncompressed column-major run lengths (pycocotools ``frPyObjects``)."""
     from pycocotools import mask as mu
 
-    c = [int(v) for v in np.asarray(counts, dtype=np.int64)]
-    if sum(c) != height * width:
-        raise ValueError(f"run lengths sum to {sum(c)}, expected {height * width}")
+    a = np.asarray(counts, dtype=np.int64)
+    if int(a.sum()) != height * width:
+        raise ValueError(f"run lengths sum to {int(a.sum())}, expected {height * width}")
+    c = a.tolist()
     return _ours(mu.frPyObjects({"size": [int(height), int(width)], "counts": c}, int(height), int(width)))
+
+
+def _distinct(a: np.ndarray, odd: bool = False) -> np.ndarray:
+    """The sorted distinct values of an integer array (``odd``: only those occurring an odd
+    number of times). A stable sort: the inputs here are nearly sorted already."""
+    a = np.sort(a.ravel(), kind="stable")
+    if a.size == 0:
+        return a
+    starts = np.flatnonzero(np.concatenate([[True], a[1:] != a[:-1]]))
+    if not odd:
+        return a[starts]
+    times = np.diff(np.concatenate([starts, [a.size]]))
+    return a[starts[(times % 2) == 1]]
 
 
 def encode_lowres(low: np.ndarray, frame: Sequence[float], height: int, width: int, threshold: float = 0.5,
                   chunk_columns: int = 512) -> RLE:
     """Full-resolution COCO RLE of a low-resolution mask without building the full mask.
 
-    ``low``: ``(mh, mw)`` probabilities in [0, 1] (or booleans) covering ``frame = (x0, y0, x1,
-    y1)`` in full-image pixels (may extend past the image); the frame is first rounded to whole
-    pixels (a shift of at most half a pixel). A full-image pixel is foreground when it lies in
-    the frame and the bilinear interpolation of ``low`` at its centre (pixel-centre alignment,
-    samples clamped at the edges -- OpenCV's ``INTER_LINEAR`` convention) is ``>= threshold``
-    (use a threshold in (0, 1]; booleans count as 0 / 1).
+    ``low``: ``(mh, mw)`` probabilities in [0, 1] (or booleans; NaN counts as 0) covering
+    ``frame = (x0, y0, x1, y1)`` in full-image pixels (may extend past the image); the frame is
+    first rounded to whole pixels (a shift of at most half a pixel). A full-image pixel is
+    foreground when it lies in the frame and the bilinear interpolation of ``low`` at its centre
+    (pixel-centre alignment, samples clamped at the edges -- OpenCV's ``INTER_LINEAR``
+    convention) is ``>= threshold`` (use a threshold in (0, 1]; booleans count as 0 / 1).
 
-    Separable and streamed: ``low`` is interpolated along x once for every frame column (a
-    ``(frame columns, mh)`` array), then ``chunk_columns`` columns at a time along y, directly in
-    column-major layout, thresholded and turned into run boundaries. The full mask never exists:
-    peak memory ~ ``frame columns x mh + chunk_columns x frame rows`` float32.
+    Separable, and never per full-resolution pixel: ``low`` is interpolated along x once for
+    every frame column (OpenCV, a ``(frame columns, mh)`` array); along y the value is linear
+    between two samples, so a column's runs can only start or end next to the row where a
+    segment between samples crosses the threshold (solved exactly); the value is evaluated
+    (float64) at those rows and their neighbours only, the same way for every row. Cost and
+    memory ~ ``frame columns x mh``, ``chunk_columns`` columns at a time, whatever the frame's
+    height; the result is thresholding the dense upsampled mask (pixels whose value ties the
+    threshold to float precision may differ from a float32 resize).
     """
     import cv2
 
-    low = np.asarray(low, dtype=np.float32)
+    low = np.nan_to_num(np.asarray(low, dtype=np.float32), nan=0.0, posinf=1.0, neginf=0.0)
     if low.ndim != 2 or low.size == 0:
         raise ValueError(f"expected a non-empty 2-D low-resolution mask, got shape {low.shape}")
     H, W = int(height), int(width)
@@ -162,46 +181,47 @@ def encode_lowres(low: np.ndarray, frame: Sequence[float], height: int, width: i
     mh, mw = low.shape
     ry0, ry1 = max(0, fy0), min(H, fy1)
     cx0, cx1 = max(0, fx0), min(W, fx1)
-    changes: list[np.ndarray] = []
+    toggles: list[np.ndarray] = []   # linear column-major positions where the value flips
     if ry1 > ry0 and cx1 > cx0:
         fw, fh = fx1 - fx0, fy1 - fy0
+        thr = float(threshold)
         # along x for every frame column: (fw, mh); keep the columns inside the image
         xt = cv2.resize(np.ascontiguousarray(low.T), (mh, fw), interpolation=cv2.INTER_LINEAR)
-        xt = np.ascontiguousarray(xt.reshape(fw, mh)[cx0 - fx0: cx1 - fx0])
-        ha, hb = int(ry0 > 0), int(ry1 < H)   # one zero standing for the gap above / below the frame
-        L = ha + (ry1 - ry0) + hb
-        prev = False  # value of the pixel before the current chunk (column-major)
+        xt = xt.reshape(fw, mh)[cx0 - fx0: cx1 - fx0]
+        lo, hi = ry0 - fy0, ry1 - fy0          # frame rows inside the image: [lo, hi)
+
+        def fg(v: np.ndarray, ci: np.ndarray, r: np.ndarray) -> np.ndarray:
+            """Foreground at frame rows ``r`` of columns ``ci`` of ``v``: the bilinear value at
+            the row centre, computed the same way for every row."""
+            u = np.clip((r + 0.5) * mh / fh - 0.5, 0, mh - 1)
+            i0 = np.floor(u).astype(np.int64)
+            w = u - i0
+            return v[ci, i0] * (1 - w) + v[ci, np.minimum(i0 + 1, mh - 1)] * w >= thr
+
         step = max(1, int(chunk_columns))
-        for c0 in range(cx0, cx1, step):
-            c1 = min(cx1, c0 + step)
-            # along y for this chunk, already column-major: (columns, frame rows)
-            vals = cv2.resize(xt[c0 - cx0: c1 - cx0], (fh, c1 - c0), interpolation=cv2.INTER_LINEAR)
-            fg = vals.reshape(c1 - c0, fh)[:, ry0 - fy0: ry1 - fy0] >= threshold
-            del vals
-            if not fg.any():
-                if prev:  # the run of ones ended at the top of column c0
-                    changes.append(np.array([c0 * H], dtype=np.int64))
-                    prev = False
-                continue
-            if ha or hb:
-                seg = np.zeros((c1 - c0, L), dtype=bool)
-                seg[:, ha:ha + ry1 - ry0] = fg
-            else:
-                seg = fg
-            flat = seg.ravel()
-            d = np.flatnonzero(flat[1:] != flat[:-1]) + 1
-            k = d % L
-            rows = np.where((k == 0) & (ha == 1), 0, ry0 + k - ha)   # local index -> image row
-            if flat[0] != prev:
-                changes.append(np.array([c0 * H], dtype=np.int64))
-            changes.append((c0 + d // L).astype(np.int64) * H + rows)
-            prev = bool(flat[-1])
-            del seg, flat, fg
-        if prev:
-            changes.append(np.array([cx1 * H], dtype=np.int64))
-    ch = np.concatenate(changes) if changes else np.zeros(0, dtype=np.int64)
-    ch = ch[ch < H * W]
-    counts = np.diff(np.concatenate([[0], ch, [H * W]]))
+        for c0 in range(0, cx1 - cx0, step):
+            v = xt[c0: c0 + step].astype(np.float64)
+            col = np.arange(c0, c0 + v.shape[0], dtype=np.int64) + cx0
+            every = np.arange(v.shape[0])
+            ge = v >= thr
+            ci, k = np.nonzero(ge[:, :-1] != ge[:, 1:])          # segments crossing the threshold
+            a, b = v[ci, k], v[ci, k + 1]
+            rf = (k + (thr - a) / (b - a) + 0.5) * fh / mh - 0.5  # the row where the value is thr
+            # the value can flip between rows t-1 and t only for a crossing at t-1 <= rf <= t:
+            # test the rows around each (rounding may move rf by one)
+            cand = np.floor(rf).astype(np.int64)[:, None] + np.arange(-1, 3)[None, :]
+            cand = _distinct(np.clip(cand, lo + 1, max(lo + 1, hi - 1)) + (ci * (fh + 2))[:, None])
+            cc, cr = np.divmod(cand, fh + 2)
+            inside = (cr > lo) & (cr < hi)
+            cc, cr = cc[inside], cr[inside]
+            flip = fg(v, cc, cr) != fg(v, cc, cr - 1)
+            toggles.append(col[cc[flip]] * H + fy0 + cr[flip])
+            toggles.append(col[fg(v, every, np.full(len(every), lo))] * H + ry0)      # a column starting inside
+            toggles.append(col[fg(v, every, np.full(len(every), hi - 1))] * H + ry1)  # ... and ending inside
+    # flips at one position cancel in pairs (a run going on across a column boundary)
+    pos = _distinct(np.concatenate(toggles), odd=True) if toggles else np.zeros(0, dtype=np.int64)
+    pos = pos[pos < H * W]
+    counts = np.diff(np.concatenate([[0], pos, [H * W]]))
     return from_counts(counts, H, W)
 
 
@@ -222,11 +242,36 @@ def sample(rle: Mapping[str, Any], ys: np.ndarray, xs: np.ndarray) -> np.ndarray
 
 
 def decode_resized(rle: Mapping[str, Any], out_h: int, out_w: int) -> np.ndarray:
-    """The mask on an ``(out_h, out_w)`` grid, nearest sample at each output pixel centre."""
+    """The mask on an ``(out_h, out_w)`` grid, nearest sample at each output pixel centre.
+
+    Column by column on the runs, never per sample: for the full-image column under each output
+    column, the parity of the run boundaries before it and the rows where it flips, marked at
+    the first output row at or below them and summed down the column (mod 2). Same values as
+    :func:`sample` at those positions."""
     h, w = int(rle["size"][0]), int(rle["size"][1])
+    out_h, out_w = int(out_h), int(out_w)
     ys = np.minimum(((np.arange(out_h) + 0.5) * (h / out_h)).astype(np.int64), h - 1)
     xs = np.minimum(((np.arange(out_w) + 0.5) * (w / out_w)).astype(np.int64), w - 1)
-    return sample(rle, ys[:, None], xs[None, :])
+    out = np.zeros((out_h, out_w), dtype=bool)
+    if out_h <= 0 or out_w <= 0 or h <= 0 or w <= 0:
+        return out
+    ends = np.cumsum(counts_from_string(rle["counts"]))   # the value flips at each of these positions
+    base = xs * h
+    n0 = np.searchsorted(ends, base, side="right")        # flips up to the column's first pixel
+    n1 = np.searchsorted(ends, base + ys[-1], side="right")  # ... and up to its last sampled row
+    active = np.flatnonzero((n1 > n0) | (n0 % 2 == 1))
+    if active.size == 0:
+        return out
+    j0, j1 = int(active[0]), int(active[-1]) + 1
+    n0, n1, base = n0[j0:j1], n1[j0:j1], base[j0:j1]
+    lengths = n1 - n0
+    col = np.repeat(np.arange(j1 - j0), lengths)
+    idx = np.arange(int(lengths.sum())) - np.repeat(np.cumsum(lengths) - lengths, lengths) + np.repeat(n0, lengths)
+    first = np.searchsorted(ys, ends[idx] - base[col], side="left")   # first output row past the flip
+    marks = np.bincount(col * (out_h + 1) + first, minlength=(j1 - j0) * (out_h + 1))
+    flips = np.cumsum(marks.reshape(j1 - j0, out_h + 1)[:, :out_h], axis=1, dtype=np.int64)
+    out[:, j0:j1] = ((flips + n0[:, None]) % 2 == 1).T
+    return out
 
 
 def decode_region(rle: Mapping[str, Any], box: Sequence[int]) -> np.ndarray:
