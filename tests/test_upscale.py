@@ -240,6 +240,20 @@ def test_tiff_levels_pyramid_and_overview(tmp_path, small_levels):
         assert src.levels() == []                                        # too small for a level
 
 
+def test_tiff_source_decodes_on_one_thread_pool(tmp_path, photo):
+    """Segments are decoded on one pool per file (levels included), not a pool per read."""
+    import threading
+
+    write_array(tmp_path / "t.tif", photo, tile=128)
+    before = threading.active_count()
+    src = TiffRegionSource(tmp_path / "t.tif", cache_bytes=0, workers=2)
+    for _ in range(5):
+        assert np.array_equal(src.read(0, photo.shape[0]), photo)
+    assert threading.active_count() <= before + 2
+    src.close()
+    assert threading.active_count() == before
+
+
 def test_tiff_levels_survive_odd_subifds(tmp_path):
     """SubIFDs that are no usable reduced image (a 16-bit one, a full-size one) are skipped."""
     import tifffile

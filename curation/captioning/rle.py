@@ -161,10 +161,11 @@ def encode_lowres(low: np.ndarray, frame: Sequence[float], height: int, width: i
     every frame column (OpenCV, a ``(frame columns, mh)`` array); along y the value is linear
     between two samples, so a column's runs can only start or end next to the row where a
     segment between samples crosses the threshold (solved exactly); the value is evaluated
-    (float64) at those rows and their neighbours only, the same way for every row. Cost and
-    memory ~ ``frame columns x mh``, ``chunk_columns`` columns at a time, whatever the frame's
-    height; the result is thresholding the dense upsampled mask (pixels whose value ties the
-    threshold to float precision may differ from a float32 resize).
+    (float64) at those rows and their neighbours only, the same way for every row. Cost ~
+    ``frame columns x mh``, whatever the frame's height; memory bounded as ``chunk_columns``
+    full-resolution columns would be (``chunk_columns x frame rows / mh`` columns at a time);
+    the result is thresholding the dense upsampled mask (pixels whose value ties the threshold
+    to float precision may differ from a float32 resize).
     """
     import cv2
 
@@ -198,7 +199,8 @@ def encode_lowres(low: np.ndarray, frame: Sequence[float], height: int, width: i
             w = u - i0
             return v[ci, i0] * (1 - w) + v[ci, np.minimum(i0 + 1, mh - 1)] * w >= thr
 
-        step = max(1, int(chunk_columns))
+        # as many columns per step as chunk_columns full-resolution columns would hold values
+        step = max(1, int(chunk_columns)) * max(1, fh // mh)
         for c0 in range(0, cx1 - cx0, step):
             v = xt[c0: c0 + step].astype(np.float64)
             col = np.arange(c0, c0 + v.shape[0], dtype=np.int64) + cx0

@@ -149,6 +149,12 @@ class ArraySource:
         self.close()
 
 
+class _Threads:
+    """Holds a source's decode thread pool (shared by the file's levels)."""
+
+    pool: ThreadPoolExecutor | None = None
+
+
 class TiffRegionSource:
     """Region reads from a tiled or stripped 8-bit TIFF, decoding only the segments touched.
 
@@ -176,6 +182,7 @@ class TiffRegionSource:
         self.fx = self.fy = 1.0        # reduction with respect to the full image
         self._owner = True
         self._levels: list[TiffRegionSource] | None = None
+        self._threads = _Threads()     # one decode pool, made on first use, shared with the levels
 
     def _setup(self, page: Any, cache_bytes: int, workers: int) -> None:
         if page.dtype != np.uint8:
@@ -228,6 +235,7 @@ class TiffRegionSource:
             else:
                 lv.fx, lv.fy = self.width / lv.width, self.height / lv.height
             lv.path, lv._tf, lv._lock, lv._owner, lv._levels = self.path, self._tf, self._lock, False, []
+            lv._threads = self._threads
             out.append(lv)
         self._levels = sorted(out, key=lambda lv: lv.fx * lv.fy)
         return self._levels
@@ -264,8 +272,7 @@ class TiffRegionSource:
                     fh.seek(self.page.dataoffsets[i])
                     blobs.append(fh.read(self.page.databytecounts[i]))
             if self.workers > 1 and len(todo) > 1:
-                with ThreadPoolExecutor(self.workers) as ex:
-                    segs = list(ex.map(self._decode, todo, blobs))
+                segs = list(self._pool().map(self._decode, todo, blobs))
             else:
                 segs = [self._decode(i, b) for i, b in zip(todo, blobs)]
             self.decoded_segments += len(todo)
@@ -277,6 +284,17 @@ class TiffRegionSource:
                 _, old = self._cache.popitem(last=False)
                 self._cached -= old.nbytes
         return out
+
+    def _pool(self) -> ThreadPoolExecutor:
+        """The decode threads, started once per file (not per read); stopped by :meth:`close`,
+        or when the source is garbage collected."""
+        with self._lock:
+            if self._threads.pool is None:
+                import weakref
+
+                self._threads.pool = ThreadPoolExecutor(self.workers, thread_name_prefix="tiff-decode")
+                weakref.finalize(self._threads, self._threads.pool.shutdown, wait=False)
+            return self._threads.pool
 
     def read(self, y0: int, y1: int, x0: int = 0, x1: int | None = None) -> np.ndarray:
         x1 = self.width if x1 is None else x1
@@ -301,6 +319,9 @@ class TiffRegionSource:
         if self._owner:
             for lv in self._levels or ():
                 lv._cache.clear()
+            if self._threads.pool is not None:
+                self._threads.pool.shutdown(wait=True)
+                self._threads.pool = None
             self._tf.close()
 
     def __enter__(self):
