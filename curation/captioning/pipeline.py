@@ -195,21 +195,23 @@ def _run(src: Any, image_id: str, p: dict, tagger, grounder, segmenter, llm, vlm
                         "mask": Provenance(m.source, _backend_prov(segmenter).model)}))
 
     # -- visual pairs and instance descriptions ----------------------------------------------------
-    pairs = []
     hl_edge = edges["highlight.long_edge"]
     thumb = views["highlight.long_edge"]
     with _timed(timings, "highlights"):
         dark = G.dimmed(thumb, float(p["captions.highlight.dim"])) if rec.instances else None
-    for inst in rec.instances:
-        with _timed(timings, "crops"):
-            crop, cb = G.read_crop(src, inst.box, float(p["captions.crop.padding"]),
-                                   int(p["captions.crop.max_long_edge"]), band)
-        inst.crop_box = list(cb)
+    crops: dict[int, np.ndarray] = {}
+    with _timed(timings, "crops"):   # top to bottom, so overlapping crops find their tiles still decoded
+        for k in sorted(range(len(rec.instances)), key=lambda k: (rec.instances[k].box[1], rec.instances[k].box[0])):
+            crops[k], cb = G.read_crop(src, rec.instances[k].box, float(p["captions.crop.padding"]),
+                                       int(p["captions.crop.max_long_edge"]), band)
+            rec.instances[k].crop_box = list(cb)
+    pairs = []
+    for k, inst in enumerate(rec.instances):
         with _timed(timings, "highlights"):
             hl = G.highlight_image(src, inst.mask_rle, hl_edge, float(p["captions.highlight.dim"]),
                                    int(p["captions.highlight.outline_px"]), p["captions.highlight.outline_rgb"],
                                    band, thumbnail=thumb, dark=dark)
-        pairs.append((crop, hl))
+        pairs.append((crops.pop(k), hl))
     reqs = []
     for inst, (crop, hl) in zip(rec.instances, pairs):
         x0, y0, x1, y1 = inst.box
