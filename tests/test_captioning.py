@@ -304,6 +304,17 @@ def test_encode_lowres_edge_cases():
         R.encode_lowres(np.ones((2, 2)), (5, 5, 5, 9), 10, 10)
 
 
+def test_encode_lowres_counts_a_value_equal_to_the_threshold_as_foreground():
+    """Rows whose centre lies exactly on a threshold crossing (value == threshold) are inside,
+    rising or falling, in any column."""
+    up, down = np.array([[0.0], [1.0]]), np.array([[1.0], [0.0]])
+    # row centres sample u = r/2 - 1/4: values 0, 0.25, 0.75, 1 going up; 1, 0.75, 0.25, 0 going down
+    assert R.decode(R.encode_lowres(up, (0, 0, 1, 4), 4, 1, 0.25))[:, 0].tolist() == [False, True, True, True]
+    assert R.decode(R.encode_lowres(down, (0, 0, 1, 4), 4, 1, 0.25))[:, 0].tolist() == [True, True, True, False]
+    both = R.decode(R.encode_lowres(np.array([[0.0, 1.0], [1.0, 0.0]]), (0, 0, 2, 4), 4, 2, 0.25))
+    assert both[:, 0].tolist() == [False, True, True, True] and both[:, 1].tolist() == [True, True, True, False]
+
+
 def test_decode_resized_samples_the_mask():
     m = np.zeros((400, 600), bool)
     m[100:300, 150:450] = True

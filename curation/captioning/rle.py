@@ -159,13 +159,13 @@ def encode_lowres(low: np.ndarray, frame: Sequence[float], height: int, width: i
 
     Separable, and never per full-resolution pixel: ``low`` is interpolated along x once for
     every frame column (OpenCV, a ``(frame columns, mh)`` array); along y the value is linear
-    between two samples, so a column's runs can only start or end next to the row where a
-    segment between samples crosses the threshold (solved exactly); the value is evaluated
-    (float64) at those rows and their neighbours only, the same way for every row. Cost ~
-    ``frame columns x mh``, whatever the frame's height; memory bounded as ``chunk_columns``
-    full-resolution columns would be (``chunk_columns x frame rows / mh`` columns at a time);
-    the result is thresholding the dense upsampled mask (pixels whose value ties the threshold
-    to float precision may differ from a float32 resize).
+    between two samples, so a column's runs start and end at the rows where a segment between
+    samples crosses the threshold, solved in float64 (a row centre within 1e-9 rows of a
+    crossing ties the threshold: foreground). Cost ~ ``frame columns x mh`` plus the runs,
+    whatever the frame's height; memory bounded as ``chunk_columns`` full-resolution columns
+    would be (``chunk_columns x frame rows / mh`` columns at a time). The result is
+    thresholding the dense upsampled mask; pixels whose value ties the threshold may differ
+    from a float resize, which rounds them either way.
     """
     import cv2
 
@@ -190,36 +190,24 @@ def encode_lowres(low: np.ndarray, frame: Sequence[float], height: int, width: i
         xt = cv2.resize(np.ascontiguousarray(low.T), (mh, fw), interpolation=cv2.INTER_LINEAR)
         xt = xt.reshape(fw, mh)[cx0 - fx0: cx1 - fx0]
         lo, hi = ry0 - fy0, ry1 - fy0          # frame rows inside the image: [lo, hi)
-
-        def fg(v: np.ndarray, ci: np.ndarray, r: np.ndarray) -> np.ndarray:
-            """Foreground at frame rows ``r`` of columns ``ci`` of ``v``: the bilinear value at
-            the row centre, computed the same way for every row."""
-            u = np.clip((r + 0.5) * mh / fh - 0.5, 0, mh - 1)
-            i0 = np.floor(u).astype(np.int64)
-            w = u - i0
-            return v[ci, i0] * (1 - w) + v[ci, np.minimum(i0 + 1, mh - 1)] * w >= thr
-
         # as many columns per step as chunk_columns full-resolution columns would hold values
         step = max(1, int(chunk_columns)) * max(1, fh // mh)
         for c0 in range(0, cx1 - cx0, step):
             v = xt[c0: c0 + step].astype(np.float64)
             col = np.arange(c0, c0 + v.shape[0], dtype=np.int64) + cx0
-            every = np.arange(v.shape[0])
             ge = v >= thr
             ci, k = np.nonzero(ge[:, :-1] != ge[:, 1:])          # segments crossing the threshold
             a, b = v[ci, k], v[ci, k + 1]
-            rf = (k + (thr - a) / (b - a) + 0.5) * fh / mh - 0.5  # the row where the value is thr
-            # the value can flip between rows t-1 and t only for a crossing at t-1 <= rf <= t:
-            # test the rows around each (rounding may move rf by one)
-            cand = np.floor(rf).astype(np.int64)[:, None] + np.arange(-1, 3)[None, :]
-            cand = _distinct(np.clip(cand, lo + 1, max(lo + 1, hi - 1)) + (ci * (fh + 2))[:, None])
-            cc, cr = np.divmod(cand, fh + 2)
-            inside = (cr > lo) & (cr < hi)
-            cc, cr = cc[inside], cr[inside]
-            flip = fg(v, cc, cr) != fg(v, cc, cr - 1)
-            toggles.append(col[cc[flip]] * H + fy0 + cr[flip])
-            toggles.append(col[fg(v, every, np.full(len(every), lo))] * H + ry0)      # a column starting inside
-            toggles.append(col[fg(v, every, np.full(len(every), hi - 1))] * H + ry1)  # ... and ending inside
+            # frame row r samples u = (r + 0.5) mh / fh - 0.5; the value is thr at u* = k + (thr-a)/(b-a)
+            rf = (k + (thr - a) / (b - a) + 0.5) * fh / mh - 0.5
+            near = np.abs(rf - np.round(rf)) < 1e-9               # a row centre on the crossing: a tie,
+            rf = np.where(near, np.round(rf), rf)                  # which is foreground (>= threshold)
+            # rising (b > a): foreground from u* on -> first row ceil(rf); falling: up to u* -> floor(rf) + 1
+            t = np.where(b > a, np.ceil(rf), np.floor(rf) + 1)
+            t = np.clip(t, lo, hi).astype(np.int64)
+            toggles.append(col[ci] * H + fy0 + t)
+            toggles.append(col[ge[:, 0]] * H + ry0)     # the value before the first sample: a column starting inside
+            toggles.append(col[ge[:, -1]] * H + ry1)    # ... after the last one: ending inside
     # flips at one position cancel in pairs (a run going on across a column boundary)
     pos = _distinct(np.concatenate(toggles), odd=True) if toggles else np.zeros(0, dtype=np.int64)
     pos = pos[pos < H * W]
