@@ -95,6 +95,9 @@ def run_training_ladder(defs: Definitions, instance: DagsterInstance, scheme: st
         if not res.success:
             raise RuntimeError(f"checkpoint[{part}] failed: {_root_cause(res)}")
         rep = dict(current(layout, key, tier) or {})
+        ck = res.asset_materializations_for_node("checkpoint")
+        if ck and "reused" in ck[0].metadata:  # this run's answer, not the first run's report
+            rep["reused"] = bool(getattr(ck[0].metadata["reused"], "value", ck[0].metadata["reused"]))
         scores = {}
         if bench:
             mats = res.asset_materializations_for_node("checkpoint_bench")

@@ -197,7 +197,7 @@ def test_a_checkpoint_on_the_bench_and_in_the_lineage_of_its_images(root):
 
     out = run_training_ladder(root["defs"], root["instance"], "III", ["4K"], bench=True, log=lambda *_: None)
     rep = out[0]
-    assert rep["bench_model"] == f"ckpt-III-4K-{rep['fingerprint'][:8]}"
+    assert rep["reused"] and rep["bench_model"] == f"ckpt-III-4K-{rep['fingerprint'][:8]}"
     scores = rep["bench_scores"]
     assert scores and all(math.isfinite(v) for v in scores.values()), rep
     client = _mlflow(root["uri"])
