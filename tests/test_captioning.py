@@ -367,6 +367,9 @@ def test_render_highlight_with_the_dimmed_image_given():
         for px in (0, 2):
             a = G.render_highlight(img, m, 0.4, px, (1, 2, 3))
             assert np.array_equal(a, G.render_highlight(img, m, 0.4, px, (1, 2, 3), dark=dark))
+            slot = np.full((2,) + img.shape, 7, np.uint8)
+            b = G.render_highlight(img, m, 0.4, px, (1, 2, 3), dark=dark, out=slot[1])
+            assert np.shares_memory(b, slot) and np.array_equal(slot[1], a) and (slot[0] == 7).all()
     assert np.array_equal(dark, G.dimmed(img, 0.4))           # the given image is not written to
 
 

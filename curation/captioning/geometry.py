@@ -211,18 +211,25 @@ def dimmed(image: np.ndarray, dim: float = 0.35) -> np.ndarray:
 
 
 def render_highlight(image: np.ndarray, mask: np.ndarray, dim: float = 0.35, outline_px: int = 3,
-                     outline_rgb: Sequence[int] = (255, 64, 0), dark: np.ndarray | None = None) -> np.ndarray:
+                     outline_rgb: Sequence[int] = (255, 64, 0), dark: np.ndarray | None = None,
+                     out: np.ndarray | None = None) -> np.ndarray:
     """``image`` with the pixels outside ``mask`` darkened to ``dim`` x their value and a
     ``outline_px`` wide outline drawn just outside the mask edge; pixels inside the mask keep
     their values. ``mask`` has the image's height and width. ``dark``: :func:`dimmed` of the
-    image when the caller has it (several highlights of one image)."""
+    image when the caller has it (several highlights of one image); ``out``: a uint8 array of
+    the image's shape to draw into (returned), e.g. one slot of a batch allocated at once."""
     import cv2
 
     img = np.asarray(image)
     m = np.asarray(mask, bool)
     if img.shape[:2] != m.shape:
         raise ValueError(f"mask {m.shape} does not match image {img.shape[:2]}")
-    out = dimmed(img, dim) if dark is None else np.array(dark, dtype=np.uint8, copy=True)
+    if dark is None:
+        dark = dimmed(img, dim)
+    if out is None:
+        out = np.array(dark, dtype=np.uint8, copy=True)
+    else:
+        np.copyto(out, dark)
     rows, cols = np.flatnonzero(m.any(axis=1)), np.flatnonzero(m.any(axis=0))
     if rows.size == 0:
         return out
@@ -240,14 +247,17 @@ def render_highlight(image: np.ndarray, mask: np.ndarray, dim: float = 0.35, out
 
 def highlight_image(src: Any, rle: Mapping[str, Any], long_edge: int = 1024, dim: float = 0.35,
                     outline_px: int = 3, outline_rgb: Sequence[int] = (255, 64, 0), band_rows: int = 1024,
-                    thumbnail: np.ndarray | None = None, dark: np.ndarray | None = None) -> np.ndarray:
+                    thumbnail: np.ndarray | None = None, dark: np.ndarray | None = None,
+                    out: np.ndarray | None = None) -> np.ndarray:
     """The highlighted full image of one instance: a downscaled read of the image (or the given
     ``thumbnail`` of it, reused across instances, and its :func:`dimmed` copy ``dark``) with
-    the instance's RLE mask sampled on the thumbnail grid (:func:`render_highlight`)."""
+    the instance's RLE mask sampled on the thumbnail grid (:func:`render_highlight`, drawn into
+    ``out`` when given)."""
     from curation.captioning import rle as rle_mod
 
     thumb = thumbnail if thumbnail is not None else downscaled_read(src, long_edge, band_rows)
     if tuple(int(v) for v in rle["size"]) != (src.height, src.width):
         raise ValueError(f"mask size {rle['size']} does not match the image {src.height}x{src.width}")
     small = rle_mod.decode_resized(rle, thumb.shape[0], thumb.shape[1])
-    return render_highlight(thumb, small, dim, outline_px, outline_rgb, dark=dark if thumbnail is not None else None)
+    return render_highlight(thumb, small, dim, outline_px, outline_rgb, dark=dark if thumbnail is not None else None,
+                            out=out)
