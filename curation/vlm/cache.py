@@ -22,6 +22,18 @@ if TYPE_CHECKING:  # pragma: no cover
     from curation.vlm.client import JudgeResult
 
 
+#: key under which the ``usage`` column also records that an answer was cut off at max_tokens
+#: (``JudgeResult.truncated``; only ``reask=False`` tasks keep such answers)
+_TRUNCATED = "uhrforge_truncated"
+
+
+def _usage_json(r: JudgeResult) -> str | None:
+    usage = dict(r.usage or {})
+    if getattr(r, "truncated", False):
+        usage[_TRUNCATED] = True
+    return json.dumps(usage) if usage else None
+
+
 def _sha256_text(s: str) -> str:
     return hashlib.sha256(s.encode("utf-8")).hexdigest()
 
@@ -65,7 +77,9 @@ class VLMCache:
             row = self._db.execute("SELECT answer, raw, usage FROM answers WHERE key=?", (key,)).fetchone()
         if row is None:
             return None
-        return {"answer": json.loads(row[0]), "raw": row[1], "usage": json.loads(row[2]) if row[2] else None}
+        usage = json.loads(row[2]) if row[2] else None
+        truncated = bool(usage.pop(_TRUNCATED, False)) if isinstance(usage, dict) else False
+        return {"answer": json.loads(row[0]), "raw": row[1], "usage": usage or None, "truncated": truncated}
 
     def put(self, r: JudgeResult) -> None:
         with self._lock:
@@ -73,7 +87,7 @@ class VLMCache:
                 self._db.execute(
                     "INSERT OR REPLACE INTO answers VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
                     (r.cache_key, r.image_id, r.task, r.model, r.backend, r.prompt_hash,
-                     json.dumps(r.answer, ensure_ascii=False), r.raw, json.dumps(r.usage) if r.usage else None,
+                     json.dumps(r.answer, ensure_ascii=False), r.raw, _usage_json(r),
                      r.latency_s, r.attempts, time.time()))
                 self._db.execute("DELETE FROM failures WHERE key=?", (r.cache_key,))
             else:

@@ -5,7 +5,8 @@ registered by name in :data:`VLM_BACKENDS` (a :class:`curation.registry.Registry
 
 * ``vllm`` (:class:`HttpVLMClient`) -- the OpenAI-compatible chat-completions API that
   ``vllm serve`` exposes: ``POST {endpoint}/v1/chat/completions``, images as base64 data URLs
-  (images first, in the order given, then the prompt text), an optional API key read from the
+  (images first, in the order given, then the prompt text; a task with ``text_first`` sends the
+  text first, then the images), an optional API key read from the
   environment variable named by ``api_key_env`` and sent as ``Authorization: Bearer ...``
   (never logged, never stored in a result or the cache);
 * ``heuristic`` (:class:`curation.vlm.heuristic.HeuristicVLMClient`) -- the deterministic
@@ -26,7 +27,9 @@ Request life cycle (:meth:`VLMClient.run`):
    honoured up to the cap). Other 4xx answers are not retried.
 4. **Parse and validate** the answer (:func:`curation.vlm.tasks.parse_judge_json`, then the
    task's schema, :class:`~curation.vlm.tasks.TaskSpec`). A malformed or out-of-schema answer
-   (or one cut off by ``max_tokens``) is asked again up to ``schema_retries`` times.
+   (or one cut off by ``max_tokens``) is asked again up to ``schema_retries`` times -- except
+   for a task with ``reask=False``, whose answer is read once as it comes (a truncated answer
+   parsed as it is, ``truncated=True`` in its result).
 5. **Record**: a :class:`JudgeResult` per request, in request order, with ``status`` ``"ok"``
    or ``"judge_failed"`` (with the reason). A failure is never a pass: callers must test
    ``result.ok`` before reading ``result.answer``.
@@ -85,7 +88,11 @@ class VLMRequest:
       client's ``image_format``/``jpeg_quality``), already encoded bytes (JPEG, PNG or WebP,
       sent as they are: use this for the bench's JPEG-98 views), PIL images or file paths;
     * ``variables`` -- values for the prompt's ``{{name}}`` placeholders;
-    * ``prompt`` -- a prompt file for this request only (else the client's file for the task).
+    * ``prompt`` -- a prompt file for this request only (else the client's file for the task);
+    * ``text`` -- the prompt text exactly as it is to be sent, rendered by the caller from its
+      own prompt source (e.g. a reference implementation's prompt builders); ``prompt`` then
+      names that source file, whose sha256 is recorded as ``prompt_hash`` (``variables`` are
+      not applied to it, only kept with the request).
     """
 
     task: str
@@ -93,12 +100,15 @@ class VLMRequest:
     images: Sequence[ImageInput] = ()
     variables: Mapping[str, Any] = field(default_factory=dict)
     prompt: str | os.PathLike | None = None
+    text: str | None = None
 
 
 @dataclass
 class JudgeResult:
     """The outcome of one request. ``status`` is ``"ok"`` or ``"judge_failed"``; ``answer`` is
-    the validated answer dict (None on failure), ``reason`` says why it failed."""
+    the validated answer dict (None on failure), ``reason`` says why it failed; ``truncated``:
+    the answer was cut off at ``max_tokens`` and read as it is (only tasks with ``reask=False``
+    accept such an answer)."""
 
     task: str
     image_id: str
@@ -116,6 +126,7 @@ class JudgeResult:
     request: dict = field(default_factory=dict)
     usage: dict | None = None
     raw: str | None = None
+    truncated: bool = False
 
     @property
     def ok(self) -> bool:
@@ -294,7 +305,7 @@ class VLMClient(abc.ABC):
             hit = self.cache.get(p.key) if self.cache is not None else None
             if hit is not None:
                 results[p.key] = self._result(p, OK, hit["answer"], None, time.perf_counter() - t0, 0, True,
-                                              hit["usage"], hit["raw"])
+                                              hit["usage"], hit["raw"], bool(hit.get("truncated")))
             else:
                 todo[p.key] = p
         if todo:
@@ -365,22 +376,27 @@ class VLMClient(abc.ABC):
         lo, hi = spec.n_images
         if not lo <= len(req.images) <= hi:
             raise ValueError(f"{req.task}: expects {lo}..{hi} image(s), got {len(req.images)} ({req.image_id})")
+        if req.text is not None and (req.prompt is None or not isinstance(req.text, str) or not req.text):
+            raise ValueError(f"{req.task}: a request with its own text needs a non-empty string and the prompt "
+                             f"file it was built from ({req.image_id})")
         path = self._prompt_path(spec, req.prompt)
         pk = str(path)
         if pk not in prompts:  # read once per run: an edited file is seen by the next run
             prompts[pk] = load_prompt(path)
         prompt = prompts[pk]
-        text = prompt.render(req.variables)
+        text = req.text if req.text is not None else prompt.render(req.variables)
         settings = self.request_settings(spec)
         key = cache_key(req.image_id, spec.name, self.model, prompt.sha256, text, settings)
         return _Prepared(req, spec, prompt, text, settings, key)
 
     def _result(self, p: _Prepared, status: str, answer: dict | None, reason: str | None, latency: float,
-                attempts: int, cached: bool, usage: dict | None = None, raw: str | None = None) -> JudgeResult:
+                attempts: int, cached: bool, usage: dict | None = None, raw: str | None = None,
+                truncated: bool = False) -> JudgeResult:
         return JudgeResult(task=p.spec.name, image_id=p.req.image_id, status=status, answer=answer, reason=reason,
                            model=self.model, backend=self.backend, prompt_path=p.prompt.path,
                            prompt_hash=p.prompt.sha256, latency_s=round(latency, 6), attempts=attempts,
-                           cached=cached, cache_key=p.key, request=copy.deepcopy(p.request), usage=usage, raw=raw)
+                           cached=cached, cache_key=p.key, request=copy.deepcopy(p.request), usage=usage, raw=raw,
+                           truncated=truncated)
 
     # -- execution -----------------------------------------------------------------------------
     def _execute_safe(self, p: _Prepared) -> JudgeResult:
@@ -416,16 +432,17 @@ class VLMClient(abc.ABC):
                 time.sleep(self._backoff(transport_failures - 1, out.retry_after))
                 continue
             usage, last_raw = out.usage, out.text
-            if out.truncated:
+            if out.truncated and p.spec.reask:
                 answer, problems = None, ["answer cut off at max_tokens"]
             elif out.text is None and out.reason:
                 answer, problems = None, [out.reason]
             else:
                 answer, problems = p.spec.validate(out.text)
             if not problems:
-                return self._result(p, OK, answer, None, time.perf_counter() - t0, attempts, False, usage, out.text)
+                return self._result(p, OK, answer, None, time.perf_counter() - t0, attempts, False, usage, out.text,
+                                    truncated=out.truncated)
             invalid += 1
-            if invalid > self.schema_retries:
+            if invalid > (self.schema_retries if p.spec.reask else 0):
                 return self._result(p, JUDGE_FAILED, None,
                                     f"invalid answer after {attempts} attempts: " + "; ".join(problems),
                                     time.perf_counter() - t0, attempts, False, usage, last_raw)
@@ -489,13 +506,19 @@ class HttpVLMClient(VLMClient):
         super().close()
 
     def body(self, p: _Prepared) -> dict:
-        """The chat-completions request body of a prepared request."""
+        """The chat-completions request body of a prepared request: the images in the order
+        given, then the text (a ``text_first`` task: the text, then the images)."""
         content: list[dict] = [
             {"type": "image_url", "image_url": {"url": image_data_url(im, self.image_format, self.jpeg_quality)}}
             for im in p.req.images
         ]
-        content.append({"type": "text", "text": p.text})
+        text = {"type": "text", "text": p.text}
+        content = [text, *content] if p.spec.text_first else [*content, text]
         return {"model": self.model, "messages": [{"role": "user", "content": content}], **p.request}
+
+    def request_body(self, request: VLMRequest) -> dict:
+        """The body :meth:`run` would send for ``request`` (validated the same way; nothing is sent)."""
+        return self.body(self._prepare(request, {}))
 
     def _attempt(self, p: _Prepared) -> _Outcome:
         import httpx

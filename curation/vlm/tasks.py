@@ -10,8 +10,10 @@ Built in here: the corpus tasks of paper 3.1.4 / 3.1.2 (``region_artifact``,
 ``instance_artifact``, ``artimuse_aesthetics``; request settings :data:`CORPUS_REQUEST`:
 temperature 0.1, max_tokens 1024, JSON response format, thinking off). Other layers register
 their own tasks where they live: the bench's MSFI and ICS tasks (``msfi_global``,
-``msfi_local``, ``ics``) are registered by the bench's metric modules (msfi, ics)
-with the reference's request settings; this library never imports the bench.
+``msfi_local``, ``ics`` with the project's prompts; ``pixverve_msfi_global``,
+``pixverve_msfi_local``, ``pixverve_ics`` sending the reference's prompt text per request, text
+first, read once) are registered by the bench's metric modules (msfi, ics) with the reference's
+request settings; this library never imports the bench.
 """
 
 from __future__ import annotations
@@ -131,6 +133,12 @@ class TaskSpec:
     reports the task as a judge failure ("no heuristic"). ``json_answer=False`` makes a free-
     text task (captioners): the answer is ``{"text": content}``.
 
+    ``text_first``: the request's message puts the prompt text before the images (default:
+    images first, then the text). ``reask=False``: the answer is read once, as it comes -- a
+    malformed answer is a judge failure at once (not asked again) and an answer cut off at
+    ``max_tokens`` is parsed as it is (``JudgeResult.truncated`` says so); for protocols that
+    reproduce a reference which does the same (the bench's ``pixverve_*`` tasks).
+
     A spec is its own factory (the registry holds factories): ``spec()`` is the spec itself,
     ``spec(prompt_file=...)`` a modified copy.
     """
@@ -144,6 +152,8 @@ class TaskSpec:
     heuristic: Callable[[list[np.ndarray], Mapping[str, Any]], dict] | None = None
     json_answer: bool = True
     description: str = ""
+    text_first: bool = False
+    reask: bool = True
 
     def __call__(self, **changes: Any) -> TaskSpec:
         return dataclasses.replace(self, **changes) if changes else self
