@@ -100,15 +100,20 @@ def _summary(result) -> dict:
               "(default $UHR_DATA_ROOT or data/demo).")
 @click.option("--judge", "judge_backend", type=click.Choice(["auto", "vllm", "heuristic", "none"]), default=None,
               help="MSFI / ICS judge backend (default auto: vllm when an endpoint is configured, "
-                   "else the offline heuristic judge, reported as msfi_heuristic / ics_heuristic).")
+                   "else the offline heuristic judge, reported as <metric>_heuristic, e.g. msfi_strict_heuristic).")
 @click.option("--judge-endpoint", default=None, help="OpenAI-compatible judge endpoint (default $UHR_VLM_ENDPOINT, else judges.bench.endpoint).")
 @click.option("--judge-model", default=None, help="Served judge model name (default judges.bench.model of the profile).")
+@click.option("--reference-prompts", type=click.Path(exists=True), default=None,
+              help="Local copy of PixVerve-95K's eval/util/build_prompts.py (or a folder holding it): msfi / ics "
+                   "read the reference's judge prompts from it (default $UHR_BENCH_REFERENCE_PROMPTS, else "
+                   "judges.bench.reference_prompts; none: msfi / ics not available, msfi_strict / ics_strict run).")
 @click.option("--no-mlflow", is_flag=True, help="Do not log an MLflow run.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object: model, metrics (value or null and "
               "reason), images, missing, files, MLflow run.")
 def bench_cmd(model_dir: str, prompts: str, reference: str | None, out_dir: str | None, name: str | None,
               metrics: tuple[str, ...], eval_size: int, data_root: str | None, judge_backend: str | None,
-              judge_endpoint: str | None, judge_model: str | None, no_mlflow: bool, as_json: bool) -> None:
+              judge_endpoint: str | None, judge_model: str | None, reference_prompts: str | None, no_mlflow: bool,
+              as_json: bool) -> None:
     """Score the images in MODEL_DIR on the bench (every registered metric; unavailable ones say
     why), write per-image CSV / HTML and scores.json, and log an MLflow run
     ($MLFLOW_TRACKING_URI, default a sqlite store under the data root)."""
@@ -117,7 +122,7 @@ def bench_cmd(model_dir: str, prompts: str, reference: str | None, out_dir: str 
     from orchestration.bench_resources import bench_settings_from_env
 
     settings = bench_settings_from_env(data_root, judge_backend=judge_backend, judge_endpoint=judge_endpoint,
-                                       judge_model=judge_model)
+                                       judge_model=judge_model, reference_prompts=reference_prompts)
     cfg = settings.bench_config(metrics=list(metrics) or None, eval_size=eval_size, mlflow=not no_mlflow)
     log = (lambda _m: None) if as_json else (lambda m: click.echo(m, err=True))
     try:

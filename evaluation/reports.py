@@ -6,7 +6,10 @@
   stand in for), the arrow of each metric's direction in its header, the best value of each
   column in **bold** and the second best underlined (as the paper), per direction (FID lower is
   better, the others higher); a metric with no direction (compression ratio) is reported, not
-  ranked. A cell without a value is ``n/a`` with a numbered note giving the reason. Then a
+  ranked. A cell without a value is ``n/a`` with a numbered note giving the reason. The MSFI
+  and ICS columns are ``msfi`` / ``ics`` (the reference's judge protocol) when that protocol
+  ran for some model, else ``msfi_strict`` / ``ics_strict`` (the project's own protocol), never
+  both (:data:`PROTOCOL_PAIRS`; the same for their ``_heuristic`` stand-ins). Then a
   latency / memory column per model, like the paper's Table A2: generation latency and peak
   memory for a generator, scoring latency and peak memory for a folder (labelled).
 * :func:`per_image_csv` -- one row per bench row, value and reason per metric.
@@ -30,8 +33,13 @@ from evaluation.results import NOT_SELECTED
 #: Table 3's columns first, then the project's metrics next to what they stand in for
 COLUMN_ORDER = (
     "fid", "fid_fidhelper_inception", "fid_patch", "fid_patch_fidhelper_inception", "aesthetics", "glcm",
-    "glcm_entropy", "msfi", "msfi_heuristic", "clipscore", "fgclip2", "ics", "ics_heuristic", "compression_ratio",
+    "glcm_entropy", "msfi", "msfi_strict", "msfi_heuristic", "msfi_strict_heuristic", "clipscore", "fgclip2", "ics",
+    "ics_strict", "ics_heuristic", "ics_strict_heuristic", "compression_ratio",
 )
+#: (reference-protocol column, the project's own protocol's column): Table 3 shows the first when
+#: the reference protocol ran for some model, else the second
+PROTOCOL_PAIRS = (("msfi", "msfi_strict"), ("ics", "ics_strict"), ("msfi_heuristic", "msfi_strict_heuristic"),
+                  ("ics_heuristic", "ics_strict_heuristic"))
 DISPLAY = {
     "fid": "FID",
     "fid_fidhelper_inception": "FID (fid-helper Inception, stand-in)",
@@ -41,14 +49,21 @@ DISPLAY = {
     "glcm": "GLCM Score",
     "glcm_entropy": "GLCM entropy (F.1 text)",
     "msfi": "MSFI",
+    "msfi_strict": "MSFI (uhrforge strict judge protocol)",
     "msfi_heuristic": "MSFI (heuristic judge, not a model)",
+    "msfi_strict_heuristic": "MSFI strict (heuristic judge, not a model)",
     "clipscore": "CLIPScore",
     "fgclip2": "FG-CLIP2 Score",
     "ics": "ICS",
+    "ics_strict": "ICS (uhrforge strict judge protocol)",
     "ics_heuristic": "ICS (heuristic judge, not a model)",
+    "ics_strict_heuristic": "ICS strict (heuristic judge, not a model)",
     "compression_ratio": "Compression ratio",
 }
 NA = "n/a"
+#: the reference judge protocol's counts (evaluation.metrics.reference_judge.StrictCounts)
+STRICT_COUNTS = ("n_strict_refused", "n_defaulted", "n_not_number", "n_half_points", "n_out_of_range", "n_non_finite",
+                 "n_boolean", "n_truncated", "n_reasoning_not_string", "n_no_answer")
 
 
 def display_name(metric: str) -> str:
@@ -70,9 +85,25 @@ def _order_key(name: str) -> tuple[int, str]:
         return len(COLUMN_ORDER), name
 
 
+def protocol_ran(results: Sequence[Any], metric: str) -> bool:
+    """Whether ``metric`` was computed for some model: a value, or a reason that is not "not
+    available" / "not selected" / "not run" (e.g. every judge call failed)."""
+    for r in results:
+        m = r.metrics.get(metric)
+        if m is None:
+            continue
+        why = m.get("reason") or ""
+        if m.get("value") is not None or not why.startswith(("not available", "not run", NOT_SELECTED)):
+            return True
+    return False
+
+
 def table_metrics(results: Sequence[Any]) -> list[str]:
-    """Metric columns: every metric that was run for at least one model (not 'not selected')."""
+    """Metric columns: every metric that was run for at least one model (not 'not selected');
+    of each :data:`PROTOCOL_PAIRS` pair only one, the reference protocol's when it ran."""
     names = {k for r in results for k, v in r.metrics.items() if v.get("reason") != NOT_SELECTED}
+    for reference, strict in PROTOCOL_PAIRS:
+        names.discard(strict if protocol_ran(results, reference) else reference)
     return sorted(names, key=_order_key)
 
 
@@ -314,12 +345,13 @@ def per_image_html(result: Any, path: str | os.PathLike) -> str:
     if jb and not result.judge.get("is_model"):
         b.append(f"<p class='heur'>Judge backend <b>{html.escape(str(jb))}</b> ({html.escape(str(result.judge.get('model')))}): "
                  "not a vision-language model. Its MSFI / ICS-shaped scores are reported as <code>msfi_heuristic</code> / "
-                 "<code>ics_heuristic</code>, never as MSFI / ICS.</p>")
+                 "<code>ics_heuristic</code> (<code>msfi_strict_heuristic</code> / <code>ics_strict_heuristic</code>), "
+                 "never as MSFI / ICS.</p>")
     b.append("<h2>Set scores</h2><table><tr><th>metric</th><th>value</th><th>protocol</th><th>notes</th></tr>")
     for k, m in sorted(result.metrics.items(), key=lambda kv: _order_key(kv[0])):
         ex = m.get("extra") or {}
-        note = ", ".join(f"{a}={ex[a]}" for a in ("n_scored", "n_images", "n_pairs", "n_complete", "judge_backend")
-                         if a in ex)
+        note = ", ".join([f"{a}={ex[a]}" for a in ("n_scored", "n_images", "n_pairs", "n_complete", "judge_backend")
+                          if a in ex] + [f"{a}={ex[a]}" for a in ("n_left_out", *STRICT_COUNTS) if ex.get(a)])
         b.append(f"<tr><td>{html.escape(display_name(k))}{_arrow(m.get('higher_is_better'))}</td>"
                  f"<td>{_val(m.get('value'), m.get('reason'))}</td><td><code>{html.escape(str(m.get('protocol_version')))}"
                  f"</code></td><td>{html.escape(note)}</td></tr>")
@@ -352,11 +384,17 @@ def per_image_html(result: Any, path: str | os.PathLike) -> str:
     return _write(path, _page(f"bench {result.model}", "\n".join(b)))
 
 
+def _counts_line(ex: dict) -> str:
+    """The reference protocol's counts of what a strict reading would refuse (non-zero ones)."""
+    shown = [f"{k}={ex[k]}" for k in STRICT_COUNTS if ex.get(k)]
+    return f"<p class='cap'>strict reading would refuse: {html.escape(', '.join(shown))}</p>" if shown else ""
+
+
 def _msfi_block(name: str, ex: dict, base: Path) -> str:
     out = [f"<h4>{html.escape(display_name(name))}: what the judge saw (backend {html.escape(str(ex.get('judge_backend')))}, "
            f"model {html.escape(str(ex.get('judge_model')))})</h4>"]
     g = _rel(ex.get("global_view"), base)
-    gsub = ex.get("global_sub") or {}
+    gsub = {k: v for k, v in (ex.get("global_sub") or {}).items() if isinstance(v, (int, float))}
     out.append("<div class='patches'>")
     if g:
         out.append(f"<div class='patch'><a href='{html.escape(g)}'><img src='{html.escape(g)}'></a><br>global view "
@@ -376,6 +414,7 @@ def _msfi_block(name: str, ex: dict, base: Path) -> str:
                f"complete (all 11 answers): {ex.get('complete')}</p>")
     if ex.get("failures"):
         out.append(f"<p class='na'>judge failures: {html.escape(str(ex['failures']))}</p>")
+    out.append(_counts_line(ex))
     return "\n".join(out)
 
 
@@ -387,9 +426,10 @@ def _ics_block(name: str, ex: dict, base: Path) -> str:
         out.append(f"<a href='{html.escape(v)}'>judge view {ex.get('view_size')}</a> ")
     out.append(f"<span>{html.escape(subs)}</span>")
     ph = ex.get("prompt_hashes") or {}
-    out.append(f"<p class='cap'>prompt hash: {html.escape(str(ph.get('ics'))[:16])}</p>")
+    out.append(f"<p class='cap'>prompt hash: {html.escape(', '.join(str(v)[:16] for v in ph.values()))}</p>")
     if ex.get("failures"):
         out.append(f"<p class='na'>judge failures: {html.escape(str(ex['failures']))}</p>")
+    out.append(_counts_line(ex))
     return "\n".join(out)
 
 

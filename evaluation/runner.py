@@ -23,9 +23,12 @@ What a run produces (``out_dir``, default ``<data root>/bench/<model>``):
   reports above. Tracking URI: ``BenchConfig.tracking_uri``, else ``$MLFLOW_TRACKING_URI``, else
   ``sqlite:///<data root>/mlflow/mlflow.db`` (artifacts next to it).
 
-Unavailable metrics are kept with their reason ("not available: ..."), never a number. A judge
-whose backend is not a model endpoint (the offline ``heuristic`` client) produces
-``msfi_heuristic`` / ``ics_heuristic``; ``msfi`` / ``ics`` then say why they have no value.
+Unavailable metrics are kept with their reason ("not available: ..."), never a number. ``msfi`` /
+``ics`` run the reference's judge protocol and need the reference's prompts file
+(``BenchConfig.reference_prompts``); ``msfi_strict`` / ``ics_strict`` run the project's own. A
+judge whose backend is not a model endpoint (the offline ``heuristic`` client) produces
+``<metric>_heuristic`` (``msfi_heuristic``, ``msfi_strict_heuristic``, ...); the real names then
+say why they have no value.
 
 Library only: no Dagster import (the asset in ``assets/bench.py`` and ``uhr bench`` call it).
 """
@@ -131,6 +134,10 @@ def default_data_root() -> Path:
     return Path("data") / "demo"
 
 
+#: keys of ``judges.bench`` that configure the bench, not the judge client (``make_judge`` drops them)
+BENCH_JUDGE_KEYS = ("reference_prompts",)
+
+
 def make_judge(backend: str | None, section: Mapping[str, Any] | None = None, *,
                base_dir: str | os.PathLike | None = None, cache_dir: str | os.PathLike | None = None) -> Any:
     """The MSFI / ICS judge: a :mod:`curation.vlm` client, or None for backend ``none``.
@@ -146,7 +153,8 @@ def make_judge(backend: str | None, section: Mapping[str, Any] | None = None, *,
         return None
     from curation.vlm import create_vlm_client
 
-    cfg: dict[str, Any] = {**dict(section or {}), "backend": backend}
+    cfg: dict[str, Any] = {k: v for k, v in dict(section or {}).items() if k not in BENCH_JUDGE_KEYS}
+    cfg["backend"] = backend
     if cache_dir:
         cfg["cache_dir"] = str(cache_dir)
     return create_vlm_client(cfg, base_dir=base_dir)
@@ -171,6 +179,8 @@ class BenchConfig:
     * ``metric_options``: ``{name: {kwarg: value}}`` passed to ``create_metric``;
     * ``eval_size``: FID evaluation size S (4096 / 8192 / 10240 for the 4K / 8K / 10K tiers);
     * ``judge``: a VLM client (:mod:`curation.vlm`) for MSFI / ICS, or None;
+    * ``reference_prompts``: the reference's ``eval/util/build_prompts.py`` (or a folder holding
+      it) that ``msfi`` / ``ics`` read their prompts from; None: they are "not available";
     * ``mlflow``: log a run; ``tracking_uri`` / ``experiment``;
     * ``save_views``: keep what the judges saw; ``thumbnails``: write HTML thumbnails;
     * generation (when the model is a generator): ``width``, ``height``, ``base_seed``,
@@ -183,6 +193,7 @@ class BenchConfig:
     eval_size: int = 4096
     device: str = "cpu"
     judge: Any = None
+    reference_prompts: str | None = None
     data_root: str | None = None
     mlflow: bool = True
     tracking_uri: str | None = None
@@ -200,7 +211,9 @@ class BenchConfig:
 # metrics
 # =============================================================================================
 FID_FAMILY = ("fid", "fid_patch", "fid_fidhelper_inception", "fid_patch_fidhelper_inception")
-JUDGED = ("msfi", "ics")
+#: the judged metrics; the first two under the reference's protocol (they need its prompts file)
+JUDGED = ("msfi", "ics", "msfi_strict", "ics_strict")
+REFERENCE_JUDGED = ("msfi", "ics")
 
 
 def _make_metric(name: str, cfg: BenchConfig, cache_dir: str | None) -> Any:
@@ -214,15 +227,17 @@ def _make_metric(name: str, cfg: BenchConfig, cache_dir: str | None) -> Any:
             opts.setdefault("cache_dir", cache_dir)
     elif name in JUDGED:
         opts.setdefault("judge", cfg.judge)
+        if name in REFERENCE_JUDGED:
+            opts.setdefault("reference_prompts", cfg.reference_prompts)
     elif name in ("aesthetics", "clipscore", "fgclip2"):
         opts.setdefault("device", cfg.device)
     return create_metric(name, **opts)
 
 
 def _metric_record(m: Any, value: float | None, reason: str | None, extra: Mapping[str, Any]) -> dict[str, Any]:
-    cls = type(m)
+    cls = type(m)  # the instance's protocol version: a reference judge's records its prompts file's hash
     return {"value": value, "reason": reason, "kind": cls.kind, "higher_is_better": cls.higher_is_better,
-            "protocol_version": cls.protocol_version, "base_metric": cls.name, "extra": _jsonable(dict(extra))}
+            "protocol_version": m.protocol_version, "base_metric": cls.name, "extra": _jsonable(dict(extra))}
 
 
 def _image_info(path: str, hash_images: bool = True) -> dict[str, Any]:
@@ -544,9 +559,12 @@ def assemble_result(inputs: BenchInputs, chosen: BenchMetrics, scored: ImageScor
         "memory_kind": mem.kind,
     }
     selected, reference = chosen.selected, inputs.reference
-    judge = judge_info(cfg.judge, tuple(t for k in ("msfi", "ics") if k in selected for t in
-                                        (("msfi_global", "msfi_local") if k == "msfi" else ("ics",))))
+    judge = judge_info(cfg.judge, ())
+    for m in chosen.available.values():  # the prompt each judged task sent (a reference file's hash)
+        if callable(getattr(m, "prompt_hashes", None)):
+            judge["prompt_hashes"].update(m.prompt_hashes())
     judge["is_model"] = is_model_judge(cfg.judge)
+    judge["reference_prompts"] = _reference_prompts_info(cfg)
     return BenchResult(
         model=inputs.name, source=inputs.source, out_dir=str(inputs.out), prompts_file=str(inputs.prompts_path),
         prompts_sha256=sha256_file(inputs.prompts_path),
@@ -559,6 +577,15 @@ def assemble_result(inputs: BenchInputs, chosen: BenchMetrics, scored: ImageScor
                 "width": cfg.width, "height": cfg.height, "base_seed": cfg.base_seed},
         timings=timings, generation=inputs.generation,
     )
+
+
+def _reference_prompts_info(cfg: BenchConfig) -> dict[str, Any]:
+    """The reference prompts file of ``msfi`` / ``ics``: path, sha256, whether it is the pinned
+    file; or the reason it is not used."""
+    from evaluation.metrics.reference_judge import reference_prompts_or_reason
+
+    prompts, why = reference_prompts_or_reason(cfg.reference_prompts)
+    return prompts.describe() if prompts is not None else {"path": cfg.reference_prompts, "reason": why}
 
 
 def write_outputs(result: BenchResult) -> None:
@@ -625,6 +652,10 @@ def log_to_mlflow(result: BenchResult, tracking_uri: str, experiment: str = DEFA
     })
     for task, h in (result.judge.get("prompt_hashes") or {}).items():
         params[f"prompt_hash.{task}"] = h
+    ref = result.judge.get("reference_prompts") or {}
+    if ref.get("sha256"):
+        params.update({"reference_prompts.path": ref["path"], "reference_prompts.sha256": ref["sha256"],
+                       "reference_prompts.pinned": ref["pinned"]})
     if result.generation:
         for k in ("generator", "width", "height", "prompt_field", "base_seed"):
             params[f"generation.{k}"] = result.generation.get(k)

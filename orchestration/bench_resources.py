@@ -19,11 +19,16 @@ Read through :func:`orchestration.resources.env_setting`, like every other setti
 * ``UHR_CLIPSCORE_CLIP``   CLIP ViT-B/16 of ``clipscore``; ``UHR_FGCLIP2_MODEL`` FG-CLIP2 of ``fgclip2``
 * ``UHR_PROFILE``          the profile whose ``judges.bench`` section configures the MSFI / ICS
                            judge (model, prompts, request settings; default ``paper``)
+* ``UHR_BENCH_REFERENCE_PROMPTS``  the local copy of PixVerve-95K's ``eval/util/build_prompts.py``
+                           (or a folder holding it) that ``msfi`` / ``ics`` read the reference's
+                           judge prompts from (default ``judges.bench.reference_prompts``; none:
+                           those two are "not available", ``msfi_strict`` / ``ics_strict`` run)
 
 The judge's endpoint and API-key variable name come from the ``vlm`` resource
 (``UHR_VLM_ENDPOINT`` / ``UHR_VLM_API_KEY_ENV``, :class:`orchestration.resources.VLMEndpoint`),
-like every VLM use; no endpoint: the offline ``heuristic`` judge, reported as ``msfi_heuristic`` /
-``ics_heuristic``. ``uhr bench --judge / --judge-endpoint / --judge-model`` are explicit overrides.
+like every VLM use; no endpoint: the offline ``heuristic`` judge, reported as ``<metric>_heuristic``
+(``msfi_strict_heuristic``, ...). ``uhr bench --judge / --judge-endpoint / --judge-model /
+--reference-prompts`` are explicit overrides.
 """
 
 from __future__ import annotations
@@ -55,6 +60,8 @@ class BenchSettings(ConfigurableResource):
     judge_backend: str = "auto"
     judge_endpoint: str | None = None
     judge_model: str | None = None
+    #: the reference's prompts file of ``msfi`` / ``ics`` (None: ``judges.bench.reference_prompts``)
+    reference_prompts: str | None = None
     #: model locations of the weight-based metrics (None: each metric's default hub id)
     laion_clip: str | None = None
     aesthetic_mlp: str | None = None
@@ -91,11 +98,22 @@ class BenchSettings(ConfigurableResource):
             section["model"] = self.judge_model
         return make_judge(self.judge_backend, section, base_dir=self.data_root)
 
+    def reference_prompts_path(self) -> str | None:
+        """The reference prompts file of ``msfi`` / ``ics``: this setting (``uhr bench
+        --reference-prompts``, ``UHR_BENCH_REFERENCE_PROMPTS``), else the profile's
+        ``judges.bench.reference_prompts``; None when neither names one."""
+        if self.reference_prompts:
+            return self.reference_prompts
+        from curation.config import load_config
+
+        return load_config(self.profile).get("judges.bench.reference_prompts") or None
+
     def bench_config(self, vlm: VLMEndpoint | None = None, **overrides: Any):
         from evaluation.runner import BenchConfig
 
         kw = dict(eval_size=self.eval_size, metrics=self.metrics, judge=self.judge(vlm), data_root=self.data_root,
-                  tracking_uri=self.mlflow_tracking_uri, mlflow=self.mlflow, metric_options=self.metric_options())
+                  tracking_uri=self.mlflow_tracking_uri, mlflow=self.mlflow, metric_options=self.metric_options(),
+                  reference_prompts=self.reference_prompts_path())
         kw.update(overrides)
         return BenchConfig(**kw)
 
@@ -125,6 +143,7 @@ def bench_settings_from_env(data_root: str | None = None, env: Mapping[str, str]
         clipscore_clip=env_setting("UHR_CLIPSCORE_CLIP", env),
         fgclip2_model=env_setting("UHR_FGCLIP2_MODEL", env),
         profile=env_setting("UHR_PROFILE", env) or "paper",
+        reference_prompts=env_setting("UHR_BENCH_REFERENCE_PROMPTS", env),
     )
     kw.update({k: v for k, v in overrides.items() if v is not None})
     return BenchSettings(**kw)

@@ -112,7 +112,7 @@ def test_runner_rows_missing_and_extra(soft_run, bench):
     assert r.missing == ["b2"] and [Path(p).name for p in r.extra_files] == ["not_in_bench.png"]
     ok, missing = r.rows[0], r.rows[2]
     assert ok["sha256"] and ok["width"] == W and ok["height"] == H and ok["reference_path"].endswith("b0.png")
-    for name in ("glcm", "compression_ratio", "msfi_heuristic"):
+    for name in ("glcm", "compression_ratio", "msfi_strict_heuristic"):
         assert missing["values"][name] is None and missing["reasons"][name] == "missing image"
     assert Path(r.out_dir) == (bench["data"] / "bench" / "soft").resolve()
     assert load_result(r.out_dir).to_dict() == r.to_dict()
@@ -127,10 +127,13 @@ def test_unavailable_metrics_carry_reasons_never_numbers(soft_run):
             if r.metrics[name]["kind"] == "per_image":
                 assert row["values"][name] is None and row["reasons"][name].startswith(("not available", "missing"))
     # the heuristic judge never produces msfi / ics: the real names say why, stand-ins are labelled
-    for base in ("msfi", "ics"):
+    for base in ("msfi", "ics", "msfi_strict", "ics_strict"):
         assert r.metrics[base]["value"] is None and "heuristic" in r.metrics[base]["reason"]
-        stand_in = r.metrics[f"{base}_heuristic"]
+    for base in ("msfi", "ics"):
+        stand_in = r.metrics[f"{base}_strict_heuristic"]
         assert stand_in["value"] is not None and stand_in["extra"]["judge_backend"] == "heuristic"
+        # the reference protocol needs the reference's prompts file, even for a stand-in judge
+        assert r.metrics[f"{base}_heuristic"]["reason"].startswith("not available: no local copy of the reference")
     assert all(row["judge_backend"] == "heuristic" for row in r.rows if row["status"] == "ok")
     assert r.judge["backend"] == "heuristic" and r.judge["is_model"] is False
     assert set(r.judge["prompt_hashes"]) == {"msfi_global", "msfi_local", "ics"}
@@ -158,7 +161,7 @@ def test_per_image_vs_per_set(soft_run):
 
 def test_judge_views_kept_for_audit(soft_run):
     row = soft_run.rows[0]
-    ex = row["extra"]["msfi_heuristic"]
+    ex = row["extra"]["msfi_strict_heuristic"]
     assert Path(ex["global_view"]).is_file() and ex["patch_size"] == 512
     assert len(ex["patches"]) == 2  # a 1100 x 620 image has two 512-px cells
     for p in ex["patches"]:
@@ -167,7 +170,7 @@ def test_judge_views_kept_for_audit(soft_run):
             assert im.size == (512, 512) and im.format == "JPEG"
     with Image.open(ex["global_view"]) as im:
         assert max(im.size) == 2048  # the reference upscales the global view to long edge 2048
-    ics = row["extra"]["ics_heuristic"]
+    ics = row["extra"]["ics_strict_heuristic"]
     assert Path(ics["view"]).is_file() and {"IEV", "AAA", "SRA"} <= set(ics)
     assert ex["prompt_hashes"]["msfi_global"] == soft_run.judge["prompt_hashes"]["msfi_global"]
 
@@ -204,18 +207,18 @@ class _ModelJudge:
 
 def test_model_judge_keeps_the_published_names_and_records_failures(bench, tmp_path):
     judge = _ModelJudge()
-    cfg = BenchConfig(metrics=["msfi", "ics"], judge=judge, mlflow=False, data_root=str(tmp_path))
+    cfg = BenchConfig(metrics=["msfi_strict", "ics_strict"], judge=judge, mlflow=False, data_root=str(tmp_path))
     r = run_bench(bench["sharp"], bench["prompts"], config=cfg, out_dir=tmp_path / "o")
-    assert set(r.metrics) >= {"msfi", "ics"} and "msfi_heuristic" not in r.metrics
+    assert set(r.metrics) >= {"msfi_strict", "ics_strict"} and "msfi_strict_heuristic" not in r.metrics
     row = r.rows[0]
-    ex = row["extra"]["msfi"]
+    ex = row["extra"]["msfi_strict"]
     s_g = (5 * 5 + 3 * 4 + 2 * 4 + 2 * 3) / 12
     s_l = (2 * 4 + 3 * 4 + 5 * 3 + 2 * 5 + 2 * 4) / 14
-    assert row["values"]["msfi"] == pytest.approx(s_g + s_g / 5 * s_l)  # the failed patch is left out
+    assert row["values"]["msfi_strict"] == pytest.approx(s_g + s_g / 5 * s_l)  # the failed patch is left out
     assert ex["complete"] is False and ex["n_valid_patches"] == 1 and "HTTP 503" in ex["judge_failures"][0]
     assert [p["status"] for p in ex["patches"]] == ["ok", "judge_failed"]
-    assert row["values"]["ics"] == pytest.approx(math.sqrt(0.9) * (0.6 * 8 + 0.4 * 7))
-    assert r.metrics["msfi"]["extra"]["n_complete"] == 0 and r.judge["is_model"] is True
+    assert row["values"]["ics_strict"] == pytest.approx(math.sqrt(0.9) * (0.6 * 8 + 0.4 * 7))
+    assert r.metrics["msfi_strict"]["extra"]["n_complete"] == 0 and r.judge["is_model"] is True
     local = [q for q in judge.requests if q.task == "msfi_local"]
     assert len(local[0].images) == 2 and local[0].images[1] == judge.requests[0].images[0]  # patch, global view
     assert local[0].variables["relative_coords"] == ex["patches"][0]["relative_coords"]
@@ -237,7 +240,7 @@ def test_mlflow_run_has_params_metrics_and_reports(soft_run, bench):
     assert len(params["prompt_hash.msfi_local"]) == 64 and len(params["prompts_sha256"]) == 64
     assert params["eval_size"] == str(EVAL)
     assert metrics["glcm"] == pytest.approx(soft_run.metrics["glcm"]["value"])
-    assert "msfi_heuristic" in metrics and "fid_fidhelper_inception" in metrics
+    assert "msfi_strict_heuristic" in metrics and "fid_fidhelper_inception" in metrics
     assert not {"msfi", "ics", "fid", "fid_patch", "aesthetics"} & set(metrics)  # never a number under these
     assert tags["unavailable.fid"].startswith("not available: ")
     arts = {a.path for a in MlflowClient(bench["tracking"]).list_artifacts(info["run_id"], "reports")}

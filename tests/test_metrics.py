@@ -87,7 +87,7 @@ def image_files(tmp_path_factory):
 # registry
 # ---------------------------------------------------------------------------------------------
 ALL = ["aesthetics", "clipscore", "compression_ratio", "fgclip2", "fid", "fid_fidhelper_inception", "fid_patch",
-       "fid_patch_fidhelper_inception", "glcm", "glcm_entropy", "ics", "msfi"]
+       "fid_patch_fidhelper_inception", "glcm", "glcm_entropy", "ics", "ics_strict", "msfi", "msfi_strict"]
 
 
 def test_registry_lists_every_bench_metric():
@@ -102,7 +102,7 @@ def test_registry_lists_every_bench_metric():
         create_metric("nope")
 
 
-@pytest.mark.parametrize("name", ["aesthetics", "clipscore", "fgclip2", "ics", "msfi"])
+@pytest.mark.parametrize("name", ["aesthetics", "clipscore", "fgclip2", "ics", "msfi", "ics_strict", "msfi_strict"])
 def test_unavailable_per_image_metrics_say_why(name, image_files):
     m = create_metric(name)
     ok, why = m.availability()
@@ -282,7 +282,7 @@ def test_msfi_missing_and_malformed_are_failures_not_threes():
         assert v is None and info["failures"][0]["where"] == "global", bad
     assert msfi_from_answers(None, [L_ANS] * 10)[0] is None
     assert msfi_from_answers(G_ANS, [None] * 10)[0] is None
-    r = create_metric("msfi").score_answers(G_ANS, [bad_local] * 10)
+    r = create_metric("msfi_strict").score_answers(G_ANS, [bad_local] * 10)
     assert r.value is None and r.reason.startswith("judge failure")
 
 
@@ -295,7 +295,7 @@ def test_ics_formula_and_failures():
                 {"IEV": None, "AAA": 8, "SRA": 9}, "IEV 10", None):
         v, info = ics_from_answer(bad)
         assert v is None and info["failures"], bad
-    r = create_metric("ics").score_answer({"IEV": 10, "AAA": 8})
+    r = create_metric("ics_strict").score_answer({"IEV": 10, "AAA": 8})
     assert r.value is None and "missing SRA" in r.reason
 
 

@@ -116,9 +116,9 @@ def test_bench_msfi_judge_on_a_dead_endpoint_fails_never_heuristic(tmp_path, dea
     rng = np.random.default_rng(0)
     img = tmp_path / "gen.png"
     Image.fromarray(rng.integers(0, 255, (768, 1024, 3), dtype=np.uint8)).save(img)
-    res = create_metric("msfi", judge=judge).score_path(img)
+    res = create_metric("msfi_strict", judge=judge).score_path(img)
     judge.close()
-    assert res.metric == "msfi" and res.value is None  # the model's name, no number
+    assert res.metric == "msfi_strict" and res.value is None  # the model's name, no number
     assert res.extra["judge_backend"] == "vllm" and res.extra["global_status"] == "judge_failed"
     assert res.extra["judge_failures"] and all("ConnectError" in f for f in res.extra["judge_failures"])
     assert res.extra["patches"] and all(p["status"] == "judge_failed" for p in res.extra["patches"])

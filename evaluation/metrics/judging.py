@@ -9,11 +9,13 @@ A judge is any object with the interface of :class:`curation.vlm.VLMClient`:
 * ``prompt_for(task)`` -> an object with ``sha256`` (the prompt file's hash).
 
 Only a model endpoint produces the published metric: results of any other backend are
-reported under ``<metric>_<backend>`` (``msfi_heuristic``, ``ics_heuristic``), never under
-``msfi`` / ``ics``, and every row carries ``judge_backend``.
+reported under ``<metric>_<backend>`` (``msfi_heuristic``, ``msfi_strict_heuristic``, ...),
+never under the metric's own name, and every row carries ``judge_backend``.
 
-Also here: the checks of a judge's sub-scores (:func:`parse_score`, :func:`parse_subscores`)
-and :class:`JudgedMetric`, what the two metrics share around their judge calls.
+Also here: the checks of a judge's sub-scores (:func:`parse_score`, :func:`parse_subscores`),
+:class:`JudgedMetric` (what the judged metrics share around their judge calls) and
+:class:`ReferenceJudgedMetric` (``msfi`` / ``ics``: the reference's protocol, its prompts read
+from the user's copy of the reference code, see :mod:`evaluation.metrics.reference_judge`).
 """
 
 from __future__ import annotations
@@ -156,3 +158,64 @@ class JudgedMetric(Metric):
                 return (prepare(img) if prepare is not None else img), None
         except (OSError, ValueError, SyntaxError) as exc:
             return None, self.result(None, f"unreadable: {type(exc).__name__}: {exc}")
+
+    def prompt_hashes(self) -> dict[str, str]:
+        """The sha256 of the prompt each of the metric's tasks sends (for run params)."""
+        return judge_info(self.judge, tuple(getattr(self, "TASKS", ())))["prompt_hashes"]
+
+
+def request_body_settings(settings: Mapping[str, Any]) -> dict[str, Any]:
+    """Request settings as they go into the body: the OpenAI client's ``extra_body`` merged."""
+    out = {k: v for k, v in settings.items() if k != "extra_body"}
+    out.update(settings.get("extra_body") or {})
+    return out
+
+
+class ReferenceJudgedMetric(JudgedMetric):
+    """A judged metric under the reference's protocol (:mod:`evaluation.metrics.reference_judge`):
+    its prompts come from the reference's ``build_prompts.py`` that the user points to
+    (``reference_prompts``: the file or a folder holding it), loaded once; without it, or with a
+    judge whose request settings differ from the reference's, the metric is "not available".
+
+    The instance's ``protocol_version`` records the prompts file's sha256 (``<class
+    protocol>+build_prompts-sha256:<hex>``). A subclass sets ``TASKS`` (its pixverve task names)
+    and ``REFERENCE_REQUEST`` (``{task: the reference's settings}``)."""
+
+    REFERENCE_REQUEST: Mapping[str, Mapping[str, Any]] = {}
+
+    def __init__(self, judge: Any = None, reference_prompts: str | os.PathLike | None = None) -> None:
+        from evaluation.metrics.reference_judge import reference_prompts_or_reason
+
+        super().__init__(judge)
+        self.reference_prompts_path = os.fspath(reference_prompts) if reference_prompts else None
+        self.prompts, self._prompts_reason = reference_prompts_or_reason(reference_prompts)
+        if self.prompts is not None:
+            self.protocol_version = f"{type(self).protocol_version}+build_prompts-sha256:{self.prompts.sha256}"
+
+    def availability(self) -> tuple[bool, str | None]:
+        why: list[str] = []
+        if self.prompts is None:
+            why.append(self._prompts_reason or "no reference prompts")
+        ok, no_judge = super().availability()
+        if not ok:
+            why.append(no_judge or "no judge")
+        elif callable(getattr(self.judge, "request_settings", None)):
+            from curation.vlm import get_task
+
+            for task, want in self.REFERENCE_REQUEST.items():
+                got = self.judge.request_settings(get_task(task))
+                want = request_body_settings(want)
+                if got != want:
+                    diff = {k: (got.get(k), want.get(k)) for k in sorted(set(got) | set(want)) if got.get(k) != want.get(k)}
+                    why.append(f"the judge's request settings for {task} differ from the reference's "
+                               f"(setting: (judge, reference)) {diff}; judges.bench temperature / max_tokens / "
+                               "thinking override every task")
+                    break
+        return (False, "; ".join(why)) if why else (True, None)
+
+    def prompt_hashes(self) -> dict[str, str]:
+        return {t: self.prompts.sha256 for t in self.TASKS} if self.prompts is not None else {}
+
+    def reference_extra(self) -> dict[str, Any]:
+        """What every row of this metric records about its protocol and prompts."""
+        return {"protocol": "reference", "reference_prompts": self.prompts.describe() if self.prompts else None}
