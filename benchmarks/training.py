@@ -47,6 +47,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -294,7 +295,7 @@ def generation_latency(scale: float = 1 / 16, scale_ii: float = 1 / 8, gen_steps
                          "grid": list(stage.tier.grid), "tokens": stage.tier.tokens, "token_px": stage.tier.token_px,
                          "train_steps": res.steps, "train_wall_s": res.wall_clock_s, "sampling_steps": n_steps,
                          "load_and_1_step_s": load_s, "images": len(ts), "s_per_image": dt,
-                         "s_per_image_median": sorted(ts)[len(ts) // 2], "s_per_sampling_step": dt / n_steps,
+                         "s_per_image_median": statistics.median(ts), "s_per_sampling_step": dt / n_steps,
                          "peak_rss_mb": mem.peak_mb, "rss_rise_mb": mem.rise_mb, "rss_exact": mem.exact})
             print(f"  generation {scheme}/{stage.tier.name}: {dt:.2f} s/image ({n_steps} steps)", flush=True)
             del gen, img
