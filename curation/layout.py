@@ -9,6 +9,8 @@
   cache/<stage>/<fingerprint>/<image_id>.json   per-image results, for resuming a killed run
   reports/<stage>/<shard>/...               contact sheets, histograms, tables
   manifests/configs/<fingerprint>.json      what each stage ran with: keys read + whole config (lineage)
+  index/ids.sqlite                          image id -> (stage, manifest, row): a cache kept on commit and
+                                            checked on read (curation.lineage.index); never synced
 
 Paths inside manifests are relative to the data root when they point inside it (:meth:`DataLayout.rel`,
 :meth:`DataLayout.resolve`), so a copied data root reads its own files.
@@ -58,6 +60,10 @@ class DataLayout:
 
     def shards_with(self, stage: str) -> list[str]:
         return [p.stem for p in self.manifests(stage)]
+
+    def id_index(self) -> Path:
+        """The lineage id index (:mod:`curation.lineage.index`): derived, outside ``manifests/``."""
+        return self.root / "index" / "ids.sqlite"
 
     def thresholds_dir(self) -> Path:
         return self.root / "manifests" / "purification_thresholds"

@@ -8,6 +8,7 @@ of a shard: a crash leaves no half-visible shard.
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import Iterable
@@ -224,13 +225,27 @@ def to_table(rows: Iterable[dict], schema: pa.Schema) -> pa.Table:
     return pa.Table.from_pydict(cols, schema=schema)
 
 
+#: rows per Parquet row group: a lookup by row (the lineage id index) decodes one group, not the shard
+ROW_GROUP = 4096
+
+
 def write_manifest(table: pa.Table, path: str | os.PathLike) -> Path:
-    """Atomically write a Parquet manifest (tmp + rename)."""
+    """Atomically write a Parquet manifest (tmp + rename). A stage manifest
+    (``<data_root>/manifests/<stage>/<shard>.parquet`` with an ``image_id`` column) is then added
+    to the data root's lineage id index (:func:`curation.lineage.index.note_commit`; a failure
+    there is logged, never raised: the index re-checks the manifests before it answers)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    pq.write_table(table, tmp, compression="zstd")
+    pq.write_table(table, tmp, compression="zstd", row_group_size=ROW_GROUP)
     os.replace(tmp, path)
+    if path.parent.parent.name == "manifests" and "image_id" in table.column_names:
+        try:
+            from curation.lineage.index import note_commit
+
+            note_commit(path, table)
+        except Exception as exc:  # noqa: BLE001 - a cache: lookups re-verify
+            logging.getLogger(__name__).warning("lineage id index not updated for %s: %s", path, exc)
     return path
 
 

@@ -102,14 +102,40 @@ def link_providers() -> list[LinkProvider]:
 
 class LineageContext:
     """What providers read: the data root's manifests and releases, the object store (optional)
-    and the MLflow tracking URI (optional). Manifests are read once per stage and filtered by id."""
+    and the MLflow tracking URI (optional).
 
-    def __init__(self, layout: DataLayout, store=None, tracking_uri: str | None = None):
+    Rows by ``image_id`` / ``parent_id`` come through the data root's id index
+    (:mod:`curation.lineage.index`): a few B-tree probes and one row-group read per manifest that
+    holds an asked id, whatever the number of shards. ``use_index=False`` (or no usable index:
+    a read-only data root, ``UHR_LINEAGE_INDEX=0``) reads the id column of every manifest of the
+    stage instead; both give the same rows in the same order."""
+
+    def __init__(self, layout: DataLayout, store=None, tracking_uri: str | None = None, use_index: bool = True):
         self.layout = layout
         self.store = store
         self.tracking_uri = tracking_uri
+        self.use_index = use_index
+        self._index = None
+        self._refreshed: set[str] = set()
         self._datasets: dict[str, ds.Dataset | None] = {}
         self._cache: dict = {}
+
+    def index(self, stage: str | None = None):
+        """The id index with ``stage``'s entries checked against its manifests (once per context),
+        or None when lookups scan the manifests."""
+        if not self.use_index:
+            return None
+        if self._index is None:
+            from curation.lineage.index import IdIndex
+
+            self._index = IdIndex.open(self.layout)
+            if self._index is None:
+                self.use_index = False
+                return None
+        if stage is not None and stage not in self._refreshed:
+            self._index.refresh(stage)
+            self._refreshed.add(stage)
+        return self._index
 
     def dataset(self, stage: str) -> ds.Dataset | None:
         if stage not in self._datasets:
@@ -121,10 +147,21 @@ class LineageContext:
 
     def rows(self, stage: str, ids: Iterable[str], column: str = "image_id") -> list[dict]:
         """Rows of every shard manifest of ``stage`` whose ``column`` is one of ``ids``, with the
-        manifest's file name under ``_manifest``."""
-        d = self.dataset(stage)
+        manifest's file name under ``_manifest`` (in manifest, then row order)."""
         ids = sorted(set(ids))
-        if d is None or not ids:
+        if not ids:
+            return []
+        from curation.lineage.index import KEY_COLUMNS
+
+        if column in KEY_COLUMNS and self.use_index:
+            idx = self.index(stage)
+            if idx is not None:
+                return self._indexed_rows(idx, stage, ids, column)
+        return self._scanned_rows(stage, ids, column)
+
+    def _scanned_rows(self, stage: str, ids: list[str], column: str) -> list[dict]:
+        d = self.dataset(stage)
+        if d is None:
             return []
         flt = pc.field(column).isin(pa.array(ids, pa.string()))
         # two passes: the id column of every shard (cheap), then whole rows of the shards that match
@@ -135,6 +172,62 @@ class LineageContext:
         out = sub.to_table(filter=flt, columns=d.schema.names + ["__filename"]).to_pylist()
         for r in out:
             r["_manifest"] = r.pop("__filename")
+        return out
+
+    def _indexed_rows(self, idx, stage: str, ids: list[str], column: str, attempts: int = 3) -> list[dict]:
+        import pyarrow.parquet as pq
+
+        from curation.lineage.index import StaleIndex
+        from curation.manifest import SCHEMAS
+
+        schema = SCHEMAS.get(stage)
+        hits = idx.lookup(stage, ids, column)
+        by_file: dict[str, list] = {}
+        for h in hits:
+            by_file.setdefault(h.name, []).append(h)
+        out: list[dict] = []
+        try:
+            for name in sorted(by_file):
+                if not idx.verify(stage, name):
+                    raise StaleIndex(name)
+                path = idx.stage_dir(stage) / name
+                pf = pq.ParquetFile(path)
+                names = schema.names if schema is not None else pf.schema_arrow.names
+                cols = [c for c in names if c in pf.schema_arrow.names]
+                starts, n = [], 0
+                for g in range(pf.metadata.num_row_groups):
+                    starts.append(n)
+                    n += pf.metadata.row_group(g).num_rows
+                want: dict[int, list] = {}
+                for h in by_file[name]:
+                    g = _group_of(starts, h.row)
+                    want.setdefault(g, []).append(h)
+                for g in sorted(want):
+                    t = pf.read_row_group(g, columns=cols)
+                    local = [h.row - starts[g] for h in want[g]]
+                    if max(local) >= t.num_rows:
+                        raise StaleIndex(name)
+                    got = t.take(pa.array(local, pa.int64())).to_pylist()
+                    for h, r in zip(want[g], got):
+                        if r.get(column) != h.key:
+                            raise StaleIndex(name)
+                        row = {c: r.get(c) for c in names}
+                        row["_manifest"] = str(path)
+                        out.append(row)
+        except (StaleIndex, FileNotFoundError) as exc:
+            # the manifest changed since it was indexed (in place, or between refresh and read)
+            name = getattr(exc, "args", [None])[0]
+            if isinstance(exc, StaleIndex) and name:
+                p = idx.stage_dir(stage) / name
+                if p.exists():
+                    idx.index_file(stage, p)
+                else:
+                    idx.verify(stage, name)
+            else:
+                idx.refresh(stage, force=True)
+            if attempts <= 1:
+                return self._scanned_rows(stage, ids, column)
+            return self._indexed_rows(idx, stage, ids, column, attempts - 1)
         return out
 
     def memo(self, key, fn):
@@ -152,6 +245,13 @@ class LineageContext:
             return json.loads(p.read_text()) if p.exists() else None
 
         return self.memo(("config", config_hash), load)
+
+
+def _group_of(starts: list[int], row: int) -> int:
+    """The row group holding ``row``, given each group's first row."""
+    import bisect
+
+    return bisect.bisect_right(starts, row) - 1
 
 
 def family(ctx: LineageContext, ids: Iterable[str], providers: list[LinkProvider] | None = None,
@@ -238,7 +338,13 @@ def resolve_image_id(ctx: LineageContext, prefix: str) -> str:
     if len(prefix) < 6:
         raise ValueError("give at least 6 characters of the image id")
     found: set[str] = set()
-    for stage in ("raw_pool", "corpus_100mp"):
+    stages = ("raw_pool", "corpus_100mp")
+    idx = ctx.index()
+    if idx is not None:
+        for stage in stages:
+            ctx.index(stage)
+        found = idx.prefix(stages, prefix)
+    for stage in stages if idx is None else ():
         d = ctx.dataset(stage)
         if d is None:
             continue
