@@ -76,3 +76,57 @@ def test_threshold_version_changes_with_inputs():
     b = compute_thresholds([1.0, 2.0], [None] * 2, [None] * 2, 0.6, 0.6, shards=["s0", "s1"])
     c = compute_thresholds([1.0, 2.0], [None] * 2, [None] * 2, 0.6, 0.6, shards=["s0"])
     assert a.version != b.version and a.version == c.version
+
+
+def test_streaming_selection_equals_the_in_memory_cut():
+    """The shard-by-shard reduce picks exactly top_fraction_threshold's value: ties, NaN, few
+    distinct values, values closer than any bin, several narrowing passes."""
+    import numpy as np
+
+    from curation.selection import streaming_top_fraction_thresholds
+
+    rng = np.random.default_rng(0)
+    for trial in range(60):
+        chunks = []
+        for _ in range(int(rng.integers(1, 8))):
+            m = int(rng.integers(0, 400))
+            v = [rng.normal(7, 0.3, m), rng.integers(0, 4, m).astype(float), np.round(rng.uniform(0, 1, m), 2),
+                 np.where(rng.uniform(size=m) < 0.2, np.nan, rng.normal(3, 1e-12, m))][trial % 4]
+            chunks.append({"a": v, "b": -v})
+        f = float(rng.uniform(0.01, 1.0))
+        got = streaming_top_fraction_thresholds(lambda: iter(chunks), {"a": f, "b": 0.6},
+                                                cap=int(rng.integers(1, 50)), bins=int(rng.integers(2, 16)))
+        pool = np.concatenate([c["a"] for c in chunks])
+        assert got == {"a": top_fraction_threshold(list(pool), f), "b": top_fraction_threshold(list(-pool), 0.6)}
+
+
+def test_run_thresholds_streams_and_matches_compute_thresholds(tmp_path, test_cfg):
+    """run_thresholds over shard manifests = compute_thresholds over the whole pool (same version)."""
+    import numpy as np
+
+    from curation.layout import DataLayout
+    from curation.manifest import IMAGE_SCORES, to_table, write_manifest
+    from curation.stages import run_thresholds
+
+    layout = DataLayout.at(tmp_path)
+    rng = np.random.default_rng(1)
+    ent, lai, art = [], [], []
+    digest = __import__("hashlib").sha256()  # what the in-memory reduce hashed: versions stay the same
+    for s in range(5):
+        digest.update(f"s{s}".encode() + b"\0")
+        rows = []
+        for i in range(50):
+            passed = i % 9 != 0
+            e = float(np.round(rng.uniform(6, 8), 3))
+            la = None if i % 11 == 0 else float(rng.uniform(3, 7))
+            rows.append({"image_id": f"{s:02d}{i:04d}", "shard": f"s{s}", "source_path": "x", "entropy": e,
+                         "laion_score": la, "artimuse_score": None, "passed": passed,
+                         "config_hash": "c", "code_version": "v"})
+            if passed:
+                ent.append(e), lai.append(la), art.append(None)
+                digest.update(f"{s:02d}{i:04d}:{e!r}:{la!r}:None;".encode())
+        write_manifest(to_table(rows, IMAGE_SCORES), layout.manifest("image_scores", f"s{s}"))
+    th, _ = run_thresholds(layout, test_cfg, {"artimuse": "not installed"})
+    ref = compute_thresholds(ent, lai, art, 0.6, 0.6, unavailable={"artimuse": "not installed"},
+                             shards=[f"s{s}" for s in range(5)], inputs_digest=digest.hexdigest()[:16])
+    assert th == ref and th.artimuse is None and th.laion is not None

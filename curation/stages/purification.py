@@ -25,7 +25,7 @@ from curation.layout import DataLayout
 from curation.manifest import CANDIDATE_POOL, IMAGE_SCORES, RAW_POOL, read_manifest, to_table, write_manifest
 from curation.purify import score_files
 from curation.raw_pool import build_raw_pool_rows, list_shard_files
-from curation.selection import Thresholds, compute_thresholds, decide_candidate
+from curation.selection import Thresholds, assemble_thresholds, decide_candidate, streaming_top_fraction_thresholds
 from curation.stages.fingerprint import (file_listing, input_key, manifest_versions, reusable, snapshot_config,
                                          stage_fingerprint, with_versions)
 from curation.stages.table import STAGES
@@ -212,27 +212,52 @@ def _score_views(scorer, view_paths: list[str]):
 
 # -- global thresholds (reduce) ------------------------------------------------------
 
+#: the image_scores columns the threshold reduce reads
+_SCORE_COLUMNS = ("image_id", "passed", "entropy", "laion_score", "artimuse_score")
+_CUTS = {"entropy": "entropy", "laion": "laion_score", "artimuse": "artimuse_score"}
+
+
 def run_thresholds(layout: DataLayout, cfg: Config, unavailable: dict[str, str] | None = None) -> tuple[Thresholds, Path]:
-    """One threshold set over every committed image_scores shard; saved as <version>.json and latest.json."""
+    """One threshold set over every committed image_scores shard; saved as <version>.json and latest.json.
+
+    A streaming reduce: the shards are read one at a time, score columns only, a few times
+    (:func:`curation.selection.streaming_top_fraction_thresholds`), so memory does not grow with
+    the number of shards; the result is exactly :func:`curation.selection.compute_thresholds` of
+    the whole pool."""
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
     shards = layout.shards_with("image_scores")
     if not shards:
         raise StageError("no image_scores shard is materialised yet")
-    ent, lai, art = [], [], []
+    counts = dict.fromkeys(_CUTS, 0)
     digest = hashlib.sha256()  # the scored ids and their scores, not file bytes: reproducible across runs
-    for s in shards:
-        p = layout.manifest("image_scores", s)
-        t = read_manifest(p).select(["image_id", "passed", "entropy", "laion_score", "artimuse_score"]).to_pylist()
-        digest.update(s.encode() + b"\0")
-        for r in t:
-            if r["passed"]:
-                digest.update(f"{r['image_id']}:{r['entropy']!r}:{r['laion_score']!r}:{r['artimuse_score']!r};".encode())
-                ent.append(r["entropy"])
-                lai.append(r["laion_score"])
-                art.append(r["artimuse_score"])
+
+    def passed_scores(s: str) -> pa.Table:
+        t = pq.read_table(layout.manifest("image_scores", s), columns=list(_SCORE_COLUMNS))
+        return t.filter(pc.fill_null(t.column("passed"), False))
+
+    def first_pass():
+        for s in shards:
+            t = passed_scores(s)
+            digest.update(s.encode() + b"\0")
+            for iid, e, la, ar in zip(*(t.column(c).to_pylist() for c in _SCORE_COLUMNS if c != "passed")):
+                digest.update(f"{iid}:{e!r}:{la!r}:{ar!r};".encode())
+            for cut, col in _CUTS.items():
+                counts[cut] += len(t) - t.column(col).null_count
+            yield _score_arrays(t)
+
+    passes = iter([first_pass])
+
+    def chunks():
+        return next(passes, lambda: (_score_arrays(passed_scores(s)) for s in shards))()
+
     pur = cfg["purification"]
-    th = compute_thresholds(
-        ent, lai, art,
-        float(pur["richness"]["keep_top_fraction"]), float(pur["aesthetics"]["keep_top_fraction"]),
+    keep_e, keep_a = float(pur["richness"]["keep_top_fraction"]), float(pur["aesthetics"]["keep_top_fraction"])
+    cut = streaming_top_fraction_thresholds(chunks, {"entropy": keep_e, "laion": keep_a, "artimuse": keep_a})
+    th = assemble_thresholds(
+        cut["entropy"], cut["laion"] if counts["laion"] else None, cut["artimuse"] if counts["artimuse"] else None,
+        counts["entropy"], counts["laion"], counts["artimuse"], keep_e, keep_a,
         unavailable=unavailable, shards=shards, inputs_digest=digest.hexdigest()[:16],
     )
     d = layout.thresholds_dir()
@@ -243,6 +268,14 @@ def run_thresholds(layout: DataLayout, cfg: Config, unavailable: dict[str, str] 
         tmp.write_text(th.to_json())
         tmp.replace(target)
     return th, path
+
+
+def _score_arrays(t: pa.Table) -> dict:
+    """``{cut: float64 array}`` of one shard's passed rows (null -> NaN: not a score)."""
+    import numpy as np
+
+    return {cut: np.asarray(t.column(col).to_numpy(zero_copy_only=False), dtype=np.float64)
+            for cut, col in _CUTS.items()}
 
 
 def previous_thresholds_version(layout: DataLayout) -> str | None:
