@@ -127,10 +127,16 @@ def audit_release(layout: DataLayout, name: str, store: ObjectStore, verify_hash
         elif got != sha:
             report.fail(image_id, check, f"blob {blob_key(sha)} hashes to {got}, not {sha}")
 
-    for start in range(0, len(rows), batch):
-        chunk = rows[start:start + batch]
+    # batches of whole shards (a shard's images and their parents share its manifests): each
+    # manifest is read by one batch, not by every batch; failures are reported in manifest order
+    order = sorted(range(len(rows)), key=lambda i: (rows[i].get("shard") or "", i))
+    first_row_failure = len(report.failures)
+    spans: list[tuple[int, int, int]] = []
+    for start in range(0, len(order), batch):
+        chunk = [rows[i] for i in order[start:start + batch]]
         links = lineage_batch(ctx, [r["image_id"] for r in chunk], required)
-        for r in chunk:
+        for pos, r in zip(order[start:start + batch], chunk):
+            spans.append((pos, len(report.failures), 0))
             iid = r["image_id"]
             check_blob(iid, r["sha256"], "blob")
             if r["sha256"] == _EMPTY_SHA256:
@@ -171,4 +177,8 @@ def audit_release(layout: DataLayout, name: str, store: ObjectStore, verify_hash
                 report.fail(iid, "corpus hash", f"corpus row says {own[0].details.get('sha256')}, release says {r['sha256']}")
             if progress:
                 progress(1)
+            spans[-1] = (pos, spans[-1][1], len(report.failures))
+    row_failures = report.failures[first_row_failure:]
+    report.failures[first_row_failure:] = [
+        f for _, a, b in sorted(spans) for f in row_failures[a - first_row_failure:b - first_row_failure]]
     return report

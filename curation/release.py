@@ -109,30 +109,55 @@ def caption_reference(cap: dict) -> str:
     }, sort_keys=True)
 
 
+def _select(layout: DataLayout, stage: str, columns: list[str], passed: bool = False,
+            ids: set[str] | None = None, column: str = "image_id") -> list[dict]:
+    """Rows of every ``stage`` manifest, only ``columns`` (those a manifest has), only passed rows
+    (``passed``) and/or rows whose ``column`` is in ``ids``; manifest order. Reads the columns it
+    needs and filters in Arrow, so memory follows the rows kept, not the manifests read."""
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    value_set = pa.array(sorted(ids), pa.string()) if ids is not None else None
+    out: list[dict] = []
+    for p in layout.manifests(stage):
+        have = pq.read_schema(p).names
+        t = pq.read_table(p, columns=[c for c in dict.fromkeys(columns + ["passed", column]) if c in have])
+        mask = None
+        if passed:
+            mask = pc.fill_null(t.column("passed"), False)
+        if value_set is not None:
+            m = pc.is_in(t.column(column), value_set=value_set)
+            mask = m if mask is None else pc.and_(mask, m)
+        if mask is not None:
+            t = t.filter(mask)
+        out.extend(t.select([c for c in columns if c in t.column_names]).to_pylist())
+    return out
+
+
 def _captions_for(layout: DataLayout, ids: set[str]) -> dict[str, dict]:
     cols = ["image_id", "shard", "record", "n_tags", "n_instances", "instance_decision", "config_hash", "code_version"]
-    out: dict[str, dict] = {}
-    for p in layout.manifests("captions"):
-        t = read_manifest(p)
-        for r in t.select([c for c in cols if c in t.column_names]).to_pylist():
-            if r["image_id"] in ids:
-                out[r["image_id"]] = r
-    return out
+    return {r["image_id"]: r for r in _select(layout, "captions", cols, ids=ids)}
+
+
+_CORPUS_COLUMNS = ["image_id", "sha256", "output_path", "file_format", "width", "height", "megapixels", "tier",
+                   "parent_id", "shard", "config_hash", "code_version", "passed"]
 
 
 def release_plan(layout: DataLayout) -> tuple[list[dict], dict]:
     """``(rows, info)``: the release rows (:func:`release_rows`) and what release.json says about
-    where they came from (``source``, ``required_stages``, ``bench_split``, ``captions``)."""
+    where they came from (``source``, ``required_stages``, ``bench_split``, ``captions``).
+
+    Reads only the columns it needs, and only the rows it keeps (Arrow filters), one manifest at
+    a time: the cost is one pass over those columns of every manifest, memory the rows released."""
     from curation.stages.final import bench_ids, load_split
 
     source = release_source(layout)
-    corpus = [r for p in layout.manifests("corpus_100mp") for r in read_manifest(p).to_pylist() if r["passed"]]
     info: dict = {"source": source, "required_stages": required_stages(source)}
     final: dict[str, dict] = {}
     caps: dict[str, dict] = {}
     if source == "final_corpus":
-        final = {r["image_id"]: r for p in layout.manifests("final_corpus") for r in read_manifest(p).to_pylist()
-                 if r["passed"]}
+        final = {r["image_id"]: r for r in _select(layout, "final_corpus",
+                                                   ["image_id", "short_caption", "long_caption"], passed=True)}
         held = bench_ids(layout)
         split = load_split(layout) or {}
         info["bench_split"] = {
@@ -140,23 +165,22 @@ def release_plan(layout: DataLayout) -> tuple[list[dict], dict]:
             "n_held_out": len(held & set(final)), "image_ids": sorted(held),
             "file": "manifests/bench_split/split.json" if split else None,
         }
-        corpus = [r for r in corpus if r["image_id"] in final and r["image_id"] not in held]
+        corpus = _select(layout, "corpus_100mp", _CORPUS_COLUMNS, passed=True, ids=set(final) - held)
         caps = _captions_for(layout, {r["image_id"] for r in corpus})
         info["captions"] = CAPTIONS_NOTE
     else:
+        corpus = _select(layout, "corpus_100mp", _CORPUS_COLUMNS, passed=True)
         info["captions"] = NO_CAPTIONS_NOTE
     if not corpus:
         return [], info
     parents = {r["parent_id"] for r in corpus}
     raw: dict[str, dict] = {}
-    for p in layout.manifests("raw_pool"):
-        for r in read_manifest(p).to_pylist():
-            if r["image_id"] in parents and (r["image_id"] not in raw or r["passed"] and not raw[r["image_id"]]["passed"]):
-                raw[r["image_id"]] = r  # the passed row (a later duplicate of the file is rejected)
-    cand: dict[str, str] = {}
-    for p in layout.manifests("candidate_pool"):
-        t = read_manifest(p).select(["image_id", "threshold_version"]).to_pylist()
-        cand.update({r["image_id"]: r["threshold_version"] for r in t if r["image_id"] in parents})
+    for r in _select(layout, "raw_pool", ["image_id", "passed", "sha256", "licence", "origin", "source_path"],
+                     ids=parents):
+        if r["image_id"] not in raw or r["passed"] and not raw[r["image_id"]]["passed"]:
+            raw[r["image_id"]] = r  # the passed row (a later duplicate of the file is rejected)
+    cand = {r["image_id"]: r["threshold_version"]
+            for r in _select(layout, "candidate_pool", ["image_id", "threshold_version"], ids=parents)}
     rows, seen = [], set()
     for r in sorted(corpus, key=lambda r: (r["image_id"], r["shard"])):
         if r["image_id"] in seen:
@@ -366,8 +390,8 @@ def make_release(layout: DataLayout, name: str, store: ObjectStore, dvc=None, re
         log(f"release {name} already exists with this content ({existing['n_images']} images)")
         return dict(existing, existing=True)
 
-    corpus_paths = {r["image_id"]: layout.resolve(r.get("output_path")) for p in layout.manifests("corpus_100mp")
-                    for r in read_manifest(p).select(["image_id", "output_path", "passed"]).to_pylist() if r["passed"]}
+    corpus_paths = {r["image_id"]: layout.resolve(r.get("output_path"))
+                    for r in _select(layout, "corpus_100mp", ["image_id", "output_path"], passed=True)}
     blobs = ensure_release_blobs(store, rows, corpus_paths, progress, resolve=layout.resolve)
     log(f"blobs: {blobs['uploaded']} uploaded ({blobs['bytes'] / 1e6:.1f} MB), {blobs['present']} already in {store.url('blobs')}")
     info = {"name": name, "format": RELEASE_FORMAT, "manifest_sha256": digest, "blob_store": store.describe(),
