@@ -609,14 +609,6 @@ def log_run(result: BenchResult, cfg: BenchConfig, data_root: Path, log: Log) ->
 # =============================================================================================
 # MLflow
 # =============================================================================================
-def _artifact_location(uri: str) -> str | None:
-    """For a local sqlite store, artifacts next to the database (never the CWD's ./mlruns)."""
-    if uri.startswith("sqlite:///"):
-        db = Path(uri[len("sqlite:///"):])
-        return (db.parent / "artifacts").resolve().as_uri()
-    return None
-
-
 def _param_value(v: Any) -> str:
     s = v if isinstance(v, str) else json.dumps(v, sort_keys=True, default=str)
     return s[:6000]
@@ -624,21 +616,12 @@ def _param_value(v: Any) -> str:
 
 def log_to_mlflow(result: BenchResult, tracking_uri: str, experiment: str = DEFAULT_EXPERIMENT) -> dict[str, Any]:
     """One MLflow run for this model: params, metrics, tags and the report files."""
-    import logging
-
     from mlflow.entities import Metric as MlMetric
     from mlflow.entities import Param, RunTag
-    from mlflow.tracking import MlflowClient
 
-    for logger in ("mlflow", "mlflow.store.db.utils", "alembic"):  # the store's first-use chatter
-        logging.getLogger(logger).setLevel(logging.WARNING)
+    from curation.tracking import open_experiment
 
-    if tracking_uri.startswith("sqlite:///"):
-        Path(tracking_uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
-    client = MlflowClient(tracking_uri)
-    exp = client.get_experiment_by_name(experiment)
-    exp_id = exp.experiment_id if exp else client.create_experiment(experiment,
-                                                                     artifact_location=_artifact_location(tracking_uri))
+    client, exp_id = open_experiment(tracking_uri, experiment)
     tags = {"model": result.model, "source": result.source.get("kind", ""),
             "judge_backend": str(result.judge.get("backend")), "uhrforge.component": "bench"}
     run = client.create_run(exp_id, run_name=result.model, tags=tags)
