@@ -29,20 +29,13 @@ def _unit(device_type: str) -> str:
     return "CPU" if device_type.upper().startswith("CPU") else "GPU"
 
 
-@dataclass
-class LedgerRow:
-    scheme: str
-    tier: str
-    epochs: float
+class _DeviceHours:
+    """Device hours of a row with ``device_type``, ``device_count`` and ``wall_clock_s``
+    (appendix E.1: devices x wall clock), counted as GPU or CPU hours by the device."""
+
     device_type: str
     device_count: int
     wall_clock_s: float
-    samples: int
-    steps: int = 0
-    profile: str = "paper"
-    run_id: str | None = None
-    note: str = ""
-    extra: dict = field(default_factory=dict)
 
     @property
     def unit(self) -> str:
@@ -61,6 +54,22 @@ class LedgerRow:
     @property
     def cpu_hours(self) -> float | None:
         return self.device_hours if self.unit == "CPU" else None
+
+
+@dataclass
+class LedgerRow(_DeviceHours):
+    scheme: str
+    tier: str
+    epochs: float
+    device_type: str
+    device_count: int
+    wall_clock_s: float
+    samples: int
+    steps: int = 0
+    profile: str = "paper"
+    run_id: str | None = None
+    note: str = ""
+    extra: dict = field(default_factory=dict)
 
     @property
     def samples_per_s(self) -> float:
@@ -189,7 +198,7 @@ def current_device() -> tuple[str, int]:
 
 
 @dataclass
-class StageRow:
+class StageRow(_DeviceHours):
     """One GPU-pool curation stage run (a shard of ``corpus_100mp`` or ``captions``)."""
 
     stage: str
@@ -205,19 +214,9 @@ class StageRow:
         dev, n = current_device()
         return cls(stage, shard, dev, n, float(wall_clock_s), int(images), profile)
 
-    @property
-    def unit(self) -> str:
-        return _unit(self.device_type)
-
-    @property
-    def device_hours(self) -> float:
-        return self.device_count * self.wall_clock_s / 3600.0
-
     def to_json(self) -> dict:
         d = asdict(self)
-        d.update(unit=self.unit, device_hours=self.device_hours,
-                 gpu_hours=self.device_hours if self.unit == "GPU" else None,
-                 cpu_hours=self.device_hours if self.unit == "CPU" else None)
+        d.update(unit=self.unit, device_hours=self.device_hours, gpu_hours=self.gpu_hours, cpu_hours=self.cpu_hours)
         return d
 
 
