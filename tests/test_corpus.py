@@ -96,7 +96,8 @@ def test_clean_corpus_passes_every_check(candidates, tmp_path):
         if r["tier"] in ("2x", "4x"):
             assert r["seam_flagged"] is False and r["seam_max_ratio"] < 2.5
             full = (r["width"] // 768) * (r["height"] // 768)  # 768-px patches the image holds
-            assert r["psnr"] > 33 and r["ssim"] > 0.95  # tiled lanczos: far above the thresholds and r["region_patches"] == min(10, full) > 0
+            assert r["psnr"] > 33 and r["ssim"] > 0.95  # tiled lanczos: far above the thresholds
+            assert r["region_patches"] == min(10, full) > 0, (r["width"], r["height"], r["region_patches"])
             assert r["image_id"] != r["parent_id"] and r["output_path"].endswith(".tif")
             assert r["instance_status"] == "not_applied"
     assert judge.calls == sum(r["region_patches"] or 0 for r in rows)
