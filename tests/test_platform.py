@@ -333,7 +333,7 @@ def test_helm_values_k8s_launcher_user_code_and_gpu_tags():
 def test_definitions_load_with_production_resources_and_k8s_executor(monkeypatch):
     from dagster import Definitions
 
-    from orchestration.automation import SCHEDULES, SENSORS, apply_automation
+    from orchestration.automation import SCHEDULES, SENSORS, automation_conditions
     from orchestration.definitions import build_definitions
     from orchestration.platform import executor_from_env
     from orchestration.resources import resources_from_env
@@ -343,11 +343,14 @@ def test_definitions_load_with_production_resources_and_k8s_executor(monkeypatch
     executor = executor_from_env()
     assert executor.name == "k8s_job_executor"
     defs = build_definitions(resources_from_env())
-    if getattr(defs, "executor", None) is None or not defs.sensors or not defs.schedules:
-        # until definitions.py wires the executor, sensors and schedules itself
-        defs = Definitions(assets=apply_automation(list(defs.assets)), asset_checks=defs.asset_checks,
-                           jobs=defs.jobs, resources=defs.resources, executor=defs.executor or executor,
-                           sensors=defs.sensors or SENSORS, schedules=defs.schedules or SCHEDULES)
+    # build_definitions itself wires the executor, the sensors, the schedules and the automation
+    assert defs.executor is not None and defs.executor.name == "k8s_job_executor"
+    assert sorted(s.name for s in defs.sensors or []) == sorted(s.name for s in SENSORS) and SENSORS
+    assert sorted(s.name for s in defs.schedules or []) == sorted(s.name for s in SCHEDULES) and SCHEDULES
+    conds = automation_conditions()
+    for a in defs.assets:
+        if a.key.to_user_string() in conds:
+            assert a.automation_conditions_by_key.get(a.key) is not None, a.key
     Definitions.validate_loadable(defs)
     for job in ("shard_purification", "candidate_selection", "purification_thresholds_job", "bench_scores_job"):
         assert defs.resolve_job_def(job).executor_def.name == "k8s_job_executor"
@@ -439,7 +442,7 @@ def test_assets_sync_with_the_store_so_a_fresh_data_root_runs_from_it(tmp_path):
 def test_asset_publish_holds_back_a_manifest_whose_blocking_check_failed(tmp_path):
     from types import SimpleNamespace
 
-    from dagster import AssetCheckResult, AssetCheckSpec
+    from dagster import AssetCheckResult, AssetCheckSpec, MetadataValue
 
     from assets._store import publish, store_metadata
     from curation.layout import DataLayout
@@ -468,8 +471,9 @@ def test_asset_publish_holds_back_a_manifest_whose_blocking_check_failed(tmp_pat
     assert res.get_store().get_bytes(manifest_key("candidate_pool", "shard-00000")) == b"manifest bytes"
     off = ObjectStoreResource()  # no store: nothing to do, and the metadata says so
     assert publish(ctx, off, settings, "candidate_pool", "shard-00000") == {}
-    assert store_metadata(off, {}, {}) == {"store": store_metadata(off, {}, {})["store"]}
-    assert store_metadata(off, {}, {})["store"].value == {"kind": "none"}
+    off_md = store_metadata(off, {}, {})
+    assert set(off_md) == {"store"} and off_md["store"].value == {"kind": "none"}  # no store_sync entry
+    assert off_md["store"] == MetadataValue.json({"kind": "none"})
 
 
 def test_release_entry_recorded_in_sql_once_and_names_stay_immutable(tmp_path):
