@@ -164,14 +164,42 @@ def test_identical_and_tiff_inputs(tmp_path, lr):
         consistency.consistency_metrics(up[:-1], lr, lpips=False)
 
 
-def test_lpips_null_with_reason_or_value(lr, sr):
-    m = consistency.consistency_metrics(sr, lr)
+def _alexnet_weights():
+    """Where LPIPS' AlexNet backbone must be for LPIPS to run offline (torch's hub checkpoints)."""
+    from pathlib import Path
+
+    import torch
+
+    return Path(torch.hub.get_dir()) / "checkpoints" / consistency.ALEXNET_WEIGHTS
+
+
+def _assert_lpips_missing(m):
+    assert m["lpips"] is None and "weights" in m["lpips_reason"] and consistency.ALEXNET_WEIGHTS in m["lpips_reason"]
+    d = consistency.decide(m, {"lpips_max": 0.2})
+    assert "lpips" in d["skipped"] and "lpips" not in d["failed"]
+
+
+def test_lpips_is_what_this_machine_allows(lr, sr):
+    """The branch this machine takes, decided by whether the backbone file is there (no network)."""
+    present = _alexnet_weights().exists()
     st = consistency.lpips_status()
-    if st["available"]:
-        assert isinstance(m["lpips"], float)
+    assert st["available"] is present, st
+    m = consistency.consistency_metrics(sr, lr)
+    if present:
+        assert isinstance(m["lpips"], float) and 0 <= m["lpips"] < 0.2, m  # tiled lanczos: perceptually close
+        assert "lpips" not in consistency.decide(m, {"lpips_max": 0.2})["skipped"]
     else:
-        assert m["lpips"] is None and "weights" in m["lpips_reason"]
-        assert "lpips" in consistency.decide(m, {"lpips_max": 0.2})["skipped"]
+        _assert_lpips_missing(m)
+
+
+def test_lpips_without_the_backbone_is_null_with_its_reason(lr, sr, tmp_path, monkeypatch):
+    """Whatever this machine has: an empty torch hub -> null + reason, skipped by the decision."""
+    import torch
+
+    monkeypatch.setattr(torch.hub, "_hub_dir", str(tmp_path / "hub"))
+    assert not _alexnet_weights().exists()
+    assert consistency.lpips_status()["available"] is False
+    _assert_lpips_missing(consistency.consistency_metrics(sr, lr))
 
 
 def test_lpips_code_path_with_random_backbone(lr, sr):
