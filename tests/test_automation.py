@@ -187,17 +187,27 @@ def test_nightly_condition_requests_only_stale_assets_after_the_tick():
 
 
 def test_apply_automation_sets_conditions_and_keeps_checks():
+    from orchestration.automation import NIGHTLY_CRON
     from orchestration.definitions import ASSETS
 
-    conds = automation_conditions()
+    # what the module docstring promises, spelled out: raw_pool (new shards come from the sensor)
+    # re-runs nightly only after a code change; every other stage-table asset when stale; the
+    # bench, release and training assets carry no automation condition
+    nightly, ingest = f"nightly_if_stale({NIGHTLY_CRON})", f"code_changed_nightly({NIGHTLY_CRON})"
+    expected = {"raw_pool": ingest, "image_scores": nightly, "purification_thresholds": nightly,
+                "candidate_pool": nightly, "corpus_100mp": nightly, "captions": nightly, "final_corpus": nightly,
+                "bench_split": nightly, "bench_scores": None, "corpus_release": None, "training_set": None,
+                "checkpoint": None, "checkpoint_bench": None}
     out = {a.key.to_user_string(): a for a in apply_automation(ASSETS)}
     before = {a.key.to_user_string(): a for a in ASSETS}
+    assert set(out) == set(expected)
+    labels = {}
     for name, a in out.items():
         cond = a.automation_conditions_by_key.get(a.key)
-        if name in conds:
-            assert cond is not None and cond.get_label() == conds[name].get_label(), name
+        labels[name] = cond.get_label() if cond is not None else None
         assert [c.name for c in a.check_specs] == [c.name for c in before[name].check_specs]
-    assert out["bench_scores"].automation_conditions_by_key.get(out["bench_scores"].key) is None
+    assert labels == expected
+    assert set(automation_conditions()) == {k for k, v in expected.items() if v is not None}
 
 
 def test_gpu_assets_are_in_the_gpu_pool_or_get_gpu_pods():
