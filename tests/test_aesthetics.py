@@ -296,11 +296,20 @@ def test_both_missing_reports_both(tmp_path, no_head_env):
 
 
 def test_paper_config_section_constructs(paper_cfg, no_head_env):
-    """The paper profile's sections build scorers without loading anything or failing."""
-    for name in paper_cfg.get("purification.aesthetics.scorers"):
-        scorer = create_scorer(name, paper_cfg.get(f"purification.aesthetics.{name}"))
-        ok, reason = scorer.availability()
-        assert isinstance(ok, bool) and (ok or reason)
+    """The paper profile's sections build scorers without loading anything or failing, and say why
+    neither can run from the profile alone: LAION's head_path is null (no UHR_LAION_HEAD here) and
+    its CLIP must be in the HF cache; ArtiMuse has no endpoint (the vlm resource sets it)."""
+    from huggingface_hub import try_to_load_from_cache
+
+    assert paper_cfg.get("purification.aesthetics.scorers") == ["laion", "artimuse"]
+    laion = paper_cfg.get("purification.aesthetics.laion")
+    assert laion["head_path"] is None
+    ok, reason = create_scorer("laion", laion).availability()
+    assert ok is False and "LAION aesthetic head not configured" in reason, reason
+    if not isinstance(try_to_load_from_cache(laion["clip_model"], "config.json"), str):  # not cached here
+        assert "CLIP ViT-L/14 weights not found in HF cache" in reason and laion["clip_model"] in reason, reason
+    ok, reason = create_scorer("artimuse", paper_cfg.get("purification.aesthetics.artimuse")).availability()
+    assert ok is False and "needs a VLM endpoint" in reason and "endpoint=None" in reason, reason
 
 
 def test_input_validation(tiny):
