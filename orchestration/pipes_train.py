@@ -92,8 +92,12 @@ def main(argv: list[str] | None = None) -> int:
     if os.environ.get(DAGSTER_PIPES_CONTEXT_ENV_VAR) and rank == 0:  # launched by a Pipes client
         with open_dagster_pipes() as pipes:
             log = pipes.log.info
-            report = run_checkpoint(args.data_root, args.scheme, args.tier, log=log,
-                                    callbacks=[_progress_callback(args.report_every, log)], **kw)
+            try:
+                report = run_checkpoint(args.data_root, args.scheme, args.tier, log=log,
+                                        callbacks=[_progress_callback(args.report_every, log)], **kw)
+            except Exception as exc:  # the reason, for `uhr train` and the run's log (runs.PIPES_FAILURE_PREFIX)
+                pipes.log.error(f"training failed: {type(exc).__name__}: {exc}")
+                raise
             pipes.report_asset_materialization(metadata=_metadata(report), data_version=report["fingerprint"])
         return 0
 

@@ -50,7 +50,18 @@ def run_release_job(defs: Definitions, instance: DagsterInstance, name: str, tag
     return md, res.get_asset_check_evaluations()[0]
 
 
-def _root_cause(res) -> str:
+#: the line a Pipes training process logs before it fails (orchestration/pipes_train.py)
+PIPES_FAILURE_PREFIX = "training failed: "
+
+
+def _root_cause(res, instance: DagsterInstance | None = None) -> str:
+    """The deepest error of a failed in-process run; for a Pipes process that failed, the
+    reason it logged (``PIPES_FAILURE_PREFIX``) instead of "External execution process failed"."""
+    if instance is not None:
+        for entry in reversed(instance.all_logs(res.run_id)):
+            msg = entry.user_message or ""
+            if msg.startswith(PIPES_FAILURE_PREFIX):
+                return msg[len(PIPES_FAILURE_PREFIX):]
     err = next((e.event_specific_data.error for e in res.all_events
                 if e.is_failure and getattr(e.event_specific_data, "error", None)), None)
     while err is not None and getattr(err, "cause", None) is not None:
@@ -93,7 +104,7 @@ def run_training_ladder(defs: Definitions, instance: DagsterInstance, scheme: st
         res = job.execute_in_process(partition_key=part, instance=instance, raise_on_error=False,
                                      run_config={"ops": {"checkpoint": {"config": {"backbone": backbone}}}})
         if not res.success:
-            raise RuntimeError(f"checkpoint[{part}] failed: {_root_cause(res)}")
+            raise RuntimeError(f"checkpoint[{part}] failed: {_root_cause(res, instance)}")
         rep = dict(current(layout, key, tier) or {})
         ck = res.asset_materializations_for_node("checkpoint")
         if ck and "reused" in ck[0].metadata:  # this run's answer, not the first run's report

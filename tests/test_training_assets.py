@@ -245,3 +245,11 @@ def test_two_data_parallel_processes_through_torchrun(root):
     runs = client.search_runs([client.get_experiment_by_name("uhrforge-training").experiment_id],
                               filter_string=f"tags.`uhrforge.fingerprint` = '{rep['fingerprint']}'")
     assert len(runs) == 1  # only global rank 0 logged
+
+
+def test_a_failing_training_process_reports_its_reason(root):
+    from orchestration.runs import run_training_ladder
+
+    with pytest.raises(RuntimeError, match=r"checkpoint\[III_4K\] failed: .*Error: .*no-such-backbone"):
+        run_training_ladder(root["defs"], root["instance"], "III", ["4K"], backbone="/no-such-backbone", bench=False,
+                            log=lambda *_: None)
