@@ -225,19 +225,17 @@ def to_table(rows: Iterable[dict], schema: pa.Schema) -> pa.Table:
     return pa.Table.from_pydict(cols, schema=schema)
 
 
-#: rows per Parquet row group: a lookup by row (the lineage id index) decodes one group, not the shard
-ROW_GROUP = 4096
-
-
-def write_manifest(table: pa.Table, path: str | os.PathLike) -> Path:
+def write_manifest(table: pa.Table, path: str | os.PathLike, row_group_size: int | None = None) -> Path:
     """Atomically write a Parquet manifest (tmp + rename). A stage manifest
     (``<data_root>/manifests/<stage>/<shard>.parquet`` with an ``image_id`` column) is then added
     to the data root's lineage id index (:func:`curation.lineage.index.note_commit`; a failure
-    there is logged, never raised: the index re-checks the manifests before it answers)."""
+    there is logged, never raised: the index re-checks the manifests before it answers).
+    ``row_group_size``: rows per Parquet row group (default: Arrow's, one group for a shard); a
+    release manifest uses small groups so a lookup by row decodes a few rows, not the release."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    pq.write_table(table, tmp, compression="zstd", row_group_size=ROW_GROUP)
+    pq.write_table(table, tmp, compression="zstd", row_group_size=row_group_size)
     os.replace(tmp, path)
     if path.parent.parent.name == "manifests" and "image_id" in table.column_names:
         try:

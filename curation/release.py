@@ -62,6 +62,8 @@ TRAINING_EXPORT_NOTE = ("diffusers image folder (metadata.jsonl: file_name, text
                         "images hard-linked): `uhr export-training OUT_DIR --release {name}` "
                         "(curation.captioning.export.export_training_set(layout, out_dir, release='{name}'))")
 LOCAL_FIELDS = ("file_bytes", "source_path")
+#: rows per row group of a release manifest: lineage reads an image's row without decoding the release
+RELEASE_ROW_GROUP = 1024
 
 
 class ReleaseError(RuntimeError):
@@ -358,11 +360,22 @@ def _write_release_dir(layout: DataLayout, name: str, rows: list[dict], info: di
     tmp = final.with_name(f".{name}.{os.getpid()}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    write_manifest(to_table(rows, RELEASE), tmp / "manifest.parquet")
+    write_manifest(to_table(rows, RELEASE), tmp / "manifest.parquet", row_group_size=RELEASE_ROW_GROUP)
     (tmp / "release.json").write_text(json.dumps(info, indent=1, sort_keys=True) + "\n")
     if final.exists():
         shutil.rmtree(final)
     os.replace(tmp, final)
+    try:  # the lineage id index learns the release now (else at its first lookup)
+        from curation.lineage.index import RELEASE_PREFIX, IdIndex
+
+        idx = IdIndex.open(layout)
+        if idx is not None:
+            idx.refresh(RELEASE_PREFIX + name, force=True)
+            idx.close()
+    except Exception as exc:  # noqa: BLE001 - a cache
+        import logging
+
+        logging.getLogger(__name__).warning("lineage id index not updated for release %s: %s", name, exc)
     return final
 
 

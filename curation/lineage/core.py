@@ -105,10 +105,10 @@ class LineageContext:
     and the MLflow tracking URI (optional).
 
     Rows by ``image_id`` / ``parent_id`` come through the data root's id index
-    (:mod:`curation.lineage.index`): a few B-tree probes and one row-group read per manifest that
-    holds an asked id, whatever the number of shards. ``use_index=False`` (or no usable index:
-    a read-only data root, ``UHR_LINEAGE_INDEX=0``) reads the id column of every manifest of the
-    stage instead; both give the same rows in the same order."""
+    (:mod:`curation.lineage.index`): a few B-tree probes name the manifests that hold the ids, and
+    only those are read (filtered by the ids), whatever the number of shards. ``use_index=False``
+    (or no usable index: a read-only data root, ``UHR_LINEAGE_INDEX=0``) reads the id column of
+    every manifest of the stage to find them instead; both give the same rows in the same order."""
 
     def __init__(self, layout: DataLayout, store=None, tracking_uri: str | None = None, use_index: bool = True):
         self.layout = layout
@@ -159,6 +159,14 @@ class LineageContext:
                 return self._indexed_rows(idx, stage, ids, column)
         return self._scanned_rows(stage, ids, column)
 
+    def _indexed_rows(self, idx, stage: str, ids: list[str], column: str) -> list[dict]:
+        """The index names the manifests that hold an id (each checked against its entry, so a
+        changed one is re-indexed first); only those are read, filtered by the ids themselves."""
+        files = sorted({h.name for h in idx.lookup(stage, ids, column)})
+        if not all([idx.verify(stage, name) for name in files]):  # changed since indexed: ask again
+            files = sorted({h.name for h in idx.lookup(stage, ids, column)})
+        return self._read_rows(stage, [str(idx.stage_dir(stage) / name) for name in files], ids, column)
+
     def _scanned_rows(self, stage: str, ids: list[str], column: str) -> list[dict]:
         d = self.dataset(stage)
         if d is None:
@@ -166,68 +174,22 @@ class LineageContext:
         flt = pc.field(column).isin(pa.array(ids, pa.string()))
         # two passes: the id column of every shard (cheap), then whole rows of the shards that match
         files = sorted(set(d.to_table(filter=flt, columns=["__filename"]).column("__filename").to_pylist()))
+        return self._read_rows(stage, files, ids, column)
+
+    def _read_rows(self, stage: str, files: list[str], ids: list[str], column: str) -> list[dict]:
         if not files:
             return []
-        sub = ds.dataset(files, format="parquet", schema=d.schema)
-        out = sub.to_table(filter=flt, columns=d.schema.names + ["__filename"]).to_pylist()
-        for r in out:
-            r["_manifest"] = r.pop("__filename")
-        return out
-
-    def _indexed_rows(self, idx, stage: str, ids: list[str], column: str, attempts: int = 3) -> list[dict]:
-        import pyarrow.parquet as pq
-
-        from curation.lineage.index import StaleIndex
         from curation.manifest import SCHEMAS
 
         schema = SCHEMAS.get(stage)
-        hits = idx.lookup(stage, ids, column)
-        by_file: dict[str, list] = {}
-        for h in hits:
-            by_file.setdefault(h.name, []).append(h)
-        out: list[dict] = []
-        try:
-            for name in sorted(by_file):
-                if not idx.verify(stage, name):
-                    raise StaleIndex(name)
-                path = idx.stage_dir(stage) / name
-                pf = pq.ParquetFile(path)
-                names = schema.names if schema is not None else pf.schema_arrow.names
-                cols = [c for c in names if c in pf.schema_arrow.names]
-                starts, n = [], 0
-                for g in range(pf.metadata.num_row_groups):
-                    starts.append(n)
-                    n += pf.metadata.row_group(g).num_rows
-                want: dict[int, list] = {}
-                for h in by_file[name]:
-                    g = _group_of(starts, h.row)
-                    want.setdefault(g, []).append(h)
-                for g in sorted(want):
-                    t = pf.read_row_group(g, columns=cols)
-                    local = [h.row - starts[g] for h in want[g]]
-                    if max(local) >= t.num_rows:
-                        raise StaleIndex(name)
-                    got = t.take(pa.array(local, pa.int64())).to_pylist()
-                    for h, r in zip(want[g], got):
-                        if r.get(column) != h.key:
-                            raise StaleIndex(name)
-                        row = {c: r.get(c) for c in names}
-                        row["_manifest"] = str(path)
-                        out.append(row)
-        except (StaleIndex, FileNotFoundError) as exc:
-            # the manifest changed since it was indexed (in place, or between refresh and read)
-            name = getattr(exc, "args", [None])[0]
-            if isinstance(exc, StaleIndex) and name:
-                p = idx.stage_dir(stage) / name
-                if p.exists():
-                    idx.index_file(stage, p)
-                else:
-                    idx.verify(stage, name)
-            else:
-                idx.refresh(stage, force=True)
-            if attempts <= 1:
-                return self._scanned_rows(stage, ids, column)
-            return self._indexed_rows(idx, stage, ids, column, attempts - 1)
+        if schema is None:
+            d = self.dataset(stage)
+            schema = d.schema if d is not None else ds.dataset(files[0], format="parquet").schema
+        flt = pc.field(column).isin(pa.array(ids, pa.string()))
+        sub = ds.dataset(files, format="parquet", schema=schema)
+        out = sub.to_table(filter=flt, columns=schema.names + ["__filename"]).to_pylist()
+        for r in out:
+            r["_manifest"] = r.pop("__filename")
         return out
 
     def memo(self, key, fn):
@@ -245,13 +207,6 @@ class LineageContext:
             return json.loads(p.read_text()) if p.exists() else None
 
         return self.memo(("config", config_hash), load)
-
-
-def _group_of(starts: list[int], row: int) -> int:
-    """The row group holding ``row``, given each group's first row."""
-    import bisect
-
-    return bisect.bisect_right(starts, row) - 1
 
 
 def family(ctx: LineageContext, ids: Iterable[str], providers: list[LinkProvider] | None = None,

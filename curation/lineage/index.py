@@ -36,17 +36,17 @@ rename always brings a new inode (the temporary file exists next to the old one)
 seen even within one timestamp tick. Folder timestamps are coarse (a kernel tick; 1-2 s on some
 file systems): a scan less than :data:`RACY_NS` after the folder's last change is "racy" (the
 folder could change again within the same timestamp) and is not trusted, so the next lookup
-scans again, as git does with its index. Each row a lookup returns is checked when it is read:
-the file's identity must equal its entry and the row's id must be the id asked for, else that
-manifest is re-indexed and the lookup repeated; so a manifest rewritten *in place* (no rename:
-the folder does not change) is caught for every id it held. What stays outside the guarantee: a
-writer that rewrites a manifest in place *and* adds ids no indexed row held; none of this
-project's writers does (they all rename), and :meth:`IdIndex.rebuild` starts over.
+scans again, as git does with its index. The index only says *which manifests* hold an id: each
+of them is checked against its entry before it is read (identity; a changed one is re-indexed
+and the lookup repeated) and the rows are read from it filtered by the ids themselves, so a
+manifest rewritten *in place* (no rename: the folder does not change) is caught for every id it
+held. What stays outside the guarantee: a writer that rewrites a manifest in place *and* adds
+ids no indexed row held; none of this project's writers does (they all rename), and
+:meth:`IdIndex.rebuild` starts over.
 
-Cost: a lookup of k ids is k B-tree probes plus one row-group read per manifest that holds one
-(manifests are written in row groups of :data:`curation.manifest.ROW_GROUP` rows), independent of
-the number of shards; the folder check is one ``stat`` per stage. Build: one read of the id
-columns of every manifest. Size: ~60 bytes per (id, stage) on disk.
+Cost: a lookup of k ids is k B-tree probes, one ``stat`` per manifest named and one filtered read
+of each, independent of the number of shards; the folder check is one ``stat`` per stage. Build:
+one read of the id columns of every manifest. Size: ~60 bytes per (id, stage) on disk.
 """
 
 from __future__ import annotations
@@ -72,6 +72,8 @@ KEY_COLUMNS = {"image_id": 0, "parent_id": 1}
 RACY_NS = 2_000_000_000
 #: ``UHR_LINEAGE_INDEX=0`` turns the index off (lookups scan the manifests, commits do not index)
 ENV = "UHR_LINEAGE_INDEX"
+#: the collection of release ``<name>``'s manifest is ``release:<name>`` (folder ``releases/<name>``)
+RELEASE_PREFIX = "release:"
 #: above this many ids a lookup goes through a temporary table instead of ``IN (...)``
 _IN_LIMIT = 500
 
@@ -163,6 +165,10 @@ class IdIndex:
             self._db = None
 
     def stage_dir(self, stage: str) -> Path:
+        """The folder of a collection: ``manifests/<stage>`` for a stage, ``releases/<name>`` for
+        ``release:<name>`` (a release manifest: :data:`RELEASE_PREFIX`)."""
+        if stage.startswith(RELEASE_PREFIX):
+            return self.layout.release_dir(stage[len(RELEASE_PREFIX):])
         return self.layout.root / "manifests" / stage
 
     # -- writing ------------------------------------------------------------------------------
@@ -268,10 +274,9 @@ class IdIndex:
         return True
 
     def rebuild(self, stages: Iterable[str] | None = None) -> dict[str, int]:
-        """Forget everything and index every manifest again (``{stage: manifests}``)."""
-        root = self.layout.root / "manifests"
+        """Forget everything and index every manifest again, stages and releases (``{collection: manifests}``)."""
         if stages is None:
-            stages = sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
+            stages = self.collections()
         db = self.db
         with _tx(db):  # (not executescript: it commits first)
             for t in ("keys", "files", "dirs"):
@@ -281,6 +286,15 @@ class IdIndex:
         for s in stages:
             self.refresh(s, force=True)
             out[s] = db.execute("SELECT COUNT(*) FROM files WHERE stage=?", (s,)).fetchone()[0]
+        return out
+
+    def collections(self) -> list[str]:
+        """Every stage folder under ``manifests/`` and every release (``release:<name>``) on disk."""
+        out = []
+        for base, prefix in ((self.layout.root / "manifests", ""), (self.layout.root / "releases", RELEASE_PREFIX)):
+            if base.is_dir():
+                out += [prefix + p.name for p in sorted(base.iterdir())
+                        if p.is_dir() and not p.name.startswith((".", "_"))]
         return out
 
     # -- reading ------------------------------------------------------------------------------
@@ -293,18 +307,21 @@ class IdIndex:
         if not keys:
             return []
         db = self.db
-        sql = ("SELECT k.key, f.name, k.row FROM {src} JOIN files f ON f.id = k.file "
-               "WHERE k.kind = ? AND f.stage = ? {cond} ORDER BY f.name, k.row")
+        # keys first, files second: one B-tree probe per asked id (CROSS JOIN fixes SQLite's loop order)
         if len(keys) <= _IN_LIMIT:
-            rows = db.execute(sql.format(src="keys k", cond=f"AND k.key IN ({','.join('?' * len(keys))})"),
-                              (kind, stage, *keys)).fetchall()
+            rows = db.execute(
+                "SELECT k.key, f.name, k.row FROM keys k CROSS JOIN files f ON f.id = k.file "
+                f"WHERE k.key IN ({','.join('?' * len(keys))}) AND k.kind = ? AND f.stage = ? ORDER BY f.name, k.row",
+                (*keys, kind, stage)).fetchall()
         else:
             with _tx(db):
                 db.execute("CREATE TEMP TABLE IF NOT EXISTS q(key TEXT PRIMARY KEY) WITHOUT ROWID")
                 db.execute("DELETE FROM temp.q")
                 db.executemany("INSERT OR IGNORE INTO temp.q(key) VALUES (?)", ((k,) for k in keys))
-                rows = db.execute(sql.format(src="temp.q JOIN keys k ON k.key = q.key", cond=""),
-                                  (kind, stage)).fetchall()
+                rows = db.execute(
+                    "SELECT k.key, f.name, k.row FROM temp.q CROSS JOIN keys k CROSS JOIN files f "
+                    "ON k.key = q.key AND f.id = k.file WHERE k.kind = ? AND f.stage = ? ORDER BY f.name, k.row",
+                    (kind, stage)).fetchall()
         return [Hit(*r) for r in rows]
 
     def prefix(self, stages: Iterable[str], prefix: str, limit: int = 6) -> set[str]:
@@ -314,7 +331,7 @@ class IdIndex:
             return set()
         hi = prefix[:-1] + chr(ord(prefix[-1]) + 1)
         rows = self.db.execute(
-            f"SELECT DISTINCT k.key FROM keys k JOIN files f ON f.id = k.file WHERE k.kind = 0 "
+            f"SELECT DISTINCT k.key FROM keys k CROSS JOIN files f ON f.id = k.file WHERE k.kind = 0 "
             f"AND k.key >= ? AND k.key < ? AND f.stage IN ({','.join('?' * len(stages))}) LIMIT ?",
             (prefix, hi, *stages, limit)).fetchall()
         return {r[0] for r in rows}
@@ -341,6 +358,35 @@ class IdIndex:
         return {"files": db.execute("SELECT COUNT(*) FROM files").fetchone()[0],
                 "rows": db.execute("SELECT COALESCE(SUM(n_rows), 0) FROM files").fetchone()[0],
                 "bytes": sum(p.stat().st_size for p in self.path.parent.glob(self.path.name + "*"))}
+
+
+def read_hits(path: str | os.PathLike, hits: list[Hit], column: str = "image_id",
+              columns: list[str] | None = None) -> list[dict]:
+    """The rows ``hits`` point at in the manifest ``path`` (hits of that file), reading only the
+    row groups that hold them; :class:`StaleIndex` when a row does not hold its id."""
+    import bisect
+
+    import pyarrow as pa
+
+    pf = pq.ParquetFile(path)
+    starts, n = [], 0
+    for g in range(pf.metadata.num_row_groups):
+        starts.append(n)
+        n += pf.metadata.row_group(g).num_rows
+    by_group: dict[int, list[Hit]] = {}
+    for h in hits:
+        if not 0 <= h.row < n:
+            raise StaleIndex(str(path))
+        by_group.setdefault(bisect.bisect_right(starts, h.row) - 1, []).append(h)
+    out = []
+    for g in sorted(by_group):
+        t = pf.read_row_group(g, columns=columns)
+        got = t.take(pa.array([h.row - starts[g] for h in by_group[g]], pa.int64())).to_pylist()
+        for h, r in zip(by_group[g], got):
+            if r.get(column) != h.key:
+                raise StaleIndex(str(path))
+            out.append(r)
+    return out
 
 
 def _trusted(rec, st: os.stat_result) -> bool:

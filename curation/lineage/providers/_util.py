@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import lru_cache
 from pathlib import Path
 
 from curation.lineage.core import PASSED, REJECTED, Link, LinkProvider
@@ -13,7 +14,13 @@ def status(row: dict) -> str:
 
 def record(row: dict) -> str:
     m = row.pop("_manifest", "") or ""
-    return str(Path(m)) if m else ""
+    return _norm(m) if m else ""
+
+
+@lru_cache(maxsize=65536)
+def _norm(path: str) -> str:
+    """The manifest path as written in a link (one per manifest: cached, an audit asks 10^5 times)."""
+    return str(Path(path))
 
 
 def num(v, fmt: str = ".3g") -> str:

@@ -29,11 +29,9 @@ class ReleaseLinks(LinkProvider):
                 out.extend(Link(self.stage, i, "rejected", f"release {name}: manifest missing at {p}", {}, str(p))
                            for i in sorted(ids))
                 continue
-            t = ds.dataset(str(p), schema=RELEASE).to_table(
-                filter=pc.field("image_id").isin(pa.array(sorted(ids), pa.string())))
             git = e.get("git") or {}
             dvc = e.get("dvc") or {}
-            for r in t.to_pylist():
+            for r in _release_rows(ctx, name, p, ids):
                 summary = (f"in release {name} ({e['created_at']}, {e['n_images']} images, manifest sha256 "
                            f"{e['manifest_sha256'][:16]}), DVC {dvc.get('md5') or 'not tracked'}"
                            f"{' pushed to ' + dvc['remote_url'] if dvc.get('pushed') and dvc.get('remote_url') else ''}, "
@@ -42,6 +40,27 @@ class ReleaseLinks(LinkProvider):
                 out.append(Link(self.stage, r["image_id"], INFO, summary, {"release": name, **r,
                                 "release_entry": {k: e.get(k) for k in ("dvc", "git", "created_at")}}, str(p)))
         return out
+
+
+def _release_rows(ctx, name: str, p, ids) -> list[dict]:
+    """The release manifest's rows of ``ids``: by the id index (rows read by position from the
+    row groups that hold them), else by a filtered read of the whole manifest."""
+    from curation.lineage.index import RELEASE_PREFIX, StaleIndex, read_hits
+    from curation.manifest import RELEASE
+
+    idx = ctx.index(RELEASE_PREFIX + name)
+    if idx is not None:
+        for _ in range(2):
+            hits = idx.lookup(RELEASE_PREFIX + name, ids)
+            if not hits:
+                return []
+            if idx.verify(RELEASE_PREFIX + name, p.name):
+                try:
+                    return read_hits(p, hits, columns=RELEASE.names)
+                except StaleIndex:
+                    idx.index_file(RELEASE_PREFIX + name, p)
+    return ds.dataset(str(p), schema=RELEASE).to_table(
+        filter=pc.field("image_id").isin(pa.array(sorted(ids), pa.string()))).to_pylist()
 
 
 def _captions(r: dict) -> str:
