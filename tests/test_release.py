@@ -157,18 +157,18 @@ def test_audit_passes_then_names_a_corrupted_blob_a_missing_blob_and_a_rejected_
     assert ok.exit_code == 0, ok.output
     assert "OK" in ok.output
     t = pq.read_table(layout.release_dir("v1") / "manifest.parquet").to_pylist()
-    victim = t[0]
+    # the release must hold two images with distinct blobs: one is corrupted, the other deleted
+    assert len({r["sha256"] for r in t}) >= 2, "the test pipeline must release at least two distinct images"
+    victim, other = t[0], next(r for r in t if r["sha256"] != t[0]["sha256"])
     path = store.root / blob_key(victim["sha256"])
+    gone = store.root / blob_key(other["sha256"])
     saved = path.read_bytes()
     cand_path = next(p for p in layout.manifests("candidate_pool")
                      if victim["parent_id"] in pq.read_table(p).column("image_id").to_pylist())
     cand_saved = cand_path.read_bytes()
     try:
         path.write_bytes(saved[:-10] + b"0123456789")  # same size, other bytes
-        gone = None
-        if len(t) > 1 and t[1]["sha256"] != victim["sha256"]:
-            gone = store.root / blob_key(t[1]["sha256"])
-            shutil.move(gone, gone.with_suffix(".bak"))
+        shutil.move(gone, gone.with_suffix(".bak"))
         tb = pq.read_table(cand_path).to_pylist()
         for r in tb:
             if r["image_id"] == victim["parent_id"]:
@@ -183,15 +183,13 @@ def test_audit_passes_then_names_a_corrupted_blob_a_missing_blob_and_a_rejected_
         assert (victim["image_id"], "blob") in fails
         assert any("hashes to" in f["detail"] for f in rep["failures"] if f["image_id"] == victim["image_id"])
         assert (victim["image_id"], "stage candidate_pool") in fails
-        if gone is not None:
-            assert (t[1]["image_id"], "blob") in fails
-            assert any("missing" in f["detail"] for f in rep["failures"] if f["image_id"] == t[1]["image_id"])
-        assert not any(f["image_id"] not in (victim["image_id"], t[1]["image_id"] if gone else None)
-                       for f in rep["failures"])
+        assert (other["image_id"], "blob") in fails
+        assert any("missing" in f["detail"] for f in rep["failures"] if f["image_id"] == other["image_id"])
+        assert {f["image_id"] for f in rep["failures"]} == {victim["image_id"], other["image_id"]}
     finally:
         path.write_bytes(saved)
         cand_path.write_bytes(cand_saved)
-        if gone is not None:
+        if gone.with_suffix(".bak").exists():
             shutil.move(gone.with_suffix(".bak"), gone)
     again = _cli("audit", "v1", "--data-root", str(rel["data"]), env={"UHR_STORE_ROOT": str(store.root)})
     assert again.exit_code == 0, again.output
