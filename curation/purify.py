@@ -131,7 +131,10 @@ def score_files(
     todo = []
     for i, job in enumerate(jobs):
         cached = _read_cache(cache_dir, job["image_id"]) if cache_dir else None
-        # reuse unless a file it produced (thumbnail / model view) has gone missing since
+        # reuse unless a file it produced (thumbnail / model view) is missing -- at this job's paths:
+        # a cache copied with its data root names the original root's files, which may be gone
+        if cached is not None and cached.get("thumb_path"):
+            cached["thumb_path"] = job.get("thumb_path")
         produced = [cached.get("thumb_path")] if cached else []
         if cached and not cached.get("reject_reason") and job.get("view_path"):
             produced.append(job["view_path"])

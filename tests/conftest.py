@@ -1,8 +1,11 @@
-"""Shared fixtures: the test profile and a small synthetic raw pool made once per session."""
+"""Shared fixtures: the test profile, a small synthetic raw pool, and the test-profile pipeline
+materialised once per session (:func:`materialised`)."""
 
 from __future__ import annotations
 
 import os
+import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -43,3 +46,71 @@ def shard_to_candidates(root: Path, n: int = 24, seed: int = 2):
     run_thresholds(layout, cfg)
     run_candidate_pool(layout, shard, cfg)
     return cfg, layout, shard
+
+
+# -- the test-profile pipeline, materialised once per session -------------------------------------
+
+#: the pool every suite that needs a materialised test profile shares: 40 images, two shards; some
+#: images pass the instance check, at least one upscaled image and two distinct ones are released
+POOL_N, POOL_SEED = 40, 3
+
+
+@dataclass(frozen=True)
+class Materialised:
+    """A materialised test-profile data root: ``data`` holds the raw pool (``data/raw``, so the
+    manifests' paths are relative and a copy is self-contained), manifests, caches, corpus files
+    and its Dagster home (sqlite, ``data/dagster_home``) with the runs of the first
+    materialisation; ``out`` is what :func:`orchestration.pipeline.materialize_all` returned.
+
+    Read-only: a test that writes anything (a re-run, a release, a new config) works on
+    :meth:`copy`, never on ``data``."""
+
+    base: Path
+    data: Path
+    raw: Path
+    cfg: object
+    out: dict
+    seconds: float
+
+    @property
+    def layout(self):
+        from curation.layout import DataLayout
+
+        return DataLayout.at(self.data)
+
+    def copy(self, dst: Path) -> Path:
+        """A private copy of the whole data root (raw pool and Dagster home included) at ``dst``."""
+        shutil.copytree(self.data, dst, symlinks=True)
+        return dst
+
+
+@pytest.fixture(scope="session")
+def materialised(tmp_path_factory) -> Materialised:
+    """Every curation asset (raw_pool -> bench_split) materialised once on the test profile, with
+    the offline defaults (heuristic VLM judges, lanczos SR, no aesthetic model, no object store)."""
+    import time
+
+    from curation.config import load_config
+    from curation.synth import make_raw_pool
+    from orchestration.definitions import build_definitions
+    from orchestration.pipeline import materialize_all
+    from orchestration.resources import AestheticModels, CurationSettings, ObjectStoreResource
+    from orchestration.runs import instance_for
+
+    t0 = time.perf_counter()
+    cfg = load_config("test")
+    base = tmp_path_factory.mktemp("materialised")
+    data = base / "data"
+    raw = data / "raw"
+    make_raw_pool(raw, POOL_N, POOL_SEED, cfg)
+    defs = build_definitions({
+        "settings": CurationSettings(data_root=str(data), raw_root=str(raw), profile="test"),
+        "aesthetics": AestheticModels(),
+        "store": ObjectStoreResource(),  # none, whatever the environment says
+    })
+    instance = instance_for(data)
+    try:
+        out = materialize_all(defs, instance, raw, log=lambda *_: None)
+    finally:
+        instance.dispose()
+    return Materialised(base=base, data=data, raw=raw, cfg=cfg, out=out, seconds=time.perf_counter() - t0)

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-from dagster import DagsterInstance
 
 from curation import reasons
 from curation.config import load_config
@@ -29,29 +28,34 @@ def _rows(layout, stage):
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    from curation.synth import make_raw_pool
+def run(materialised, tmp_path_factory):
+    """A private copy of the session's materialised test profile (these tests re-run jobs on it)."""
+    from orchestration.resources import ObjectStoreResource
+    from orchestration.runs import instance_for
 
-    cfg = load_config("test")
-    base = tmp_path_factory.mktemp("pipe")
-    raw = base / "raw"
-    make_raw_pool(raw, 40, 0, cfg)
-    data = base / "data"
+    data = materialised.copy(tmp_path_factory.mktemp("pipe") / "data")
+    raw = data / "raw"
     defs = build_definitions({
         "settings": CurationSettings(data_root=str(data), raw_root=str(raw), profile="test"),
         "aesthetics": AestheticModels(),
+        "store": ObjectStoreResource(),
     })
-    instance = DagsterInstance.ephemeral()
-    out = materialize_all(defs, instance, raw, log=lambda *_: None)
-    return {"cfg": cfg, "raw": raw, "data": data, "defs": defs, "instance": instance, "out": out,
-            "layout": DataLayout.at(data), "labels": load_labels(raw)}
+    instance = instance_for(data)
+    yield {"cfg": load_config("test"), "raw": raw, "data": data, "defs": defs, "instance": instance,
+           "out": materialised.out, "layout": DataLayout.at(data), "labels": load_labels(raw)}
+    instance.dispose()
+
+
+def _source(layout, row) -> str:
+    """A row's source file as an absolute path (raw under the data root is written relative)."""
+    return str(layout.resolve(row["source_path"]).resolve())
 
 
 def test_every_file_has_a_row_and_rows_are_conserved(run):
     layout, labels = run["layout"], run["labels"]
     raw_rows = _rows(layout, "raw_pool")
     assert len(run["out"]["shards"]) >= 2
-    assert {str(Path(r["source_path"]).resolve()) for r in raw_rows} == set(labels)
+    assert {_source(layout, r) for r in raw_rows} == set(labels)
     scored = _rows(layout, "image_scores")
     cand = _rows(layout, "candidate_pool")
     assert len(scored) == sum(r["passed"] for r in raw_rows)
@@ -67,8 +71,8 @@ def test_every_file_has_a_row_and_rows_are_conserved(run):
 
 def test_labelled_defects_get_their_reason(run):
     layout, labels = run["layout"], run["labels"]
-    raw_by = {str(Path(r["source_path"]).resolve()): r for r in _rows(layout, "raw_pool")}
-    cand_by = {str(Path(r["source_path"]).resolve()): r for r in _rows(layout, "candidate_pool")}
+    raw_by = {_source(layout, r): r for r in _rows(layout, "raw_pool")}
+    cand_by = {_source(layout, r): r for r in _rows(layout, "candidate_pool")}
     for path, lab in labels.items():
         exp = lab["expected_reason"]
         raw = raw_by[path]
@@ -99,7 +103,8 @@ def test_relative_cut_keeps_ceil_60_percent_and_aesthetics_not_applied(run):
 
 def test_filter_precision_recall_from_labels(run):
     layout = run["layout"]
-    ev = {e["reason"]: e for e in evaluate(run["labels"], _rows(layout, "raw_pool"), _rows(layout, "candidate_pool"))}
+    ev = {e["reason"]: e for e in evaluate(run["labels"], _rows(layout, "raw_pool"), _rows(layout, "candidate_pool"),
+                                           root=layout.root)}
     for reason in (reasons.DUPLICATE, reasons.TOO_FEW_PIXELS, reasons.MIN_SIDE_TOO_SHORT, reasons.TRUNCATED,
                    reasons.NOT_AN_IMAGE, reasons.OVER_OR_UNDER_EXPOSED, reasons.BLURRED, reasons.FLAT):
         assert ev[reason]["labelled"] >= 1, reason
