@@ -30,17 +30,16 @@ def _rows(layout, stage):
 
 
 @pytest.fixture(scope="module")
-def rel(tmp_path_factory):
-    from curation.config import load_config
-    from curation.synth import make_raw_pool
+def rel(materialised, tmp_path_factory):
+    """A copy of the session's materialised test profile (two shards; a few images pass the instance
+    check), released as v1 through ``release_job`` on the copy's Dagster instance."""
     from orchestration.definitions import build_definitions
-    from orchestration.pipeline import materialize_all
     from orchestration.resources import AestheticModels, CurationSettings, DVCRemote, ObjectStoreResource
+    from orchestration.runs import instance_for
 
-    cfg = load_config("test")
     base = tmp_path_factory.mktemp("rel")
-    raw, data = base / "raw", base / "data"
-    make_raw_pool(raw, 40, 3, cfg)  # two shards; a few images pass the instance check
+    data = materialised.copy(base / "data")
+    raw = data / "raw"
     store_root, remote = base / "store", base / "dvc-remote"
     defs = build_definitions({
         "settings": CurationSettings(data_root=str(data), raw_root=str(raw), profile="test"),
@@ -48,12 +47,12 @@ def rel(tmp_path_factory):
         "store": ObjectStoreResource(local_root=str(store_root)),
         "dvc": DVCRemote(url=str(remote), name="local"),
     })
-    instance = DagsterInstance.ephemeral()
-    materialize_all(defs, instance, raw, log=lambda *_: None)
+    instance = instance_for(data)
     res = defs.resolve_job_def("release_job").execute_in_process(
         run_config={"ops": {"corpus_release": {"config": {"name": "v1"}}}}, instance=instance)
-    return {"defs": defs, "instance": instance, "data": data, "layout": DataLayout.at(data),
-            "store": LocalStore(store_root), "remote": remote, "res": res, "base": base}
+    yield {"defs": defs, "instance": instance, "data": data, "layout": DataLayout.at(data),
+           "store": LocalStore(store_root), "remote": remote, "res": res, "base": base}
+    instance.dispose()
 
 
 def _cli(*args, env=None):
@@ -295,3 +294,82 @@ def test_release_with_nothing_to_release_fails_with_the_reason(tmp_path, monkeyp
     assert out.exit_code != 0 and "nothing to release: no passed corpus_100mp rows" in out.output
     audit = CliRunner().invoke(cli, ["audit", "x1", "--data-root", str(tmp_path / "empty")])
     assert audit.exit_code == 1 and "not in the releases table" in audit.output
+
+
+def test_release_tag_leaves_branch_index_and_working_tree_untouched(materialised, tmp_path, monkeypatch):
+    """The git tag of a release, in a repository with history on a branch and a dirty checkout (a
+    staged edit, a staged new file, an unstaged edit, an untracked file): the branch, HEAD, the
+    index (byte for byte), the working tree and the other refs are the same after the tag as just
+    before it; the tagged commit is the branch tip + the release's .dvc file (+ DVC's config files
+    the tip lacks), none of the staged or unstaged changes."""
+    import hashlib
+    import os
+
+    from curation.dvc_repo import DvcRepo
+    from curation.release import make_release
+
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    env = dict(os.environ, GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@localhost", GIT_COMMITTER_NAME="t",
+               GIT_COMMITTER_EMAIL="t@localhost", GIT_OPTIONAL_LOCKS="0")  # status/diff never rewrite the index
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True, env=env,
+                              check=True).stdout
+
+    git("init", "-q", "-b", "main")
+    (repo / ".gitignore").write_text("/data/\n")
+    (repo / "README.md").write_text("v1\n")
+    (repo / "notes.txt").write_text("n1\n")
+    git("add", ".")
+    git("commit", "-qm", "first")
+    git("checkout", "-qb", "feature")
+    (repo / "README.md").write_text("v2\n")
+    git("commit", "-qam", "second")
+    tip = git("rev-parse", "HEAD").strip()
+    materialised.copy(repo / "data")
+    dvc = DvcRepo.for_data_root(repo / "data", repo=repo, env=env)  # dvc init in the git repo
+    (repo / "README.md").write_text("v3, staged\n")
+    (repo / "new.txt").write_text("staged new file\n")
+    git("add", "README.md", "new.txt")
+    (repo / "notes.txt").write_text("n2, not staged\n")
+    (repo / "scratch.txt").write_text("untracked\n")
+
+    def state() -> dict:
+        files = {p.relative_to(repo).as_posix(): p.read_bytes() for p in repo.rglob("*")
+                 if p.is_file() and p.relative_to(repo).parts[0] not in (".git", "data")}
+        refs = [r for r in git("for-each-ref", "--format=%(refname) %(objectname)").splitlines()
+                if not r.startswith("refs/tags/release/")]
+        return {"head": git("symbolic-ref", "HEAD").strip(), "tip": git("rev-parse", "HEAD").strip(), "refs": refs,
+                "index": hashlib.sha256((repo / ".git" / "index").read_bytes()).hexdigest(),
+                "staged": git("diff", "--cached", "--name-status"), "unstaged": git("diff"),
+                "status": git("status", "--porcelain=v1", "--untracked-files=all"), "files": files}
+
+    seen = {}
+    real = DvcRepo.tag_release
+
+    def tag_release(self, tag, files, message):  # the state just before and just after the tag
+        seen["before"] = state()
+        commit = real(self, tag, files, message)
+        seen["after"] = state()
+        return commit
+
+    monkeypatch.setattr(DvcRepo, "tag_release", tag_release)
+    entry = make_release(DataLayout.at(repo / "data"), "g1", LocalStore(tmp_path / "store"), dvc=dvc, push=False,
+                         log=lambda *_: None)
+    before, after = seen["before"], seen["after"]
+    assert before["head"] == "refs/heads/feature" and before["tip"] == tip
+    assert "M  README.md" in before["status"] and "A  new.txt" in before["status"]
+    assert " M notes.txt" in before["status"] and "?? scratch.txt" in before["status"]
+    for k in before:
+        assert after[k] == before[k], k
+    commit = entry["git"]["commit"]
+    assert git("rev-parse", "release/g1^{commit}").strip() == commit
+    assert git("rev-parse", f"{commit}^").strip() == tip  # on the branch tip, not on the index
+    in_tag = set(git("ls-tree", "-r", "--name-only", commit).split())
+    in_tip = set(git("ls-tree", "-r", "--name-only", tip).split())
+    assert in_tag - in_tip == {"releases/g1.dvc", ".dvc/config", ".dvc/.gitignore", ".dvcignore"}
+    assert in_tip <= in_tag and "new.txt" not in in_tag and "scratch.txt" not in in_tag
+    assert git("show", f"{commit}:README.md") == "v2\n" and git("show", f"{commit}:notes.txt") == "n1\n"
+    assert entry["dvc"]["md5"] in git("show", f"{commit}:releases/g1.dvc")
+    assert git("rev-parse", "HEAD").strip() == tip and git("symbolic-ref", "HEAD").strip() == "refs/heads/feature"
