@@ -1,6 +1,6 @@
 """The Dagster UI on materialised data, in headless Chromium (Debian package, driven by playwright).
 
-Materialises the curation assets on a small test-profile pool into a sqlite Dagster home,
+Copies the session's materialised test profile (its sqlite Dagster home included), releases it,
 starts ``dagster-webserver`` on 127.0.0.1 in its own process group, then checks in the
 browser that the asset graph shows every asset and that an asset page shows its latest
 materialisation with metadata, and that the release asset shows its DVC/tag/lineage metadata and
@@ -28,29 +28,27 @@ pytestmark = [
 
 
 @pytest.fixture(scope="module")
-def webserver(tmp_path_factory):
+def webserver(materialised, tmp_path_factory):
     from dagster import DagsterInstance
 
-    from curation.config import load_config
-    from curation.synth import make_raw_pool
     from infra.services import free_port, wait_for_port
     from orchestration.definitions import build_definitions
-    from orchestration.pipeline import dagster_home_for, materialize_all
+    from orchestration.pipeline import dagster_home_for
     from orchestration.resources import AestheticModels, CurationSettings
 
     base = tmp_path_factory.mktemp("ui")
-    raw, data = base / "raw", base / "data"
-    make_raw_pool(raw, 24, 1, load_config("test"))
+    data = materialised.copy(base / "data")  # the session's materialised pipeline, its runs included
+    raw = data / "raw"
     home = dagster_home_for(data)
     instance = DagsterInstance.from_config(str(home))
     defs = build_definitions({
         "settings": CurationSettings(data_root=str(data), raw_root=str(raw), profile="test"),
         "aesthetics": AestheticModels(),
     })
-    materialize_all(defs, instance, raw, log=lambda *_: None)
     rel = defs.resolve_job_def("release_job").execute_in_process(
         run_config={"ops": {"corpus_release": {"config": {"name": "ui-v1"}}}}, instance=instance)
     assert rel.success
+    instance.dispose()
     port = free_port()
     env = dict(os.environ, DAGSTER_HOME=str(home), UHR_DATA_ROOT=str(data), UHR_RAW_ROOT=str(raw), UHR_PROFILE="test")
     log = open(base / "webserver.log", "wb")
