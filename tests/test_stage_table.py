@@ -57,17 +57,17 @@ def _config_copy(tmp: Path, edit) -> Path:
 
 
 @pytest.fixture(scope="module")
-def pipeline(tmp_path_factory):
-    from curation.synth import make_raw_pool
+def pipeline(materialised, tmp_path_factory):
+    """A private copy of the session's materialised test profile (raw pool inside the data root, so
+    the whole thing can be copied); ``first`` is the counts of that first materialisation."""
+    from orchestration.runs import instance_for
 
-    cfg = load_config("test")
     base = tmp_path_factory.mktemp("fp")
-    data = base / "data"
-    raw = data / "raw"  # inside the data root: the whole thing can be copied
-    make_raw_pool(raw, 40, 3, cfg)
-    instance = DagsterInstance.ephemeral()
-    first = materialize_all(_defs(data, raw), instance, raw, log=lambda *_: None)
-    return {"base": base, "data": data, "raw": raw, "instance": instance, "first": first, "cfg": cfg}
+    data = materialised.copy(base / "data")
+    instance = instance_for(data)
+    yield {"base": base, "data": data, "raw": data / "raw", "instance": instance, "first": materialised.out,
+           "cfg": load_config("test")}
+    instance.dispose()
 
 
 def test_first_run_computes_everything_and_a_rerun_nothing(pipeline):
