@@ -1,7 +1,8 @@
 """What the captions stage hands on: releases, audit, lineage, ``uhr captions`` and the training export.
 
-The whole test-profile pipeline (raw pool -> captions -> final corpus -> bench split) runs once
-on 40 synthetic images (two shards) into a temporary data root. Then:
+The whole test-profile pipeline (raw pool -> captions -> final corpus -> bench split), materialised
+once per session on 40 synthetic images (two shards; ``materialised`` in conftest), copied into a
+temporary data root. Then:
 
 * a release is the passed final corpus minus the PixVerve-Bench ids, caption columns filled
   (``caption_record`` = a reference to the captions record with its provenance), release.json
@@ -25,7 +26,6 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
-from dagster import DagsterInstance
 
 from curation.layout import DataLayout
 from curation.store import LocalStore
@@ -46,29 +46,16 @@ def _cli(*args):
 
 
 @pytest.fixture(scope="module")
-def cap(tmp_path_factory):
-    from curation.config import load_config
+def cap(materialised, tmp_path_factory):
+    """A copy of the session's materialised test profile (40 images, two shards), released as c1."""
     from curation.release import make_release
-    from curation.synth import make_raw_pool
-    from orchestration.definitions import build_definitions
-    from orchestration.pipeline import materialize_all
-    from orchestration.resources import AestheticModels, CurationSettings, ObjectStoreResource
 
-    cfg = load_config("test")
     base = tmp_path_factory.mktemp("cap")
-    data = base / "data"
-    raw = data / "raw"
-    make_raw_pool(raw, 40, 3, cfg)
+    data = materialised.copy(base / "data")
     store_root = data / "store"  # the default store of `uhr audit --data-root`
-    defs = build_definitions({
-        "settings": CurationSettings(data_root=str(data), raw_root=str(raw), profile="test"),
-        "aesthetics": AestheticModels(),
-        "store": ObjectStoreResource(local_root=str(store_root)),
-    })
-    out = materialize_all(defs, DagsterInstance.ephemeral(), raw, log=lambda *_: None)
     layout, store = DataLayout.at(data), LocalStore(store_root)
-    entry = make_release(layout, "c1", store, log=lambda *_: None)
-    return {"base": base, "data": data, "layout": layout, "store": store, "entry": entry, "run": out}
+    entry = make_release(layout, "c1", store, log=lambda *_: None)  # uploads the release's blobs
+    return {"base": base, "data": data, "layout": layout, "store": store, "entry": entry, "run": materialised.out}
 
 
 def _final(layout):
