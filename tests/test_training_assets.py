@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from dagster import DagsterInstance
 
 from curation.layout import DataLayout
 
@@ -18,19 +17,16 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def root(tmp_path_factory):
+def root(materialised, tmp_path_factory):
     from curation.config import load_config
     from curation.release import read_entry
-    from curation.synth import make_raw_pool
     from orchestration.definitions import build_definitions
-    from orchestration.pipeline import materialize_all
     from orchestration.resources import AestheticModels, CurationSettings, MLflowSettings, ObjectStoreResource
-    from orchestration.runs import run_release_job, run_training_ladder
+    from orchestration.runs import instance_for, run_release_job, run_training_ladder
 
     cfg = load_config("test")
-    data = tmp_path_factory.mktemp("train_assets") / "data"
+    data = materialised.copy(tmp_path_factory.mktemp("train_assets") / "data")  # the session's curated pool
     raw = data / "raw"
-    make_raw_pool(raw, 20, 5, cfg)
     store_root = data / "store"
     uri = f"sqlite:///{data / 'mlflow' / 'mlflow.db'}"
     defs = build_definitions({
@@ -39,8 +35,7 @@ def root(tmp_path_factory):
         "store": ObjectStoreResource(local_root=str(store_root)),
         "mlflow": MLflowSettings(tracking_uri=uri),
     })
-    instance = DagsterInstance.ephemeral()
-    materialize_all(defs, instance, raw, log=lambda *_: None)
+    instance = instance_for(data)
     layout = DataLayout.at(data)
     run_release_job(defs, instance, "t1", tag=False, push=False)  # DVC-tracked, as `uhr release` does
     entry = read_entry(layout, "t1")
