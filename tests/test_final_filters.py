@@ -125,6 +125,51 @@ def test_seam_geometry():
     assert r.seams == 2 * 3 + 3 * 2 and r.max_ratio == 0.0 and not r.flagged
 
 
+def _rows_image(rows: list, w: int = 16) -> np.ndarray:
+    """A (len(rows), w, 3) uint8 image; ``rows[r]`` is a value or a length-w profile, same in R, G, B."""
+    return np.repeat(np.array([np.broadcast_to(np.asarray(v, float), (w,)) for v in rows])[..., None], 3,
+                     axis=2).astype(np.uint8)
+
+
+def test_seam_ratios_by_hand():
+    """Seam ratios worked out by hand on 16x16 images (stride 8, n = 2 side rows, eps 0.5, 16-px box).
+
+    A: rows 0..7 step by 10, a jump of 30 across the seam at y = 8, rows 8..15 step by 2. Along the
+    seam every difference is constant, so D_6 = D_7 = 10, D_8 = 30, D_9 = D_10 = 2:
+    R_t = 30 / (0.5 + min(10, 2)) = 12, R_c = 30 / (0.5 + (10 + 2) / 2) = 30 / 6.5, R = 12; the
+    vertical seam at x = 8 sees no column difference: R = 0.
+    B: grain p(x) = +1 -1 -1 +1 (repeated, amplitude 8) on every odd row, and a step of 20 at y = 8.
+    Side rows |D| = 8; the seam row |20 - 8 p(x)| is 12 or 28, mean 20. The 16-px box (reflected
+    border: p extends periodically) averages the grain to exactly 0 and keeps the step:
+    R_t = 20 / 8.5 = 2.3529 (below r_t alone), R_c = 20 / (0.5 + 0) = 40, R = 40: flagged.
+    C: B without the step: R_t = 8 / 8.5 = 0.9412, R_c = 0 / 0.5 = 0: not flagged."""
+    a = _rows_image([10 * r for r in range(8)] + [100 + 2 * (r - 8) for r in range(8, 16)])
+    ra = seams.seam_check(a, stride=8)
+    h = [s for s in ra.segments if s["axis"] == "h"]
+    v = [s for s in ra.segments if s["axis"] == "v"]
+    assert [(s["pos"], s["start"], s["end"]) for s in h] == [(8, 0, 8), (8, 8, 16)] and len(v) == 2
+    for s in h:
+        assert s["seam_gradient"] == 30 and s["side_gradients"] == [10, 2]
+        assert s["texture_ratio"] == pytest.approx(12.0, abs=1e-4)
+        assert s["step_ratio"] == pytest.approx(30 / 6.5, abs=1e-4)
+        assert s["ratio"] == pytest.approx(12.0, abs=1e-4) and s["flagged"]
+    assert all(s["ratio"] == 0 and not s["flagged"] for s in v)
+    assert ra.seams == 4 and ra.max_ratio == pytest.approx(12.0) and ra.flagged and ra.n_flagged == 2
+    # the same image turned by 90 degrees: the same numbers on the vertical seam
+    rt = seams.seam_check(np.ascontiguousarray(a.transpose(1, 0, 2)), stride=8)
+    assert sorted((s["axis"], s["ratio"]) for s in rt.segments) == [("h", 0.0), ("h", 0.0), ("v", 12.0), ("v", 12.0)]
+
+    p = 8 * np.tile([1, -1, -1, 1], 4)
+    for step, want in ((20, (2.3529, 40.0, 40.0, True)), (0, (0.9412, 0.0, 0.9412, False))):
+        b = _rows_image([100 + (p if r % 2 else 0) + (step if r >= 8 else 0) for r in range(16)])
+        hb = [s for s in seams.seam_check(b, stride=8).segments if s["axis"] == "h"]
+        assert len(hb) == 2
+        for s in hb:
+            assert s["seam_gradient"] == (20 if step else 8) and s["side_gradients"] == [8, 8]
+            got = (s["texture_ratio"], s["step_ratio"], s["ratio"], s["flagged"])
+            assert got == pytest.approx(want, abs=1e-4), (step, got)
+
+
 # -- consistency ------------------------------------------------------------------------------
 
 def test_consistency_matches_skimage(lr, sr):
