@@ -121,3 +121,33 @@ def test_animated(tmp_path):
     with pytest.raises(ImageReadError) as e:
         decode_rgb(p, LIMIT)
     assert e.value.reason == reasons.ANIMATED
+
+
+@pytest.mark.parametrize("h,rows", [(1100, 1024), (50, 7), (64, 16)])
+def test_strip_wise_grey_equals_whole_image_cvtcolor(h, rows):
+    """to_grey converts strip by strip; across every strip boundary it equals one cv2.cvtColor of
+    the whole image (and BGR2GRAY of the BGR image), also for a non-contiguous view."""
+    from curation.imageio import to_grey
+
+    rgb = _rgb(h, 37, seed=h)
+    whole = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
+    assert np.array_equal(to_grey(rgb, rows=rows), whole)
+    assert np.array_equal(whole, cv2.cvtColor(np.ascontiguousarray(rgb[..., ::-1]), cv2.COLOR_BGR2GRAY))
+    view = rgb[3:, 2:-1]
+    assert np.array_equal(to_grey(view, rows=rows), cv2.cvtColor(np.ascontiguousarray(view), cv2.COLOR_RGB2GRAY))
+
+
+def test_scores_of_a_tall_image_equal_the_whole_image_reference(tmp_path, paper_cfg):
+    """score_one (decode -> strip-wise grey -> strip-wise scores) on an image taller than one grey
+    strip equals the reference scores of one whole-image cvtColor, to 1e-9 relative."""
+    from curation.purify import score_one
+    from curation.scores import reference_scores
+    from curation.synth import generate_photo
+
+    rgb = generate_photo(300, 1100, seed=4)  # 1100 rows: two grey strips of 1024
+    path = _save_pil(tmp_path / "tall.png", rgb)
+    got = score_one(str(path), "tall", paper_cfg["purification"], LIMIT)
+    ref = reference_scores(cv2.cvtColor(decode_rgb(path, LIMIT), cv2.COLOR_RGB2GRAY))
+    assert (got["height"], got["width"]) == (1100, 300) and not got.get("reject_reason")
+    for k in ("exposure_fraction", "laplacian_var", "flat_fraction", "entropy"):
+        assert got[k] == pytest.approx(getattr(ref, k), rel=1e-9, abs=1e-12), k
