@@ -306,8 +306,19 @@ def test_frechet_distance_and_resize_helpers():
     eig = np.linalg.eigvals(s1 @ s2).astype(complex)
     full = ((mu1 - mu2) ** 2).sum() + np.trace(s1) + np.trace(s2) - 2 * np.sqrt(eig).real.sum()
     assert frechet_distance(f1, f2) == pytest.approx(full, rel=1e-6)  # low-rank path (n < d)
-    g1, g2 = rng.normal(size=(60, 5)), rng.normal(size=(50, 5))
-    assert frechet_distance(g1, g2) > 0  # full path (n >= d)
+    # full-rank path (n >= d): against the formula with scipy's matrix square root ...
+    from scipy import linalg
+
+    g1, g2 = rng.normal(size=(60, 5)), rng.normal(size=(50, 5)) @ rng.normal(size=(5, 5)) * 0.7 + 0.3
+    m1, m2 = g1.mean(0), g2.mean(0)
+    c1, c2 = np.cov(g1, rowvar=False), np.cov(g2, rowvar=False)
+    want = float(((m1 - m2) ** 2).sum() + np.trace(c1 + c2 - 2 * linalg.sqrtm(c1 @ c2).real))
+    assert frechet_distance(g1, g2) == pytest.approx(want, rel=1e-9)
+    # ... and by hand in 1-D, where it is (mu1 - mu2)^2 + (sigma1 - sigma2)^2 with unbiased variances:
+    # {0, 2, 4}: mean 2, variance 4; {10, 11, 12}: mean 11, variance 1 -> 81 + (2 - 1)^2 = 82
+    assert frechet_distance(np.array([[0.0], [2.0], [4.0]]), np.array([[10.0], [11.0], [12.0]])) == \
+        pytest.approx(82.0, rel=1e-12)
+    assert frechet_distance(g1, g1) == pytest.approx(0.0, abs=1e-9)
     x = torch.arange(2 * 3 * 8 * 8, dtype=torch.uint8).reshape(2, 3, 8, 8)
     y = tf1_bilinear_resize(x, out=4)  # TF1 (asymmetric) mapping: src = 2 * dst, integer positions
     assert torch.equal(y, x[:, :, ::2, ::2].float())

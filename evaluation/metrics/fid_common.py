@@ -126,8 +126,8 @@ def frechet_distance(feats1: np.ndarray, feats2: np.ndarray) -> float:
         m = a1 @ a2.T
         c = float(np.sum(np.linalg.svd(m, compute_uv=False)) / np.sqrt((n1 - 1) * (n2 - 1)))
     else:
-        s1 = np.cov(f1, rowvar=False)
-        s2 = np.cov(f2, rowvar=False)
+        s1 = np.atleast_2d(np.cov(f1, rowvar=False))  # np.cov gives a 0-d array for one feature
+        s2 = np.atleast_2d(np.cov(f2, rowvar=False))
         eig = np.linalg.eigvals(s1 @ s2)
         c = float(np.sum(np.sqrt(eig.astype(np.complex128)).real))
     return a + b - 2.0 * c
