@@ -33,3 +33,59 @@ def test_config_hash_is_stable_and_profile_specific():
     assert load_config("test").hash != load_config("paper").hash
     with pytest.raises(ProfileError, match="unknown profile"):
         load_config("nope")
+
+
+def _changed(value):
+    """Another value of the same kind."""
+    if isinstance(value, bool):
+        return not value
+    if isinstance(value, (int, float)):
+        return value + 1
+    if isinstance(value, str):
+        return value + "-x"
+    if isinstance(value, list):
+        return value + value[-1:] if value else [1]
+    return 1  # None
+
+
+def _nested(dotted: str, value) -> dict:
+    out: dict = {}
+    cur = out
+    parts = dotted.split(".")
+    for p in parts[:-1]:
+        cur = cur.setdefault(p, {})
+    cur[parts[-1]] = value
+    return out
+
+
+def test_every_key_outside_the_whitelist_is_refused_and_every_listed_one_applied(tmp_path):
+    """Loop over every leaf of paper.yaml: a profile changing it loads (and the value is applied)
+    exactly when paper.yaml's ``overridable`` lists it; anything else -- thresholds, score
+    definitions, judges, the whitelist itself, a key paper.yaml does not have -- is refused by name."""
+    import re
+
+    from curation.config import CONFIG_DIR, _flatten
+
+    paper = yaml.safe_load((CONFIG_DIR / "paper.yaml").read_text())
+    allowed = set(paper["overridable"])
+    leaves = {k: v for k, v in _flatten(paper).items() if k != "profile"}
+    assert allowed <= set(leaves), allowed - set(leaves)  # the whitelist names real keys
+    prof = tmp_path / "p.yaml"
+    refused, applied = [], []
+    for key, value in leaves.items():
+        new = _changed(value)
+        prof.write_text(yaml.safe_dump({"profile": "loop", **_nested(key, new)}))
+        if key in allowed:
+            assert load_config(str(prof)).get(key) == new, key
+            applied.append(key)
+        else:
+            with pytest.raises(ProfileError, match=re.escape(f"may not override {key!r}")):
+                load_config(str(prof))
+            refused.append(key)
+    assert sorted(applied) == sorted(allowed) and len(refused) == len(leaves) - len(allowed) > 100
+    assert "overridable" in refused and "purification.sharpness.min_laplacian_var" in refused
+    for extra, key in (({"new_section": {"x": 1}}, "new_section.x"), ({"purification": 5}, "purification"),
+                       ({"sizes": {"linear_scale": {"nested": 1}}}, "sizes.linear_scale.nested")):
+        prof.write_text(yaml.safe_dump(extra))
+        with pytest.raises(ProfileError, match=re.escape(f"may not override {key!r}")):
+            load_config(str(prof))
