@@ -113,26 +113,34 @@ def caption_reference(cap: dict) -> str:
 
 def _select(layout: DataLayout, stage: str, columns: list[str], passed: bool = False,
             ids: set[str] | None = None, column: str = "image_id") -> list[dict]:
-    """Rows of every ``stage`` manifest, only ``columns`` (those a manifest has), only passed rows
-    (``passed``) and/or rows whose ``column`` is in ``ids``; manifest order. Reads the columns it
-    needs and filters in Arrow, so memory follows the rows kept, not the manifests read."""
+    """Rows of every ``stage`` manifest, only ``columns``, only passed rows (``passed``) and/or
+    rows whose ``column`` is in ``ids``; manifest order. Reads only these columns, batch by batch
+    (Arrow's threaded scanner), and keeps only the rows it returns: memory follows them, not the
+    manifests read."""
     import pyarrow.compute as pc
-    import pyarrow.parquet as pq
+    import pyarrow.dataset as ds
 
-    value_set = pa.array(sorted(ids), pa.string()) if ids is not None else None
+    from curation.manifest import SCHEMAS
+
+    paths = [str(p) for p in layout.manifests(stage)]
+    if not paths:
+        return []
+    schema = SCHEMAS.get(stage)
+    data = ds.dataset(paths, format="parquet", schema=schema)
+    names = data.schema.names
+    read = [c for c in dict.fromkeys(columns + (["passed"] if passed else []) + ([column] if ids is not None else []))
+            if c in names]
+    keep = [c for c in columns if c in names]
     out: list[dict] = []
-    for p in layout.manifests(stage):
-        have = pq.read_schema(p).names
-        t = pq.read_table(p, columns=[c for c in dict.fromkeys(columns + ["passed", column]) if c in have])
-        mask = None
-        if passed:
-            mask = pc.fill_null(t.column("passed"), False)
-        if value_set is not None:
-            m = pc.is_in(t.column(column), value_set=value_set)
+    for batch in data.to_batches(columns=read):
+        mask = pc.fill_null(batch.column("passed"), False) if passed else None
+        if ids is not None:  # a Python set probe per row: pc.is_in would hash the whole set for every batch
+            m = pa.array([v in ids for v in batch.column(column).to_pylist()], pa.bool_())
             mask = m if mask is None else pc.and_(mask, m)
         if mask is not None:
-            t = t.filter(mask)
-        out.extend(t.select([c for c in columns if c in t.column_names]).to_pylist())
+            batch = batch.filter(mask)
+        if batch.num_rows:
+            out.extend(batch.select(keep).to_pylist())
     return out
 
 
@@ -404,7 +412,8 @@ def make_release(layout: DataLayout, name: str, store: ObjectStore, dvc=None, re
         return dict(existing, existing=True)
 
     corpus_paths = {r["image_id"]: layout.resolve(r.get("output_path"))
-                    for r in _select(layout, "corpus_100mp", ["image_id", "output_path"], passed=True)}
+                    for r in _select(layout, "corpus_100mp", ["image_id", "output_path"], passed=True,
+                                     ids={r["image_id"] for r in rows})}
     blobs = ensure_release_blobs(store, rows, corpus_paths, progress, resolve=layout.resolve)
     log(f"blobs: {blobs['uploaded']} uploaded ({blobs['bytes'] / 1e6:.1f} MB), {blobs['present']} already in {store.url('blobs')}")
     info = {"name": name, "format": RELEASE_FORMAT, "manifest_sha256": digest, "blob_store": store.describe(),

@@ -162,10 +162,10 @@ class LineageContext:
     def _indexed_rows(self, idx, stage: str, ids: list[str], column: str) -> list[dict]:
         """The index names the manifests that hold an id (each checked against its entry, so a
         changed one is re-indexed first); only those are read, filtered by the ids themselves."""
-        files = sorted({h.name for h in idx.lookup(stage, ids, column)})
-        if not all([idx.verify(stage, name) for name in files]):  # changed since indexed: ask again
-            files = sorted({h.name for h in idx.lookup(stage, ids, column)})
-        return self._read_rows(stage, [str(idx.stage_dir(stage) / name) for name in files], ids, column)
+        files = idx.files_of(stage, ids, column)
+        if not idx.check(stage, files):  # a manifest changed since it was indexed: it was re-indexed, ask again
+            files = idx.files_of(stage, ids, column)
+        return self._read_rows(stage, [str(idx.stage_dir(stage) / name) for name in sorted(files)], ids, column)
 
     def _scanned_rows(self, stage: str, ids: list[str], column: str) -> list[dict]:
         d = self.dataset(stage)
@@ -185,9 +185,15 @@ class LineageContext:
         if schema is None:
             d = self.dataset(stage)
             schema = d.schema if d is not None else ds.dataset(files[0], format="parquet").schema
-        flt = pc.field(column).isin(pa.array(ids, pa.string()))
-        sub = ds.dataset(files, format="parquet", schema=schema)
-        out = sub.to_table(filter=flt, columns=schema.names + ["__filename"]).to_pylist()
+        want = set(ids)
+        out: list[dict] = []
+        # batch by batch, a Python set probe per row (an Arrow ``isin`` filter hashes the ids again
+        # for every batch: the larger cost when an audit batch asks for 10^4 ids)
+        for batch in ds.dataset(files, format="parquet", schema=schema).to_batches(
+                columns=schema.names + ["__filename"]):
+            mask = [v in want for v in batch.column(column).to_pylist()]
+            if any(mask):
+                out.extend(batch.filter(pa.array(mask, pa.bool_())).to_pylist())
         for r in out:
             r["_manifest"] = r.pop("__filename")
         return out

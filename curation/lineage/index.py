@@ -74,6 +74,8 @@ RACY_NS = 2_000_000_000
 ENV = "UHR_LINEAGE_INDEX"
 #: the collection of release ``<name>``'s manifest is ``release:<name>`` (folder ``releases/<name>``)
 RELEASE_PREFIX = "release:"
+#: manifests (re-)indexed per transaction by a folder scan
+_BATCH = 200
 #: above this many ids a lookup goes through a temporary table instead of ``IN (...)``
 _IN_LIMIT = 500
 
@@ -176,29 +178,51 @@ class IdIndex:
     def index_file(self, stage: str, path: Path, table=None, st: os.stat_result | None = None) -> int:
         """(Re-)index one manifest: its entries replace the old ones in one transaction. ``table``:
         the rows just written (saves reading them back). Returns the rows indexed."""
-        path = Path(path)
-        st = st or os.stat(path)
+        return self.index_files(stage, [(Path(path), st, table)], strict=True)
+
+    def index_files(self, stage: str, items: list, strict: bool = False) -> int:
+        """(Re-)index manifests ``[(path, stat or None, table or None)]`` in one transaction, their
+        keys inserted in key order (a rebuild touches each B-tree page once per batch, not once per
+        key). An unreadable manifest is forgotten (logged; ``strict``: raised). Returns the rows indexed."""
         now = time.time_ns()
-        if table is None:
-            names = pq.read_schema(path).names
-            table = pq.read_table(path, columns=[c for c in KEY_COLUMNS if c in names])
-        md = table.schema.metadata or {}
-        dv = (md.get(b"uhrforge.data_version") or b"").decode() or None
-        keys = []
-        for col, kind in KEY_COLUMNS.items():
-            if col in table.column_names:
-                vals = table.column(col).to_pylist()
-                keys.extend((v, kind, r) for r, v in enumerate(vals) if v is not None)
+        files, keys, gone = [], [], []
+        for path, st, table in items:
+            path = Path(path)
+            try:
+                st = st or os.stat(path)
+                if table is None:
+                    names = pq.read_schema(path).names
+                    table = pq.read_table(path, columns=[c for c in KEY_COLUMNS if c in names])
+            except FileNotFoundError:
+                gone.append(path.name)
+                continue
+            except Exception as exc:  # an unreadable manifest: no entries (as a scan would fail on it)
+                if strict:
+                    raise
+                log.warning("lineage index: cannot index %s (%s)", path, exc)
+                gone.append(path.name)
+                continue
+            md = table.schema.metadata or {}
+            dv = (md.get(b"uhrforge.data_version") or b"").decode() or None
+            n = len(files)
+            for col, kind in KEY_COLUMNS.items():
+                if col in table.column_names:
+                    keys.extend((v, kind, n, r) for r, v in enumerate(table.column(col).to_pylist()) if v is not None)
+            files.append((path.name, _identity(st), table.num_rows, dv))
+        keys.sort()
         db = self.db
         with _tx(db):
-            self._drop(stage, path.name)
-            cur = db.execute(
-                "INSERT INTO files(stage, name, ino, size, mtime_ns, ctime_ns, indexed_ns, n_rows, data_version) "
-                "VALUES (?,?,?,?,?,?,?,?,?)", (stage, path.name, *_identity(st), now, table.num_rows, dv))
-            fid = cur.lastrowid
+            fids = []
+            for name in gone:
+                self._drop(stage, name)
+            for name, ident, n_rows, dv in files:
+                self._drop(stage, name)
+                fids.append(db.execute(
+                    "INSERT INTO files(stage, name, ino, size, mtime_ns, ctime_ns, indexed_ns, n_rows, data_version) "
+                    "VALUES (?,?,?,?,?,?,?,?,?)", (stage, name, *ident, now, n_rows, dv)).lastrowid)
             db.executemany("INSERT OR IGNORE INTO keys(key, kind, file, row) VALUES (?,?,?,?)",
-                           ((k, kind, fid, r) for k, kind, r in keys))
-        return table.num_rows
+                           ((k, kind, fids[n], r) for k, kind, n, r in keys))
+        return sum(f[2] for f in files)
 
     def _drop(self, stage: str, name: str) -> None:
         """Forget one manifest (inside a transaction): its ``files`` row goes, its keys become
@@ -255,18 +279,10 @@ class IdIndex:
             with _tx(db):
                 for name in gone:
                     self._drop(stage, name)
-        for name, st in sorted(on_disk.items()):
-            k = known.get(name)
-            if k is None or not _trusted(k, st):
-                try:
-                    self.index_file(stage, d / name, st=st)
-                except FileNotFoundError:
-                    with _tx(db):
-                        self._drop(stage, name)
-                except Exception as exc:  # an unreadable manifest: no entries (lookups miss it, as a scan would fail)
-                    log.warning("lineage index: cannot index %s (%s)", d / name, exc)
-                    with _tx(db):
-                        self._drop(stage, name)
+        todo = [(d / name, st, None) for name, st in sorted(on_disk.items())
+                if known.get(name) is None or not _trusted(known[name], st)]
+        for i in range(0, len(todo), _BATCH):
+            self.index_files(stage, todo[i:i + _BATCH])
         with _tx(db):
             db.execute("INSERT OR REPLACE INTO dirs(stage, ino, mtime_ns, scanned_ns) VALUES (?,?,?,?)",
                        (stage, dst.st_ino, dst.st_mtime_ns, scanned))
@@ -302,6 +318,9 @@ class IdIndex:
     def lookup(self, stage: str, keys: Iterable[str], column: str = "image_id") -> list[Hit]:
         """Every indexed row of ``stage`` whose ``column`` (``image_id`` or ``parent_id``) is one
         of ``keys``, ordered by manifest and row. Call :meth:`refresh` first."""
+        return [Hit(*r) for r in self._probe(stage, keys, column, "k.key, f.name, k.row", "ORDER BY f.name, k.row")]
+
+    def _probe(self, stage: str, keys: Iterable[str], column: str, select: str, tail: str = "") -> list[tuple]:
         kind = KEY_COLUMNS[column]
         keys = sorted(set(keys))
         if not keys:
@@ -310,8 +329,8 @@ class IdIndex:
         # keys first, files second: one B-tree probe per asked id (CROSS JOIN fixes SQLite's loop order)
         if len(keys) <= _IN_LIMIT:
             rows = db.execute(
-                "SELECT k.key, f.name, k.row FROM keys k CROSS JOIN files f ON f.id = k.file "
-                f"WHERE k.key IN ({','.join('?' * len(keys))}) AND k.kind = ? AND f.stage = ? ORDER BY f.name, k.row",
+                f"SELECT {select} FROM keys k CROSS JOIN files f ON f.id = k.file "
+                f"WHERE k.key IN ({','.join('?' * len(keys))}) AND k.kind = ? AND f.stage = ? {tail}",
                 (*keys, kind, stage)).fetchall()
         else:
             with _tx(db):
@@ -319,10 +338,33 @@ class IdIndex:
                 db.execute("DELETE FROM temp.q")
                 db.executemany("INSERT OR IGNORE INTO temp.q(key) VALUES (?)", ((k,) for k in keys))
                 rows = db.execute(
-                    "SELECT k.key, f.name, k.row FROM temp.q CROSS JOIN keys k CROSS JOIN files f "
-                    "ON k.key = q.key AND f.id = k.file WHERE k.kind = ? AND f.stage = ? ORDER BY f.name, k.row",
+                    f"SELECT {select} FROM temp.q CROSS JOIN keys k CROSS JOIN files f "
+                    f"ON k.key = q.key AND f.id = k.file WHERE k.kind = ? AND f.stage = ? {tail}",
                     (kind, stage)).fetchall()
-        return [Hit(*r) for r in rows]
+        return rows
+
+    def files_of(self, stage: str, keys: Iterable[str], column: str = "image_id") -> dict[str, tuple]:
+        """``{manifest name: its entry's identity}`` of the manifests of ``stage`` holding one of
+        ``keys`` in ``column`` (what :meth:`check` compares with the files on disk)."""
+        return {r[0]: r[1:] for r in self._probe(stage, keys, column, "DISTINCT f.name, f.ino, f.size, f.mtime_ns, "
+                                                            "f.ctime_ns, f.indexed_ns")}
+
+    def check(self, stage: str, files: dict[str, tuple]) -> bool:
+        """True when every manifest of ``files`` (:meth:`files_of`) is on disk as indexed; the
+        others are re-indexed (or forgotten, when gone) and False returned."""
+        d = self.stage_dir(stage)
+        changed = []
+        for name, rec in files.items():
+            try:
+                st = os.stat(d / name)
+            except FileNotFoundError:
+                changed.append((d / name, None, None))
+                continue
+            if not _trusted(rec, st):
+                changed.append((d / name, st, None))
+        if changed:
+            self.index_files(stage, changed)
+        return not changed
 
     def prefix(self, stages: Iterable[str], prefix: str, limit: int = 6) -> set[str]:
         """Ids (``image_id``) of ``stages`` starting with ``prefix`` (at most ``limit``)."""

@@ -228,7 +228,14 @@ class LocalStore(ObjectStore):
 
     def exists(self, key) -> bool:
         """One ``stat`` (as S3's HEAD): not :meth:`stat`, which reads the whole file for its md5 etag."""
-        return self._path(key).is_file()
+        key = str(key).lstrip("/")
+        if not key or any(p in ("..", ".") for p in key.split("/")):
+            _check_key(key)  # raises
+        return os.path.isfile(os.path.join(self._root_str, key))
+
+    @property
+    def _root_str(self) -> str:
+        return str(self.root)
 
     def stat(self, key) -> ObjectInfo:
         p = self._path(key)
