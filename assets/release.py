@@ -34,18 +34,30 @@ def dvc_for(settings: CurationSettings, dvc: DVCRemote):
     return repo, {"name": dvc.name, "url": dvc.remote_url(settings.data_root), "endpoint_url": dvc.endpoint_url}
 
 
-def write_lineage_report(layout, name: str, store) -> tuple[str, list[dict]]:
-    """Every image's lineage (JSON lines) under ``reports/release/<name>/``; returns the path and rows."""
+def write_lineage_report(layout, name: str, store, batch: int = 10_000, keep: int = 50) -> tuple[str, list[dict]]:
+    """Every image's lineage (JSON lines) under ``reports/release/<name>/``; returns the path and
+    the stages of the release's first ``keep`` images. Written in batches of whole shards (a
+    shard's manifests are read by one batch; memory holds one batch's links, not the release's),
+    so the lines follow the shards, then the manifest order within a shard."""
     from curation.lineage import LineageContext, lineage_batch
     from curation.release import read_release_manifest
 
-    ids = read_release_manifest(layout, name, store).column("image_id").to_pylist()
-    links = lineage_batch(LineageContext(layout, store), ids)
+    t = read_release_manifest(layout, name, store).select(["image_id", "shard"])
+    ids, shards = t.column("image_id").to_pylist(), t.column("shard").to_pylist()
+    order = sorted(range(len(ids)), key=lambda i: (shards[i] or "", i))
+    first = set(ids[:keep])
+    stages: dict[str, str] = {}
+    ctx = LineageContext(layout, store)
     path = layout.report_dir("release", name) / "lineage.jsonl"
     with open(path, "w") as fh:
-        for i in ids:
-            fh.write(json.dumps({"image_id": i, "links": [lk.as_dict() for lk in links[i]]}, default=str) + "\n")
-    return str(path), [{"image_id": i, "stages": " > ".join(f"{lk.stage}:{lk.status}" for lk in links[i])} for i in ids]
+        for start in range(0, len(order), batch):
+            chunk = [ids[i] for i in order[start:start + batch]]
+            links = lineage_batch(ctx, chunk)
+            for i in chunk:
+                fh.write(json.dumps({"image_id": i, "links": [lk.as_dict() for lk in links[i]]}, default=str) + "\n")
+                if i in first:
+                    stages[i] = " > ".join(f"{lk.stage}:{lk.status}" for lk in links[i])
+    return str(path), [{"image_id": i, "stages": stages[i]} for i in ids[:keep]]
 
 
 @asset(
@@ -72,7 +84,7 @@ def corpus_release(context: AssetExecutionContext, config: ReleaseConfig, settin
     if postgres.enabled:  # the lab's releases table, beside the one in the data root and the store
         record_release_sql(postgres.url(), entry)
     lineage_path, lineage_rows = write_lineage_report(layout, config.name, s)
-    rows = read_release_manifest(layout, config.name, s).to_pylist()
+    rows = read_release_manifest(layout, config.name, s).slice(0, 50).to_pylist()  # the first 50, for the table
     report = audit_release(layout, config.name, s)
     dvc_info, git = entry.get("dvc") or {}, entry.get("git") or {}
     md = {

@@ -143,11 +143,11 @@ def test_never_stale_when_the_hook_did_not_run(root, monkeypatch):
     _forget_racy(monkeypatch)
     ids = _all_ids(root)
     assert _answers(root, ids, True) == _without_index(root, ids)
-    monkeypatch.setenv("UHR_LINEAGE_INDEX", "0")
+    monkeypatch.setattr(index_mod, "ENABLED", False)
     write_shard(root, 2, n=25, salt="behind")
     write_shard(root, 9, n=10, salt="new")  # a new shard
     os.unlink(root.manifest("image_scores", "shard-003"))  # a deleted one
-    monkeypatch.delenv("UHR_LINEAGE_INDEX")
+    monkeypatch.setattr(index_mod, "ENABLED", True)
     ids = _all_ids(root) + ids
     assert _answers(root, ids, True) == _without_index(root, ids)
 
@@ -184,7 +184,7 @@ def test_racy_folder_scans_are_repeated(root, monkeypatch):
 def test_index_off_or_unusable_falls_back_to_scanning(root, monkeypatch):
     ids = _all_ids(root)
     expected = _without_index(root, ids)
-    monkeypatch.setenv("UHR_LINEAGE_INDEX", "0")
+    monkeypatch.setattr(index_mod, "ENABLED", False)
     ctx = LineageContext(root)
     assert ctx.index("raw_pool") is None
     assert _answers(root, ids, True) == expected

@@ -107,7 +107,7 @@ class LineageContext:
     Rows by ``image_id`` / ``parent_id`` come through the data root's id index
     (:mod:`curation.lineage.index`): a few B-tree probes name the manifests that hold the ids, and
     only those are read (filtered by the ids), whatever the number of shards. ``use_index=False``
-    (or no usable index: a read-only data root, ``UHR_LINEAGE_INDEX=0``) reads the id column of
+    (or no usable index: a read-only data root, ``curation.lineage.index.ENABLED = False``) reads the id column of
     every manifest of the stage to find them instead; both give the same rows in the same order."""
 
     def __init__(self, layout: DataLayout, store=None, tracking_uri: str | None = None, use_index: bool = True):
