@@ -70,7 +70,6 @@ class Materialised:
     raw: Path
     cfg: object
     out: dict
-    seconds: float
 
     @property
     def layout(self):
@@ -84,20 +83,26 @@ class Materialised:
         return dst
 
 
-@pytest.fixture(scope="session")
-def materialised(tmp_path_factory) -> Materialised:
-    """Every curation asset (raw_pool -> bench_split) materialised once on the test profile, with
-    the offline defaults (heuristic VLM judges, lanczos SR, no aesthetic model, no object store)."""
-    import time
+def _manifests_digest(data: Path) -> dict[str, str]:
+    import hashlib
 
+    return {p.relative_to(data).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted((data / "manifests").rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="session")
+def materialised(tmp_path_factory):
+    """Every curation asset (raw_pool -> bench_split) materialised once on the test profile, with
+    the offline defaults (heuristic VLM judges, lanczos SR, no aesthetic model, no object store).
+    At the end of the session its manifests must be unchanged (a test wrote to the shared root
+    instead of a copy otherwise)."""
     from curation.config import load_config
     from curation.synth import make_raw_pool
     from orchestration.definitions import build_definitions
     from orchestration.pipeline import materialize_all
-    from orchestration.resources import AestheticModels, CurationSettings, ObjectStoreResource
+    from orchestration.resources import AestheticModels, CurationSettings, ObjectStoreResource, VLMEndpoint
     from orchestration.runs import instance_for
 
-    t0 = time.perf_counter()
     cfg = load_config("test")
     base = tmp_path_factory.mktemp("materialised")
     data = base / "data"
@@ -106,11 +111,14 @@ def materialised(tmp_path_factory) -> Materialised:
     defs = build_definitions({
         "settings": CurationSettings(data_root=str(data), raw_root=str(raw), profile="test"),
         "aesthetics": AestheticModels(),
-        "store": ObjectStoreResource(),  # none, whatever the environment says
+        "store": ObjectStoreResource(),  # none and no VLM endpoint, whatever the environment says
+        "vlm": VLMEndpoint(),
     })
     instance = instance_for(data)
     try:
         out = materialize_all(defs, instance, raw, log=lambda *_: None)
     finally:
         instance.dispose()
-    return Materialised(base=base, data=data, raw=raw, cfg=cfg, out=out, seconds=time.perf_counter() - t0)
+    digest = _manifests_digest(data)
+    yield Materialised(base=base, data=data, raw=raw, cfg=cfg, out=out)
+    assert _manifests_digest(data) == digest, "a test changed the shared materialised data root: use .copy()"
