@@ -7,7 +7,11 @@ NOT_AN_IMAGE = "not_an_image"
 UNREADABLE = "unreadable"
 TRUNCATED = "truncated"
 TOO_MANY_PIXELS = "too_many_pixels"
-ANIMATED = "animated"  # more than one frame (APNG, animated WebP, multi-page TIFF)
+ANIMATED = "animated"  # more than one frame (APNG, animated WebP / GIF, multi-page TIFF)
+CORRUPT = "corrupt"  # the container is complete but its data is damaged (e.g. garbage inside a JPEG scan)
+UNSUPPORTED_FORMAT = "unsupported_format"  # an image, but not PNG/JPEG/TIFF/WebP (GIF, BMP, AVIF, HEIC, JPEG XL, ...)
+NOT_A_REGULAR_FILE = "not_a_regular_file"  # a directory, FIFO, socket, device or broken symlink: never opened
+SOURCE_CHANGED = "source_changed"  # the bytes read no longer hash to the id / sha256 recorded upstream
 
 # raw pool
 DUPLICATE = "duplicate"
@@ -38,7 +42,8 @@ DEFERRED = "deferred_by_profile_cap"  # not upscaled: over the profile's corpus.
 # captions and the final corpus (paper 3.1.5, 3.1.4 instance check)
 CAPTION_FAILED = "caption_failed"  # a captions step failed (tags, grounding, a model call, a caption)
 
-FILE_REASONS = (NOT_AN_IMAGE, UNREADABLE, TRUNCATED, TOO_MANY_PIXELS, ANIMATED)
+FILE_REASONS = (NOT_AN_IMAGE, UNREADABLE, TRUNCATED, TOO_MANY_PIXELS, ANIMATED, CORRUPT, UNSUPPORTED_FORMAT,
+                NOT_A_REGULAR_FILE, SOURCE_CHANGED)
 SCREEN_REASONS = (TOO_FEW_PIXELS, MIN_SIDE_TOO_SHORT)
 ABSOLUTE_REASONS = (OVER_OR_UNDER_EXPOSED, BLURRED, FLAT)
 RELATIVE_REASONS = (LOW_ENTROPY, LOW_AESTHETICS)
