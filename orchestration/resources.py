@@ -169,17 +169,22 @@ class ObjectStoreResource(_NoSecretsRepr, ConfigurableResource):
     region: str | None = None
     local_root: str | None = None
     raw_prefix: str | None = None
+    #: S3 calls are retried with backoff for at most this many attempts / seconds each (a
+    #: restarting server), then fail with one line (``curation.store.StoreUnavailable``)
+    retry_attempts: int = 10
+    retry_deadline_s: float = 120.0
 
     @property
     def enabled(self) -> bool:
         return bool(self.endpoint or self.local_root)
 
     def get_store(self):
-        from curation.store import LocalStore, S3Store
+        from curation.store import LocalStore, RetryPolicy, S3Store
 
         if self.endpoint:
             return S3Store(self.endpoint, self.bucket, self.prefix, _value(self.access_key), _value(self.secret_key),
-                           secure=self.secure or None, region=self.region)
+                           secure=self.secure or None, region=self.region,
+                           retry=RetryPolicy(attempts=self.retry_attempts, deadline_s=self.retry_deadline_s))
         if self.local_root:
             return LocalStore(self.local_root)
         raise RuntimeError("no object store configured (set UHR_S3_ENDPOINT or UHR_STORE_ROOT)")

@@ -10,7 +10,10 @@ Keys (relative to the store's prefix)::
 Modules:
 
 * :mod:`curation.store.backends` -- the :class:`ObjectStore` interface, :class:`LocalStore`,
-  :class:`S3Store`, the errors and key helpers;
+  :class:`S3Store` (every call retried with backoff within a :class:`RetryPolicy`, then
+  :class:`StoreUnavailable` with a one-line message), the errors and key helpers;
+* :mod:`curation.store.retry` -- :func:`call_with_retry` and :class:`RetryPolicy` (bounded
+  attempts and deadline, exponential backoff with jitter);
 * :mod:`curation.store.blobs` -- content-addressed blobs: put/get (hash checked), digest and
   verify, :func:`publish_blobs`, :func:`restore_sources`;
 * :mod:`curation.store.sync` -- a worker's data root against the store: manifests, thresholds,
@@ -32,11 +35,13 @@ from curation.store.backends import (
     ObjectStore,
     S3Store,
     StoreError,
+    StoreUnavailable,
     manifest_key,
     md5_file,
     raw_shard_prefix,
     sha256_file,
 )
+from curation.store.retry import RetryPolicy, ServiceUnavailable, call_with_retry
 from curation.store.blobs import (
     blob_digest,
     blob_key,
@@ -69,7 +74,7 @@ from curation.store.sync import (
 
 __all__ = [
     "BLOBS", "MANIFESTS", "RAW_PREFIX", "THRESHOLDS_STAGE", "stage_blobs", "stage_inputs",
-    "StoreError", "ObjectNotFound", "BlobIntegrityError", "ObjectInfo",
+    "StoreError", "StoreUnavailable", "ServiceUnavailable", "RetryPolicy", "call_with_retry", "ObjectNotFound", "BlobIntegrityError", "ObjectInfo",
     "ObjectStore", "LocalStore", "S3Store",
     "manifest_key", "raw_shard_prefix", "sha256_file", "md5_file",
     "blob_key", "put_blob", "get_blob", "blob_digest", "verify_blob", "publish_blobs", "restore_sources",

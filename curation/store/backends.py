@@ -24,6 +24,7 @@ from pathlib import Path, PurePosixPath
 from typing import Mapping
 
 from curation.hashing import md5_file, sha256_file
+from curation.store.retry import RetryPolicy, ServiceUnavailable, call_with_retry
 
 BLOBS = "blobs"
 MANIFESTS = "manifests"
@@ -43,6 +44,11 @@ class ObjectNotFound(StoreError, KeyError):
 
 class BlobIntegrityError(StoreError):
     """A blob's bytes do not hash to its key."""
+
+
+class StoreUnavailable(StoreError, ServiceUnavailable):
+    """The store could not be reached within its retry budget (a one-line message: operation,
+    key, attempts, seconds, last error)."""
 
 
 @dataclass(frozen=True)
@@ -75,6 +81,15 @@ def _check_key(key: str) -> str:
     if not key or any(p in ("..", ".") for p in parts):
         raise ValueError(f"bad object key {key!r}")
     return key
+
+
+def _ca_certs() -> str | None:
+    try:
+        import certifi
+
+        return certifi.where()
+    except ImportError:  # pragma: no cover - minio depends on certifi
+        return None
 
 
 def _atomic_target(dest: Path) -> Path:
@@ -277,7 +292,9 @@ class S3Store(ObjectStore):
 
     def __init__(self, endpoint: str, bucket: str, prefix: str = "", access_key: str | None = None,
                  secret_key: str | None = None, secure: bool | None = None, region: str | None = None,
-                 create_bucket: bool = True):
+                 create_bucket: bool = True, retry: RetryPolicy | None = None, connect_timeout_s: float = 10.0,
+                 read_timeout_s: float = 120.0):
+        import urllib3
         from minio import Minio
 
         ep = str(endpoint).strip()
@@ -289,9 +306,17 @@ class S3Store(ObjectStore):
         self.bucket = bucket
         self.prefix = _norm_prefix(prefix)
         self.region = region
+        #: every call is retried within this budget (a restarting server, a dropped connection)
+        self.retry = retry or RetryPolicy()
+        # one try = one HTTP exchange (urllib3 does not retry on its own); the loop is ours, so a
+        # down server costs at most the policy's deadline and every failure says how long it tried
+        http = urllib3.PoolManager(
+            timeout=urllib3.util.Timeout(connect=float(connect_timeout_s), read=float(read_timeout_s)),
+            maxsize=10, cert_reqs="CERT_REQUIRED", ca_certs=_ca_certs(),
+            retries=urllib3.Retry(total=0, raise_on_redirect=False, raise_on_status=False))
         # the credentials go into the client and nowhere else on this object
         self._client = Minio(self.endpoint, access_key=access_key or None, secret_key=secret_key or None,
-                             secure=self.secure, region=region)
+                             secure=self.secure, region=region, http_client=http)
         self._create_bucket = create_bucket
         self._bucket_ok = False
 
@@ -302,15 +327,26 @@ class S3Store(ObjectStore):
     def _rel(self, full: str) -> str:
         return full[len(self.prefix):] if self.prefix and full.startswith(self.prefix) else full
 
+    def _call(self, what: str, key: str, fn):
+        """``fn()`` within the retry budget; :class:`StoreUnavailable` (one line) when it is spent."""
+        try:
+            return call_with_retry(fn, f"S3 {what} {self.url(key)} at {self.endpoint_url()}", self.retry)
+        except ServiceUnavailable as exc:
+            raise StoreUnavailable(str(exc)) from exc.__cause__
+
     def _ensure_bucket(self) -> None:
         if self._bucket_ok:
             return
-        if self._create_bucket and not self._client.bucket_exists(self.bucket):
-            try:
-                self._client.make_bucket(self.bucket)
-            except Exception as exc:  # another worker made it in between
-                if "BucketAlreadyOwnedByYou" not in str(exc) and "BucketAlreadyExists" not in str(exc):
-                    raise
+
+        def make():
+            if self._create_bucket and not self._client.bucket_exists(self.bucket):
+                try:
+                    self._client.make_bucket(self.bucket)
+                except Exception as exc:  # another worker made it in between
+                    if "BucketAlreadyOwnedByYou" not in str(exc) and "BucketAlreadyExists" not in str(exc):
+                        raise
+
+        self._call("bucket check", "", make)
         self._bucket_ok = True
 
     @staticmethod
@@ -334,14 +370,16 @@ class S3Store(ObjectStore):
 
     def put_file(self, key, path, content_type="application/octet-stream", metadata=None) -> ObjectInfo:
         self._ensure_bucket()
-        res = self._client.fput_object(self.bucket, self._full(key), str(path), content_type=content_type,
-                                       metadata=dict(metadata) if metadata else None)
+        res = self._call("put", key, lambda: self._client.fput_object(
+            self.bucket, self._full(key), str(path), content_type=content_type,
+            metadata=dict(metadata) if metadata else None))
         return ObjectInfo(_check_key(key), Path(path).stat().st_size, res.etag, None, dict(metadata or {}) or None)
 
     def put_bytes(self, key, data, content_type="application/octet-stream", metadata=None) -> ObjectInfo:
         self._ensure_bucket()
-        res = self._client.put_object(self.bucket, self._full(key), io.BytesIO(data), len(data),
-                                      content_type=content_type, metadata=dict(metadata) if metadata else None)
+        res = self._call("put", key, lambda: self._client.put_object(
+            self.bucket, self._full(key), io.BytesIO(data), len(data), content_type=content_type,
+            metadata=dict(metadata) if metadata else None))
         return ObjectInfo(_check_key(key), len(data), res.etag, None, dict(metadata or {}) or None)
 
     def get_file(self, key, path) -> Path:
@@ -349,7 +387,8 @@ class S3Store(ObjectStore):
 
         dest = Path(path)
         tmp = _atomic_target(dest)
-        try:
+
+        def fetch():  # every try writes the temporary file from its start
             resp = self._client.get_object(self.bucket, self._full(key))
             try:
                 with open(tmp, "wb") as fh:
@@ -358,6 +397,9 @@ class S3Store(ObjectStore):
             finally:
                 resp.close()
                 resp.release_conn()
+
+        try:
+            self._call("get", key, fetch)
             os.replace(tmp, dest)
         except S3Error as exc:
             if self._missing(exc):
@@ -370,23 +412,26 @@ class S3Store(ObjectStore):
     def get_bytes(self, key) -> bytes:
         from minio.error import S3Error
 
-        try:
+        def fetch() -> bytes:
             resp = self._client.get_object(self.bucket, self._full(key))
+            try:
+                return resp.read()
+            finally:
+                resp.close()
+                resp.release_conn()
+
+        try:
+            return self._call("get", key, fetch)
         except S3Error as exc:
             if self._missing(exc):
                 raise ObjectNotFound(f"{self.url(key)} does not exist") from None
             raise
-        try:
-            return resp.read()
-        finally:
-            resp.close()
-            resp.release_conn()
 
     def stat(self, key) -> ObjectInfo:
         from minio.error import S3Error
 
         try:
-            st = self._client.stat_object(self.bucket, self._full(key))
+            st = self._call("stat", key, lambda: self._client.stat_object(self.bucket, self._full(key)))
         except S3Error as exc:
             if self._missing(exc):
                 raise ObjectNotFound(f"{self.url(key)} does not exist") from None
@@ -399,12 +444,15 @@ class S3Store(ObjectStore):
     def list_info(self, prefix: str = "") -> list[ObjectInfo]:
         from minio.error import S3Error
 
-        try:
+        def listing() -> list[ObjectInfo]:  # the whole listing per try: a page lost mid-way is listed again
             objs = self._client.list_objects(self.bucket, prefix=self.prefix + str(prefix or "").lstrip("/"),
                                              recursive=True)
-            out = [ObjectInfo(self._rel(o.object_name), int(o.size or 0), (o.etag or "").strip('"') or None,
-                              o.last_modified.timestamp() if o.last_modified else None)
-                   for o in objs if not o.is_dir]
+            return [ObjectInfo(self._rel(o.object_name), int(o.size or 0), (o.etag or "").strip('"') or None,
+                               o.last_modified.timestamp() if o.last_modified else None)
+                    for o in objs if not o.is_dir]
+
+        try:
+            out = self._call("list", str(prefix or ""), listing)
         except S3Error as exc:
             if self._missing(exc):
                 return []
@@ -412,7 +460,7 @@ class S3Store(ObjectStore):
         return sorted(out, key=lambda o: o.key)
 
     def delete(self, key) -> None:
-        self._client.remove_object(self.bucket, self._full(key))
+        self._call("delete", key, lambda: self._client.remove_object(self.bucket, self._full(key)))
 
 
 
