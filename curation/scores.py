@@ -14,10 +14,13 @@ the RGB array, identical weights), ``(H, W)`` uint8. Variances are population va
   textureless / patches, ``None`` when the image has no full patch.
 * ``entropy`` -- Shannon entropy (base 2) of the 256-bin grey histogram.
 
-Memory: the strip functions never hold more than one ``strip x W`` float64 buffer besides
-the uint8 grey image, so a 100 MP image costs ~0.1 GB of work memory instead of several
-full-size float copies. :func:`reference_scores` is the straightforward whole-image
-version the tests compare against (equal to 1e-9 relative).
+Computation: :func:`purification_scores` reads each band of rows once (``uhr_score_rows``,
+a C kernel compiled on first use, see :mod:`curation.ckernels`): histogram, Laplacian sums and
+flatness tiles in one pass per row, exact integer sums, no float copies; given the decoded RGB
+array it converts band by band, so no full-size grey image is held either. Without a C compiler
+the separate strip functions below give the same values (they never hold more than one
+``strip x W`` float64 buffer besides the uint8 grey image). :func:`reference_scores` is the
+straightforward whole-image version the tests compare against (equal to 1e-9 relative).
 """
 
 from __future__ import annotations
@@ -161,27 +164,129 @@ def flat_fraction(
 
 # -- all scores --------------------------------------------------------------------------
 
-def purification_scores(grey: np.ndarray, cfg_purification: dict | None = None) -> PurificationScores:
-    """Every per-image purification score of a uint8 grey image, strip-wise."""
+#: rows of grey per fused-kernel call (a band of ``BAND_ROWS x W`` uint8, ~12 MB at 100 MP)
+BAND_ROWS = 1024
+
+
+def _scores_kernel():
+    import ctypes
+
+    from curation.ckernels import CFLAGS, load_kernel
+
+    i64, ptr = ctypes.c_int64, ctypes.c_void_p
+    # -fno-math-errno lets sqrt vectorise (its argument is never negative: same values)
+    return load_kernel("scores", _FLAT_C, "uhr_score_rows", [ptr, i64, i64, i64, i64, i64, i64, i64, i64, i64,
+                                                             ptr, ptr, ptr, ptr], cflags=(*CFLAGS, "-fno-math-errno"))
+
+
+def _settings(cfg_purification: dict | None) -> tuple[int, int, int, float, int]:
     p = cfg_purification or {}
     exp = p.get("exposure", {})
     flat = p.get("flatness", {})
-    hist = grey_histogram(grey)
-    ff, n = flat_fraction(
-        grey,
-        patch=int(flat.get("patch", FLAT_PATCH)),
-        min_var=float(flat.get("min_patch_magnitude_var", 750)),
-        ksize=int(flat.get("sobel_ksize", 3)),
-    )
+    return (int(exp.get("low_value_exclusive", 5)), int(exp.get("high_value_exclusive", 250)),
+            int(flat.get("patch", FLAT_PATCH)), float(flat.get("min_patch_magnitude_var", 750)),
+            int(flat.get("sobel_ksize", 3)))
+
+
+def _from_parts(hist: np.ndarray, lap_var: float, var: np.ndarray, low: int, high: int, min_var: float
+                ) -> PurificationScores:
+    n = var.size
+    ff = None if n == 0 else float((var < min_var).sum()) / n
     return PurificationScores(
-        exposure_fraction=exposure_fraction_from_hist(
-            hist, int(exp.get("low_value_exclusive", 5)), int(exp.get("high_value_exclusive", 250))
-        ),
-        laplacian_var=laplacian_var(grey),
+        exposure_fraction=exposure_fraction_from_hist(hist, low, high),
+        laplacian_var=lap_var,
         flat_fraction=ff,
         entropy=entropy_from_hist(hist),
         flat_patches=n,
     )
+
+
+def _fused(bands, h: int, w: int, patch: int, fn) -> tuple[np.ndarray, float, np.ndarray] | None:
+    """Run the fused kernel over ``bands``: an iterator of ``(buf, b0, y0, y1)`` where ``buf`` is a
+    uint8 ``(rows, w)`` array holding image rows ``b0 ..`` (with the one-row halo around
+    ``[y0, y1)``). Returns (histogram, Laplacian variance, tile variances) or None if it refused."""
+    ny, nx = h // patch, w // patch
+    if ny == 0 or nx == 0:
+        ny = nx = 0
+    acc = np.zeros(258, dtype=np.int64)
+    ssq = np.zeros(max(nx, 1), dtype=np.int64)
+    sm = np.zeros(max(nx, 1), dtype=np.float64)
+    var = np.zeros((ny, nx), dtype=np.float64)
+    for buf, b0, y0, y1 in bands:
+        if fn(buf.ctypes.data, buf.strides[0], b0, y0, y1, h, w, patch, ny, nx, acc.ctypes.data,
+              ssq.ctypes.data, sm.ctypes.data, var.ctypes.data) != 0:
+            return None
+    n = h * w
+    total, total_sq = int(acc[256]), int(acc[257])
+    # var = (n * sumsq - sum^2) / n^2 in exact rational arithmetic (as laplacian_var)
+    return acc[:256].copy(), (n * total_sq - total * total) / (n * n), var
+
+
+def _grey_bands(grey: np.ndarray, rows: int):
+    h = grey.shape[0]
+    for y0 in range(0, h, rows):
+        yield grey, 0, y0, min(h, y0 + rows)
+
+
+def _rgb_bands(rgb: np.ndarray, rows: int):
+    """Grey bands of an RGB image converted on the fly (:func:`curation.imageio.to_grey` of the
+    band plus its one-row halo), so no full-size grey image is ever held."""
+    from curation.imageio import to_grey
+
+    h = rgb.shape[0]
+    for y0 in range(0, h, rows):
+        y1 = min(h, y0 + rows)
+        b0, b1 = max(0, y0 - 1), min(h, y1 + 1)
+        yield to_grey(rgb[b0:b1]), b0, y0, y1
+
+
+def purification_parts(image: np.ndarray, cfg_purification: dict | None = None, rows: int = BAND_ROWS
+                       ) -> tuple[np.ndarray, float, np.ndarray]:
+    """``(histogram, laplacian_var, tile_variances)`` of a uint8 image, band by band.
+
+    ``image`` is the ``(H, W)`` uint8 grey image, or the decoded ``(H, W, 3)`` uint8 RGB array:
+    then each band of ``rows`` rows is converted to grey on its own (same values as
+    :func:`curation.imageio.to_grey` of the whole image) and no full-size grey copy exists.
+    The histogram is ``(256,)`` int64 counts, the tile variances ``(H // patch, W // patch)``
+    float64 (:func:`patch_magnitude_variances`). With the C kernel (ksize 3) each band is read
+    once for all three, one pass per row (``uhr_score_rows`` in ``flat_tiles.c``); the results
+    are bit-identical to :func:`grey_histogram`, :func:`laplacian_var` and
+    :func:`patch_magnitude_variances`, which remain the path without a C compiler.
+    """
+    _, _, patch, _, ksize = _settings(cfg_purification)
+    a = np.asarray(image)
+    if a.dtype != np.uint8 or not (a.ndim == 2 or (a.ndim == 3 and a.shape[2] == 3)):
+        raise ValueError(f"expected a (H, W) grey or (H, W, 3) RGB uint8 image, got {a.dtype} {a.shape}")
+    h, w = a.shape[:2]
+    if h == 0 or w == 0:
+        raise ValueError(f"empty image {a.shape}")
+    rows = max(1, int(rows))
+    fn = None
+    if ksize == 3 and patch >= 2:
+        fn, _ = _scores_kernel()
+    if fn is not None:
+        if a.ndim == 2:
+            g = a if a.strides[1] == 1 else np.ascontiguousarray(a)
+            bands = _grey_bands(g, rows)
+        else:
+            bands = _rgb_bands(a, rows)
+        res = _fused(bands, h, w, patch, fn)
+        if res is not None:
+            return res
+    if a.ndim == 3:
+        from curation.imageio import to_grey
+
+        a = to_grey(a)
+    return grey_histogram(a), laplacian_var(a), patch_magnitude_variances(a, patch, ksize)
+
+
+def purification_scores(image: np.ndarray, cfg_purification: dict | None = None, rows: int = BAND_ROWS
+                        ) -> PurificationScores:
+    """Every per-image purification score of a uint8 ``(H, W)`` grey or ``(H, W, 3)`` RGB image
+    (see :func:`purification_parts`: one pass over each band of rows)."""
+    low, high, _, min_var, _ = _settings(cfg_purification)
+    hist, lap, var = purification_parts(image, cfg_purification, rows)
+    return _from_parts(hist, lap, var, low, high, min_var)
 
 
 def absolute_verdicts(s: PurificationScores, cfg_purification: dict) -> dict[str, bool]:

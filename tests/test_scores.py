@@ -103,3 +103,101 @@ def test_flatness_c_kernel_equals_per_tile_opencv(shape, patch, seed):
     np.testing.assert_allclose(patch_magnitude_variances(view, patch),
                                _patch_magnitude_variances_per_tile(np.ascontiguousarray(view), patch, 3),
                                rtol=1e-9, atol=1e-9)
+
+
+# -- the fused one-pass kernel (issue 16): bit-identical to the scores recorded before it -----------
+
+def _marked(h, w, seed):
+    """_texture plus a saturated block and a near-black block (exposure and flat tiles)."""
+    g = _texture(h, w, seed)
+    g[: h // 3, : w // 2] = 255
+    g[h // 2 :, : w // 5] = 3
+    return g
+
+
+# purification_scores of _marked(*shape, seed) from the separate strip functions and the
+# tile-by-tile C kernel, recorded (float.hex) before the fused kernel replaced them
+_RECORDED = [
+    ((1237, 961), 0, "0x1.2fa03e2df93b4p-2", "0x1.04551423dd859p+11", "0x1.999999999999ap-4", "0x1.b4dbfc1ccdde4p+2", 20),
+    ((481, 2403), 1, "0x1.2bd8ca8edccedp-2", "0x1.0854680f8b936p+11", "0x1.999999999999ap-4", "0x1.b50c1e4f7b3dbp+2", 20),
+    ((240, 240), 2, "0x1.31cba98765432p-2", "0x1.1854cd1480b49p+11", "0x0.0p+0", "0x1.b1986d5a3067ep+2", 1),
+    ((3001, 719), 3, "0x1.2cf9839bfc914p-2", "0x1.05b2c63028f54p+11", "0x1.5555555555555p-3", "0x1.b48629d7ae80ep+2", 24),
+    ((1, 7), 4, "0x1.2492492492492p-3", "0x1.80450fac687d6p+14", None, "0x1.675767f54042dp+1", 0),
+    ((9, 1), 5, "0x0.0p+0", "0x1.ccca4587e6b75p+7", None, "0x1.95c01a39fbd68p+1", 0),
+    ((2, 2), 6, "0x1.0000000000000p-2", "0x1.364e000000000p+16", None, "0x1.0000000000000p+1", 0),
+    ((719, 1201), 7, "0x1.3069953abd205p-2", "0x1.0679ee420808ap+11", "0x0.0p+0", "0x1.b4d63153176d8p+2", 10),
+]
+
+
+def _have_fused():
+    from curation.scores import _scores_kernel
+
+    fn, why = _scores_kernel()
+    if fn is None:
+        pytest.skip(f"no C kernel here: {why}")
+
+
+@pytest.mark.parametrize("shape,seed,expo,lap,flat,ent,n", _RECORDED)
+def test_fused_scores_equal_the_recorded_values_bit_for_bit(shape, seed, expo, lap, flat, ent, n):
+    _have_fused()
+    g = _marked(*shape, seed)
+    for rows in (1024, 1, 7, 240, 241):  # any band split: 1-row bands, bands cutting tiles
+        s = purification_scores(g, rows=rows)
+        got = (s.exposure_fraction.hex(), s.laplacian_var.hex(),
+               None if s.flat_fraction is None else s.flat_fraction.hex(), s.entropy.hex(), s.flat_patches)
+        assert got == (expo, lap, flat, ent, n), rows
+
+
+@pytest.mark.parametrize("shape,seed,patch", [((1237, 961), 0, 240), ((3001, 719), 3, 240), ((97, 61), 8, 7),
+                                              ((600, 900), 9, 3), ((10, 10), 10, 2), ((250, 500), 11, 240)])
+def test_fused_parts_equal_the_separate_functions_exactly(shape, seed, patch):
+    """Histogram, Laplacian variance and every tile variance of the one-pass kernel equal (==, not
+    approx) the separate strip functions and the tile-by-tile kernel; grey or RGB input, contiguous
+    or a view, any band height."""
+    _have_fused()
+    from curation.imageio import to_grey
+    from curation.scores import patch_magnitude_variances, purification_parts
+
+    cfg = {"flatness": {"patch": patch}}
+    rgb = np.stack([_marked(*shape, seed), _texture(*shape, seed + 50), _texture(*shape, seed + 99)], axis=2)
+    grey = to_grey(rgb)
+    for img in (grey, rgb, rgb[1:, 2:], grey[1:, 2:]):
+        g = img if img.ndim == 2 else to_grey(np.ascontiguousarray(img))
+        want = (grey_histogram(g), laplacian_var(g), patch_magnitude_variances(np.ascontiguousarray(g), patch))
+        for rows in (1024, 1, 5, patch + 1):
+            hist, lv, var = purification_parts(img, cfg, rows=rows)
+            assert np.array_equal(hist, want[0]) and lv == want[1], rows
+            assert var.shape == want[2].shape and np.array_equal(var, want[2]), rows
+
+
+def test_without_the_c_kernel_the_scores_are_the_same(monkeypatch):
+    import curation.scores as sc
+
+    g = _marked(733, 1019, 12)
+    fused = sc.purification_scores(g)
+    monkeypatch.setattr(sc, "_scores_kernel", lambda: (None, "disabled in test"))
+    assert sc.purification_scores(g) == fused
+    assert sc.purification_scores(np.dstack([g, g, g])) == fused  # grey R = G = B -> the same grey
+
+
+@pytest.mark.parametrize("bad", [np.zeros((5, 5), np.float32), np.zeros((5, 5, 4), np.uint8),
+                                 np.zeros((0, 5), np.uint8), np.zeros((5,), np.uint8)])
+def test_scores_refuse_what_is_not_a_uint8_grey_or_rgb_image(bad):
+    with pytest.raises(ValueError):
+        purification_scores(bad)
+
+
+@pytest.mark.parametrize("shape,seed,patch,digest", [
+    ((1237, 961), 0, 240, "78f8f9118b2db4da"), ((3001, 719), 3, 240, "f15ba292d05eda9e"),
+    ((97, 61), 8, 7, "817dde1e221bb6b8"), ((600, 900), 9, 3, "1a95c4da8b8d0ba0"), ((10, 10), 10, 2, "6d9c54dee5660c46")])
+def test_fused_tile_variances_equal_the_recorded_bytes(shape, seed, patch, digest):
+    """sha256 of the float64 tile variances the tile-by-tile kernel gave before the fused kernel
+    (same summation order: a change of rounding anywhere changes the digest)."""
+    import hashlib
+
+    from curation.scores import patch_magnitude_variances, purification_parts
+
+    _have_fused()
+    g = _marked(*shape, seed)
+    for var in (purification_parts(g, {"flatness": {"patch": patch}}, rows=97)[2], patch_magnitude_variances(g, patch)):
+        assert hashlib.sha256(var.tobytes()).hexdigest()[:16] == digest
