@@ -23,7 +23,7 @@ import cv2
 
 from curation import reasons
 from curation.atomic import read_json, write_json
-from curation.imageio import ImageReadError, decode_rgb, thumbnail, to_grey
+from curation.imageio import ImageReadError, decode_rgb, thumbnail
 from curation.scores import absolute_verdicts, purification_scores
 
 VIEW_SHORT_SIDE = 224  # CLIP ViT-L/14 input side
@@ -77,9 +77,8 @@ def score_one(
         _save_jpeg(Path(thumb_path), thumbnail(rgb, thumb_px))
     if view_path:
         _save_view(Path(view_path), rgb)
-    grey = to_grey(rgb)
+    s = purification_scores(rgb, purification)  # grey band by band: no full-size grey copy
     del rgb
-    s = purification_scores(grey, purification)
     verdicts = absolute_verdicts(s, purification)
     out.update(
         width=w,
@@ -225,11 +224,12 @@ def score_image_record(path: str, cfg) -> dict:
         head = probe(path, max_pixels)
         rec.update(width=head.width, height=head.height, megapixels=head.pixels / 1e6)
         rec["screening"], _ = screen(head.width, head.height, cfg.screen_bounds())
-        grey = to_grey(decode_rgb(path, max_pixels, head))
+        rgb = decode_rgb(path, max_pixels, head)
     except ImageReadError as exc:
         rec["verdict"] = exc.reason
         return rec
-    s = purification_scores(grey, cfg["purification"])
+    s = purification_scores(rgb, cfg["purification"])
+    del rgb
     v = absolute_verdicts(s, cfg["purification"])
     rec.update(
         exposure_fraction=s.exposure_fraction,

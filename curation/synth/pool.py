@@ -35,7 +35,7 @@ from PIL import Image
 
 from curation import reasons
 from curation.config import Config
-from curation.imageio import ImageReadError, check_complete, decode_rgb, probe, to_grey
+from curation.imageio import ImageReadError, check_complete, decode_rgb, probe
 from curation.scores import purification_scores
 from curation.screening import screen
 from curation.synth.photos import (JPEG_QUALITY, _alpha, _bgr, _blurred_scene, _clean_scene, _exposed_scene,
@@ -305,9 +305,7 @@ def _check(path: Path, it: _Item, cfg: Config) -> tuple[bool, dict | None, str]:
     t = _TARGETS.get(d, {})
     if not t:
         return True, None, ""
-    grey = to_grey(decode_rgb(path, max_px, hdr))
-    s = purification_scores(grey, cfg["purification"]).as_dict()
-    del grey
+    s = purification_scores(decode_rgb(path, max_px, hdr), cfg["purification"]).as_dict()
     ff = s["flat_fraction"]
     bad = []
     if "max_exposure" in t and s["exposure_fraction"] > t["max_exposure"]:
