@@ -44,7 +44,12 @@ def make_raw_pool_cmd(out: str, n: int | None, seed: int, profile: str) -> None:
     from curation.synth import make_raw_pool
 
     cfg = load_config(profile)
-    summary = make_raw_pool(out, n or int(cfg.get("synth.n")), seed, cfg, progress=True)
+    if n is not None and n < 1:
+        raise click.ClickException(f"--n {n}: the number of files must be at least 1")
+    try:
+        summary = make_raw_pool(out, n or int(cfg.get("synth.n")), seed, cfg, progress=True)
+    except ValueError as exc:  # e.g. too few files for one of each class
+        raise click.ClickException(str(exc)) from None
     click.echo(json.dumps(summary, indent=2, default=str))
 
 

@@ -39,7 +39,9 @@ def _store_and_layout(data_root: str, sync: bool):
 @click.option("--push/--no-push", default=True, show_default=True, help="dvc push the release to the remote.")
 def release_cmd(name: str, data_root: str, profile: str, tag: bool, push: bool) -> None:
     """Freeze the passed corpus into release NAME (manifest, blobs, DVC, git tag, releases table)."""
-    from curation.release import release_summary
+    from curation.release import check_name, release_summary
+
+    check_name(name)  # before the Dagster run starts: nothing written for a bad name
     from orchestration.runs import definitions_for, instance_for, run_release_job
 
     instance = instance_for(data_root)
@@ -101,8 +103,9 @@ def lineage_cmd(image_id: str, data_root: str, as_json: bool, tracking_uri: str 
 def audit_cmd(release: str, data_root: str, as_json: bool, verify_hashes: bool, sync: bool) -> None:
     """Check every image of RELEASE; exit 1 naming each failure."""
     from curation.audit import audit_release
-    from curation.release import release_size
+    from curation.release import check_name, release_size
 
+    check_name(release)  # traversal (v1/../v1), paths, newlines: refused before anything is read
     store, layout = _store_and_layout(data_root, sync)
     n = release_size(layout, release, store)
     with click.progressbar(length=max(n, 1), label=f"audit {release}", file=sys.stderr) as bar:

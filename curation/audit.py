@@ -24,7 +24,7 @@ from typing import Callable
 from curation.layout import DataLayout
 from curation.lineage import LineageContext, lineage_batch, link_providers
 from curation.lineage.core import PASSED
-from curation.release import (ReleaseError, read_entry, read_release_info, read_release_manifest,
+from curation.release import (ReleaseError, check_name, read_entry, read_release_info, read_release_manifest,
                               release_required_stages, rows_digest)
 from curation.store import ObjectStore, blob_digest, blob_key
 
@@ -72,6 +72,9 @@ class AuditReport:
 
 def audit_release(layout: DataLayout, name: str, store: ObjectStore, verify_hashes: bool = True,
                   progress: Callable[[int], None] | None = None, batch: int = 10000) -> AuditReport:
+    """Audit release ``name``. A name that is no valid release name (:func:`curation.release.check_name`:
+    traversal such as ``v1/../v1``, a path, a newline) raises :class:`ReleaseError` before anything is read."""
+    check_name(name)
     report = AuditReport(name)
     entry = read_entry(layout, name, store)
     report.checked["release entry"] += 1

@@ -47,7 +47,13 @@ from curation.layout import DataLayout
 from curation.manifest import RELEASE, read_manifest, to_table, write_manifest
 from curation.store import BlobIntegrityError, ObjectStore, blob_key, data_key, ensure_local, put_blob
 
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+#: a release name: a letter or digit, then letters, digits, '.', '_' or '-'; 64 characters at most (the
+#: SQL table's column). Matched with ``re.fullmatch`` (``$`` would accept a trailing newline);
+#: :func:`check_name` adds the rules that keep ``release/<name>`` a valid git ref and
+#: ``releases/<name>`` / ``releases/<name>.dvc`` distinct paths of their own
+NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+#: names a release may not take: files the data root's ``releases/`` folder holds itself
+RESERVED_NAMES = frozenset({"releases.parquet"})
 CAPTIONS_NOTE = ("captions from the captions stage (paper 3.1.5): short_caption and long_caption; caption_record = "
                  "JSON reference to the full record (captions manifest, config hash, record sha256, per-field "
                  "provenance); `uhr captions IMAGE_ID` prints the whole record")
@@ -70,11 +76,44 @@ class ReleaseError(RuntimeError):
     """A release cannot be made or read; the message says why."""
 
 
+def name_problem(name: object) -> str | None:
+    """Why ``name`` cannot be a release name (one phrase naming the rule), or None when it can.
+
+    The one validator of release names (:func:`check_name` raises with it): every command and
+    function that takes a release name goes through it before it reads or writes anything. A
+    valid name is a single path component under ``releases/`` (no ``/``, no ``..``, not hidden),
+    a valid git ref as ``release/<name>`` (``git check-ref-format``: no ``..``, no control
+    character or space, no trailing ``.``, no ``.lock`` suffix) and a DVC path whose ``.dvc``
+    file is no other release's folder (no ``.dvc`` suffix)."""
+    if not isinstance(name, str) or not name:
+        return "a release name is required"
+    if not NAME_RE.fullmatch(name):
+        return ("use letters, digits, '.', '_' and '-' only, at most 64 characters, starting with a letter or "
+                "digit (no '/', spaces, control characters or newlines)")
+    if ".." in name:
+        return "'..' is not allowed (path traversal; not a valid git ref)"
+    if name.endswith("."):
+        return "a name may not end with '.' (not a valid git ref)"
+    if name.lower().endswith(".lock"):
+        return "a name may not end with '.lock' (git reserves it for its lock files)"
+    if name.lower().endswith(".dvc"):
+        return "a name may not end with '.dvc' (it would be the DVC file of release " + repr(name[:-4]) + ")"
+    if name in RESERVED_NAMES:
+        return f"{name!r} is reserved (the releases table's own file)"
+    return None
+
+
 def check_name(name: str) -> str:
-    if not NAME_RE.match(name or ""):
-        raise ReleaseError(f"bad release name {name!r}: letters, digits, '.', '_' and '-' (max 64), "
-                           "starting with a letter or digit")
+    """``name`` when it is a valid release name (:func:`name_problem`), else :class:`ReleaseError`."""
+    why = name_problem(name)
+    if why:
+        raise ReleaseError(f"bad release name {name!r}: {why}")
     return name
+
+
+def release_dir(layout: DataLayout, name: str) -> Path:
+    """``<data_root>/releases/<name>`` for a valid release name (:func:`check_name` first)."""
+    return layout.release_dir(check_name(name))
 
 
 # -- rows -------------------------------------------------------------------------------------
@@ -287,7 +326,8 @@ def ensure_release_blobs(store: ObjectStore, rows: list[dict], corpus_paths: dic
 # -- the releases table -------------------------------------------------------------------------
 
 def entry_path(layout: DataLayout, name: str) -> Path:
-    return layout.release_index() / f"{name}.json"
+    """The releases table entry of ``name`` (a valid release name, :func:`check_name`)."""
+    return layout.release_index() / f"{check_name(name)}.json"
 
 
 def read_entry(layout: DataLayout, name: str, store: ObjectStore | None = None) -> dict | None:
@@ -334,7 +374,7 @@ def release_tags(entry: dict) -> dict[str, str]:
 
 def read_release_info(layout: DataLayout, name: str, store: ObjectStore | None = None) -> dict | None:
     """A release's ``release.json`` (fetched from the store when not on this worker), or None."""
-    p = layout.release_dir(name) / "release.json"
+    p = release_dir(layout, name) / "release.json"
     if store is not None:
         ensure_local(store, data_key(layout, p), p)
     try:
@@ -353,7 +393,7 @@ def release_required_stages(info: dict | None, entry: dict | None = None) -> lis
 
 
 def read_release_manifest(layout: DataLayout, name: str, store: ObjectStore | None = None) -> pa.Table:
-    p = layout.release_dir(name) / "manifest.parquet"
+    p = release_dir(layout, name) / "manifest.parquet"
     if store is not None:
         ensure_local(store, data_key(layout, p), p)
     if not p.exists():
@@ -363,17 +403,9 @@ def read_release_manifest(layout: DataLayout, name: str, store: ObjectStore | No
 
 # -- making a release ------------------------------------------------------------------------------
 
-def _write_release_dir(layout: DataLayout, name: str, rows: list[dict], info: dict) -> Path:
-    final = layout.release_dir(name)
-    tmp = final.with_name(f".{name}.{os.getpid()}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    write_manifest(to_table(rows, RELEASE), tmp / "manifest.parquet", row_group_size=RELEASE_ROW_GROUP)
-    (tmp / "release.json").write_text(json.dumps(info, indent=1, sort_keys=True) + "\n")
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(tmp, final)
-    try:  # the lineage id index learns the release now (else at its first lookup)
+def _refresh_lineage_index(layout: DataLayout, name: str) -> None:
+    """The lineage id index learns (or forgets) release ``name`` now, else at its first lookup."""
+    try:
         from curation.lineage.index import RELEASE_PREFIX, IdIndex
 
         idx = IdIndex.open(layout)
@@ -384,17 +416,108 @@ def _write_release_dir(layout: DataLayout, name: str, rows: list[dict], info: di
         import logging
 
         logging.getLogger(__name__).warning("lineage id index not updated for release %s: %s", name, exc)
+
+
+def _write_release_dir(layout: DataLayout, name: str, rows: list[dict], info: dict) -> Path:
+    final = release_dir(layout, name)
+    tmp = final.with_name(f".{name}.{os.getpid()}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        tmp.mkdir(parents=True)
+        write_manifest(to_table(rows, RELEASE), tmp / "manifest.parquet", row_group_size=RELEASE_ROW_GROUP)
+        (tmp / "release.json").write_text(json.dumps(info, indent=1, sort_keys=True) + "\n")
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    _refresh_lineage_index(layout, name)
     return final
+
+
+class _Undo:
+    """What one :func:`make_release` attempt wrote, and how to take it back when a later step
+    fails: the release folder, the ``.dvc`` file (its previous bytes restored, if any), the git tag
+    (only one this attempt made), the table entry and the table view, the copies in the object
+    store, and the folders the attempt created that are empty again. The image blobs stay: they are
+    content-addressed and shared with other releases (as are the DVC cache and remote)."""
+
+    def __init__(self, layout: DataLayout, name: str, store: ObjectStore, dvc=None):
+        self.layout, self.name, self.store, self.dvc = layout, name, store, dvc
+        self.folder = release_dir(layout, name)
+        self.entry = entry_path(layout, name)
+        self.table = layout.root / "releases" / "releases.parquet"
+        self.dvc_file = dvc.dvc_file_for(name) if dvc is not None else None
+        self.dvc_before = self.dvc_file.read_bytes() if self.dvc_file is not None and self.dvc_file.is_file() else None
+        self.tag = f"release/{name}"
+        self.tag_before = dvc.tag_commit(self.tag) if dvc is not None and dvc.has_git() else None
+        self.dirs = [d for d in (self.entry.parent, self.folder.parent,
+                                 self.dvc_file.parent if self.dvc_file is not None else None)
+                     if d is not None and not d.exists()]
+        self.put: list[str] = []
+
+    def run(self, log: Callable[[str], None]) -> None:
+        """Undo, each step on its own (one that fails is logged, the others still run)."""
+        steps = [("store copies", self._store), ("table entry", self._entry), ("git tag", self._tag),
+                 ("DVC file", self._dvc_file), ("release folder", self._folder), ("folders", self._dirs)]
+        for what, step in steps:
+            try:
+                step()
+            except Exception as exc:  # noqa: BLE001 - report, keep undoing
+                log(f"release {self.name}: could not undo the {what}: {type(exc).__name__}: {exc}")
+
+    def _store(self) -> None:
+        table_key = data_key(self.layout, self.table)
+        for key in reversed(self.put):  # the entry (the store's commit marker) first
+            if key != table_key:
+                self.store.delete(key)
+
+    def _entry(self) -> None:
+        self.entry.unlink(missing_ok=True)
+        if self.table.exists() or self.put:
+            write_releases_parquet(self.layout)
+            if data_key(self.layout, self.table) in self.put:
+                self.store.put_file(data_key(self.layout, self.table), self.table)
+
+    def _tag(self) -> None:
+        if self.dvc is not None and self.tag_before is None and self.dvc.tag_commit(self.tag):
+            self.dvc.git("tag", "-d", self.tag)
+
+    def _dvc_file(self) -> None:
+        if self.dvc_file is None:
+            return
+        if self.dvc_before is None:
+            self.dvc_file.unlink(missing_ok=True)
+        else:
+            self.dvc_file.write_bytes(self.dvc_before)
+
+    def _folder(self) -> None:
+        shutil.rmtree(self.folder, ignore_errors=True)
+        shutil.rmtree(self.folder.with_name(f".{self.name}.{os.getpid()}.tmp"), ignore_errors=True)
+        _refresh_lineage_index(self.layout, self.name)
+
+    def _dirs(self) -> None:
+        for d in sorted(set(self.dirs), key=lambda d: len(d.parts), reverse=True):  # _index before releases/
+            try:
+                d.rmdir()  # only when empty again
+            except OSError:
+                pass
 
 
 def make_release(layout: DataLayout, name: str, store: ObjectStore, dvc=None, remote: dict | None = None,
                  tag: bool = True, push: bool = True, log: Callable[[str], None] = print,
-                 progress: Callable[[int], None] | None = None) -> dict:
+                 progress: Callable[[int], None] | None = None,
+                 record: Callable[[dict], None] | None = None) -> dict:
     """Freeze the passed corpus into release ``name``; returns its table entry.
 
     ``dvc``: a :class:`curation.dvc_repo.DvcRepo` (None: no DVC tracking, no tag). ``remote``:
     ``{"name", "url", "endpoint_url"}`` to configure as the default DVC remote before pushing.
-    Re-running after a crash resumes: the entry is written last.
+    ``record``: called with the entry as the last step (e.g. :func:`record_release_sql`).
+
+    The name is checked first (:func:`check_name`), before anything is written. All or nothing:
+    when a step fails (the manifest, ``dvc push``, the git tag, the releases table, ``record``),
+    what this attempt wrote is taken back (:class:`_Undo`) and the error raised, so a retry starts
+    clean. Re-running after a crash (no undo ran) resumes: the entry is written last.
     """
     check_name(name)
     rows, plan = release_plan(layout)
@@ -416,6 +539,24 @@ def make_release(layout: DataLayout, name: str, store: ObjectStore, dvc=None, re
                                      ids={r["image_id"] for r in rows})}
     blobs = ensure_release_blobs(store, rows, corpus_paths, progress, resolve=layout.resolve)
     log(f"blobs: {blobs['uploaded']} uploaded ({blobs['bytes'] / 1e6:.1f} MB), {blobs['present']} already in {store.url('blobs')}")
+    undo = _Undo(layout, name, store, dvc)
+    try:
+        entry = _commit_release(layout, name, store, dvc, remote, tag, push, log, rows, plan, digest, blobs, undo)
+        if record is not None:
+            record(entry)
+    except BaseException as exc:
+        log(f"release {name} failed ({type(exc).__name__}: {exc}); taking back what this attempt wrote")
+        undo.run(log)
+        raise
+    log(f"release {name}: {len(rows)} images, manifest sha256 {digest[:16]}")
+    return entry
+
+
+def _commit_release(layout: DataLayout, name: str, store: ObjectStore, dvc, remote: dict | None, tag: bool,
+                    push: bool, log: Callable[[str], None], rows: list[dict], plan: dict, digest: str, blobs: dict,
+                    undo: _Undo) -> dict:
+    """The writing steps of :func:`make_release`, in order: release folder, DVC (track, push),
+    git tag, table entry (the commit marker) and table view, their copies in the store."""
     info = {"name": name, "format": RELEASE_FORMAT, "manifest_sha256": digest, "blob_store": store.describe(),
             "columns": RELEASE.names, **plan, **describe_rows(rows)}
     if plan["source"] == "final_corpus":
@@ -460,12 +601,16 @@ def make_release(layout: DataLayout, name: str, store: ObjectStore, dvc=None, re
     p = entry_path(layout, name)
     p.parent.mkdir(parents=True, exist_ok=True)
     tmp = p.with_name(f".{p.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(entry, indent=1, sort_keys=True) + "\n")
-    os.replace(tmp, p)
+    try:
+        tmp.write_text(json.dumps(entry, indent=1, sort_keys=True) + "\n")
+        os.replace(tmp, p)
+    finally:
+        tmp.unlink(missing_ok=True)
     table = write_releases_parquet(layout)
     for f in (folder / "manifest.parquet", folder / "release.json", table, p):
-        store.put_file(data_key(layout, f), f)
-    log(f"release {name}: {len(rows)} images, manifest sha256 {digest[:16]}")
+        key = data_key(layout, f)
+        undo.put.append(key)
+        store.put_file(key, f)
     return entry
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 import json
 import pkgutil
+import re
 from dataclasses import asdict, dataclass, field
 from typing import Iterable
 
@@ -293,11 +294,26 @@ def lineage(ctx: LineageContext, image_id: str) -> Lineage:
     return Lineage(image_id, sorted(fam), edges, links)
 
 
+#: an image id or a prefix of one: hex digits (ids are the first 20 hex digits of a sha256)
+IMAGE_ID_RE = re.compile(r"[0-9a-f]{6,64}")
+
+
+def check_image_id(value: object) -> str:
+    """``value`` stripped and lower-cased when it is an image id or a prefix of one (6 to 64 hex
+    digits), else ValueError naming the rule."""
+    v = value.strip().lower() if isinstance(value, str) else ""
+    if len(v) < 6:
+        raise ValueError(f"bad image id {value!r}: give at least 6 characters of the image id")
+    if not IMAGE_ID_RE.fullmatch(v):
+        raise ValueError(f"bad image id {value!r}: an image id is 6 to 64 hex digits (0-9, a-f)")
+    return v
+
+
 def resolve_image_id(ctx: LineageContext, prefix: str) -> str:
-    """A full image id from an id or a unique prefix of one (raw pool and corpus ids)."""
-    prefix = prefix.strip().lower()
-    if len(prefix) < 6:
-        raise ValueError("give at least 6 characters of the image id")
+    """A full image id from an id or a unique prefix of one (raw pool and corpus ids): 6 to 64
+    hex digits (surrounding blanks and case ignored); anything else (a path, ``..``) is a
+    ValueError naming the rule before any manifest is read."""
+    prefix = check_image_id(prefix)
     found: set[str] = set()
     stages = ("raw_pool", "corpus_100mp")
     idx = ctx.index()
