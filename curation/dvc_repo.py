@@ -18,6 +18,7 @@ pull releases/<name>.dvc`` brings the release back; the branch and working tree 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -37,6 +38,20 @@ _DATA_ROOT_DVCIGNORE = ["cache/", "corpus/", "dagster_home/", "thumbs/", "views/
 
 class DvcError(RuntimeError):
     """A dvc or git command failed; the message holds the command and the tail of its output."""
+
+
+#: DVC's closing advert, dropped from error messages (it hid the real error line)
+_DVC_FOOTER = "Having any troubles? Hit us up at https://dvc.org/support, we are always happy to help!"
+#: what a remote that is briefly away looks like in ``dvc push`` / ``dvc status --cloud`` output
+_TRANSIENT_REMOTE = re.compile(r"Could not connect|Connection (?:refused|reset|aborted)|timed? ?out|"
+                               r"EndpointConnectionError|ServiceUnavailable|SlowDown|InternalError|"
+                               r"Service Unavailable|\b50[0234]\b|Max retries|RemoteDisconnected|"
+                               r"Connection was closed", re.I)
+
+
+def is_transient_remote_error(exc: BaseException) -> bool:
+    """A failed dvc command whose output says the remote could not be reached (worth a retry)."""
+    return isinstance(exc, DvcError) and bool(_TRANSIENT_REMOTE.search(str(exc)))
 
 
 def _exe(name: str) -> str:
@@ -64,6 +79,9 @@ class DvcRepo:
 
     root: Path
     env: dict = field(default_factory=lambda: dict(os.environ))
+    #: ``dvc push`` / ``dvc status --cloud`` are retried within this budget when the remote is
+    #: unreachable (a restarting S3 server); None: the default :class:`RetryPolicy`
+    retry: object = None
 
     # -- finding / creating -------------------------------------------------------------
     @classmethod
@@ -104,7 +122,7 @@ class DvcRepo:
         e.setdefault("DVC_NO_ANALYTICS", "1")
         res = subprocess.run(argv, cwd=self.root, env=e, capture_output=True, text=True)
         if check and res.returncode != 0:
-            tail = (res.stderr or res.stdout or "").strip()[-1500:]
+            tail = (res.stderr or res.stdout or "").replace(_DVC_FOOTER, "").strip()[-1500:]
             raise DvcError(f"`{' '.join(Path(argv[0]).name if i == 0 else a for i, a in enumerate(argv))}` "
                            f"in {self.root} failed ({res.returncode}): {tail}")
         return res
@@ -148,18 +166,29 @@ class DvcRepo:
         outs = data.get("outs") or [{}]
         return dict(outs[0])
 
+    def _retrying(self, what: str, fn):
+        """``fn()`` retried while the remote is unreachable; :class:`DvcError` (one line) when the
+        budget is spent. ``dvc push`` is idempotent: a retry sends only what the remote lacks."""
+        from curation.store.retry import RetryPolicy, ServiceUnavailable, call_with_retry
+
+        try:
+            return call_with_retry(fn, what, self.retry or RetryPolicy(), transient=is_transient_remote_error)
+        except ServiceUnavailable as exc:
+            raise DvcError(str(exc).splitlines()[0]) from exc.__cause__
+
     def push(self, dvc_file: Path, remote: str | None = None) -> str:
-        args = ["push", "-q", str(dvc_file.relative_to(self.root))]
+        """``dvc push`` of one ``.dvc`` file, retried while the remote is unreachable."""
+        args = ["push", str(dvc_file.relative_to(self.root))]  # not -q: it hides the error line
         if remote:
             args += ["-r", remote]
-        return self.dvc(*args).stdout
+        return self._retrying(f"dvc push {args[1]}", lambda: self.dvc(*args)).stdout
 
     def in_remote(self, dvc_file: Path, remote: str | None = None) -> bool:
         """True when every file of ``dvc_file`` is in the remote (``dvc status --cloud``)."""
         args = ["status", "--cloud", "--json", str(dvc_file.relative_to(self.root))]
         if remote:
             args += ["-r", remote]
-        out = self.dvc(*args).stdout.strip()
+        out = self._retrying(f"dvc status --cloud {args[3]}", lambda: self.dvc(*args)).stdout.strip()
         import json
 
         return not json.loads(out or "{}")
