@@ -1,23 +1,52 @@
-"""Image IO: header probe, structural checks and decode to 8-bit RGB with OpenCV.
+"""Image IO: the one reader contract every entry point uses, and decode to 8-bit RGB.
 
 Every failure is a :class:`ImageReadError` with a ``reason`` taken from
-:mod:`curation.reasons`, so a caller records it instead of crashing.
+:mod:`curation.reasons` and a ``detail`` that goes into the row (``reject_detail``), so a
+caller records it instead of crashing. The contract, in order (each step before any pixel
+buffer is allocated):
 
-* :func:`probe` reads only the header (format, width, height, EXIF orientation) and
-  enforces the decompression-bomb pixel limit *before* any pixel is decoded.
-* :func:`check_complete` finds truncated files from their container structure
-  (PNG IEND chunk, JPEG EOI marker, WebP RIFF length, TIFF strip/tile extents), because
-  decoders often return a half-grey image for a truncated file without an error.
-* :func:`decode_rgb` returns an ``(H, W, 3)`` uint8 RGB array: EXIF orientation applied,
-  16-bit scaled to 8-bit (round(v / 257)), greyscale expanded, alpha composited over
-  white, CMYK converted by the JPEG decoder.
+1. **a regular file** (:func:`read_source`, :func:`probe`): ``os.stat`` first; a directory,
+   FIFO, socket, device, broken symlink or symlink loop is ``not_a_regular_file`` and is never
+   opened for reading (the file is opened non-blocking and ``fstat``-ed again, so a file
+   swapped for a FIFO in between cannot hang the reader). A missing or unreadable file is
+   ``unreadable``.
+2. **the bytes, read once and hashed** (:func:`read_source`): bounded by the pixel limit
+   (:func:`max_file_bytes`); the sha256 of exactly the bytes that are decoded is the image's
+   content hash, and ``expect_sha256`` (an id or sha recorded upstream) pins the content to
+   its id: other bytes are ``source_changed``, never scored under the old id.
+3. **the header** (:func:`probe`): the format from the magic bytes (PNG, JPEG, TIFF, WebP are
+   read; GIF, BMP, AVIF, HEIF, JPEG XL, ... are ``unsupported_format``, or ``animated`` when
+   they hold several frames; anything else is ``not_an_image``), the size (after EXIF
+   rotation), more than one frame is ``animated``, more pixels than the limit of the config
+   (``io.max_pixels``) is ``too_many_pixels``.
+4. **the data** (:func:`validate`): a container cut short is ``truncated`` (PNG chunks up to
+   IEND, the JPEG marker structure up to EOI, the WebP RIFF length, the TIFF strip/tile
+   extents), bytes after the end (PNG IEND, JPEG EOI, RIFF) are allowed; damaged data in a
+   complete container is ``corrupt`` (PNG critical-chunk CRCs; a JPEG's entropy-coded scans
+   are decoded strictly at 1/8 scale, where libjpeg's *warnings*, e.g. garbage inside a
+   scan, raise; libjpeg and OpenCV only print them).
+5. **decode** (:func:`decode_rgb`): an ``(H, W, 3)`` uint8 RGB array: EXIF orientation applied,
+   16-bit scaled to 8-bit (round(v / 257)), greyscale expanded, alpha (grey + alpha or RGBA)
+   composited over white, palette and CMYK converted. A decoder failure on a file that
+   passed 1-4 is ``corrupt``; a decoded size other than the header's is ``corrupt``.
+
+Readers that must decode as a reference implementation does (the bench metrics: Pillow's
+``convert``) use :func:`open_checked`: steps 1-4 on the bytes, then a Pillow image of exactly
+those bytes. :func:`read_checked` is steps 1-4 alone.
 """
 
 from __future__ import annotations
 
+import errno
+import hashlib
+import io
 import os
+import re
+import stat
 import struct
+import zlib
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 import cv2
@@ -27,7 +56,7 @@ from PIL import Image
 from curation import reasons
 from curation.hashing import sha256_file
 
-Image.MAX_IMAGE_PIXELS = None  # our own limit (probe) replaces Pillow's warning/error
+Image.MAX_IMAGE_PIXELS = None  # our own limit (probe, from the config) replaces Pillow's warning/error
 
 FORMATS = ("png", "jpeg", "tiff", "webp")
 _MAGIC = {
@@ -35,12 +64,50 @@ _MAGIC = {
     b"\xff\xd8\xff": "jpeg",
     b"II*\x00": "tiff",
     b"MM\x00*": "tiff",
+    b"II+\x00": "tiff",  # BigTIFF
+    b"MM\x00+": "tiff",
 }
 _EXIF_ORIENTATION = 0x0112
+_HEAD = 64  # bytes enough for every magic test below
+
+#: ISO base media brands of still / sequence images we recognise but do not read
+_FTYP_BRANDS = {b"avif": "avif", b"avis": "avif", b"heic": "heif", b"heix": "heif", b"hevc": "heif",
+                b"hevx": "heif", b"heim": "heif", b"heis": "heif", b"mif1": "heif", b"msf1": "heif"}
 
 
-class ImageReadError(Exception):
-    """An image that cannot be used; ``reason`` is one of :mod:`curation.reasons`."""
+def _other_image_format(head: bytes) -> str | None:
+    """An image format that is not read here (-> ``unsupported_format`` / ``animated``), or None."""
+    if head[:6] in (b"GIF87a", b"GIF89a"):
+        return "gif"
+    if head[:2] == b"BM" and len(head) >= 18 and struct.unpack("<I", head[14:18])[0] in (12, 40, 52, 56, 64, 108, 124):
+        return "bmp"  # BITMAPFILEHEADER followed by a known DIB header size
+    if head[4:8] == b"ftyp" and head[8:12] in _FTYP_BRANDS:
+        return _FTYP_BRANDS[head[8:12]]
+    if head[:2] == b"\xff\x0a" or head[:12] == b"\x00\x00\x00\x0cJXL \r\n\x87\n":
+        return "jpeg-xl"
+    if head[:12] == b"\x00\x00\x00\x0cjP  \r\n\x87\n" or head[:4] == b"\xff\x4f\xff\x51":
+        return "jpeg-2000"
+    if head[:4] in (b"\x00\x00\x01\x00", b"\x00\x00\x02\x00") and len(head) >= 6 and 0 < head[4] + 256 * head[5] < 256:
+        return "ico"
+    if head[:4] == b"8BPS":
+        return "psd"
+    if head[:4] == b"qoif":
+        return "qoi"
+    if head[:4] == b"DDS ":
+        return "dds"
+    if head[:4] == b"\x76\x2f\x31\x01":
+        return "openexr"
+    if head.startswith((b"#?RADIANCE", b"#?RGBE")):
+        return "radiance-hdr"
+    if len(head) >= 3 and head[:1] == b"P" and head[1:2] in b"1234567" and head[2:3] in b" \t\r\n":
+        return "pnm"
+    return None
+
+
+class ImageReadError(ValueError):
+    """An image that cannot be used; ``reason`` is one of :mod:`curation.reasons`, ``detail``
+    says why (it goes into the row's ``reject_detail``). A ``ValueError``, so readers that
+    already catch Pillow's ``OSError`` / ``ValueError`` / ``SyntaxError`` catch it too."""
 
     def __init__(self, reason: str, detail: str = ""):
         super().__init__(f"{reason}: {detail}" if detail else reason)
@@ -63,6 +130,28 @@ class ImageHeader:
         return self.width * self.height
 
 
+@dataclass(frozen=True)
+class Source:
+    """The bytes of one regular file, read once, and their sha256 (hex): what every check and
+    the decode work from, so the hash is the hash of exactly what was decoded."""
+
+    path: str
+    data: bytes
+    sha256: str
+
+    @property
+    def size(self) -> int:
+        return len(self.data)
+
+
+@dataclass(frozen=True)
+class CheckedImage:
+    """A file that passed steps 1-4 of the contract: its bytes (with their hash) and header."""
+
+    source: Source
+    header: ImageHeader
+
+
 #: image id source: sha256 of the file bytes, hex (full 64 chars; ids use the first 16+)
 content_hash = sha256_file
 
@@ -70,6 +159,137 @@ content_hash = sha256_file
 def image_id_from_hash(sha256_hex: str) -> str:
     return sha256_hex[:20]
 
+
+# -- limits from the config -------------------------------------------------------------------
+
+@lru_cache(maxsize=None)
+def _profile_limits(profile: str) -> tuple[int, int]:
+    from curation.config import load_config
+
+    return _limits_of(load_config(profile))
+
+
+def _limits_of(cfg) -> tuple[int, int]:
+    inp = int(cfg.get("io.max_pixels"))
+    # the largest SR output the tiers can make: 4x of the 4x tier's largest input, 2x of the
+    # largest input below the archive tier (both 400 MP at linear_scale 1)
+    from curation.upscale.tiers import tier_bounds
+
+    b = tier_bounds(cfg)
+    out = max(16 * b["x4_max_pixels_inclusive"], 4 * b["archive_min_pixels_inclusive"])
+    return inp, int(max(inp, out))
+
+
+def default_max_pixels(cfg=None) -> int:
+    """The pixel limit for input images (``io.max_pixels``) of ``cfg``, or of the default
+    profile (``paper``) when None: what the bench, the metrics and one-file CLIs use."""
+    return _limits_of(cfg)[0] if cfg is not None else _profile_limits("paper")[0]
+
+
+def output_max_pixels(cfg=None) -> int:
+    """The pixel limit for corpus outputs (SR results, up to 16x their input) of ``cfg`` (or of
+    ``paper``): the largest output the SR tiers can make, at least ``io.max_pixels``."""
+    return _limits_of(cfg)[1] if cfg is not None else _profile_limits("paper")[1]
+
+
+def max_file_bytes(max_pixels: int) -> int:
+    """The largest file an image within ``max_pixels`` can be: 8 bytes per pixel (16-bit RGBA
+    stored raw) plus 64 MiB of metadata. A larger file is ``too_many_pixels`` before it is read."""
+    return int(max_pixels) * 8 + (64 << 20)
+
+
+# -- 1. a regular file; 2. its bytes --------------------------------------------------------------
+
+_KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"),
+          (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))
+
+
+def _kind(mode: int) -> str:
+    return next((name for test, name in _KINDS if test(mode)), f"not a regular file (mode {oct(mode)})")
+
+
+def check_regular(path: str | os.PathLike) -> os.stat_result:
+    """``os.stat`` of a regular file (symlinks followed), without opening it; raise
+    ``not_a_regular_file`` (directory, FIFO, socket, device, broken symlink, symlink loop) or
+    ``unreadable`` (missing, no permission)."""
+    try:
+        st = os.stat(path)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise ImageReadError(reasons.NOT_A_REGULAR_FILE, "a symlink loop") from None
+        try:
+            if stat.S_ISLNK(os.lstat(path).st_mode):
+                raise ImageReadError(reasons.NOT_A_REGULAR_FILE, "a broken symlink") from None
+        except OSError:
+            pass
+        raise ImageReadError(reasons.UNREADABLE, exc.strerror or str(exc)) from None
+    if not stat.S_ISREG(st.st_mode):
+        raise ImageReadError(reasons.NOT_A_REGULAR_FILE, _kind(st.st_mode))
+    return st
+
+
+def open_regular(path: str | os.PathLike):
+    """A binary file object of a regular file (see :func:`check_regular`); opened non-blocking
+    and checked again with ``fstat``, so nothing swapped in between can block the read."""
+    check_regular(path)
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0) | getattr(os, "O_CLOEXEC", 0)
+    try:
+        fd = os.open(path, flags)
+    except OSError as exc:
+        raise ImageReadError(reasons.UNREADABLE, exc.strerror or str(exc)) from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise ImageReadError(reasons.NOT_A_REGULAR_FILE, _kind(st.st_mode))
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _hex_matches(sha256_hex: str, expect: str) -> bool:
+    e = expect.lower().removeprefix("sha256:")
+    return len(e) >= 16 and sha256_hex.startswith(e)
+
+
+def check_expected(src: Source, expect_sha256: str | None) -> None:
+    """Raise ``source_changed`` unless ``src``'s sha256 starts with ``expect_sha256`` (a full
+    sha256 or an image id recorded upstream); None checks nothing."""
+    if expect_sha256 and not _hex_matches(src.sha256, expect_sha256):
+        raise ImageReadError(reasons.SOURCE_CHANGED,
+                             f"the file's bytes now hash to sha256 {src.sha256[:20]}..., "
+                             f"not to the {expect_sha256[:20]}... recorded for it upstream")
+
+
+def read_source(path: str | os.PathLike, max_pixels: int | None = None,
+                expect_sha256: str | None = None) -> Source:
+    """Read a regular file's bytes once and hash them (steps 1-2). ``max_pixels`` bounds the
+    file size (:func:`max_file_bytes`); ``expect_sha256`` pins the content (``source_changed``)."""
+    limit = max_file_bytes(max_pixels) if max_pixels else None
+    with open_regular(path) as fh:
+        size = os.fstat(fh.fileno()).st_size
+        if limit is not None and size > limit:
+            raise ImageReadError(reasons.TOO_MANY_PIXELS,
+                                 f"file of {size} bytes: more than an image of {max_pixels} pixels can be")
+        try:
+            data = fh.read() if limit is None else fh.read(limit + 1)
+        except OSError as exc:
+            raise ImageReadError(reasons.UNREADABLE, exc.strerror or str(exc)) from None
+    if limit is not None and len(data) > limit:  # grew while being read
+        raise ImageReadError(reasons.TOO_MANY_PIXELS, f"file grew past {limit} bytes while being read")
+    src = Source(os.fspath(path), data, hashlib.sha256(data).hexdigest())
+    check_expected(src, expect_sha256)
+    return src
+
+
+def hash_regular_file(path: str | os.PathLike) -> str:
+    """sha256 (hex) of a regular file's bytes, streamed; a non-regular file raises
+    ``not_a_regular_file`` without being opened for reading."""
+    with open_regular(path) as fh:
+        return hashlib.file_digest(fh, "sha256").hexdigest()
+
+
+# -- 3. the header ----------------------------------------------------------------------------------
 
 def sniff_format(head: bytes) -> str | None:
     for magic, fmt in _MAGIC.items():
@@ -80,18 +300,43 @@ def sniff_format(head: bytes) -> str | None:
     return None
 
 
-def probe(path: str | os.PathLike, max_pixels: int) -> ImageHeader:
-    """Read format and size from the header only; raise if not an image or too many pixels."""
+def _pillow_frames(fp) -> int:
     try:
-        with open(path, "rb") as fh:
-            head = fh.read(16)
+        fp.seek(0)
+        with Image.open(fp) as im:
+            return int(getattr(im, "n_frames", 1) or 1)
+    except Exception:  # a format Pillow cannot open: one frame as far as we know
+        return 1
+
+
+def probe(path: str | os.PathLike | Source, max_pixels: int) -> ImageHeader:
+    """Read format and size from the header only (steps 1 and 3 of the contract); raise
+    ``not_a_regular_file``, ``not_an_image``, ``unsupported_format``, ``animated``,
+    ``too_many_pixels``, ``truncated`` or ``corrupt``. A path is opened (regular files only),
+    never read whole; a :class:`Source` is probed from its bytes."""
+    if isinstance(path, Source):
+        return _probe(io.BytesIO(path.data), path, max_pixels)
+    with open_regular(path) as fh:
+        return _probe(fh, path, max_pixels)
+
+
+def _probe(fp, where, max_pixels: int) -> ImageHeader:
+    try:
+        head = fp.read(_HEAD)
     except OSError as exc:
-        raise ImageReadError(reasons.UNREADABLE, str(exc)) from exc
+        raise ImageReadError(reasons.UNREADABLE, exc.strerror or str(exc)) from None
     fmt = sniff_format(head)
     if fmt is None:
-        raise ImageReadError(reasons.NOT_AN_IMAGE, "unknown magic bytes")
+        other = _other_image_format(head)
+        if other is None:
+            raise ImageReadError(reasons.NOT_AN_IMAGE, "unknown magic bytes" if head else "empty file")
+        frames = _pillow_frames(fp)
+        if frames > 1:
+            raise ImageReadError(reasons.ANIMATED, f"{other} with {frames} frames")
+        raise ImageReadError(reasons.UNSUPPORTED_FORMAT, f"{other} image (read: PNG, JPEG, TIFF, WebP)")
+    fp.seek(0)
     try:
-        with Image.open(path) as im:
+        with Image.open(fp, formats=None) as im:
             w, h = im.size
             mode = im.mode
             frames = int(getattr(im, "n_frames", 1) or 1)
@@ -101,9 +346,14 @@ def probe(path: str | os.PathLike, max_pixels: int) -> ImageHeader:
             except Exception:  # malformed EXIF: treat as no rotation
                 orientation = 1
     except Exception as exc:  # Pillow refuses the header
-        raise ImageReadError(reasons.UNREADABLE, f"header: {exc}") from exc
+        if fmt == "tiff":  # TIFFs Pillow does not read (e.g. 16-bit grey + alpha): tifffile's header
+            w, h, mode, frames, orientation = _tiff_header(fp, exc)
+        else:
+            _header_failure(fp, fmt, exc)
+    if orientation not in range(1, 9):
+        orientation = 1
     if w <= 0 or h <= 0:
-        raise ImageReadError(reasons.UNREADABLE, f"bad size {w}x{h}")
+        raise ImageReadError(reasons.CORRUPT, f"bad size {w}x{h}")
     if frames > 1:
         raise ImageReadError(reasons.ANIMATED, f"{frames} frames")
     if w * h > max_pixels:
@@ -113,56 +363,211 @@ def probe(path: str | os.PathLike, max_pixels: int) -> ImageHeader:
     return ImageHeader(fmt, w, h, orientation, mode)
 
 
-def check_complete(path: str | os.PathLike, fmt: str) -> None:
-    """Raise ``truncated`` if the container is cut short (cheap: reads the tail / chunk table)."""
-    size = os.path.getsize(path)
-    with open(path, "rb") as fh:
-        if fmt == "png":
-            _check_png(fh, size)
-        elif fmt == "jpeg":
-            fh.seek(max(0, size - 4096))
-            tail = fh.read()
-            if b"\xff\xd9" not in tail:
-                raise ImageReadError(reasons.TRUNCATED, "JPEG has no EOI marker")
-        elif fmt == "webp":
-            fh.seek(4)
-            (riff_len,) = struct.unpack("<I", fh.read(4))
-            if riff_len + 8 > size:
-                raise ImageReadError(reasons.TRUNCATED, f"RIFF declares {riff_len + 8} bytes, file has {size}")
-        elif fmt == "tiff":
-            _check_tiff(path, size)
+def _header_failure(fp, fmt: str, exc: Exception):
+    """Pillow could not read the header of a file with a known magic: truncated or corrupt."""
+    fp.seek(0)
+    data = fp.read()
+    _check_complete_bytes(data, fmt)  # raises truncated when the container is cut short
+    raise ImageReadError(reasons.CORRUPT, f"header: {exc}") from exc
 
 
-def _check_png(fh, size: int) -> None:
-    pos = 8
-    fh.seek(pos)
+def _tiff_header(fp, pil_exc: Exception) -> tuple[int, int, str, int, int]:
+    import tifffile
+
+    fp.seek(0)
+    try:
+        with tifffile.TiffFile(fp if isinstance(fp, io.BytesIO) else io.BytesIO(fp.read())) as tf:
+            page = tf.pages[0]
+            n = len(tf.pages)
+            h, w = int(page.imagelength), int(page.imagewidth)
+            samples = int(page.samplesperpixel)
+            tag = page.tags.get(_EXIF_ORIENTATION)
+            orientation = int(tag.value) if tag is not None else 1
+            mode = {1: "L", 2: "LA", 3: "RGB", 4: "RGBA"}.get(samples, f"{samples}ch")
+            if samples == 2 and tuple(getattr(page, "extrasamples", ()) or ())[:1] == (1,):
+                mode = "La"
+            mode += f";{page.dtype}"
+    except Exception as exc:
+        _header_failure(fp, "tiff", pil_exc if not str(exc) else exc)
+    return w, h, mode, n, orientation
+
+
+# -- 4. the data --------------------------------------------------------------------------------
+
+def check_complete(path: str | os.PathLike | Source, fmt: str) -> None:
+    """Raise ``truncated`` if the container is cut short (``corrupt`` if its structure is
+    broken); bytes after the container's end are allowed."""
+    data = path.data if isinstance(path, Source) else read_source(path).data
+    _check_complete_bytes(data, fmt)
+
+
+def _check_complete_bytes(data: bytes, fmt: str) -> None:
+    size = len(data)
+    if fmt == "png":
+        _check_png(data, crc=False)
+    elif fmt == "jpeg":
+        jpeg_end(data)
+    elif fmt == "webp":
+        if size < 12:
+            raise ImageReadError(reasons.TRUNCATED, f"WebP of {size} bytes")
+        (riff_len,) = struct.unpack("<I", data[4:8])
+        if riff_len + 8 > size:
+            raise ImageReadError(reasons.TRUNCATED, f"RIFF declares {riff_len + 8} bytes, file has {size}")
+    elif fmt == "tiff":
+        _check_tiff(data)
+
+
+_CRITICAL = (b"IHDR", b"PLTE", b"IDAT", b"IEND")
+
+
+def _check_png(data: bytes, crc: bool) -> None:
+    """Walk the chunks to IEND; ``crc``: check the critical chunks' CRCs (``corrupt``)."""
+    pos, size = 8, len(data)
+    mv = memoryview(data)
     while True:
-        hdr = fh.read(8)
-        if len(hdr) < 8:
+        if pos + 8 > size:
             raise ImageReadError(reasons.TRUNCATED, "PNG ends before IEND")
-        length, ctype = struct.unpack(">I4s", hdr)
+        length, ctype = struct.unpack_from(">I4s", data, pos)
+        end = pos + 12 + length
+        if end > size:
+            raise ImageReadError(reasons.TRUNCATED, f"PNG chunk {ctype.decode('latin-1')!r} runs past end of file")
+        if crc and ctype in _CRITICAL:
+            (want,) = struct.unpack_from(">I", data, end - 4)
+            if zlib.crc32(mv[pos + 4:end - 4]) != want:
+                raise ImageReadError(reasons.CORRUPT, f"PNG chunk {ctype.decode()} at byte {pos}: CRC mismatch")
         if ctype == b"IEND":
             return
-        pos += 12 + length
-        if pos > size:
-            raise ImageReadError(reasons.TRUNCATED, f"PNG chunk {ctype!r} runs past end of file")
-        fh.seek(pos)
+        pos = end
 
 
-def _check_tiff(path, size: int) -> None:
+#: the next marker inside entropy-coded data: 0xFF followed by neither 0x00 (a stuffed byte),
+#: nor 0xD0-0xD7 (restart markers, part of the scan), nor 0xFF (fill)
+_SCAN_MARKER = re.compile(rb"\xff[\x01-\xcf\xd8-\xfe]")
+_STANDALONE = frozenset([0x01, *range(0xD0, 0xD8)])
+#: markers that may follow a scan: DHT, DAC, DQT, DNL, DRI, SOS, DHP, EXP, APPn, COM, (hierarchical) SOFn
+_AFTER_SCAN = frozenset([0xC4, 0xCC, 0xDB, 0xDC, 0xDD, 0xDA, 0xDE, 0xDF, *range(0xE0, 0xF0), 0xFE,
+                         *range(0xC0, 0xD0)])
+
+
+def jpeg_end(data: bytes) -> int:
+    """Offset just past the EOI marker of a JPEG, walking its marker segments and scans;
+    ``truncated`` when the data ends first, ``corrupt`` when the structure breaks before an EOI
+    that is still in the file. Bytes after the EOI are not looked at (allowed)."""
+    size = len(data)
+    pos = 2  # after SOI
+
+    def cut(what: str):
+        if data.find(b"\xff\xd9", pos) >= 0:  # an end marker further on: the structure is broken
+            raise ImageReadError(reasons.CORRUPT, f"JPEG structure broken at byte {pos}: {what}")
+        raise ImageReadError(reasons.TRUNCATED, f"JPEG has no EOI marker: {what}")
+
+    in_scan = False
+    while True:
+        if pos + 2 > size:
+            cut("data ends")
+        if data[pos] != 0xFF:
+            cut(f"byte 0x{data[pos]:02x} where a marker should be")
+        while pos + 2 <= size and data[pos + 1] == 0xFF:  # fill bytes
+            pos += 1
+        if pos + 2 > size:
+            cut("data ends in fill bytes")
+        m = data[pos + 1]
+        if m == 0xD9:
+            return pos + 2
+        if in_scan and m not in _AFTER_SCAN:
+            raise ImageReadError(reasons.CORRUPT, f"invalid marker 0xff{m:02x} after a scan at byte {pos}")
+        if m in _STANDALONE:
+            pos += 2
+            continue
+        if m == 0x00 or m == 0xD8:
+            cut(f"invalid marker 0xff{m:02x}")
+        if pos + 4 > size:
+            cut(f"segment 0xff{m:02x} cut short")
+        (length,) = struct.unpack_from(">H", data, pos + 2)
+        if length < 2:
+            cut(f"segment 0xff{m:02x} of length {length}")
+        seg_end = pos + 2 + length
+        if seg_end > size:
+            cut(f"segment 0xff{m:02x} runs past the end")
+        if m == 0xDA:  # SOS: the entropy-coded data runs to the next marker
+            nxt = _SCAN_MARKER.search(data, seg_end)
+            if nxt is None:
+                pos = size
+                cut("the scan runs to the end of the file")
+            pos = nxt.start()
+            in_scan = True
+        else:
+            pos = seg_end
+
+
+def _check_tiff(data: bytes) -> None:
+    import tifffile
+
+    size = len(data)
     try:
-        import tifffile
-    except ImportError:  # pragma: no cover - tifffile is in the lock
-        return
-    try:
-        with tifffile.TiffFile(path) as tf:
+        with tifffile.TiffFile(io.BytesIO(data)) as tf:
             page = tf.pages[0]
             ends = [o + c for o, c in zip(page.dataoffsets, page.databytecounts)]
     except Exception as exc:
-        raise ImageReadError(reasons.UNREADABLE, f"TIFF structure: {exc}") from exc
+        raise ImageReadError(reasons.CORRUPT, f"TIFF structure: {exc}") from exc
     if ends and max(ends) > size:
         raise ImageReadError(reasons.TRUNCATED, f"TIFF data runs to byte {max(ends)}, file has {size}")
 
+
+def validate_jpeg_scan(data: bytes) -> None:
+    """Decode a JPEG's scans strictly at 1/8 scale (libjpeg-turbo via simplejpeg): the full
+    entropy decode runs, the IDCT is 1/64 of the work; a libjpeg warning (garbage in a scan,
+    extraneous bytes, a bad Huffman code, premature end of data) raises ``corrupt``."""
+    import simplejpeg
+
+    try:
+        simplejpeg.decode_jpeg(data, colorspace="RGB", strict=True, min_height=1, min_width=1)
+    except Exception as exc:  # simplejpeg raises ValueError with libjpeg's message
+        msg = str(exc).strip() or type(exc).__name__
+        if "premature end" in msg.lower() and data.rfind(b"\xff\xd9") < 0:
+            raise ImageReadError(reasons.TRUNCATED, f"JPEG scan: {msg}") from None
+        raise ImageReadError(reasons.CORRUPT, f"JPEG scan: {msg}") from None
+
+
+def validate(src: Source, header: ImageHeader) -> None:
+    """Step 4 of the contract on bytes already read: complete container, undamaged data."""
+    if header.format == "png":
+        _check_png(src.data, crc=True)
+    else:
+        _check_complete_bytes(src.data, header.format)
+    if header.format == "jpeg":
+        validate_jpeg_scan(src.data)
+
+
+def read_checked(path: str | os.PathLike | Source, max_pixels: int | None = None,
+                 expect_sha256: str | None = None) -> CheckedImage:
+    """Steps 1-4 of the contract: the bytes (hashed, pinned to ``expect_sha256``), the header
+    within ``max_pixels`` (default: :func:`default_max_pixels`), complete and undamaged data.
+    Nothing is decoded but a JPEG's scans at 1/8 scale."""
+    max_pixels = int(max_pixels) if max_pixels else default_max_pixels()
+    if isinstance(path, Source):
+        src = path
+        check_expected(src, expect_sha256)
+    else:
+        src = read_source(path, max_pixels, expect_sha256)
+    header = probe(src, max_pixels)
+    validate(src, header)
+    return CheckedImage(src, header)
+
+
+def open_checked(path: str | os.PathLike | Source, max_pixels: int | None = None,
+                 expect_sha256: str | None = None) -> Image.Image:
+    """A Pillow image (not yet loaded) of a file's bytes after steps 1-4 of the contract, for
+    readers that must decode as Pillow does (the bench metrics' references). Use it in a
+    ``with`` block; Pillow's own decode errors of the checked bytes are ``corrupt``."""
+    chk = read_checked(path, max_pixels, expect_sha256)
+    try:
+        return Image.open(io.BytesIO(chk.source.data))
+    except Exception as exc:
+        raise ImageReadError(reasons.CORRUPT, f"Pillow: {type(exc).__name__}: {exc}") from exc
+
+
+# -- 5. decode (the pixel conversions) ----------------------------------------------------------------
 
 def _to_uint8(img: np.ndarray) -> np.ndarray:
     if img.dtype == np.uint8:
@@ -172,7 +577,7 @@ def _to_uint8(img: np.ndarray) -> np.ndarray:
         return ((img.astype(np.uint32) + 128) // 257).astype(np.uint8)
     if img.dtype in (np.float32, np.float64):
         return np.clip(np.rint(img * 255.0), 0, 255).astype(np.uint8)
-    raise ImageReadError(reasons.UNREADABLE, f"unsupported sample type {img.dtype}")
+    raise ImageReadError(reasons.UNSUPPORTED_FORMAT, f"unsupported sample type {img.dtype}")
 
 
 def _apply_orientation(img: np.ndarray, orientation: int) -> np.ndarray:
@@ -193,10 +598,20 @@ def _apply_orientation(img: np.ndarray, orientation: int) -> np.ndarray:
     return img
 
 
-def _normalise(img: np.ndarray) -> np.ndarray:
-    """Any OpenCV decode result (BGR/BGRA/grey, 8/16-bit) -> uint8 RGB, alpha over white."""
+def _normalise(img: np.ndarray, premultiplied: bool = False) -> np.ndarray:
+    """Any OpenCV decode result (BGR/BGRA/grey, grey + alpha, 8/16-bit) -> uint8 RGB, alpha over
+    white (``premultiplied``: the colour already carries the alpha, as TIFF's associated alpha)."""
     if img.ndim == 3 and img.shape[2] == 1:
         img = img[:, :, 0]
+    if img.ndim == 3 and img.shape[2] == 2:  # grey + alpha
+        top = 65535.0 if img.dtype == np.uint16 else 255.0 if img.dtype == np.uint8 else 1.0
+        grey = img[:, :, 0].astype(np.float32) / top
+        alpha = img[:, :, 1].astype(np.float32) / top
+        out = grey + (1.0 - alpha) if premultiplied else grey * alpha + (1.0 - alpha)  # over white
+        img = np.clip(np.rint(out * 255.0), 0, 255).astype(np.uint8)
+        return cv2.cvtColor(img, cv2.COLOR_GRAY2RGB)
+    if img.ndim == 3 and img.shape[2] > 4:
+        raise ImageReadError(reasons.UNSUPPORTED_FORMAT, f"{img.shape[2]} samples per pixel")
     if img.ndim == 2:
         img = _to_uint8(img)
         return cv2.cvtColor(img, cv2.COLOR_GRAY2RGB)
@@ -210,34 +625,63 @@ def _normalise(img: np.ndarray) -> np.ndarray:
     return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
 
 
-def read_bytes(path: str | os.PathLike) -> bytes:
-    with open(path, "rb") as fh:
-        return fh.read()
+def decode_rgb(path: str | os.PathLike | Source, max_pixels: int, header: ImageHeader | None = None,
+               expect_sha256: str | None = None) -> np.ndarray:
+    """Decode any supported file to an ``(H, W, 3)`` uint8 RGB array, or raise ImageReadError.
 
-
-def decode_rgb(path: str | os.PathLike, max_pixels: int, header: ImageHeader | None = None) -> np.ndarray:
-    """Decode any supported file to an ``(H, W, 3)`` uint8 RGB array, or raise ImageReadError."""
-    header = header or probe(path, max_pixels)
-    check_complete(path, header.format)
-    buf = np.frombuffer(read_bytes(path), dtype=np.uint8)
-    # IMREAD_UNCHANGED keeps 16-bit and alpha but ignores EXIF: orientation applied below.
-    img = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
-    del buf
-    if img is None:
-        img = _decode_with_pillow(path)
-    img = _normalise(img)
-    img = _apply_orientation(img, header.orientation)
+    The whole contract: the bytes are read once (``path`` may be a :class:`Source` already
+    read), pinned to ``expect_sha256``, probed within ``max_pixels`` and validated before the
+    decode. ``header`` is accepted for compatibility; the header is always re-read from the
+    bytes that are decoded."""
+    chk = read_checked(path, max_pixels, expect_sha256)
+    header = chk.header
+    try:
+        img = _decode_pixels(chk.source, header)
+    except ImageReadError:
+        raise
+    except MemoryError as exc:
+        raise ImageReadError(reasons.TOO_MANY_PIXELS, f"out of memory decoding {header.width}x{header.height}") from exc
+    except Exception as exc:  # the container checked out: damaged data
+        raise ImageReadError(reasons.CORRUPT, f"decode: {type(exc).__name__}: {exc}") from exc
     if img.shape[1] != header.width or img.shape[0] != header.height:
         raise ImageReadError(
-            reasons.UNREADABLE, f"decoded {img.shape[1]}x{img.shape[0]}, header says {header.width}x{header.height}"
+            reasons.CORRUPT, f"decoded {img.shape[1]}x{img.shape[0]}, header says {header.width}x{header.height}"
         )
     return img
 
 
-def _decode_with_pillow(path) -> np.ndarray:
+def _decode_pixels(src: Source, header: ImageHeader) -> np.ndarray:
+    """Decode checked bytes to ``(H, W, 3)`` uint8 RGB (orientation applied)."""
+    premultiplied = header.mode.startswith("La")
+    if header.format == "tiff" and header.mode.startswith(("LA", "La")):
+        img = _decode_tiff(src.data)  # OpenCV drops a TIFF's grey + alpha down to grey
+    else:
+        buf = np.frombuffer(src.data, dtype=np.uint8)
+        # IMREAD_UNCHANGED keeps 16-bit and alpha but ignores EXIF: orientation applied below.
+        img = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
+        del buf
+    if img is None:
+        img = _decode_with_pillow(src.data)
+    img = _normalise(img, premultiplied)
+    return _apply_orientation(img, header.orientation)
+
+
+def _decode_tiff(data: bytes) -> np.ndarray:
+    """The first page of a TIFF with tifffile, as stored (samples last, no colour conversion)."""
+    import tifffile
+
+    with tifffile.TiffFile(io.BytesIO(data)) as tf:
+        page = tf.pages[0]
+        img = np.asarray(page.asarray())
+        if page.planarconfig == 2 and img.ndim == 3:  # separate planes: samples first
+            img = np.moveaxis(img, 0, -1)
+    return img
+
+
+def _decode_with_pillow(data: bytes) -> np.ndarray:
     """Fallback for what OpenCV refuses (e.g. CMYK TIFF); returns BGR like OpenCV."""
     try:
-        with Image.open(path) as im:
+        with Image.open(io.BytesIO(data)) as im:
             im.load()
             if im.mode in ("RGBA", "LA", "PA") or "transparency" in im.info:
                 arr = np.asarray(im.convert("RGBA"))
@@ -245,7 +689,7 @@ def _decode_with_pillow(path) -> np.ndarray:
             arr = np.asarray(im.convert("RGB"))
             return cv2.cvtColor(arr, cv2.COLOR_RGB2BGR)
     except Exception as exc:
-        raise ImageReadError(reasons.UNREADABLE, f"decode failed: {exc}") from exc
+        raise ImageReadError(reasons.CORRUPT, f"decode failed: {exc}") from exc
 
 
 def to_grey(rgb: np.ndarray, rows: int = 1024) -> np.ndarray:
