@@ -462,3 +462,20 @@ def test_c_kernel_builds_into_a_fresh_cache(monkeypatch, tmp_path):
     monkeypatch.setattr(ck, "_loaded", {})
     monkeypatch.setenv("UHRFORGE_NO_C_KERNELS", "1")
     assert G.c_kernel() == (None, "C kernels disabled (UHRFORGE_NO_C_KERNELS)")
+
+
+@pytest.mark.skipif(not HAVE_C, reason="no C compiler")
+def test_c_kernel_threads_share_rows_of_uneven_cost():
+    """Smooth rows (cheap) above noise rows (dear): the kernel's threads take patch rows from a
+    shared counter; every patch equals the one-thread result and, on a crop, the scikit-image loop."""
+    rng = np.random.default_rng(5)
+    grey = np.full((64 * 9, 64 * 5), 120, np.uint8)
+    grey[64 * 4 :] = rng.integers(0, 256, (64 * 5, 64 * 5), dtype=np.uint8)
+    grey[:64 * 4] += (np.arange(64 * 5) // 40).astype(np.uint8)[None, :]
+    v1, e1, _ = G.glcm_patch_scores(grey, "c", threads=1)
+    assert G.default_threads() >= 1
+    for th in (2, 4, 9, 50, None):
+        v, e, _ = G.glcm_patch_scores(grey, "c", threads=th)
+        assert np.array_equal(v, v1) and np.array_equal(e, e1), th
+    rv, re_ = G.glcm_reference_patch_scores(grey[64 * 3 : 64 * 6, :128])
+    assert np.abs(v1[3:6, :2] - rv).max() <= TOL and np.abs(e1[3:6, :2] - re_).max() <= TOL

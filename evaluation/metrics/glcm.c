@@ -3,6 +3,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <math.h>
+#include <pthread.h>
 
 #define LV 64 /* grey levels after >> 2 */
 #define PS 64 /* patch side */
@@ -119,93 +120,151 @@ static double extract(uint16_t *h, const int *lv, int nl, int64_t gbase, int32_t
     return sd + 2.0 * so;
 }
 
+/* One worker's buffers: four 64x64 count tables, the class counts and the (group, s) bins. */
+typedef struct {
+    uint16_t (*h)[LV * LV];
+    int32_t *cnt;
+    acc_t *A;
+} bufs_t;
+
+static void free_bufs(bufs_t *B)
+{
+    free(B->h);
+    free(B->cnt);
+    if (B->A) { free(B->A->hg); free(B->A->touched); free(B->A); }
+}
+
+static int alloc_bufs(bufs_t *B, int32_t n_off, const int32_t *grp, int64_t cid_stride, int64_t n_classes)
+{
+    int32_t n_groups = 0;
+    for (int k = 0; k < n_off; ++k) if (grp[k] + 1 > n_groups) n_groups = grp[k] + 1;
+    B->h = calloc(4, sizeof(*B->h));
+    B->cnt = (int32_t *)calloc((size_t)n_classes, sizeof(int32_t));
+    B->A = (acc_t *)calloc(1, sizeof(acc_t));
+    if (B->A) {
+        B->A->hg = (int32_t *)calloc((size_t)n_groups * (size_t)cid_stride, sizeof(int32_t));
+        B->A->touched = (int64_t *)malloc(sizeof(int64_t) * ((size_t)n_off * LV * LV + 1));
+    }
+    if (!B->h || !B->cnt || !B->A || !B->A->hg || !B->A->touched) { free_bufs(B); return -1; }
+    return 0;
+}
+
+typedef struct {
+    const uint8_t *img; int64_t stride, pr0, pr1, npc;
+    int32_t n_off; const int32_t *dr, *dc, *mult; const double *tot; const int32_t *grp, *cid;
+    int64_t cid_stride, n_classes; const double *flog; int32_t n_slices;
+    double *out_values, *out_slices;
+    int64_t next;  /* next patch row to take (atomic) */
+    int failed;    /* a worker could not allocate (atomic; informational) */
+} job_t;
+
+/* Both scores of patch (pr, pc) into out_values[o], out_slices[o]. */
+static void one_patch(const job_t *J, bufs_t *B, int64_t pr, int64_t pc, int64_t o)
+{
+    uint16_t (*h)[LV * LV] = B->h;
+    acc_t *A = B->A;
+    int32_t *cnt = B->cnt;
+    const int32_t n_off = J->n_off;
+    const double n_entries = (double)LV * LV * J->n_slices;
+    uint8_t q[PS * PS];
+    const uint8_t *p = J->img + pr * PS * J->stride + pc * PS;
+    uint64_t present = 0;
+    int lv[LV], nl = 0;
+    for (int r = 0; r < PS; ++r) {
+        const uint8_t *row = p + r * J->stride;
+        uint8_t *qr = q + r * PS;
+        for (int c = 0; c < PS; ++c) qr[c] = row[c] >> 2;
+        for (int c = 0; c < PS; ++c) present |= 1ull << qr[c];
+    }
+    for (int v = 0; v < LV; ++v) if (present >> v & 1u) lv[nl++] = v;
+    A->nt = 0;
+    A->nnz = 0;
+    double slice_acc = 0.0;
+    for (int k = 0; k < n_off; k += 2) {
+        const int kb = k + 1 < n_off ? k + 1 : k;
+        if (kb != k) {
+            count_two(q, J->dr[k], J->dc[k], J->dr[kb], J->dc[kb], h[0], h[1], h[2], h[3], lv, nl);
+        } else {
+            int r0, r1, c0, c1;
+            valid_rect(J->dr[k], J->dc[k], &r0, &r1, &c0, &c1);
+            count_rect(q, J->dr[k], J->dc[k], r0, r1, c0, c1, h[0]);
+        }
+        for (int kk = k; kk <= kb; ++kk) {
+            const double sl = extract(kk == k ? h[0] : h[2], lv, nl,
+                                      (int64_t)J->grp[kk] * J->cid_stride, J->mult[kk], J->flog, A);
+            slice_acc += J->mult[kk] * (log2(J->tot[kk]) - sl / J->tot[kk]);
+        }
+    }
+    /* merge (group, s) bins into value classes (equal fractions across groups), then
+       sum n log2 n over the classes; the zero class has n_entries - nnz entries */
+    double acc = 0.0;
+    const double n0 = n_entries - (double)A->nnz;
+    if (n0 > 0) acc += n0 * log2(n0);
+    for (int64_t t = 0; t < A->nt; ++t) cnt[J->cid[A->touched[t]]] += A->hg[A->touched[t]];
+    for (int64_t t = 0; t < A->nt; ++t) {
+        const int32_t id = J->cid[A->touched[t]];
+        A->hg[A->touched[t]] = 0;
+        if (cnt[id]) {
+            const double n = (double)cnt[id];
+            acc += n * log2(n);
+            cnt[id] = 0;
+        }
+    }
+    J->out_values[o] = log2(n_entries) - acc / n_entries;
+    J->out_slices[o] = slice_acc / J->n_slices;
+}
+
+/* A worker: its own buffers, then patch rows taken one at a time from the shared counter (a
+   thread that draws smooth, cheap rows takes more of them), so the split follows the content. */
+static void *worker(void *arg)
+{
+    job_t *J = (job_t *)arg;
+    bufs_t B = {0};
+    if (alloc_bufs(&B, J->n_off, J->grp, J->cid_stride, J->n_classes) != 0) {
+        __atomic_store_n(&J->failed, 1, __ATOMIC_RELAXED);
+        return NULL;
+    }
+    for (;;) {
+        const int64_t pr = __atomic_fetch_add(&J->next, 1, __ATOMIC_RELAXED);
+        if (pr >= J->pr1) break;
+        for (int64_t pc = 0; pc < J->npc; ++pc) one_patch(J, &B, pr, pc, (pr - J->pr0) * J->npc + pc);
+    }
+    free_bufs(&B);
+    return NULL;
+}
+
 /* GLCM scores of the 64x64 patches of an 8-bit grey image (quantised here with >> 2).
-   For patch rows [pr0, pr1) and patch columns [0, npc) writes, per patch:
+   For patch rows [pr0, pr1) and patch columns [0, npc) writes, per patch (row-major from
+   (pr0, 0)):
    out_values = base-2 entropy of the distribution of the LV x LV x n_slices normalised
                 symmetric GLCM values (skimage.measure.shannon_entropy of graycomatrix(...,
                 symmetric=True, normed=True)), zeros included;
    out_slices = mean over the slices of each slice's -sum p log2 p.
    The n_off offsets are unique; mult[k] slices share offset k, whose slice total is tot[k]
    and whose value group (distinct total) is grp[k]; cid maps (group, s) to the class of the
-   fraction s / T_group. Returns 0, or -1 when memory cannot be allocated. */
+   fraction s / T_group. `threads` workers (this thread and threads - 1 POSIX threads; fewer if
+   they cannot be started) share the patch rows. Each patch is computed by one worker in a fixed
+   order, so the results do not depend on `threads`. Returns 0, or -1 when memory cannot be
+   allocated. */
 int uhr_glcm_patch_rows(const uint8_t *img, int64_t stride, int64_t pr0, int64_t pr1,
                         int64_t npc, int32_t n_off, const int32_t *dr, const int32_t *dc,
                         const int32_t *mult, const double *tot, const int32_t *grp,
                         const int32_t *cid, int64_t cid_stride, int64_t n_classes,
                         const double *flog, int32_t n_slices,
-                        double *out_values, double *out_slices)
+                        double *out_values, double *out_slices, int32_t threads)
 {
-    int32_t n_groups = 0;
-    for (int k = 0; k < n_off; ++k) if (grp[k] + 1 > n_groups) n_groups = grp[k] + 1;
-    uint16_t (*h)[LV * LV] = calloc(4, sizeof(*h));
-    int32_t *cnt = (int32_t *)calloc((size_t)n_classes, sizeof(int32_t));
-    acc_t *A = (acc_t *)calloc(1, sizeof(acc_t));
-    if (A) {
-        A->hg = (int32_t *)calloc((size_t)n_groups * (size_t)cid_stride, sizeof(int32_t));
-        A->touched = (int64_t *)malloc(sizeof(int64_t) * ((size_t)n_off * LV * LV + 1));
+    job_t J = {img, stride, pr0, pr1, npc, n_off, dr, dc, mult, tot, grp, cid, cid_stride, n_classes,
+               flog, n_slices, out_values, out_slices, pr0, 0};
+    if (threads > 256) threads = 256;
+    if (threads > pr1 - pr0) threads = (int32_t)(pr1 - pr0);
+    pthread_t tid[256];
+    int started = 0;
+    for (int i = 1; i < threads; ++i) {
+        if (pthread_create(&tid[started], NULL, worker, &J) != 0) break;
+        ++started;
     }
-    if (!h || !cnt || !A || !A->hg || !A->touched) {
-        free(h); free(cnt);
-        if (A) { free(A->hg); free(A->touched); free(A); }
-        return -1;
-    }
-    const double n_entries = (double)LV * LV * n_slices;
-    const double log2_n = log2(n_entries);
-    uint8_t q[PS * PS];
-    int64_t o = 0;
-    for (int64_t pr = pr0; pr < pr1; ++pr) {
-        for (int64_t pc = 0; pc < npc; ++pc, ++o) {
-            const uint8_t *p = img + pr * PS * stride + pc * PS;
-            uint64_t present = 0;
-            int lv[LV], nl = 0;
-            for (int r = 0; r < PS; ++r) {
-                const uint8_t *row = p + r * stride;
-                uint8_t *qr = q + r * PS;
-                for (int c = 0; c < PS; ++c) qr[c] = row[c] >> 2;
-                for (int c = 0; c < PS; ++c) present |= 1ull << qr[c];
-            }
-            for (int v = 0; v < LV; ++v) if (present >> v & 1u) lv[nl++] = v;
-            A->nt = 0;
-            A->nnz = 0;
-            double slice_acc = 0.0;
-            for (int k = 0; k < n_off; k += 2) {
-                const int kb = k + 1 < n_off ? k + 1 : k;
-                if (kb != k) {
-                    count_two(q, dr[k], dc[k], dr[kb], dc[kb], h[0], h[1], h[2], h[3], lv, nl);
-                } else {
-                    int r0, r1, c0, c1;
-                    valid_rect(dr[k], dc[k], &r0, &r1, &c0, &c1);
-                    count_rect(q, dr[k], dc[k], r0, r1, c0, c1, h[0]);
-                }
-                for (int kk = k; kk <= kb; ++kk) {
-                    const double sl = extract(kk == k ? h[0] : h[2], lv, nl,
-                                              (int64_t)grp[kk] * cid_stride, mult[kk], flog, A);
-                    slice_acc += mult[kk] * (log2(tot[kk]) - sl / tot[kk]);
-                }
-            }
-            /* merge (group, s) bins into value classes (equal fractions across groups), then
-               sum n log2 n over the classes; the zero class has n_entries - nnz entries */
-            double acc = 0.0;
-            const double n0 = n_entries - (double)A->nnz;
-            if (n0 > 0) acc += n0 * log2(n0);
-            for (int64_t t = 0; t < A->nt; ++t) cnt[cid[A->touched[t]]] += A->hg[A->touched[t]];
-            for (int64_t t = 0; t < A->nt; ++t) {
-                const int32_t id = cid[A->touched[t]];
-                A->hg[A->touched[t]] = 0;
-                if (cnt[id]) {
-                    const double n = (double)cnt[id];
-                    acc += n * log2(n);
-                    cnt[id] = 0;
-                }
-            }
-            out_values[o] = log2_n - acc / n_entries;
-            out_slices[o] = slice_acc / n_slices;
-        }
-    }
-    free(h);
-    free(cnt);
-    free(A->hg);
-    free(A->touched);
-    free(A);
-    return 0;
+    worker(&J);
+    for (int i = 0; i < started; ++i) pthread_join(tid[i], NULL);
+    /* a worker that could not allocate leaves its rows to the others; -1 only if rows are left */
+    return J.next < pr1 ? -1 : 0;
 }

@@ -42,7 +42,6 @@ from __future__ import annotations
 import ctypes
 import math
 import os
-import threading
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -196,14 +195,18 @@ _C_SOURCE = Path(__file__).with_name("glcm.c")
 def c_kernel() -> tuple[Any, str | None]:
     """The compiled kernel function (built once per machine, loaded once per process), or
     ``(None, why not)`` (see :mod:`curation.ckernels`)."""
-    from curation.ckernels import load_kernel
+    from curation.ckernels import CFLAGS, load_kernel
 
     i64, i32, ptr = ctypes.c_int64, ctypes.c_int32, ctypes.c_void_p
     return load_kernel("glcm", _C_SOURCE, "uhr_glcm_patch_rows",
-                       [ptr, i64, i64, i64, i64, i32, ptr, ptr, ptr, ptr, ptr, ptr, i64, i64, ptr, i32, ptr, ptr])
+                       [ptr, i64, i64, i64, i64, i32, ptr, ptr, ptr, ptr, ptr, ptr, i64, i64, ptr, i32, ptr, ptr, i32],
+                       cflags=(*CFLAGS, "-pthread"))
 
 
 def _c_patch_scores(grey: np.ndarray, npr: int, npc: int, threads: int) -> tuple[np.ndarray, np.ndarray]:
+    """Both per-patch score arrays ``(npr, npc)`` from the C kernel. ``threads`` POSIX threads
+    inside the kernel (the GIL is released by ctypes) take rows of patches from a shared counter;
+    each has its own ~0.6 MB of tables, the image is shared and read in place."""
     fn, err = c_kernel()
     if fn is None:
         raise RuntimeError(err)
@@ -212,33 +215,14 @@ def _c_patch_scores(grey: np.ndarray, npr: int, npc: int, threads: int) -> tuple
     slices = np.empty((npr, npc), dtype=np.float64)
     dr = np.ascontiguousarray(t.offsets[:, 0])
     dc = np.ascontiguousarray(t.offsets[:, 1])
-
-    def run(r0: int, r1: int) -> int:
-        if r1 <= r0:
-            return 0
-        return fn(
-            grey.ctypes.data, grey.strides[0], r0, r1, npc, len(t.offsets),
-            dr.ctypes.data, dc.ctypes.data, t.mult.ctypes.data, t.total.ctypes.data,
-            t.group.ctypes.data, t.cid.ctypes.data, t.cid.shape[1], t.n_classes,
-            t.flog.ctypes.data, N_SLICES,
-            values[r0:].ctypes.data, slices[r0:].ctypes.data,
-        )
-
-    threads = max(1, min(int(threads), npr))
-    if threads == 1:
-        rc = [run(0, npr)]
-    else:  # ctypes releases the GIL during the call
-        bounds = np.linspace(0, npr, threads + 1).round().astype(int)
-        rc = [0] * threads
-        workers = [
-            threading.Thread(target=lambda i=i: rc.__setitem__(i, run(int(bounds[i]), int(bounds[i + 1]))))
-            for i in range(threads)
-        ]
-        for w in workers:
-            w.start()
-        for w in workers:
-            w.join()
-    if any(rc):
+    rc = fn(
+        grey.ctypes.data, grey.strides[0], 0, npr, npc, len(t.offsets),
+        dr.ctypes.data, dc.ctypes.data, t.mult.ctypes.data, t.total.ctypes.data,
+        t.group.ctypes.data, t.cid.ctypes.data, t.cid.shape[1], t.n_classes,
+        t.flog.ctypes.data, N_SLICES, values.ctypes.data, slices.ctypes.data,
+        max(1, min(int(threads), npr)),
+    )
+    if rc:
         raise MemoryError("GLCM C kernel could not allocate its buffers")
     return values, slices
 
@@ -307,10 +291,23 @@ def _check_grey(grey: np.ndarray) -> np.ndarray:
     return g
 
 
-def glcm_patch_scores(grey: np.ndarray, kernel: str = "auto", threads: int = 1) -> tuple[np.ndarray, np.ndarray, str]:
+def default_threads() -> int:
+    """Threads the C kernel uses unless told: the CPUs this process may run on (patches are
+    independent; each thread takes the next row of patches)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # pragma: no cover - not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def glcm_patch_scores(grey: np.ndarray, kernel: str = "auto", threads: int | None = None
+                      ) -> tuple[np.ndarray, np.ndarray, str]:
     """Per-patch ``(glcm, glcm_entropy)`` arrays of shape ``(rows // 64, cols // 64)`` and the
-    kernel used. ``grey`` is the 8-bit reference grey (0..255); quantisation is done here."""
+    kernel used. ``grey`` is the 8-bit reference grey (0..255); quantisation is done here.
+    ``threads`` (C kernel only): None = :func:`default_threads`."""
     g = _check_grey(grey)
+    if threads is None:
+        threads = default_threads()
     npr, npc = g.shape[0] // PATCH, g.shape[1] // PATCH
     if kernel == "auto":
         kernel = os.environ.get("UHRFORGE_GLCM_KERNEL", "auto")
@@ -337,7 +334,7 @@ class GlcmScores:
     kernel: str
 
 
-def glcm_scores(grey: np.ndarray, kernel: str = "auto", threads: int = 1) -> GlcmScores:
+def glcm_scores(grey: np.ndarray, kernel: str = "auto", threads: int | None = None) -> GlcmScores:
     """Both image scores (means over patches); ``None`` when there is no full 64x64 patch."""
     v, e, used = glcm_patch_scores(grey, kernel, threads)
     if v.size == 0:
@@ -390,7 +387,7 @@ class _GlcmMetric(Metric):
     higher_is_better = True
     _field = ""
 
-    def __init__(self, kernel: str = "auto", threads: int = 1) -> None:
+    def __init__(self, kernel: str = "auto", threads: int | None = None) -> None:
         self.kernel = kernel
         self.threads = threads
 
