@@ -28,21 +28,20 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import time
 from collections import Counter
 from pathlib import Path
 from typing import Callable
 
-from curation.atomic import read_json, write_json
+from curation.atomic import is_disk_full, read_json, replacing, write_json
 from curation.config import Config
-from curation.imageio import content_hash, image_id_from_hash
+from curation.imageio import ImageReadError, content_hash, copy_pinned, decode_rgb, image_id_from_hash
 from curation.layout import DataLayout
 from curation.manifest import CORPUS, read_manifest
 from curation.stages.fingerprint import input_key, stage_fingerprint
 from curation.stages.purification import StageError, StageResult, code_version as stage_code_version, commit, reuse_committed, upstream_versions
 from curation.reasons import (BELOW_100MP, DEFERRED, INCONSISTENT, INSTANCE_ARTIFACTS, JUDGE_FAILED,
-                              REGION_ARTIFACTS, SEAM_DISCONTINUITY, UPSCALE_FAILED)
+                              REGION_ARTIFACTS, SEAM_DISCONTINUITY, SOURCE_CHANGED, UPSCALE_FAILED)
 
 _EXT = {"tiff": ".tif", "png": ".png", "jxl": ".jxl", "webp": ".webp"}
 
@@ -87,6 +86,22 @@ def region_judge(client, image_id: str, patch: int) -> Callable:
     return judge
 
 
+class _InputError(Exception):
+    """The candidate's input file failed the reader contract (e.g. ``source_changed``)."""
+
+    def __init__(self, error: ImageReadError):
+        super().__init__(str(error))
+        self.error = error
+
+
+def _read_input(path: str, max_pixels: int, expect_sha256: str):
+    """The input decoded once from bytes pinned to the id raw_pool recorded for it."""
+    try:
+        return decode_rgb(path, max_pixels, expect_sha256=expect_sha256)
+    except ImageReadError as exc:
+        raise _InputError(exc) from exc
+
+
 def process_image(row: dict, layout: DataLayout, cfg: Config, backend_name: str, judge_client,
                   code_version: str, config_hash: str | None = None) -> dict:
     """SR + final filters of one candidate row; returns the CORPUS row (never raises).
@@ -118,10 +133,12 @@ def process_image(row: dict, layout: DataLayout, cfg: Config, backend_name: str,
             image_id = image_id_from_hash(sha)
             dst = corpus_blob(layout, image_id, Path(source).suffix.lower())
             if not dst.exists():
-                dst.parent.mkdir(parents=True, exist_ok=True)
-                tmp = dst.with_name(dst.name + ".tmp")
-                shutil.copyfile(source, tmp)
-                os.replace(tmp, dst)
+                with replacing(dst) as tmp:  # a full disk leaves no partial copy
+                    # hashed while copied: the blob holds exactly the bytes its id names
+                    try:
+                        copy_pinned(source, tmp, row.get("sha256") or row["image_id"])
+                    except ImageReadError as exc:
+                        raise _InputError(exc) from exc
             out.update(image_id=image_id, sha256=sha, output_path=layout.rel(dst), width=row["width"],
                        height=row["height"], backend="none (native)", file_format=Path(dst).suffix.lstrip("."),
                        checks="not_applicable: native image, no synthetic pixels")
@@ -130,7 +147,14 @@ def process_image(row: dict, layout: DataLayout, cfg: Config, backend_name: str,
             backend = create_backend(backend_name, scale)
             tmp_out = layout.root / "corpus" / "_work" / f"{row['image_id']}{_EXT[fmt]}"
             tmp_out.parent.mkdir(parents=True, exist_ok=True)
-            info = upscale_image(source, tmp_out, backend, spec, prompt=row.get("caption"), seed=0)
+            # the input decoded once, from bytes pinned to the id raw_pool recorded (source_changed
+            # otherwise), through the one reader contract; SR and the consistency check share it
+            lr = _read_input(source, int(cfg.get("io.max_pixels")), row.get("sha256") or row["image_id"])
+            try:
+                info = upscale_image(lr, tmp_out, backend, spec, prompt=row.get("caption"), seed=0)
+            except BaseException:
+                tmp_out.unlink(missing_ok=True)  # no half-written output left on a full disk
+                raise
             sha = content_hash(tmp_out)
             image_id = image_id_from_hash(sha)
             dst = corpus_blob(layout, image_id, _EXT[fmt])
@@ -145,7 +169,7 @@ def process_image(row: dict, layout: DataLayout, cfg: Config, backend_name: str,
             sr = seams.seam_check(dst, stride=int(ff["seam"]["stride"]), r_t=float(ff["seam"]["r_t"]))
             out.update(seam_max_ratio=float(sr.max_ratio), seam_count=int(sr.seams), seam_flagged=bool(sr.flagged))
             # 2. post-SR consistency
-            cm = consistency.consistency_metrics(dst, source)
+            cm = consistency.consistency_metrics(dst, lr)
             cd = consistency.decide(cm, dict(ff["consistency"]))
             out.update(psnr=cm.get("psnr"), ssim=cm.get("ssim"), psnr_block_min=cm.get("psnr_block_min"),
                        ssim_block_min=cm.get("ssim_block_min"), lpips=cm.get("lpips"),
@@ -165,7 +189,14 @@ def process_image(row: dict, layout: DataLayout, cfg: Config, backend_name: str,
         out["megapixels"] = out["width"] * out["height"] / 1e6
         reason = _first_failure(out, min_pixels)
         out.update(passed=reason is None, reject_reason=reason)
+    except _InputError as exc:  # the input changed since raw_pool (or can no longer be read)
+        e = exc.error
+        out.update(reject_reason=SOURCE_CHANGED if e.reason == SOURCE_CHANGED else UPSCALE_FAILED,
+                   reject_detail=f"input {e.reason}: {e.detail}"[:500])
+        out.setdefault("image_id", row["image_id"])
     except Exception as exc:  # one bad image never takes the shard down
+        if is_disk_full(exc):  # ... but a full data root is no verdict on the image: the stage fails
+            raise
         out.update(reject_reason=UPSCALE_FAILED, reject_detail=f"{type(exc).__name__}: {exc}"[:500])
         out.setdefault("image_id", row["image_id"])
     out["seconds"] = time.perf_counter() - t0
@@ -207,7 +238,8 @@ def run_corpus(layout: DataLayout, shard: str, cfg: Config, backend_name: str | 
     judge = f"{getattr(judge_client, 'backend', None)}/{getattr(judge_client, 'model', None)}"
     key = input_key(fp, upstream_versions(layout, "corpus_100mp", shard), {"backend": backend_name, "judge": judge})
     dst = layout.manifest("corpus_100mp", shard)
-    res = reuse_committed(dst, key, retry=(JUDGE_FAILED,))  # rows waiting for a failed judge are retried
+    # rows waiting for a failed judge, or whose input had changed, are retried
+    res = reuse_committed(dst, key, retry=(JUDGE_FAILED, SOURCE_CHANGED))
     if res is not None and all(layout.resolve(r["output_path"]).exists() for r in res.rows if r.get("passed")):
         res = _with_tiers(res)
         res.summary["reused"] = sum(r["reject_reason"] != DEFERRED for r in res.rows)  # images, as `computed` counts
@@ -234,7 +266,7 @@ def run_corpus(layout: DataLayout, shard: str, cfg: Config, backend_name: str | 
             continue
         ckey = hashlib.sha256(f"{r['image_id']}:{backend_name}:{judge}".encode()).hexdigest()[:24]
         cached = read_json(cache / f"{ckey}.json")
-        if (cached and cached.get("reject_reason") != JUDGE_FAILED  # a failed judge call is retried
+        if (cached and cached.get("reject_reason") not in (JUDGE_FAILED, SOURCE_CHANGED)  # retried
                 and (not cached.get("output_path") or layout.resolve(cached["output_path"]).exists())):
             rows.append(cached)
             reused += 1

@@ -234,9 +234,10 @@ def write_manifest(table: pa.Table, path: str | os.PathLike, row_group_size: int
     release manifest uses small groups so a lookup by row decodes a few rows, not the release."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    pq.write_table(table, tmp, compression="zstd", row_group_size=row_group_size)
-    os.replace(tmp, path)
+    from curation.atomic import replacing
+
+    with replacing(path) as tmp:  # a failed write (a full disk) leaves neither the manifest nor a partial file
+        pq.write_table(table, tmp, compression="zstd", row_group_size=row_group_size)
     if path.parent.parent.name == "manifests" and "image_id" in table.column_names:
         try:
             from curation.lineage.index import note_commit

@@ -12,7 +12,6 @@ where it stopped and a re-run is idempotent.
 
 from __future__ import annotations
 
-import os
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
@@ -22,7 +21,7 @@ from typing import Callable
 import cv2
 
 from curation import reasons
-from curation.atomic import read_json, write_json
+from curation.atomic import is_disk_full, read_json, write_bytes, write_json
 from curation.imageio import ImageReadError, decode_rgb, thumbnail
 from curation.scores import absolute_verdicts, purification_scores
 
@@ -30,12 +29,9 @@ VIEW_SHORT_SIDE = 224  # CLIP ViT-L/14 input side
 
 
 def _save_jpeg(path: Path, rgb, quality: int = 85) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     ok, enc = cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, quality])
     if ok:
-        tmp.write_bytes(enc.tobytes())
-        os.replace(tmp, path)
+        write_bytes(path, enc.tobytes())  # a full disk leaves no partial file
 
 
 def _save_view(path: Path, rgb) -> None:
@@ -43,10 +39,10 @@ def _save_view(path: Path, rgb) -> None:
     s = VIEW_SHORT_SIDE / min(h, w)
     size = (max(VIEW_SHORT_SIDE, round(w * s)), max(VIEW_SHORT_SIDE, round(h * s)))
     view = cv2.resize(rgb, size, interpolation=cv2.INTER_AREA if s < 1 else cv2.INTER_CUBIC)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    cv2.imwrite(str(tmp) + ".png", cv2.cvtColor(view, cv2.COLOR_RGB2BGR))
-    os.replace(str(tmp) + ".png", path)
+    ok, enc = cv2.imencode(".png", cv2.cvtColor(view, cv2.COLOR_RGB2BGR))
+    if not ok:
+        raise ValueError(f"PNG encoding of the model view {path} failed")
+    write_bytes(path, enc.tobytes())
 
 
 def score_one(
@@ -57,20 +53,27 @@ def score_one(
     thumb_path: str | None = None,
     thumb_px: int = 256,
     view_path: str | None = None,
+    expect_sha256: str | None = None,
 ) -> dict:
-    """Decode once and compute every per-image score. Keys: see IMAGE_SCORES manifest."""
+    """Decode once and compute every per-image score. Keys: see IMAGE_SCORES manifest.
+
+    ``expect_sha256``: the content hash recorded upstream (raw_pool's ``sha256``); bytes that no
+    longer hash to it are ``source_changed``, never scored under the old id (the hash is of the
+    very bytes decoded)."""
     t0 = time.perf_counter()
     out: dict = {"image_id": image_id, "source_path": path}
     try:
-        rgb = decode_rgb(path, max_pixels)
+        rgb = decode_rgb(path, max_pixels, expect_sha256=expect_sha256)
     except ImageReadError as exc:
         out.update(reject_reason=exc.reason, reject_detail=exc.detail, seconds=time.perf_counter() - t0)
         return out
     except MemoryError as exc:  # a header that lied about its size
-        out.update(reject_reason=reasons.TOO_MANY_PIXELS, reject_detail=f"out of memory: {exc}")
+        out.update(reject_reason=reasons.TOO_MANY_PIXELS, reject_detail=f"out of memory: {exc}",
+                   seconds=time.perf_counter() - t0)
         return out
     except Exception as exc:  # any decoder failure is a recorded reason, never a crash
-        out.update(reject_reason=reasons.UNREADABLE, reject_detail=f"{type(exc).__name__}: {exc}")
+        out.update(reject_reason=reasons.CORRUPT, reject_detail=f"{type(exc).__name__}: {exc}"[:500],
+                   seconds=time.perf_counter() - t0)
         return out
     h, w = rgb.shape[:2]
     if thumb_path:
@@ -111,6 +114,10 @@ def first_absolute_reason(row: dict) -> str | None:
     return None
 
 
+#: reasons of :func:`score_one` that describe the file's state, not its content (not cached)
+_NOT_CACHED = (reasons.SOURCE_CHANGED, reasons.UNREADABLE, reasons.NOT_A_REGULAR_FILE)
+
+
 def score_files(
     jobs: list[dict],
     purification: dict,
@@ -120,7 +127,8 @@ def score_files(
     progress: Callable[[int], None] | None = None,
     stats: dict | None = None,
 ) -> list[dict]:
-    """Score many images. ``jobs``: dicts with ``path, image_id, thumb_path, thumb_px, view_path``.
+    """Score many images. ``jobs``: dicts with ``path, image_id, thumb_path, thumb_px, view_path``
+    and optionally ``sha256`` (the content the id was made from: other bytes are ``source_changed``).
 
     Results come back in job order. Cached results (``cache_dir/<image_id>.json``) are
     reused; a crashed worker process marks its images ``unreadable`` (worker crashed)
@@ -150,14 +158,16 @@ def score_files(
 
     def _done(i: int, res: dict) -> None:
         results[i] = res
-        if cache_dir:
+        # a changed or unreadable source is a state of the file now, not a result of its content:
+        # never cached under the id (the next run reads the file again)
+        if cache_dir and res.get("reject_reason") not in _NOT_CACHED:
             _write_cache(cache_dir, res)
         if progress:
             progress(1)
 
     def _args(job: dict):
         return (job["path"], job["image_id"], purification, max_pixels, job.get("thumb_path"),
-                job.get("thumb_px", 256), job.get("view_path"))
+                job.get("thumb_px", 256), job.get("view_path"), job.get("sha256"))
 
     if workers <= 1 or len(todo) <= 1:
         for i in todo:
@@ -173,6 +183,8 @@ def score_files(
                     except BrokenProcessPool:
                         raise
                     except Exception as exc:
+                        if is_disk_full(exc):  # the data root is full: fail the stage, never a verdict
+                            raise
                         _done(i, {"image_id": jobs[i]["image_id"], "source_path": jobs[i]["path"],
                                   "reject_reason": reasons.UNREADABLE, "reject_detail": repr(exc)})
         except BrokenProcessPool as exc:
@@ -201,32 +213,34 @@ def _write_cache(cache_dir: Path, res: dict) -> None:
 #: the fields of :func:`score_image_record`, in the CLI's output order
 SCORE_KEYS = (
     "path", "image_id", "width", "height", "megapixels", "exposure_fraction",
-    "laplacian_var", "flat_fraction", "entropy", "screening", "verdict",
+    "laplacian_var", "flat_fraction", "entropy", "screening", "verdict", "reject_detail",
 )
 
 
 def score_image_record(path: str, cfg) -> dict:
-    """Scores, screening and per-image verdict of one file (the keys of :data:`SCORE_KEYS`, plus
-    ``error`` when the file cannot be read). Relative cuts need the whole pool and are left out."""
-    from curation.imageio import content_hash, image_id_from_hash, probe
+    """Scores, screening and per-image verdict of one file (the keys of :data:`SCORE_KEYS`;
+    ``reject_detail`` says why a file cannot be used, null otherwise). Relative cuts need the
+    whole pool and are left out. The file is read once (a FIFO or device is refused unopened):
+    the id, the header and the decode all come from the same bytes."""
+    from curation.imageio import image_id_from_hash, probe, read_source
     from curation.screening import screen
 
     rec = dict.fromkeys(SCORE_KEYS)
     rec["path"] = path
     max_pixels = int(cfg.get("io.max_pixels"))
     try:
-        rec["image_id"] = image_id_from_hash(content_hash(path))
-    except OSError as exc:
-        rec["verdict"] = reasons.UNREADABLE
-        rec["error"] = str(exc)
-        return rec
-    try:
-        head = probe(path, max_pixels)
+        src = read_source(path, max_pixels)
+        rec["image_id"] = image_id_from_hash(src.sha256)
+        head = probe(src, max_pixels)
         rec.update(width=head.width, height=head.height, megapixels=head.pixels / 1e6)
         rec["screening"], _ = screen(head.width, head.height, cfg.screen_bounds())
-        rgb = decode_rgb(path, max_pixels, head)
+        rgb = decode_rgb(src, max_pixels)
     except ImageReadError as exc:
         rec["verdict"] = exc.reason
+        rec["reject_detail"] = exc.detail or exc.reason
+        return rec
+    except MemoryError as exc:
+        rec["verdict"], rec["reject_detail"] = reasons.TOO_MANY_PIXELS, f"out of memory: {exc}"
         return rec
     s = purification_scores(rgb, cfg["purification"])
     del rgb
