@@ -7,7 +7,7 @@ from assets._store import prepare, publish, store_metadata
 from assets._metadata import base_metadata, counts_table, sheet_and_histograms
 from assets._stage import data_version, stage_asset, stage_metadata
 from assets.checks import run_checks, specs
-from curation.manifest import read_manifest
+from curation.stages.conservation import conserved
 from curation.stages import load_thresholds, run_candidate_pool
 from orchestration.resources import CurationSettings, ObjectStoreResource
 
@@ -39,7 +39,7 @@ def candidate_pool(context: AssetExecutionContext, settings: CurationSettings,
     md["all_reasons"] = MetadataValue.json(
         {r["image_id"]: r["reject_reasons"] for r in rows if r["reject_reasons"]}
     )
-    n_in = read_manifest(layout.manifest("image_scores", shard)).num_rows
+    n_in = conserved(layout, "candidate_pool", shard, table=res.table)
     checks = run_checks("candidate_pool", res.table, n_in)
     published = publish(context, store, settings, "candidate_pool", shard, checks)
     md.update(store_metadata(store, prepared, published))

@@ -14,7 +14,7 @@ from assets._metadata import base_metadata, counts_table
 from assets._stage import data_version, stage_asset, stage_metadata
 from assets._store import prepare, publish, store_metadata
 from assets.checks import run_checks, specs
-from curation.manifest import read_manifest
+from curation.stages.conservation import conserved
 from orchestration.resources import CurationSettings, ObjectStoreResource, VLMEndpoint
 
 
@@ -70,7 +70,7 @@ def captions(context: AssetExecutionContext, settings: CurationSettings, store: 
         if sheet:
             md["instances_overlay"] = MetadataValue.path(str(sheet))
             md["instances_overlay_image"] = pick["image_id"]
-    n_in = sum(read_manifest(layout.manifest("corpus_100mp", shard)).column("passed").to_pylist())
+    n_in = conserved(layout, "captions", shard, table=res.table)
     checks = run_checks("captions", res.table, n_in, with_scores=False)
     published = publish(context, store, settings, "captions", shard, checks)
     md.update(store_metadata(store, prepared, published))
@@ -89,7 +89,7 @@ def final_corpus(context: AssetExecutionContext, settings: CurationSettings,
     res = run_final_corpus(layout, shard, cfg)
     md = base_metadata(res.table, res.path, res.summary)
     md.update(stage_metadata(cfg, "final_corpus", res.summary))
-    n_in = sum(read_manifest(layout.manifest("corpus_100mp", shard)).column("passed").to_pylist())
+    n_in = conserved(layout, "final_corpus", shard, table=res.table)
     checks = run_checks("final_corpus", res.table, n_in, with_scores=False)
     published = publish(context, store, settings, "final_corpus", shard, checks)
     md.update(store_metadata(store, prepared, published))

@@ -7,7 +7,7 @@ from assets._metadata import base_metadata, counts_table
 from assets._stage import data_version, stage_asset, stage_metadata
 from assets.checks import run_corpus_checks, corpus_specs
 from curation.corpus import run_corpus
-from curation.manifest import read_manifest
+from curation.stages.conservation import conserved
 from curation.reports import corpus_contact_sheet
 from orchestration.resources import CurationSettings, ObjectStoreResource, VLMEndpoint
 
@@ -47,7 +47,7 @@ def corpus_100mp(context: AssetExecutionContext, settings: CurationSettings,
     if sheet:
         md["contact_sheet"] = MetadataValue.path(str(sheet))
     md["megapixels_min_passed"] = min((r["megapixels"] for r in rows if r["passed"]), default=0.0)
-    n_in = sum(read_manifest(layout.manifest("candidate_pool", shard)).column("passed").to_pylist())
+    n_in = conserved(layout, "corpus_100mp", shard, table=res.table)
     checks = run_corpus_checks("corpus_100mp", res.table, n_in, cfg)
     published = publish(context, store, settings, "corpus_100mp", shard, checks)
     md.update(store_metadata(store, prepared, published))

@@ -12,7 +12,7 @@ from assets._store import prepare, publish, store_metadata
 from assets._metadata import base_metadata, counts_table, sheet_and_histograms
 from assets._stage import data_version, stage_asset, stage_metadata
 from assets.checks import run_checks, specs
-from curation.manifest import read_manifest
+from curation.stages.conservation import conserved
 from curation.stages import run_image_scores, run_thresholds
 from curation.stages.purification import previous_thresholds_version
 from orchestration.resources import AestheticModels, CurationSettings, ObjectStoreResource, VLMEndpoint
@@ -49,7 +49,7 @@ def image_scores(context: AssetExecutionContext, settings: CurationSettings, aes
          "flat_fraction": pur["flatness"]["max_textureless_fraction"]},
         f"image_scores {shard}", root=layout.root,
     ))
-    n_in = sum(read_manifest(layout.manifest("raw_pool", shard)).column("passed").to_pylist())
+    n_in = conserved(layout, "image_scores", shard, table=res.table)
     checks = run_checks("image_scores", res.table, n_in)
     published = publish(context, store, settings, "image_scores", shard, checks)
     md.update(store_metadata(store, prepared, published))

@@ -7,7 +7,7 @@ from assets._store import prepare, publish, store_metadata
 from assets._metadata import base_metadata, counts_table, sheet_and_histograms
 from assets._stage import data_version, stage_asset, stage_metadata
 from assets.checks import run_checks, specs
-from curation.raw_pool import list_shard_files
+from curation.stages.conservation import conserved
 from curation.stages import run_raw_pool
 from orchestration.resources import CurationSettings, ObjectStoreResource
 
@@ -36,7 +36,7 @@ def raw_pool(context: AssetExecutionContext, settings: CurationSettings,
     md["licences"] = MetadataValue.json(
         {k: sum(1 for r in rows if r["licence"] == k) for k in sorted({r["licence"] for r in rows})}
     )
-    expected = len(list_shard_files(settings.raw_dir() / context.partition_key))
+    expected = conserved(layout, "raw_pool", context.partition_key, settings.raw_dir(), res.table)
     checks = run_checks("raw_pool", res.table, expected, with_scores=True)
     published = publish(context, store, settings, "raw_pool", context.partition_key, checks)
     md.update(store_metadata(store, prepared, published))

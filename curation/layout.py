@@ -25,6 +25,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from curation.names import fs_path
+
 
 @dataclass(frozen=True)
 class DataLayout:
@@ -45,10 +47,11 @@ class DataLayout:
             return str(p.resolve())
 
     def resolve(self, stored: str | os.PathLike | None) -> Path | None:
-        """A path read from a manifest -> a path on this worker (relative ones under the data root)."""
+        """A path read from a manifest -> a path on this worker (relative ones under the data root;
+        an escaped name, :mod:`curation.names`, back to its original bytes)."""
         if stored is None or stored == "":
             return None
-        p = Path(stored)
+        p = Path(fs_path(stored) if isinstance(stored, str) else stored)
         return p if p.is_absolute() else self.root / p
 
     def manifest(self, stage: str, shard: str) -> Path:

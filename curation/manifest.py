@@ -32,9 +32,13 @@ _DECISION = [
 RAW_POOL = pa.schema(
     _COMMON
     + [
-        pa.field("sha256", pa.string(), nullable=False),
+        # the original bytes of source_path when they are not its text (a name that is not UTF-8 or
+        # holds a control character: source_path is then escaped, see curation.names)
+        pa.field("source_path_bytes", pa.binary()),
+        pa.field("sha256", pa.string()),  # null: no content read (not a regular file, unreadable)
         pa.field("licence", pa.string(), nullable=False),
         pa.field("origin", pa.string()),
+        pa.field("sidecar", pa.string()),  # the licence sidecar read for this entry (its name)
         pa.field("file_bytes", pa.int64(), nullable=False),
         pa.field("format", pa.string()),
         pa.field("width", pa.int32()),
@@ -222,7 +226,22 @@ def to_table(rows: Iterable[dict], schema: pa.Schema) -> pa.Table:
         if extra:
             raise KeyError(f"columns not in schema {schema.metadata.get(b'stage')}: {sorted(extra)}")
     cols = {f.name: [r.get(f.name) for r in rows] for f in schema}
-    return pa.Table.from_pydict(cols, schema=schema)
+    try:
+        return pa.Table.from_pydict(cols, schema=schema)
+    except UnicodeEncodeError:  # a str with surrogates (a file name that is not UTF-8 in an error message)
+        from curation.names import safe_text
+
+        def fix(v):
+            try:
+                v.encode("utf-8")
+                return v
+            except UnicodeEncodeError:
+                return safe_text(v)
+
+        for f in schema:
+            if pa.types.is_string(f.type) or pa.types.is_large_string(f.type):
+                cols[f.name] = [fix(v) if isinstance(v, str) else v for v in cols[f.name]]
+        return pa.Table.from_pydict(cols, schema=schema)
 
 
 def write_manifest(table: pa.Table, path: str | os.PathLike, row_group_size: int | None = None) -> Path:

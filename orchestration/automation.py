@@ -20,6 +20,7 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -131,14 +132,22 @@ curation_automation_sensor = AutomationConditionSensorDefinition(
 # -- new shards -----------------------------------------------------------------------------
 
 def _local_shard_status(raw_root: Path) -> dict[str, float]:
-    """``{shard: newest file mtime}`` for the shard folders :func:`list_shards` would ingest."""
-    from curation.raw_pool import list_shard_files, list_shards
+    """``{shard: newest entry mtime}`` for the shard folders :func:`list_shards` would ingest
+    (every entry, sidecars included; ``lstat``: nothing followed or opened)."""
+    from curation.raw_pool import list_shards, scan_shard
 
     out = {}
     for s in list_shards(raw_root):
-        files = list_shard_files(raw_root / s)
-        out[s] = max((f.stat().st_mtime for f in files), default=0.0)
+        entries = scan_shard(raw_root / s)
+        out[s] = max((_lstat_mtime(e.path) for e in entries), default=0.0)
     return out
+
+
+def _lstat_mtime(path: Path) -> float:
+    try:
+        return os.lstat(path).st_mtime
+    except OSError:
+        return 0.0
 
 
 def raw_shard_snapshot(settings: CurationSettings, store: ObjectStoreResource | None) -> tuple[str, dict[str, float]]:

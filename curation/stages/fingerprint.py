@@ -138,9 +138,13 @@ def reusable(path: str | os.PathLike, key: str) -> bool:
 
 
 def file_listing(paths: Iterable[Path], root: Path) -> list[tuple[str, int, int]]:
-    """``(relative path, size, mtime_ns)`` of files: the raw-shard part of raw_pool's input key."""
+    """``(relative path, size, mtime_ns)`` of directory entries (``lstat``: a symlink is not
+    followed, an entry gone meanwhile is ``(-1, -1)``): the raw-shard part of raw_pool's input key."""
     out = []
     for p in paths:
-        st = p.stat()
-        out.append((p.relative_to(root).as_posix(), st.st_size, st.st_mtime_ns))
+        try:
+            st = os.lstat(p)
+            out.append((p.relative_to(root).as_posix(), st.st_size, st.st_mtime_ns))
+        except OSError:
+            out.append((p.relative_to(root).as_posix(), -1, -1))
     return out

@@ -24,7 +24,7 @@ from curation.config import Config
 from curation.layout import DataLayout
 from curation.manifest import CANDIDATE_POOL, IMAGE_SCORES, RAW_POOL, read_manifest, to_table, write_manifest
 from curation.purify import score_files
-from curation.raw_pool import build_raw_pool_rows, list_shard_files
+from curation.raw_pool import build_raw_pool_rows, list_shards, scan_shard
 from curation.selection import Thresholds, assemble_thresholds, decide_candidate, streaming_top_fraction_thresholds
 from curation.stages.fingerprint import (file_listing, input_key, manifest_versions, reusable, snapshot_config,
                                          stage_fingerprint, with_versions)
@@ -94,7 +94,8 @@ def commit(layout: DataLayout, stage: str, shard: str, rows: list[dict], schema:
 
 def run_raw_pool(layout: DataLayout, raw_root: str | Path, shard: str, cfg: Config,
                  progress: Callable[[int], None] | None = None) -> StageResult:
-    """Ingest ``<raw_root>/<shard>``: one row per file, dedup against earlier shards, screen.
+    """Ingest ``<raw_root>/<shard>``: one row per directory entry (its sidecars excepted), dedup
+    against earlier shards, screen.
 
     Dedup needs every shard with a smaller key to be committed first (first seen wins
     across shards); otherwise StageError names the missing ones.
@@ -103,7 +104,7 @@ def run_raw_pool(layout: DataLayout, raw_root: str | Path, shard: str, cfg: Conf
     if not shard_dir.is_dir():
         raise StageError(f"raw shard folder {shard_dir} does not exist")
     # earlier shards: local raw folders, plus shards committed elsewhere (manifests fetched from the store)
-    local = {p.name for p in Path(raw_root).iterdir() if p.is_dir() and p.name < shard and list_shard_files(p)}
+    local = {s for s in list_shards(raw_root) if s < shard}
     earlier = sorted(local | {s for s in layout.shards_with("raw_pool") if s < shard})
     missing = [s for s in earlier if not layout.manifest("raw_pool", s).exists()]
     if missing:
@@ -115,17 +116,19 @@ def run_raw_pool(layout: DataLayout, raw_root: str | Path, shard: str, cfg: Conf
     for s in earlier:
         t = read_manifest(layout.manifest("raw_pool", s)).select(["sha256", "source_path", "reject_reason"])
         for sha, src, rr in zip(*(t.column(c).to_pylist() for c in ("sha256", "source_path", "reject_reason"))):
-            if rr != reasons.DUPLICATE:
+            if sha and rr != reasons.DUPLICATE:
                 seen.setdefault(sha, src)
     fp = stage_fingerprint(cfg, "raw_pool")
-    files = list_shard_files(shard_dir)
+    listed = scan_shard(shard_dir)  # every entry, sidecars included (a licence edit changes the key)
     key = input_key(fp, {s: manifest_versions(layout.manifest("raw_pool", s))["data_version"] for s in earlier},
-                    {"shard": shard, "files": file_listing(files, shard_dir)})
+                    {"shard": shard, "files": file_listing([e.path for e in listed], shard_dir)})
     dst = layout.manifest("raw_pool", shard)
     res = reuse_committed(dst, key)
     if res is not None:
         res.summary["by_tier"] = dict(Counter(r.get("screen_tier") for r in res.rows if r["passed"]))
         return res
+    sidecars = {e.sidecar for e in listed if e.sidecar}
+    files = [e for e in listed if e.name not in sidecars]
     rows = build_raw_pool_rows(shard, files, cfg, seen, code_version("raw_pool"), progress,
                                config_hash=fp, relpath=layout.rel)
     table, path = commit(layout, "raw_pool", shard, rows, RAW_POOL, cfg, key)

@@ -142,11 +142,11 @@ def stage(name: str) -> StageSpec:
 # -- the corpus pipeline (paper section 3.1) ---------------------------------------------------
 
 register_stage(StageSpec(
-    name="raw_pool", code_version="raw_pool-1",
+    name="raw_pool", code_version="raw_pool-2",
     function="curation.stages.purification:run_raw_pool",
     reads=("sizes.linear_scale", "resolution_screen", "io.max_pixels"),
     blobs=("source_path", "sha256"), job="shard_purification", reads_raw=True,
-    description="Every file of a raw shard: content-hash id, licence, dedup (first seen wins), resolution screen.",
+    description="Every entry of a raw shard folder (one row each; not a regular file -> rejected unopened): content-hash id, licence, dedup (first seen wins), resolution screen.",
 ))
 register_stage(StageSpec(
     name="image_scores", code_version="image_scores-1",

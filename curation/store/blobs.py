@@ -69,7 +69,9 @@ def verify_blob(store: ObjectStore, sha256: str) -> bool:
 
 def _local(path, root) -> Path:
     """A manifest path on this worker: relative paths are under ``root`` (the data root)."""
-    p = Path(path)
+    from curation.names import fs_path
+
+    p = Path(fs_path(path) if isinstance(path, str) else path)
     return p if p.is_absolute() or root is None else Path(root) / p
 
 

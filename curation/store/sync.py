@@ -117,32 +117,39 @@ def ensure_local_thresholds(store: ObjectStore, layout, refresh: bool = True) ->
 
 # -- raw shards under a store prefix ---------------------------------------------------------
 
-_SKIP_NAMES = {"labels.jsonl"}
-
-
-def _is_image_candidate(name: str) -> bool:
-    """The files :func:`curation.raw_pool.list_shard_files` would ingest (sidecars and hidden skipped)."""
-    return not name.startswith(".") and name not in _SKIP_NAMES and not name.lower().endswith(".json")
-
-
 def raw_shard_status(store: ObjectStore, prefix: str = RAW_PREFIX) -> dict[str, dict]:
     """``{shard: {"files", "bytes", "last_modified"}}`` for every shard folder under ``prefix``
-    holding at least one ingestible file."""
+    holding at least one object. ``files``: the entries :func:`curation.raw_pool.list_shard_files`
+    gives once the shard is downloaded (every top-level name -- a nested key is one ``directory``
+    entry -- but the licence sidecars of a sibling, by exact name); ``bytes``: their sizes."""
+    from curation.raw_pool import sidecar_name
+
     pre = _norm_prefix(prefix)
-    out: dict[str, dict] = {}
+    names: dict[str, dict[str, int]] = {}
+    modified: dict[str, float] = {}
     for o in store.list_info(pre):
         rel = o.key[len(pre):]
         if "/" not in rel:
             continue
         shard, rest = rel.split("/", 1)
-        if shard.startswith("."):
+        if shard.startswith(".") or not rest:
             continue
-        st = out.setdefault(shard, {"files": 0, "bytes": 0, "last_modified": 0.0})
-        st["last_modified"] = max(st["last_modified"], o.last_modified or 0.0)
-        if _is_image_candidate(PurePosixPath(rest).name):
-            st["files"] += 1
-            st["bytes"] += o.size
-    return {k: v for k, v in sorted(out.items()) if v["files"]}
+        top, _, nested = rest.partition("/")
+        entries = names.setdefault(shard, {})
+        entries[top] = entries.get(top, 0) + o.size
+        if nested:
+            entries.setdefault("/" + top, 0)  # marks a directory: never a sidecar
+        modified[shard] = max(modified.get(shard, 0.0), o.last_modified or 0.0)
+    out: dict[str, dict] = {}
+    for shard in sorted(names):
+        entries = names[shard]
+        dirs = {n[1:] for n in entries if n.startswith("/")}
+        files = {n: b for n, b in entries.items() if not n.startswith("/")}
+        sidecars = {sd for n in files if n not in dirs and (sd := sidecar_name(n)) in files and sd not in dirs}
+        kept = {n: b for n, b in files.items() if n not in sidecars}
+        if kept:
+            out[shard] = {"files": len(kept), "bytes": sum(kept.values()), "last_modified": modified[shard]}
+    return out
 
 
 def list_raw_shards(store: ObjectStore, prefix: str = RAW_PREFIX) -> list[str]:
