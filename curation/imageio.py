@@ -252,13 +252,16 @@ def _hex_matches(sha256_hex: str, expect: str) -> bool:
     return len(e) >= 16 and sha256_hex.startswith(e)
 
 
+def _changed(sha256_hex: str, expect: str) -> ImageReadError:
+    return ImageReadError(reasons.SOURCE_CHANGED, f"the file's bytes now hash to sha256 {sha256_hex[:20]}..., "
+                                                  f"not to the {expect[:20]}... recorded for it upstream")
+
+
 def check_expected(src: Source, expect_sha256: str | None) -> None:
     """Raise ``source_changed`` unless ``src``'s sha256 starts with ``expect_sha256`` (a full
     sha256 or an image id recorded upstream); None checks nothing."""
     if expect_sha256 and not _hex_matches(src.sha256, expect_sha256):
-        raise ImageReadError(reasons.SOURCE_CHANGED,
-                             f"the file's bytes now hash to sha256 {src.sha256[:20]}..., "
-                             f"not to the {expect_sha256[:20]}... recorded for it upstream")
+        raise _changed(src.sha256, expect_sha256)
 
 
 def read_source(path: str | os.PathLike, max_pixels: int | None = None,
@@ -282,11 +285,38 @@ def read_source(path: str | os.PathLike, max_pixels: int | None = None,
     return src
 
 
-def hash_regular_file(path: str | os.PathLike) -> str:
+def copy_pinned(path: str | os.PathLike, dst: str | os.PathLike, expect_sha256: str | None = None) -> str:
+    """Copy a regular file to ``dst`` in chunks, hashing the bytes as they are copied; return
+    their sha256, or raise ``source_changed`` (``dst`` removed) when it does not start with
+    ``expect_sha256``: a copy is never stored under an id its bytes do not have."""
+    h = hashlib.sha256()
+    try:
+        with open_regular(path) as fh, open(dst, "wb") as out:
+            while chunk := fh.read(8 << 20):
+                h.update(chunk)
+                out.write(chunk)
+        sha = h.hexdigest()
+        if expect_sha256 and not _hex_matches(sha, expect_sha256):
+            raise _changed(sha, expect_sha256)
+    except BaseException:
+        Path(dst).unlink(missing_ok=True)
+        raise
+    return sha
+
+
+def hash_regular_file(path: str | os.PathLike, expect_sha256: str | None = None) -> str:
     """sha256 (hex) of a regular file's bytes, streamed; a non-regular file raises
-    ``not_a_regular_file`` without being opened for reading."""
+    ``not_a_regular_file`` without being opened for reading; ``expect_sha256`` (an id or sha
+    recorded upstream) raises ``source_changed`` when the bytes no longer hash to it. For
+    readers that read a file by regions (tiled corpus TIFFs) rather than whole."""
     with open_regular(path) as fh:
-        return hashlib.file_digest(fh, "sha256").hexdigest()
+        try:
+            sha = hashlib.file_digest(fh, "sha256").hexdigest()
+        except OSError as exc:
+            raise ImageReadError(reasons.UNREADABLE, exc.strerror or str(exc)) from None
+    if expect_sha256 and not _hex_matches(sha, expect_sha256):
+        raise _changed(sha, expect_sha256)
+    return sha
 
 
 # -- 3. the header ----------------------------------------------------------------------------------
@@ -567,63 +597,7 @@ def open_checked(path: str | os.PathLike | Source, max_pixels: int | None = None
         raise ImageReadError(reasons.CORRUPT, f"Pillow: {type(exc).__name__}: {exc}") from exc
 
 
-# -- 5. decode (the pixel conversions) ----------------------------------------------------------------
-
-def _to_uint8(img: np.ndarray) -> np.ndarray:
-    if img.dtype == np.uint8:
-        return img
-    if img.dtype == np.uint16:
-        # round(v / 257) maps 0..65535 onto 0..255 exactly at the ends
-        return ((img.astype(np.uint32) + 128) // 257).astype(np.uint8)
-    if img.dtype in (np.float32, np.float64):
-        return np.clip(np.rint(img * 255.0), 0, 255).astype(np.uint8)
-    raise ImageReadError(reasons.UNSUPPORTED_FORMAT, f"unsupported sample type {img.dtype}")
-
-
-def _apply_orientation(img: np.ndarray, orientation: int) -> np.ndarray:
-    if orientation == 2:
-        return cv2.flip(img, 1)
-    if orientation == 3:
-        return cv2.rotate(img, cv2.ROTATE_180)
-    if orientation == 4:
-        return cv2.flip(img, 0)
-    if orientation == 5:
-        return cv2.flip(cv2.rotate(img, cv2.ROTATE_90_CLOCKWISE), 1)
-    if orientation == 6:
-        return cv2.rotate(img, cv2.ROTATE_90_CLOCKWISE)
-    if orientation == 7:
-        return cv2.flip(cv2.rotate(img, cv2.ROTATE_90_COUNTERCLOCKWISE), 1)
-    if orientation == 8:
-        return cv2.rotate(img, cv2.ROTATE_90_COUNTERCLOCKWISE)
-    return img
-
-
-def _normalise(img: np.ndarray, premultiplied: bool = False) -> np.ndarray:
-    """Any OpenCV decode result (BGR/BGRA/grey, grey + alpha, 8/16-bit) -> uint8 RGB, alpha over
-    white (``premultiplied``: the colour already carries the alpha, as TIFF's associated alpha)."""
-    if img.ndim == 3 and img.shape[2] == 1:
-        img = img[:, :, 0]
-    if img.ndim == 3 and img.shape[2] == 2:  # grey + alpha
-        top = 65535.0 if img.dtype == np.uint16 else 255.0 if img.dtype == np.uint8 else 1.0
-        grey = img[:, :, 0].astype(np.float32) / top
-        alpha = img[:, :, 1].astype(np.float32) / top
-        out = grey + (1.0 - alpha) if premultiplied else grey * alpha + (1.0 - alpha)  # over white
-        img = np.clip(np.rint(out * 255.0), 0, 255).astype(np.uint8)
-        return cv2.cvtColor(img, cv2.COLOR_GRAY2RGB)
-    if img.ndim == 3 and img.shape[2] > 4:
-        raise ImageReadError(reasons.UNSUPPORTED_FORMAT, f"{img.shape[2]} samples per pixel")
-    if img.ndim == 2:
-        img = _to_uint8(img)
-        return cv2.cvtColor(img, cv2.COLOR_GRAY2RGB)
-    if img.shape[2] == 4:
-        alpha = img[:, :, 3:4].astype(np.float32) / (65535.0 if img.dtype == np.uint16 else 255.0)
-        color = img[:, :, :3].astype(np.float32) / (65535.0 if img.dtype == np.uint16 else 255.0)
-        out = color * alpha + (1.0 - alpha)  # composite over white
-        img = np.clip(np.rint(out * 255.0), 0, 255).astype(np.uint8)
-        return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
-    img = _to_uint8(img)
-    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
-
+# -- 5. decode (the pixel conversions live in curation/decoders.py) ----------------------------------
 
 def decode_rgb(path: str | os.PathLike | Source, max_pixels: int, header: ImageHeader | None = None,
                expect_sha256: str | None = None) -> np.ndarray:
@@ -651,45 +625,12 @@ def decode_rgb(path: str | os.PathLike | Source, max_pixels: int, header: ImageH
 
 
 def _decode_pixels(src: Source, header: ImageHeader) -> np.ndarray:
-    """Decode checked bytes to ``(H, W, 3)`` uint8 RGB (orientation applied)."""
-    premultiplied = header.mode.startswith("La")
-    if header.format == "tiff" and header.mode.startswith(("LA", "La")):
-        img = _decode_tiff(src.data)  # OpenCV drops a TIFF's grey + alpha down to grey
-    else:
-        buf = np.frombuffer(src.data, dtype=np.uint8)
-        # IMREAD_UNCHANGED keeps 16-bit and alpha but ignores EXIF: orientation applied below.
-        img = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
-        del buf
-    if img is None:
-        img = _decode_with_pillow(src.data)
-    img = _normalise(img, premultiplied)
-    return _apply_orientation(img, header.orientation)
+    """Decode checked bytes to ``(H, W, 3)`` uint8 RGB (orientation applied): the conversions
+    (bit depth, alpha over white, grey + alpha, palette, CMYK, orientation) run strip by strip in
+    :mod:`curation.decoders`."""
+    from curation.decoders import decode_to_rgb
 
-
-def _decode_tiff(data: bytes) -> np.ndarray:
-    """The first page of a TIFF with tifffile, as stored (samples last, no colour conversion)."""
-    import tifffile
-
-    with tifffile.TiffFile(io.BytesIO(data)) as tf:
-        page = tf.pages[0]
-        img = np.asarray(page.asarray())
-        if page.planarconfig == 2 and img.ndim == 3:  # separate planes: samples first
-            img = np.moveaxis(img, 0, -1)
-    return img
-
-
-def _decode_with_pillow(data: bytes) -> np.ndarray:
-    """Fallback for what OpenCV refuses (e.g. CMYK TIFF); returns BGR like OpenCV."""
-    try:
-        with Image.open(io.BytesIO(data)) as im:
-            im.load()
-            if im.mode in ("RGBA", "LA", "PA") or "transparency" in im.info:
-                arr = np.asarray(im.convert("RGBA"))
-                return cv2.cvtColor(arr, cv2.COLOR_RGBA2BGRA)
-            arr = np.asarray(im.convert("RGB"))
-            return cv2.cvtColor(arr, cv2.COLOR_RGB2BGR)
-    except Exception as exc:
-        raise ImageReadError(reasons.CORRUPT, f"decode failed: {exc}") from exc
+    return decode_to_rgb(src.path, header, src.data)
 
 
 def to_grey(rgb: np.ndarray, rows: int = 1024) -> np.ndarray:

@@ -1,0 +1,612 @@
+"""Decode an image file to ``(H, W, 3)`` uint8 RGB with the conversions done strip by strip.
+
+:func:`decode_to_rgb` is what :func:`curation.imageio.decode_rgb` calls once the header and
+the container are checked. Every input layout ends in the same place: one ``(H, W, 3)`` uint8
+array (the EXIF orientation applied), and nothing larger than that array is ever held except
+where a decoder can only return a whole image of another layout (listed below).
+
+The conversions (the rules of the whole-image path they replace, kept bit for bit):
+
+* 16-bit -> 8-bit: ``round(v / 257)`` = ``(v + 128) // 257`` (integers, exact);
+* float samples: ``clip(rint(v * 255))``;
+* alpha over white: ``rint((c / S * a / S + (1 - a / S)) * 255)`` in float32, ``S`` = 65535
+  for 16-bit samples, else 255 (the float32 formula of the old path; for 8-bit samples a
+  65,536-entry table built from that very formula, so the result is the same by construction);
+* associated (premultiplied) alpha in TIFF: ``c + (1 - a)`` in the same float32 arithmetic;
+* grey + alpha: the grey channel composited, then replicated;
+* palette: the palette (composited when it carries tRNS alpha) looked up per index;
+* CMYK TIFF: libtiff's RGBA rule ``r = (255 - k) * (255 - c) // 255`` (what OpenCV returned);
+  CMYK JPEG: OpenCV's JPEG decoder (as before);
+* EXIF orientation: each converted strip is rotated / mirrored and written straight into its
+  place in the oriented output.
+
+Sources, per format:
+
+* **PNG**: parsed here; the IDAT stream is inflated with :mod:`zlib` a band of rows at a time
+  (bounded ``max_length``) and unfiltered by a small C kernel (``png_unfilter.c``, built by
+  :mod:`curation.ckernels`), so a 16-bit RGBA PNG never exists at full size. 8-bit RGB without
+  rotation goes to OpenCV's whole-image decode straight into RGB (fastest, no conversion).
+  Interlaced (Adam7) PNGs, and every PNG when no C compiler is present, take the whole-image
+  path (same pixels, more memory).
+* **TIFF**: tifffile's strips / tiles (uncompressed contiguous data is read a band at a time
+  from the file) for chunky 8/16-bit grey, grey + alpha, RGB, RGBA and CMYK; other TIFFs
+  (planar, palette, YCbCr, float, ...) take the whole-image path.
+* **JPEG**: OpenCV (libjpeg-turbo) straight into RGB (measured fastest of OpenCV, simplejpeg
+  and pyspng/libspng for PNG: ``benchmarks/decode.py``); orientations 2-4 in place, 5-8 through
+  a second ``(W, H, 3)`` array (JPEG has no row-wise decoder here).
+* **WebP** and the fallbacks: OpenCV ``IMREAD_UNCHANGED`` (Pillow if OpenCV refuses), then the
+  same strip conversion into the output.
+
+Bad data is an :class:`~curation.imageio.ImageReadError` (``corrupt`` for a damaged stream).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import struct
+import zlib
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from curation import reasons
+from curation.imageio import ImageHeader, ImageReadError
+
+#: bytes of native samples per strip (a band of rows); temporaries of a strip are a few times this
+STRIP_BYTES = 4 << 20
+#: input read from the file per step when inflating PNG IDAT data
+_READ_BYTES = 1 << 20
+
+_UNFILTER_C = Path(__file__).with_name("png_unfilter.c")
+
+
+def _unfilter_kernel():
+    from curation.ckernels import load_kernel
+
+    i64, ptr = ctypes.c_int64, ctypes.c_void_p
+    return load_kernel("png_unfilter", _UNFILTER_C, "uhr_png_unfilter", [ptr, i64, i64, i64, ptr], restype=i64)
+
+
+def _ptr(a: np.ndarray) -> int:
+    return a.ctypes.data
+
+
+def _strip_rows(row_bytes: int, minimum: int = 16) -> int:
+    return max(minimum, STRIP_BYTES // max(1, row_bytes))
+
+
+# -- sample conversions (one strip) ----------------------------------------------------------------
+
+
+def to_uint8(img: np.ndarray) -> np.ndarray:
+    """Samples of any supported dtype -> uint8 (16-bit: ``(v + 128) // 257``; float: ``rint(v*255)``)."""
+    if img.dtype == np.uint8:
+        return img
+    if img.dtype == np.uint16:
+        return ((img.astype(np.uint32) + 128) // 257).astype(np.uint8)
+    if img.dtype in (np.float32, np.float64):
+        return np.clip(np.rint(img * 255.0), 0, 255).astype(np.uint8)
+    raise ImageReadError(reasons.UNSUPPORTED_FORMAT, f"unsupported sample type {img.dtype}")
+
+
+def _alpha_scale(dtype) -> float:
+    return 65535.0 if dtype == np.uint16 else 255.0
+
+
+def _composite_f32(color: np.ndarray, alpha: np.ndarray, associated: bool = False) -> np.ndarray:
+    """The whole-image path's float32 rule: ``rint((c/S * a/S + (1 - a/S)) * 255)``, clipped.
+
+    ``color`` (..., C) and ``alpha`` (..., 1) of one dtype; returns uint8 (..., C)."""
+    s = _alpha_scale(alpha.dtype)
+    a = alpha.astype(np.float32) / s
+    c = color.astype(np.float32) / s
+    out = (c if associated else c * a) + (1.0 - a)
+    return np.clip(np.rint(out * 255.0), 0, 255).astype(np.uint8)
+
+
+_LUT8: dict[bool, np.ndarray] = {}
+
+
+def _composite_lut8(associated: bool) -> np.ndarray:
+    """uint8 table indexed by ``a * 256 + c``: :func:`_composite_f32` of every 8-bit pair."""
+    if associated not in _LUT8:
+        a, c = np.divmod(np.arange(65536, dtype=np.int64), 256)
+        _LUT8[associated] = _composite_f32(c.astype(np.uint8)[:, None], a.astype(np.uint8)[:, None], associated)[:, 0]
+    return _LUT8[associated]
+
+
+def composite_over_white(color: np.ndarray, alpha: np.ndarray, associated: bool = False) -> np.ndarray:
+    """Colour ``(..., C)`` with alpha ``(...)`` composited over white -> uint8 ``(..., C)``."""
+    if color.dtype == np.uint8 and alpha.dtype == np.uint8:
+        idx = alpha.astype(np.uint16)[..., None] << 8
+        idx = idx | color
+        return _composite_lut8(associated)[idx]
+    return _composite_f32(color, alpha[..., None], associated)
+
+
+def cmyk_to_rgb_libtiff(cmyk: np.ndarray) -> np.ndarray:
+    """8-bit CMYK ``(..., 4)`` -> RGB uint8 ``(..., 3)``: ``(255 - k) * (255 - c) // 255`` (libtiff)."""
+    k = 255 - cmyk[..., 3:4].astype(np.uint16)
+    return (k * (255 - cmyk[..., :3].astype(np.uint16)) // 255).astype(np.uint8)
+
+
+#: layouts a strip can have: grey, grey+alpha, rgb, rgb+alpha (``_assoc``: premultiplied), cmyk
+KINDS = ("grey", "ga", "ga_assoc", "rgb", "rgba", "rgba_assoc", "cmyk")
+
+
+def strip_to_rgb(band: np.ndarray, kind: str, bgr: bool = False) -> np.ndarray:
+    """One strip of native samples -> ``(rows, W, 3)`` uint8 RGB.
+
+    ``band``: ``(rows, W)`` for ``grey``, else ``(rows, W, C)``, channels in RGB(A) order, or
+    BGR(A) when ``bgr`` (OpenCV's order); uint8, uint16 or float."""
+    if kind == "grey":
+        g = to_uint8(band if band.ndim == 2 else band[..., 0])
+        return np.repeat(g[..., None], 3, axis=2)
+    if kind in ("ga", "ga_assoc"):
+        g = composite_over_white(band[..., 0:1], band[..., 1], associated=kind == "ga_assoc")
+        return np.repeat(g, 3, axis=2)
+    if kind == "cmyk":
+        out = cmyk_to_rgb_libtiff(band)
+    elif kind in ("rgba", "rgba_assoc"):
+        out = composite_over_white(band[..., :3], band[..., 3], associated=kind == "rgba_assoc")
+    elif kind == "rgb":
+        out = to_uint8(band[..., :3])
+    else:
+        raise ValueError(f"unknown strip kind {kind!r}")
+    return out[..., ::-1] if bgr else out
+
+
+# -- orientation ---------------------------------------------------------------------------------
+
+
+def oriented_shape(h: int, w: int, orientation: int) -> tuple[int, int]:
+    """``(height, width)`` after EXIF ``orientation`` (5-8 swap the sides)."""
+    return (w, h) if orientation in (5, 6, 7, 8) else (h, w)
+
+
+def orient(img: np.ndarray, orientation: int) -> np.ndarray:
+    """EXIF orientation 1-8 applied to a whole (small) array, as the old path did."""
+    if orientation == 2:
+        return cv2.flip(img, 1)
+    if orientation == 3:
+        return cv2.rotate(img, cv2.ROTATE_180)
+    if orientation == 4:
+        return cv2.flip(img, 0)
+    if orientation == 5:
+        return cv2.flip(cv2.rotate(img, cv2.ROTATE_90_CLOCKWISE), 1)
+    if orientation == 6:
+        return cv2.rotate(img, cv2.ROTATE_90_CLOCKWISE)
+    if orientation == 7:
+        return cv2.flip(cv2.rotate(img, cv2.ROTATE_90_COUNTERCLOCKWISE), 1)
+    if orientation == 8:
+        return cv2.rotate(img, cv2.ROTATE_90_COUNTERCLOCKWISE)
+    return img
+
+
+def place(out: np.ndarray, rgb: np.ndarray, y0: int, src_h: int, orientation: int) -> None:
+    """Write strip ``rgb`` (source rows ``y0 .. y0 + len(rgb)`` of a ``src_h``-row image) into
+    the oriented output ``out`` (the strip is oriented, then lands in a row or column band)."""
+    y1 = y0 + rgb.shape[0]
+    o = orient(rgb, orientation)
+    if orientation in (3, 4):
+        out[src_h - y1 : src_h - y0] = o
+    elif orientation in (5, 8):
+        out[:, y0:y1] = o
+    elif orientation in (6, 7):
+        out[:, src_h - y1 : src_h - y0] = o
+    else:
+        out[y0:y1] = o
+
+
+def _orient_whole(img: np.ndarray, orientation: int) -> np.ndarray:
+    """Orient a whole RGB array: 2-4 in place (a strip of scratch), 5-8 into a new array."""
+    h, w = img.shape[:2]
+    if orientation in (1, 0) or orientation > 8:
+        return img
+    rows = _strip_rows(img[0].nbytes)
+    if orientation == 2:
+        for y in range(0, h, rows):
+            img[y : y + rows] = img[y : y + rows, ::-1].copy()
+        return img
+    if orientation in (3, 4):
+        flip_x = orientation == 3
+        half = h // 2
+        for y0 in range(0, half, rows):
+            y1 = min(y0 + rows, half)
+            top = img[y0:y1].copy()
+            bottom = img[h - y1 : h - y0]
+            img[y0:y1] = bottom[::-1, ::-1] if flip_x else bottom[::-1]
+            img[h - y1 : h - y0] = top[::-1, ::-1] if flip_x else top[::-1]
+        if flip_x and h % 2:
+            img[half] = img[half, ::-1].copy()
+        return img
+    out = np.empty(oriented_shape(h, w, orientation) + img.shape[2:], dtype=img.dtype)
+    for y in range(0, h, rows):
+        place(out, img[y : y + rows], y, h, orientation)
+    return out
+
+
+def _convert_whole(img: np.ndarray, kind: str, bgr: bool, orientation: int) -> np.ndarray:
+    """A whole decoded array -> oriented RGB uint8, strip by strip (in place where it can be)."""
+    h, w = img.shape[:2]
+    if kind == "rgb" and img.dtype == np.uint8 and img.ndim == 3 and img.shape[2] == 3:
+        if bgr:
+            rows = _strip_rows(img[0].nbytes)
+            for y in range(0, h, rows):
+                cv2.cvtColor(img[y : y + rows], cv2.COLOR_BGR2RGB, dst=img[y : y + rows])
+        return _orient_whole(img, orientation)
+    out = np.empty(oriented_shape(h, w, orientation) + (3,), dtype=np.uint8)
+    rows = _strip_rows(img[0].nbytes)
+    for y in range(0, h, rows):
+        place(out, strip_to_rgb(img[y : y + rows], kind, bgr), y, h, orientation)
+    return out
+
+
+def _kind_of_opencv(img: np.ndarray) -> str:
+    if img.ndim == 2 or img.shape[2] == 1:
+        return "grey"
+    if img.shape[2] == 4:
+        return "rgba"
+    if img.shape[2] == 3:
+        return "rgb"
+    raise ImageReadError(reasons.UNSUPPORTED_FORMAT, f"{img.shape[2]} samples per pixel")
+
+
+def _decode_with_pillow(path, data: bytes | None = None) -> np.ndarray:
+    """Fallback for what OpenCV refuses (e.g. some tiled TIFFs); returns BGR(A) like OpenCV."""
+    import io
+
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(data) if data is not None else path) as im:
+            im.load()
+            if im.mode in ("RGBA", "LA", "PA") or "transparency" in im.info:
+                arr = np.asarray(im.convert("RGBA"))
+                return cv2.cvtColor(arr, cv2.COLOR_RGBA2BGRA)
+            arr = np.asarray(im.convert("RGB"))
+            return cv2.cvtColor(arr, cv2.COLOR_RGB2BGR)
+    except Exception as exc:
+        raise ImageReadError(reasons.CORRUPT, f"decode failed: {exc}") from exc
+
+
+def decode_whole(path, orientation: int, data: bytes | None = None) -> np.ndarray:
+    """The general path: OpenCV ``IMREAD_UNCHANGED`` (Pillow if it refuses), converted strip-wise."""
+    buf = np.frombuffer(data if data is not None else Path(path).read_bytes(), dtype=np.uint8)
+    img = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
+    del buf
+    if img is None:
+        img = _decode_with_pillow(path, data)
+    if img.ndim == 3 and img.shape[2] == 1:
+        img = img[:, :, 0]
+    return _convert_whole(img, _kind_of_opencv(img), True, orientation)
+
+
+# -- JPEG ------------------------------------------------------------------------------------------
+
+
+def decode_jpeg(path, orientation: int, data: bytes | None = None) -> np.ndarray:
+    """OpenCV straight into RGB (JPEG: libjpeg-turbo converts grey and CMYK; also 8-bit RGB PNG)."""
+    buf = np.frombuffer(data if data is not None else Path(path).read_bytes(), dtype=np.uint8)
+    img = cv2.imdecode(buf, cv2.IMREAD_COLOR_RGB | cv2.IMREAD_IGNORE_ORIENTATION)  # EXIF applied by us
+    del buf
+    if img is None:
+        return decode_whole(path, orientation, data)
+    return _orient_whole(img, orientation)
+
+
+# -- PNG -------------------------------------------------------------------------------------------
+
+
+class _PngInfo:
+    """What the chunks before the first IDAT say (PNG spec 11.2)."""
+
+    def __init__(self) -> None:
+        self.width = self.height = self.depth = self.color_type = self.interlace = 0
+        self.palette: np.ndarray | None = None  # (N, 3) uint8
+        self.trns: bytes | None = None
+
+    @property
+    def channels(self) -> int:
+        return {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}[self.color_type]
+
+    @property
+    def row_bytes(self) -> int:
+        return (self.width * self.channels * self.depth + 7) // 8
+
+    @property
+    def bpp(self) -> int:
+        return max(1, self.channels * self.depth // 8)
+
+
+def _read_png_head(fh) -> tuple[_PngInfo, int]:
+    """Read chunks up to the first IDAT: ``(info, length of that IDAT)``, ``fh`` at its data."""
+    if fh.read(8) != b"\x89PNG\r\n\x1a\n":
+        raise ImageReadError(reasons.NOT_AN_IMAGE, "PNG signature")
+    info = _PngInfo()
+    while True:
+        hdr = fh.read(8)
+        if len(hdr) < 8:
+            raise ImageReadError(reasons.TRUNCATED, "PNG has no IDAT")
+        length, ctype = struct.unpack(">I4s", hdr)
+        if ctype == b"IDAT":
+            break
+        body = fh.read(length)
+        fh.read(4)  # CRC
+        if ctype == b"IHDR":
+            (info.width, info.height, info.depth, info.color_type, _comp, _filt, info.interlace) = struct.unpack(
+                ">IIBBBBB", body[:13])
+        elif ctype == b"PLTE":
+            info.palette = np.frombuffer(body[: len(body) // 3 * 3], np.uint8).reshape(-1, 3)
+        elif ctype == b"tRNS":
+            info.trns = body
+        elif ctype == b"IEND":
+            raise ImageReadError(reasons.CORRUPT, "PNG has no IDAT")
+    if info.color_type not in (0, 2, 3, 4, 6) or info.width == 0 or info.height == 0:
+        raise ImageReadError(reasons.CORRUPT, f"PNG IHDR colour type {info.color_type}, {info.width}x{info.height}")
+    if info.color_type == 3 and info.palette is None:
+        raise ImageReadError(reasons.CORRUPT, "PNG palette image without PLTE")
+    return info, length
+
+
+def _idat_pieces(fh, left: int):
+    """The zlib stream of consecutive IDAT chunks (the first has ``left`` bytes to go), in pieces
+    of at most ``_READ_BYTES``."""
+    while True:
+        while left > 0:
+            piece = fh.read(min(left, _READ_BYTES))
+            if not piece:
+                raise ImageReadError(reasons.TRUNCATED, "PNG IDAT data ends early")
+            left -= len(piece)
+            yield piece
+        fh.read(4)  # CRC
+        hdr = fh.read(8)
+        if len(hdr) < 8:
+            return
+        left, ctype = struct.unpack(">I4s", hdr)
+        if ctype != b"IDAT":
+            return
+
+
+def _unpack_bits(x: np.ndarray, width: int, depth: int) -> np.ndarray:
+    """``(rows, row_bytes)`` packed 1/2/4-bit samples -> ``(rows, width)`` uint8 values."""
+    bits = np.unpackbits(x, axis=1)[:, : width * depth].reshape(x.shape[0], width, depth)
+    weights = (1 << np.arange(depth - 1, -1, -1)).astype(np.uint8)
+    return (bits * weights).sum(axis=2, dtype=np.uint8)
+
+
+class _PngConverter:
+    """Unfiltered scanlines of one PNG -> RGB strips with the old OpenCV/libpng semantics."""
+
+    def __init__(self, info: _PngInfo):
+        self.info = info
+        ct, d = info.color_type, info.depth
+        self.lut = None
+        if ct == 3:
+            pal = info.palette
+            lut = np.zeros((256, 3), np.uint8)
+            lut[: len(pal)] = pal[:256]
+            if info.trns is not None:  # libpng tRNS -> alpha; entries past tRNS are opaque
+                alpha = np.full(256, 255, np.uint8)
+                t = np.frombuffer(info.trns[:256], np.uint8)
+                alpha[: len(t)] = t
+                lut = composite_over_white(lut, alpha)
+            self.lut = lut
+        self.key = None
+        if ct == 2 and info.trns is not None and len(info.trns) >= 6:  # RGB colour key -> alpha 0
+            self.key = np.array(struct.unpack(">HHH", info.trns[:6]), dtype=np.uint16 if d == 16 else np.uint8)
+
+    def samples(self, lines: np.ndarray) -> np.ndarray:
+        """``(rows, row_bytes)`` unfiltered bytes -> ``(rows, W, C)`` samples (uint8 or uint16)."""
+        info = self.info
+        w, c, d = info.width, info.channels, info.depth
+        if d == 16:
+            return lines.view(">u2").reshape(lines.shape[0], w, c).astype(np.uint16)
+        if d == 8:
+            return lines.reshape(lines.shape[0], w, c)
+        v = _unpack_bits(lines, w, d)
+        if info.color_type == 0:  # libpng's expand_gray_1_2_4_to_8 replicates the bits
+            v = v * np.uint8({1: 255, 2: 85, 4: 17}[d])
+        return v[..., None]
+
+    def rgb(self, lines: np.ndarray) -> np.ndarray:
+        s = self.samples(lines)
+        ct = self.info.color_type
+        if ct == 3:
+            return self.lut[s[..., 0]]
+        if ct == 0:
+            return strip_to_rgb(s[..., 0], "grey")
+        if ct == 4:
+            return strip_to_rgb(s, "ga")
+        if ct == 6:
+            return strip_to_rgb(s, "rgba")
+        if self.key is not None:
+            opaque = np.iinfo(s.dtype).max
+            alpha = np.where((s == self.key).all(axis=2), 0, opaque).astype(s.dtype)
+            return composite_over_white(s, alpha)
+        return strip_to_rgb(s, "rgb")
+
+
+def decode_png(path, orientation: int, data: bytes | None = None) -> np.ndarray:
+    """Row-band PNG decode (inflate + C unfilter + strip conversion) into oriented RGB."""
+    import io
+
+    fh = io.BytesIO(data) if data is not None else open(path, "rb")
+    try:
+        info, idat_len = _read_png_head(fh)
+        plain_rgb = info.color_type == 2 and info.depth == 8 and info.trns is None
+        fn, _why = _unfilter_kernel()
+        if info.interlace or fn is None or (plain_rgb and orientation in (0, 1)):
+            fh.close()
+            if plain_rgb:  # OpenCV straight into RGB: no conversion to do
+                return decode_jpeg(path, orientation, data)
+            return decode_whole(path, orientation, data)
+        return _decode_png_rows(fh, idat_len, info, orientation, fn)
+    finally:
+        fh.close()
+
+
+def _decode_png_rows(fh, idat_len: int, info: _PngInfo, orientation: int, unfilter) -> np.ndarray:
+    h, w, rb = info.height, info.width, info.row_bytes
+    conv = _PngConverter(info)
+    out = np.empty(oriented_shape(h, w, orientation) + (3,), dtype=np.uint8)
+    rows = _strip_rows(rb + 1)
+    band = np.empty(rows * (rb + 1), dtype=np.uint8)
+    prev = np.zeros(rb, dtype=np.uint8)
+    z = zlib.decompressobj()
+    pieces = _idat_pieces(fh, idat_len)
+    pending = b""
+    y = 0
+    try:
+        while y < h:
+            n = min(rows, h - y)
+            need = n * (rb + 1)
+            got = 0
+            while got < need:
+                if not pending:
+                    pending = next(pieces, b"")
+                    if not pending:
+                        raise ImageReadError(reasons.CORRUPT, f"PNG image data ends at row {y + got // (rb + 1)} of {h}")
+                chunk = z.decompress(pending, need - got)
+                pending = z.unconsumed_tail
+                band[got : got + len(chunk)] = np.frombuffer(chunk, np.uint8)
+                got += len(chunk)
+                if z.eof and got < need:
+                    raise ImageReadError(reasons.CORRUPT, f"PNG zlib stream ends at row {y + got // (rb + 1)} of {h}")
+            bad = unfilter(_ptr(band), n, rb, info.bpp, _ptr(prev))
+            if bad:
+                raise ImageReadError(reasons.CORRUPT, f"PNG row {y + bad - 1}: filter type out of range")
+            lines = band[:need].reshape(n, rb + 1)[:, 1:]
+            place(out, conv.rgb(lines), y, h, orientation)
+            y += n
+    except zlib.error as exc:
+        raise ImageReadError(reasons.CORRUPT, f"PNG image data: {exc}") from exc
+    return out
+
+
+# -- TIFF ------------------------------------------------------------------------------------------
+
+
+def _tiff_kind(page) -> str | None:
+    """The strip kind of a TIFF page this module decodes itself, or None (whole-image path)."""
+    spp = int(page.samplesperpixel)
+    if page.dtype not in (np.uint8, np.uint16) or int(page.planarconfig) != 1 and spp > 1:
+        return None
+    if page.is_subsampled or page.imagedepth != 1 or int(page.bitspersample) not in (8, 16):
+        return None
+    extras = tuple(int(e) for e in page.extrasamples)
+    photometric = int(page.photometric)
+    if photometric == 1:  # MINISBLACK
+        if spp == 1:
+            return "grey"
+        if spp == 2:
+            return "ga_assoc" if extras[:1] == (1,) else "ga"
+    elif photometric == 2:  # RGB
+        if spp == 3:
+            return "rgb"
+        if spp == 4:
+            return "rgba_assoc" if extras[:1] == (1,) else "rgba"
+    elif photometric == 5 and spp == 4 and not extras and page.dtype == np.uint8:  # CMYK
+        return "cmyk" if int(getattr(page, "inkset", 1) or 1) == 1 else None
+    return None
+
+
+def decode_tiff(path, orientation: int, data: bytes | None = None) -> np.ndarray:
+    """Strips / tiles of a TIFF converted as they are read; odd layouts take :func:`decode_whole`."""
+    import io
+
+    import tifffile
+
+    try:
+        tf = tifffile.TiffFile(io.BytesIO(data) if data is not None else path)
+    except Exception as exc:
+        raise ImageReadError(reasons.UNREADABLE, f"TIFF structure: {exc}") from exc
+    try:
+        page = tf.pages[0]
+        kind = _tiff_kind(page)
+        if kind is None and int(page.photometric) == 1 and int(page.samplesperpixel) == 2:
+            img = np.asarray(page.asarray())  # grey + alpha OpenCV would drop: tifffile, whole
+            if int(page.planarconfig) == 2:
+                img = np.moveaxis(img, 0, -1)
+            assoc = tuple(int(e) for e in page.extrasamples)[:1] == (1,)
+            return _convert_whole(img, "ga_assoc" if assoc else "ga", False, orientation)
+        if kind is None:
+            tf.close()
+            return decode_whole(path, orientation, data)
+        h, w, spp = int(page.imagelength), int(page.imagewidth), int(page.samplesperpixel)
+        out = np.empty(oriented_shape(h, w, orientation) + (3,), dtype=np.uint8)
+        try:
+            for y, band in _tiff_bands(tf, page, h, w, spp):
+                place(out, strip_to_rgb(band if spp > 1 else band[..., 0], kind), y, h, orientation)
+        except ImageReadError:
+            raise
+        except Exception as exc:
+            raise ImageReadError(reasons.CORRUPT, f"TIFF data: {exc}") from exc
+        return out
+    finally:
+        tf.close()
+
+
+def _tiff_bands(tf, page, h: int, w: int, spp: int):
+    """``(y0, (rows, W, spp) samples)`` bands of at least a strip's / tile row's height."""
+    dtype = np.dtype(page.dtype).newbyteorder(tf.byteorder)
+    row_bytes = w * spp * dtype.itemsize
+    if int(page.compression) == 1 and not page.is_tiled and page.is_contiguous and int(page.fillorder) == 1:
+        offset = int(page.dataoffsets[0])  # uncompressed, one block: read a band of rows at a time
+        fh = tf.filehandle
+        rows = _strip_rows(row_bytes)
+        for y in range(0, h, rows):
+            n = min(rows, h - y)
+            fh.seek(offset + y * row_bytes)
+            raw = fh.read(n * row_bytes)
+            if len(raw) < n * row_bytes:
+                raise ImageReadError(reasons.TRUNCATED, f"TIFF data ends at row {y}")
+            yield y, np.frombuffer(raw, dtype).reshape(n, w, spp).astype(page.dtype, copy=False)
+        return
+    seg_h = int(page.tilelength) if page.is_tiled else int(page.rowsperstrip or h)
+    seg_h = max(1, min(seg_h, h))
+    rows = max(seg_h, (_strip_rows(row_bytes) // seg_h) * seg_h)
+    band = np.zeros((rows, w, spp), dtype=page.dtype)
+    y0 = 0
+    filled = 0  # rows of `band` complete
+    row_cover = 0  # columns received for the current segment row (tiles)
+    for seg, idx, _shape in page.segments(maxworkers=1):
+        _s, _d, sy, sx, _c = idx
+        ly = sy - y0
+        if seg is None:
+            seg_rows = min(seg_h, h - sy)
+            band[ly : ly + seg_rows, sx : sx + (int(page.tilewidth) if page.is_tiled else w)] = 0
+            seg_w = int(page.tilewidth) if page.is_tiled else w
+        else:
+            seg = seg.reshape(seg.shape[-3], seg.shape[-2], seg.shape[-1])
+            seg_rows = min(seg.shape[0], h - sy)
+            seg_w = min(seg.shape[1], w - sx)
+            band[ly : ly + seg_rows, sx : sx + seg_w] = seg[:seg_rows, :seg_w]
+        row_cover += min(seg_w, w - sx)
+        if row_cover >= w:
+            row_cover = 0
+            filled = ly + seg_rows
+            if filled >= rows or sy + seg_rows >= h:
+                yield y0, band[:filled]
+                y0 += filled
+                filled = 0
+    if filled:
+        yield y0, band[:filled]
+
+
+# -- entry point -----------------------------------------------------------------------------------
+
+
+def decode_to_rgb(path: str | os.PathLike, header: ImageHeader, data: bytes | None = None) -> np.ndarray:
+    """``(H, W, 3)`` uint8 RGB of the file (``data``: its bytes, when the caller has them), EXIF
+    orientation applied; ``H, W`` are the oriented sides. Raises :class:`ImageReadError`."""
+    o = header.orientation
+    if header.format == "png":
+        return decode_png(path, o, data)
+    if header.format == "jpeg":
+        return decode_jpeg(path, o, data)
+    if header.format == "tiff":
+        return decode_tiff(path, o, data)
+    return decode_whole(path, o, data)

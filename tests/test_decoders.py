@@ -1,0 +1,321 @@
+"""Strip-wise decoding (curation/decoders.py) gives the pixels of the whole-image path.
+
+The reference is the old path, kept here verbatim in spirit: OpenCV ``IMREAD_UNCHANGED``, then
+the whole-image ``_normalise`` (float32 alpha over white, ``round(v/257)``) and the orientation
+on the whole array. Strips are made tiny (``STRIP_BYTES``) so every image spans many of them.
+"""
+
+from __future__ import annotations
+
+import io
+import struct
+import zlib
+
+import cv2
+import numpy as np
+import pytest
+import tifffile
+from PIL import Image
+
+from curation import decoders, reasons
+from curation.imageio import ImageHeader, ImageReadError, decode_rgb
+
+H, W = 29, 37  # odd sides: strips, tiles and the middle row of a flip all have remainders
+
+
+@pytest.fixture(autouse=True)
+def _small_strips(monkeypatch):
+    monkeypatch.setattr(decoders, "STRIP_BYTES", 97)  # a handful of rows per strip
+
+
+def _old_to_uint8(img):
+    if img.dtype == np.uint16:
+        return ((img.astype(np.uint32) + 128) // 257).astype(np.uint8)
+    return img
+
+
+def _old_normalise(img):
+    """The whole-image conversion this module replaces (BGR/BGRA/grey in, RGB out)."""
+    if img.ndim == 3 and img.shape[2] == 1:
+        img = img[:, :, 0]
+    if img.ndim == 2:
+        return cv2.cvtColor(_old_to_uint8(img), cv2.COLOR_GRAY2RGB)
+    if img.shape[2] == 4:
+        s = 65535.0 if img.dtype == np.uint16 else 255.0
+        alpha = img[:, :, 3:4].astype(np.float32) / s
+        color = img[:, :, :3].astype(np.float32) / s
+        out = color * alpha + (1.0 - alpha)
+        return cv2.cvtColor(np.clip(np.rint(out * 255.0), 0, 255).astype(np.uint8), cv2.COLOR_BGR2RGB)
+    return cv2.cvtColor(_old_to_uint8(img), cv2.COLOR_BGR2RGB)
+
+
+def _old_decode(data: bytes, orientation: int = 1) -> np.ndarray:
+    img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    assert img is not None
+    return decoders.orient(_old_normalise(img), orientation)
+
+
+def _decode(tmp_path, data: bytes, fmt: str, orientation: int = 1, name: str = "x") -> np.ndarray:
+    p = tmp_path / f"{name}.{fmt}"
+    p.write_bytes(data)
+    h, w = decoders.oriented_shape(H, W, orientation)
+    out = decoders.decode_to_rgb(p, ImageHeader(fmt, w, h, orientation, "?"))
+    assert out.dtype == np.uint8 and out.shape == (h, w, 3) and out.flags.c_contiguous
+    return out
+
+
+# -- a PNG writer that uses every filter type (0-4, row by row) ------------------------------------
+
+
+def _filter_row(ft: int, x: np.ndarray, up: np.ndarray, bpp: int) -> np.ndarray:
+    x, up = x.astype(np.int32), up.astype(np.int32)
+    left = np.concatenate([np.zeros(bpp, np.int32), x[:-bpp]])
+    ul = np.concatenate([np.zeros(bpp, np.int32), up[:-bpp]])
+    if ft == 0:
+        pred = np.zeros_like(x)
+    elif ft == 1:
+        pred = left
+    elif ft == 2:
+        pred = up
+    elif ft == 3:
+        pred = (left + up) // 2
+    else:
+        p = left + up - ul
+        pa, pb, pc = np.abs(p - left), np.abs(p - up), np.abs(p - ul)
+        pred = np.where((pa <= pb) & (pa <= pc), left, np.where(pb <= pc, up, ul))
+    return ((x - pred) % 256).astype(np.uint8)
+
+
+def _png(lines: np.ndarray, color_type: int, depth: int, plte: bytes = b"", trns: bytes = b"", idat_split: int = 7) -> bytes:
+    """PNG from packed scanlines ``(H, row_bytes)`` uint8, rows filtered with types 0,1,2,3,4,..."""
+    channels = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}[color_type]
+    bpp = max(1, channels * depth // 8)
+    raw = bytearray()
+    up = np.zeros(lines.shape[1], np.uint8)
+    for y, row in enumerate(lines):
+        ft = y % 5
+        raw.append(ft)
+        raw += _filter_row(ft, row, up, bpp).tobytes()
+        up = row
+    z = zlib.compress(bytes(raw), 6)
+
+    def chunk(t: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + t + body + struct.pack(">I", zlib.crc32(t + body) & 0xFFFFFFFF)
+
+    out = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", W, H, depth, color_type, 0, 0, 0))
+    if plte:
+        out += chunk(b"PLTE", plte)
+    if trns:
+        out += chunk(b"tRNS", trns)
+    for i in range(0, len(z), idat_split):  # many IDAT chunks, split anywhere
+        out += chunk(b"IDAT", z[i : i + idat_split])
+    return out + chunk(b"IEND", b"")
+
+
+def _samples_png(samples: np.ndarray, color_type: int, depth: int, **kw) -> bytes:
+    if depth == 16:
+        lines = samples.astype(">u2").view(np.uint8).reshape(H, -1)
+    elif depth == 8:
+        lines = samples.reshape(H, -1).astype(np.uint8)
+    else:  # pack 1/2/4-bit values, big-endian bit order
+        v = samples.reshape(H, W).astype(np.uint8)
+        bits = ((v[..., None] >> np.arange(depth - 1, -1, -1)) & 1).reshape(H, W * depth).astype(np.uint8)
+        lines = np.packbits(bits, axis=1)
+    return _png(lines, color_type, depth, **kw)
+
+
+RNG = np.random.default_rng(7)
+
+
+def _rand(shape, depth):
+    hi = (1 << depth) - 1
+    a = RNG.integers(0, hi + 1, shape)
+    a.flat[:6] = [0, hi, 0, hi, hi // 2, 1]  # extremes present
+    return a.astype(np.uint16 if depth == 16 else np.uint8)
+
+
+PNG_CASES = {
+    "grey1": (0, 1, (H, W)),
+    "grey2": (0, 2, (H, W)),
+    "grey4": (0, 4, (H, W)),
+    "grey8": (0, 8, (H, W)),
+    "grey16": (0, 16, (H, W)),
+    "rgb8": (2, 8, (H, W, 3)),
+    "rgb16": (2, 16, (H, W, 3)),
+    "ga8": (4, 8, (H, W, 2)),
+    "ga16": (4, 16, (H, W, 2)),
+    "rgba8": (6, 8, (H, W, 4)),
+    "rgba16": (6, 16, (H, W, 4)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(PNG_CASES))
+def test_png_layouts_match_whole_image_path(tmp_path, name):
+    ct, depth, shape = PNG_CASES[name]
+    data = _samples_png(_rand(shape, depth), ct, depth)
+    for orientation in (1, 6) if name in ("rgb8", "rgba16") else (1,):
+        np.testing.assert_array_equal(_decode(tmp_path, data, "png", orientation), _old_decode(data, orientation))
+
+
+@pytest.mark.parametrize("depth", [1, 2, 4, 8])
+@pytest.mark.parametrize("with_trns", [False, True])
+def test_png_palette_matches(tmp_path, depth, with_trns):
+    n = 1 << depth
+    plte = RNG.integers(0, 256, (n, 3)).astype(np.uint8).tobytes()
+    trns = RNG.integers(0, 256, max(1, n // 2)).astype(np.uint8).tobytes() if with_trns else b""
+    data = _samples_png(_rand((H, W), depth), 3, depth, plte=plte, trns=trns)
+    np.testing.assert_array_equal(_decode(tmp_path, data, "png"), _old_decode(data))
+
+
+@pytest.mark.parametrize("depth", [8, 16])
+def test_png_colour_key_and_grey_trns_match(tmp_path, depth):
+    rgb = _rand((H, W, 3), depth)
+    rgb[::3, ::2] = rgb[0, 0]  # many pixels carry the key colour
+    key = struct.pack(">HHH", *[int(v) for v in rgb[0, 0]])
+    data = _samples_png(rgb, 2, depth, trns=key)
+    np.testing.assert_array_equal(_decode(tmp_path, data, "png"), _old_decode(data))
+    grey = _rand((H, W), depth)
+    data = _samples_png(grey, 0, depth, trns=struct.pack(">H", int(grey[0, 0])))
+    np.testing.assert_array_equal(_decode(tmp_path, data, "png", name="g"), _old_decode(data))
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_every_orientation_matches_for_row_and_whole_paths(tmp_path, orientation):
+    rgba16 = _samples_png(_rand((H, W, 4), 16), 6, 16)  # PNG rows path
+    np.testing.assert_array_equal(_decode(tmp_path, rgba16, "png", orientation), _old_decode(rgba16, orientation))
+    rgb = _rand((H, W, 3), 8)
+    ok, jpg = cv2.imencode(".jpg", rgb, [cv2.IMWRITE_JPEG_QUALITY, 90])  # whole path, in place / copy
+    np.testing.assert_array_equal(_decode(tmp_path, jpg.tobytes(), "jpeg", orientation), _old_decode(jpg.tobytes(), orientation))
+
+
+def _adam7_png(samples: np.ndarray) -> bytes:
+    """8-bit RGBA PNG, interlaced (Adam7): each pass filtered on its own, all filter types."""
+    raw = bytearray()
+    for x0, y0, dx, dy in ((0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4), (0, 2, 2, 4), (1, 0, 2, 2), (0, 1, 1, 2)):
+        sub = samples[y0::dy, x0::dx]
+        if sub.size == 0:
+            continue
+        up = np.zeros(sub.shape[1] * 4, np.uint8)
+        for y, row in enumerate(sub.reshape(sub.shape[0], -1)):
+            raw.append(y % 5)
+            raw += _filter_row(y % 5, row, up, 4).tobytes()
+            up = row
+    plain = _png(samples.reshape(H, -1), 6, 8)
+    body = struct.pack(">IIBBBBB", W, H, 8, 6, 0, 0, 1)
+    ihdr = struct.pack(">I", 13) + b"IHDR" + body + struct.pack(">I", zlib.crc32(b"IHDR" + body) & 0xFFFFFFFF)
+    z = zlib.compress(bytes(raw))
+    idat = struct.pack(">I", len(z)) + b"IDAT" + z + struct.pack(">I", zlib.crc32(b"IDAT" + z) & 0xFFFFFFFF)
+    return plain[:8] + ihdr + idat + plain[-12:]
+
+
+def test_interlaced_and_opencv_written_pngs_match(tmp_path):
+    data = _adam7_png(_rand((H, W, 4), 8))  # Adam7: the whole-image path
+    np.testing.assert_array_equal(_decode(tmp_path, data, "png", 7), _old_decode(data, 7))
+    ok, enc = cv2.imencode(".png", _rand((H, W, 4), 16))
+    np.testing.assert_array_equal(_decode(tmp_path, enc.tobytes(), "png", 3), _old_decode(enc.tobytes(), 3))
+
+
+def test_eight_bit_composite_table_is_the_float32_rule():
+    c, a = np.meshgrid(np.arange(256, dtype=np.uint8), np.arange(256, dtype=np.uint8))
+    img = np.dstack([c, c, c, a])  # BGRA
+    np.testing.assert_array_equal(decoders.composite_over_white(img[..., :3], img[..., 3]), _old_normalise(img)[..., ::-1])
+
+
+def test_corrupt_png_stream_is_a_reason_not_a_crash(tmp_path):
+    data = bytearray(_samples_png(_rand((H, W, 4), 16), 6, 16, idat_split=10**6))
+    data[60:80] = b"\x00" * 20  # inside the zlib stream (CRCs are not checked by the decoder)
+    with pytest.raises(ImageReadError) as err:
+        _decode(tmp_path, bytes(data), "png")
+    assert err.value.reason == reasons.CORRUPT
+    short = _png(np.zeros((H - 5, W * 8), np.uint8), 6, 16)  # IHDR says H rows, the data has H - 5
+    with pytest.raises(ImageReadError) as err:
+        _decode(tmp_path, short, "png", name="short")
+    assert err.value.reason == reasons.CORRUPT and "ends" in err.value.detail
+
+
+# -- TIFF -------------------------------------------------------------------------------------------
+
+
+def _tiff(arr, **kw) -> bytes:
+    f = io.BytesIO()
+    tifffile.imwrite(f, arr, **kw)
+    return f.getvalue()
+
+
+def _raw_normalised(arr: np.ndarray, associated: bool = False) -> np.ndarray:
+    """The whole-image rule applied to the file's true samples (RGB(A) order)."""
+    if arr.ndim == 3 and arr.shape[2] == 2:  # grey + alpha as BGRA
+        arr = np.dstack([arr[..., 0]] * 3 + [arr[..., 1]])
+    elif arr.ndim == 3:
+        arr = np.dstack([arr[..., 2::-1], arr[..., 3:]])
+    if associated:
+        s = 65535.0 if arr.dtype == np.uint16 else 255.0
+        out = arr[..., :3].astype(np.float32) / s + (1.0 - arr[..., 3:4].astype(np.float32) / s)
+        return np.clip(np.rint(out * 255.0), 0, 255).astype(np.uint8)[..., ::-1]
+    return _old_normalise(arr)
+
+
+TIFF_CASES = {
+    "grey8": ((H, W), 8, dict(photometric="minisblack")),
+    "grey16_tiled": ((H, W), 16, dict(photometric="minisblack", tile=(16, 16), compression="zlib")),
+    "rgb8_lzw": ((H, W, 3), 8, dict(photometric="rgb", compression="lzw", rowsperstrip=3)),
+    "rgb16_bigendian": ((H, W, 3), 16, dict(photometric="rgb", byteorder=">")),
+    "rgb16_tiled": ((H, W, 3), 16, dict(photometric="rgb", tile=(16, 16))),
+    "rgba8": ((H, W, 4), 8, dict(photometric="rgb", extrasamples=["unassalpha"], rowsperstrip=4, compression="zlib")),
+    "rgba16": ((H, W, 4), 16, dict(photometric="rgb", extrasamples=["unassalpha"])),
+    "rgba16_assoc": ((H, W, 4), 16, dict(photometric="rgb", extrasamples=["assocalpha"], rowsperstrip=5)),
+    "ga16": ((H, W, 2), 16, dict(photometric="minisblack", extrasamples=["unassalpha"], rowsperstrip=2)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(TIFF_CASES))
+def test_tiff_layouts_follow_the_whole_image_rule(tmp_path, name):
+    shape, depth, kw = TIFF_CASES[name]
+    arr = _rand(shape, depth)
+    data = _tiff(arr, **kw)
+    got = _decode(tmp_path, data, "tiff")
+    np.testing.assert_array_equal(got, _raw_normalised(arr, "assoc" in name))
+    if name in ("grey8", "grey16_tiled", "rgb8_lzw", "rgb16_bigendian", "rgba16"):
+        np.testing.assert_array_equal(got, _old_decode(data))  # what OpenCV gave for these
+
+
+def test_cmyk_tiff_matches_opencv_and_planar_falls_back(tmp_path):
+    cmyk = _rand((H, W, 4), 8)
+    data = _tiff(cmyk, photometric="separated", rowsperstrip=3)
+    np.testing.assert_array_equal(_decode(tmp_path, data, "tiff", 8), _old_decode(data, 8))
+    planar = _tiff(np.moveaxis(_rand((H, W, 3), 8), 2, 0), photometric="rgb", planarconfig="separate")
+    np.testing.assert_array_equal(_decode(tmp_path, planar, "tiff", name="p"), _old_decode(planar))
+
+
+# -- JPEG and decode_rgb ---------------------------------------------------------------------------
+
+
+def test_jpeg_grey_and_cmyk_match(tmp_path):
+    grey = _rand((H, W), 8)
+    ok, enc = cv2.imencode(".jpg", grey)
+    np.testing.assert_array_equal(_decode(tmp_path, enc.tobytes(), "jpeg"), _old_decode(enc.tobytes()))
+    f = io.BytesIO()
+    Image.fromarray(_rand((H, W, 4), 8), "CMYK").save(f, "JPEG", quality=90)
+    np.testing.assert_array_equal(_decode(tmp_path, f.getvalue(), "jpeg", 6, name="c"), _old_decode(f.getvalue(), 6))
+
+
+def test_decode_rgb_applies_exif_orientation_through_the_strip_path(tmp_path):
+    rgba = _rand((H, W, 4), 8)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    p = tmp_path / "o.png"
+    Image.fromarray(rgba, "RGBA").save(p, exif=exif)
+    got = decode_rgb(p, 10**6)
+    assert got.shape == (W, H, 3)
+    np.testing.assert_array_equal(got, _old_decode(p.read_bytes(), 6))
+
+
+@pytest.mark.parametrize("fmt", ["png", "jpeg"])
+def test_decode_rgb_rotates_once_when_the_file_carries_exif(tmp_path, fmt):
+    """OpenCV's colour decode would apply EXIF itself; the orientation must be applied once."""
+    exif = Image.Exif()
+    exif[0x0112] = 8
+    p = tmp_path / f"e.{fmt}"
+    Image.fromarray(_rand((H, W, 3), 8), "RGB").save(p, "PNG" if fmt == "png" else "JPEG", exif=exif)
+    got = decode_rgb(p, 10**6)
+    np.testing.assert_array_equal(got, _old_decode(p.read_bytes(), 8))
