@@ -12,7 +12,8 @@ bodies the way vLLM does, and answers according to a script:
 * **default**: ``ok()`` with :func:`default_answer` (a valid answer for the built-in task the
   prompt text names).
 
-Behaviours (module functions): ``ok(content)``, ``slow(delay_s, content)``, ``status(code,
+Behaviours (module functions): ``ok(content)``, ``slow(delay_s, content)``, ``trickle(interval_s,
+content)`` (the body one byte per ``interval_s``), ``status(code,
 message, retry_after=None)``, ``malformed(text)``, ``reset()`` (the connection is aborted
 with a TCP RST before any response), ``truncated(content)`` (``finish_reason="length"``).
 ``content`` may be a string, a dict (sent as ``<json>...</json>``) or a callable
@@ -53,7 +54,7 @@ _TAG = re.compile(r"\[\[case:([A-Za-z0-9_.-]+)\]\]")
 
 @dataclass
 class Behaviour:
-    kind: str  # ok | slow | status | malformed | reset | truncated
+    kind: str  # ok | slow | trickle | status | malformed | reset | truncated
     content: Any = None
     delay: float = 0.0
     code: int = 200
@@ -71,6 +72,11 @@ def slow(delay_s: float, content: Any = None) -> Behaviour:
 
 def status(code: int, message: str = "scripted error", retry_after: float | None = None) -> Behaviour:
     return Behaviour("status", code=int(code), message=message, retry_after=retry_after)
+
+
+def trickle(interval_s: float, content: Any = None) -> Behaviour:
+    """A 200 answer whose body is sent one byte every ``interval_s`` seconds (headers at once)."""
+    return Behaviour("trickle", content, delay=float(interval_s))
 
 
 def malformed(text: str = "I think the image looks fine, no artifacts!") -> Behaviour:
@@ -204,7 +210,7 @@ class _Handler(BaseHTTPRequestHandler):
             with owner.lock:
                 owner.active[gen] -= 1
 
-    def _send_json(self, code: int, obj: Any, headers: dict | None = None) -> None:
+    def _send_json(self, code: int, obj: Any, headers: dict | None = None, trickle_s: float = 0.0) -> None:
         self._done()
         data = json.dumps(obj).encode()
         self.send_response(code)
@@ -213,6 +219,14 @@ class _Handler(BaseHTTPRequestHandler):
         for k, v in (headers or {}).items():
             self.send_header(k, v)
         self.end_headers()
+        if trickle_s > 0:  # one byte at a time: every read is quick, the answer is not
+            self.wfile.flush()
+            for i in range(len(data)):
+                if self.server.owner.stopping.wait(trickle_s):
+                    return
+                self.wfile.write(data[i:i + 1])
+                self.wfile.flush()
+            return
         self.wfile.write(data)
 
     def _error(self, code: int, message: str, etype: str, headers: dict | None = None) -> None:
@@ -287,7 +301,7 @@ class _Handler(BaseHTTPRequestHandler):
             if callable(c):
                 c = c(body)
             content = c if isinstance(c, str) else "<json>" + json.dumps(c) + "</json>"
-        self._send_json(200, {
+        self._send_json(200, trickle_s=b.delay if b.kind == "trickle" else 0.0, obj={
             "id": f"chatcmpl-test-{owner.n_requests}",
             "object": "chat.completion",
             "created": int(time.time()),
@@ -323,8 +337,11 @@ class _Server(ThreadingHTTPServer):
 class VLMTestServer:
     """See the module docstring. ``with VLMTestServer() as srv: srv.base_url``."""
 
-    def __init__(self, model: str = "test-vlm", api_key: str | None = None, lifetime_s: float = 300.0) -> None:
+    def __init__(self, model: str = "test-vlm", api_key: str | None = None, lifetime_s: float = 300.0,
+                 port: int = 0, fallback: Behaviour | None = None) -> None:
         self.model = model
+        self.bind_port = int(port)  # 0: an ephemeral port
+        self.fallback = fallback  # the behaviour when no script or queue applies (None: ok())
         self.api_key = api_key
         self.lifetime_s = lifetime_s
         self.default: Any = default_answer
@@ -359,7 +376,7 @@ class VLMTestServer:
                 return q.popleft() if len(q) > 1 else q[0]
             if self._queue:
                 return self._queue.popleft()
-            return ok()
+            return self.fallback or ok()
 
     def record(self, body: Any, headers: dict, tag: str | None, sizes: list, **extra: Any) -> None:
         with self.lock:
@@ -391,7 +408,7 @@ class VLMTestServer:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self) -> VLMTestServer:
-        self._httpd = _Server(("127.0.0.1", 0), _Handler)
+        self._httpd = _Server(("127.0.0.1", self.bind_port), _Handler)
         self._httpd.owner = self
         self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05},
                                         name="vlm-test-server", daemon=True)
@@ -423,6 +440,29 @@ def start_server(**kw: Any) -> VLMTestServer:
     return VLMTestServer(**kw).start()
 
 
-__all__ = ["VLMTestServer", "Behaviour", "ok", "slow", "status", "malformed", "reset", "truncated",
+__all__ = ["VLMTestServer", "Behaviour", "ok", "slow", "trickle", "status", "malformed", "reset", "truncated",
            "default_answer", "request_text", "validate_body", "start_server"]
 
+
+def _main(argv: list[str] | None = None) -> None:
+    """``python tests/vlm_server.py --port N [--behaviour ok|slow:S|trickle:S|garbage|status:CODE]``: the
+    server in a process of its own (a fault test kills it: a real endpoint going down)."""
+    import argparse
+
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--port", type=int, default=0)
+    ap.add_argument("--model", default="test-vlm")
+    ap.add_argument("--behaviour", default="ok")
+    ap.add_argument("--lifetime", type=float, default=600.0)
+    a = ap.parse_args(argv)
+    kind, _, arg = a.behaviour.partition(":")
+    fallback = {"ok": lambda: ok(), "slow": lambda: slow(float(arg)), "trickle": lambda: trickle(float(arg)),
+                "garbage": lambda: malformed(arg or "<html>502 Bad Gateway</html> {not json"),
+                "status": lambda: status(int(arg or 503))}[kind]()
+    srv = VLMTestServer(model=a.model, lifetime_s=a.lifetime, port=a.port, fallback=fallback).start()
+    print(srv.port, flush=True)
+    srv.stopping.wait(a.lifetime + 1)
+
+
+if __name__ == "__main__":
+    _main()

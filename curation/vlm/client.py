@@ -20,7 +20,8 @@ Request life cycle (:meth:`VLMClient.run`):
    and nothing is sent. ``image_id`` must identify the exact pixels sent (use
    :func:`patch_image_id` for crops). Identical requests in one batch are sent once.
 3. **Send**, at most ``max_concurrency`` requests in flight per client (a thread pool plus a
-   semaphore held only while a request is on the wire), each with a ``timeout_s`` timeout.
+   semaphore held only while a request is on the wire), each with a ``timeout_s`` timeout
+   (connect at most 10 s; the whole answer, not each read, must arrive within ``timeout_s``).
    Connect errors, timeouts, dropped connections, HTTP 408/429/5xx are retried up to
    ``retries`` times with exponential backoff and jitter (``backoff_s * 2**k``, capped at
    ``backoff_max_s``, multiplied by a random factor in [0.5, 1]; a ``Retry-After`` header is
@@ -455,6 +456,10 @@ class VLMClient(abc.ABC):
 _RETRY_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 
 
+class _AnswerTooSlow(Exception):
+    """The answer kept coming but did not complete within the client's ``timeout_s``."""
+
+
 def json_headers(api_key_env: str | None, who: str) -> dict[str, str]:
     """JSON request headers, with ``Authorization: Bearer <key>`` read now from the variable named
     ``api_key_env`` (the key itself is never configured, logged or recorded)."""
@@ -531,11 +536,13 @@ class HttpVLMClient(VLMClient):
                 self._bodies[p.key] = data
         try:
             with self._slots:
-                resp = self._http.post(self.url, content=data)
+                resp = self._post(data)
         except httpx.TimeoutException as e:
             return _Outcome("retry", reason=f"timeout: {type(e).__name__} after {self.timeout_s:g} s")
         except httpx.TransportError as e:  # connect errors, resets, dropped connections
             return _Outcome("retry", reason=f"transport: {type(e).__name__}: {e}")
+        except _AnswerTooSlow as e:
+            return _Outcome("retry", reason=f"timeout: {e}")
         status = resp.status_code
         if status != 200:
             detail = _error_message(resp)
@@ -551,6 +558,22 @@ class HttpVLMClient(VLMClient):
             return _Outcome("answer", text=None, reason=f"unreadable response body ({type(e).__name__})")
         usage = payload.get("usage") if isinstance(payload.get("usage"), dict) else None
         return _Outcome("answer", text=text, usage=usage, truncated=choice.get("finish_reason") == "length")
+
+    def _post(self, data: bytes):
+        """POST ``data``; the whole answer must arrive within ``timeout_s`` (httpx's read timeout is
+        per read: a server trickling bytes would never trip it). A fully read ``httpx.Response``."""
+        import httpx
+
+        deadline = time.monotonic() + self.timeout_s
+        with self._http.stream("POST", self.url, content=data) as resp:
+            chunks = []
+            for chunk in resp.iter_bytes():
+                chunks.append(chunk)
+                if time.monotonic() > deadline:
+                    raise _AnswerTooSlow(f"answer not complete after {self.timeout_s:g} s "
+                                         f"({sum(map(len, chunks))} bytes so far)")
+            return httpx.Response(resp.status_code, headers=resp.headers, content=b"".join(chunks),
+                                  request=resp.request)
 
     def _execute(self, p: _Prepared) -> JudgeResult:
         try:
