@@ -79,10 +79,11 @@ def corpus_release(context: AssetExecutionContext, config: ReleaseConfig, settin
     layout = settings.layout()
     s = store.store_or_default(settings.data_root)
     repo, remote = dvc_for(settings, dvc)
+    # the lab's releases table (beside the one in the data root and the store) is make_release's last
+    # step: when it fails, the release is taken back whole
+    record = (lambda e: record_release_sql(postgres.url(), e)) if postgres.enabled else None
     entry = make_release(layout, config.name, s, dvc=repo, remote=remote, tag=config.tag, push=config.push,
-                         log=context.log.info)
-    if postgres.enabled:  # the lab's releases table, beside the one in the data root and the store
-        record_release_sql(postgres.url(), entry)
+                         log=context.log.info, record=record)
     lineage_path, lineage_rows = write_lineage_report(layout, config.name, s)
     rows = read_release_manifest(layout, config.name, s).slice(0, 50).to_pylist()  # the first 50, for the table
     report = audit_release(layout, config.name, s)

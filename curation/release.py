@@ -447,6 +447,7 @@ class _Undo:
         self.folder = release_dir(layout, name)
         self.entry = entry_path(layout, name)
         self.table = layout.root / "releases" / "releases.parquet"
+        self.table_before = self.table.exists()
         self.dvc_file = dvc.dvc_file_for(name) if dvc is not None else None
         self.dvc_before = self.dvc_file.read_bytes() if self.dvc_file is not None and self.dvc_file.is_file() else None
         self.tag = f"release/{name}"
@@ -474,10 +475,16 @@ class _Undo:
 
     def _entry(self) -> None:
         self.entry.unlink(missing_ok=True)
-        if self.table.exists() or self.put:
-            write_releases_parquet(self.layout)
-            if data_key(self.layout, self.table) in self.put:
-                self.store.put_file(data_key(self.layout, self.table), self.table)
+        key = data_key(self.layout, self.table)
+        if self.table_before or releases_table(self.layout):  # the table view, without this release
+            if self.table.exists() or key in self.put:
+                write_releases_parquet(self.layout)
+            if key in self.put:
+                self.store.put_file(key, self.table)
+        else:  # the attempt made the first table: none again
+            self.table.unlink(missing_ok=True)
+            if key in self.put:
+                self.store.delete(key)
 
     def _tag(self) -> None:
         if self.dvc is not None and self.tag_before is None and self.dvc.tag_commit(self.tag):
