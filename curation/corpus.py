@@ -115,6 +115,7 @@ def process_image(row: dict, layout: DataLayout, cfg: Config, backend_name: str,
     from curation.upscale.tiles import TileSpec, upscale_image
 
     t0 = time.perf_counter()
+    region_reason = None
     cc = cfg["corpus"]
     ff = cc["final_filters"]
     out = {"parent_id": row["image_id"], "shard": row["shard"], "source_path": row["source_path"],
@@ -180,6 +181,7 @@ def process_image(row: dict, layout: DataLayout, cfg: Config, backend_name: str,
             rr = regions.check_regions(dst, image_id, region_judge(judge_client, image_id, patch), patch=patch,
                                        n_top=int(ff["regions"]["n_top"]), n_random=int(ff["regions"]["n_random"]),
                                        max_flagged=int(ff["regions"]["max_flagged"]))
+            region_reason = rr.get("reason")  # a failed judgement: the endpoint / parse errors
             out.update(region_patches=int(rr.get("n_patches", 0)), region_flagged=int(rr.get("n_artifact", 0)),
                        region_judge_failed=int(rr.get("n_judge_failed", 0)), region_decision=str(rr.get("decision")),
                        region_passed=bool(rr["passed"]), judge_backend=getattr(judge_client, "backend", None))
@@ -188,7 +190,8 @@ def process_image(row: dict, layout: DataLayout, cfg: Config, backend_name: str,
             out.update(instance_status=ir["status"], instance_reason=ir.get("reason"))
         out["megapixels"] = out["width"] * out["height"] / 1e6
         reason = _first_failure(out, min_pixels)
-        out.update(passed=reason is None, reject_reason=reason)
+        out.update(passed=reason is None, reject_reason=reason,
+                   reject_detail=_failure_detail(reason, out, min_pixels, region_reason))
     except _InputError as exc:  # the input changed since raw_pool (or can no longer be read)
         e = exc.error
         out.update(reject_reason=SOURCE_CHANGED if e.reason == SOURCE_CHANGED else UPSCALE_FAILED,
@@ -201,6 +204,21 @@ def process_image(row: dict, layout: DataLayout, cfg: Config, backend_name: str,
         out.setdefault("image_id", row["image_id"])
     out["seconds"] = time.perf_counter() - t0
     return out
+
+
+def _failure_detail(reason: str | None, out: dict, min_pixels: float, region_reason: str | None) -> str | None:
+    """The ``reject_detail`` of a final-check verdict: the numbers or the judge's errors behind it."""
+    if reason is None:
+        return None
+    if reason == BELOW_100MP:
+        return f"{out['width']}x{out['height']} = {out['megapixels']:.2f} MP < {min_pixels / 1e6:.2f} MP"
+    if reason == SEAM_DISCONTINUITY:
+        return f"{out.get('seam_count')} seam(s) flagged, max ratio {out.get('seam_max_ratio'):.3g}"
+    if reason == INCONSISTENT:
+        return f"failed {out.get('consistency_failed')}: psnr {out.get('psnr')}, ssim {out.get('ssim')}"[:500]
+    if reason in (JUDGE_FAILED, REGION_ARTIFACTS):
+        return (region_reason or f"{out.get('region_judge_failed')} judgement(s) failed")[:500]
+    return (out.get("instance_reason") or reason)[:500]
 
 
 def _first_failure(out: dict, min_pixels: float) -> str | None:

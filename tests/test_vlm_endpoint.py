@@ -79,6 +79,10 @@ def test_corpus_judge_on_a_dead_endpoint_rejects_as_judge_failed(one_shard, tmp_
     for r in sr:
         assert not r["passed"] and r["reject_reason"] == JUDGE_FAILED, (r["reject_reason"], r.get("reject_detail"))
         assert r["judge_backend"] == "vllm" and r["region_passed"] is not True
+        # the row says why: the endpoint's error, not only that judgements failed (issue 15)
+        detail = r["reject_detail"] or ""
+        assert "judgements failed: " in detail and "gave up after" in detail, detail
+        assert "refused" in detail.lower() or "connect" in detail.lower(), detail
 
 
 def test_corpus_judge_without_any_endpoint_is_the_labelled_heuristic(one_shard, tmp_path, monkeypatch):

@@ -57,7 +57,9 @@ def decide(verdicts: Sequence[Any], max_flagged: int) -> dict:
     n_artifact = sum(bool(v["artifact"]) for v in vs)
     n_flagged = n_failed + n_artifact
     if n_failed:
-        decision, reason = JUDGE_FAILED, f"{n_failed} of {len(vs)} judgements failed"
+        # the errors themselves (endpoint down, unparseable answer ...), each distinct one once
+        why = list(dict.fromkeys(str(v.get("reason") or "no reason given") for v in vs if v["status"] == JUDGE_FAILED))
+        decision, reason = JUDGE_FAILED, f"{n_failed} of {len(vs)} judgements failed: {'; '.join(why[:3])}"[:500]
     elif n_flagged > max_flagged:
         decision, reason = "fail", f"{n_flagged} flagged > {max_flagged} allowed"
     else:
