@@ -13,7 +13,8 @@ where it stopped and a re-run is idempotent.
 from __future__ import annotations
 
 import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from dataclasses import dataclass
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Callable
@@ -118,6 +119,29 @@ def first_absolute_reason(row: dict) -> str | None:
 _NOT_CACHED = (reasons.SOURCE_CHANGED, reasons.UNREADABLE, reasons.NOT_A_REGULAR_FILE)
 
 
+@dataclass(frozen=True)
+class MemoryBudget:
+    """What the worker processes of one shard run may hold together (``runtime.memory_budget_mb``)
+    and the estimate of one worker's peak RSS scoring an image of ``p`` pixels:
+    ``base_mb + mb_per_mp * p / 1e6`` MB (``runtime.worker_base_mb``, ``runtime.worker_mb_per_mp``,
+    measured by ``benchmarks/throughput.py`` / ``benchmarks/filters.py``; not in paper)."""
+
+    budget_mb: float
+    base_mb: float
+    mb_per_mp: float
+
+    @classmethod
+    def from_config(cls, cfg) -> "MemoryBudget | None":
+        """The ``runtime`` keys of a :class:`~curation.config.Config`; None without a budget."""
+        b = cfg.get("runtime.memory_budget_mb")
+        if b is None:
+            return None
+        return cls(float(b), float(cfg.get("runtime.worker_base_mb", 0.0)), float(cfg.get("runtime.worker_mb_per_mp", 0.0)))
+
+    def peak_mb(self, pixels: int | float) -> float:
+        return self.base_mb + self.mb_per_mp * float(pixels) / 1e6
+
+
 def score_files(
     jobs: list[dict],
     purification: dict,
@@ -126,13 +150,21 @@ def score_files(
     cache_dir: Path | None,
     progress: Callable[[int], None] | None = None,
     stats: dict | None = None,
+    memory: MemoryBudget | None = None,
 ) -> list[dict]:
     """Score many images. ``jobs``: dicts with ``path, image_id, thumb_path, thumb_px, view_path``
     and optionally ``sha256`` (the content the id was made from: other bytes are ``source_changed``).
 
     Results come back in job order. Cached results (``cache_dir/<image_id>.json``) are
     reused; a crashed worker process marks its images ``unreadable`` (worker crashed)
-    instead of losing them. ``stats`` (optional) receives ``computed`` / ``reused`` image counts.
+    instead of losing them. ``stats`` (optional) receives ``computed`` / ``reused`` image counts
+    and, with a pool, ``max_in_flight`` (images decoding at once) and ``max_in_flight_mb``.
+
+    ``memory``: images enter the pool in job order while the estimated peaks of those in flight
+    (:meth:`MemoryBudget.peak_mb` of the job's ``pixels``; ``max_pixels`` when a job has none)
+    stay within ``memory.budget_mb``; one image always runs, however large. So ``workers``
+    processes decode small images side by side, and two 100 MP images one after the other when
+    two would not fit.
     """
     results: dict[int, dict] = {}
     todo = []
@@ -175,18 +207,36 @@ def score_files(
     else:
         try:
             with ProcessPoolExecutor(max_workers=workers) as pool:
-                futs = {pool.submit(score_one, *_args(jobs[i])): i for i in todo}
-                for fut in as_completed(futs):
-                    i = futs[fut]
-                    try:
-                        _done(i, fut.result())
-                    except BrokenProcessPool:
-                        raise
-                    except Exception as exc:
-                        if is_disk_full(exc):  # the data root is full: fail the stage, never a verdict
+                pending = list(todo)[::-1]  # popped from the end: job order
+                futs: dict = {}
+                in_flight_mb = 0.0
+                peak_n = peak_mb = 0
+                while pending or futs:
+                    while pending and len(futs) < workers:
+                        i = pending[-1]
+                        need = memory.peak_mb(jobs[i].get("pixels") or max_pixels) if memory else 0.0
+                        if futs and memory is not None and in_flight_mb + need > memory.budget_mb:
+                            break  # wait for memory: the next image would not fit beside those running
+                        pending.pop()
+                        futs[pool.submit(score_one, *_args(jobs[i]))] = (i, need)
+                        in_flight_mb += need
+                        peak_n, peak_mb = max(peak_n, len(futs)), max(peak_mb, in_flight_mb)
+                    done, _ = wait(futs, return_when=FIRST_COMPLETED)
+                    for fut in done:
+                        i, need = futs.pop(fut)
+                        in_flight_mb -= need
+                        try:
+                            _done(i, fut.result())
+                        except BrokenProcessPool:
                             raise
-                        _done(i, {"image_id": jobs[i]["image_id"], "source_path": jobs[i]["path"],
-                                  "reject_reason": reasons.UNREADABLE, "reject_detail": repr(exc)})
+                        except Exception as exc:
+                            if is_disk_full(exc):  # the data root is full: fail the stage, never a verdict
+                                raise
+                            _done(i, {"image_id": jobs[i]["image_id"], "source_path": jobs[i]["path"],
+                                      "reject_reason": reasons.UNREADABLE, "reject_detail": repr(exc)})
+                if stats is not None:
+                    stats["max_in_flight"] = max(stats.get("max_in_flight", 0), peak_n)
+                    stats["max_in_flight_mb"] = max(stats.get("max_in_flight_mb", 0.0), peak_mb)
         except BrokenProcessPool as exc:
             for i in todo:
                 if i not in results:

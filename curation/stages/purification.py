@@ -23,7 +23,7 @@ from curation import reasons
 from curation.config import Config
 from curation.layout import DataLayout
 from curation.manifest import CANDIDATE_POOL, IMAGE_SCORES, RAW_POOL, read_manifest, to_table, write_manifest
-from curation.purify import score_files
+from curation.purify import MemoryBudget, score_files
 from curation.raw_pool import build_raw_pool_rows, list_shards, scan_shard
 from curation.selection import Thresholds, assemble_thresholds, decide_candidate, streaming_top_fraction_thresholds
 from curation.stages.fingerprint import (file_listing, input_key, manifest_versions, reusable, snapshot_config,
@@ -168,13 +168,14 @@ def run_image_scores(layout: DataLayout, shard: str, cfg: Config, scorers: list 
             "thumb_path": str(layout.thumb(r["image_id"])),
             "thumb_px": thumb_px,
             "view_path": str(layout.view(r["image_id"])) if scorers else None,
+            "pixels": (r.get("width") or 0) * (r.get("height") or 0) or None,  # header: the memory estimate
         }
         for r in raw
     ]
     stats: dict = {}
     results = score_files(
         jobs, cfg["purification"], int(cfg.get("io.max_pixels")), int(cfg.get("runtime.workers")),
-        layout.cache("image_scores", fp), progress, stats=stats,
+        layout.cache("image_scores", fp), progress, stats=stats, memory=MemoryBudget.from_config(cfg),
     )
     aest_models = []
     for scorer in scorers:

@@ -1,0 +1,56 @@
+"""Parallel scoring within a memory budget (issue 16.5): the shard's process pool admits images in
+job order only while their estimated peaks fit ``runtime.memory_budget_mb``."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+from curation.config import load_config
+from curation.purify import MemoryBudget, score_files
+
+
+def _jobs(tmp_path, n=4):
+    rng = np.random.default_rng(0)
+    jobs = []
+    for k in range(n):
+        p = tmp_path / f"img{k}.png"
+        img = cv2.GaussianBlur(rng.integers(0, 256, (300, 260, 3), dtype=np.uint8), (3, 3), 0)
+        cv2.imwrite(str(p), img)
+        jobs.append({"path": str(p), "image_id": f"id{k}", "thumb_path": None, "thumb_px": 64, "view_path": None,
+                     "pixels": 100_000_000})  # the estimate pretends 100 MP each
+    return jobs
+
+
+def _strip(rows):
+    return [{k: v for k, v in r.items() if k != "seconds"} for r in rows]
+
+
+def test_pool_admits_images_only_while_their_estimated_peaks_fit(tmp_path):
+    jobs = _jobs(tmp_path)
+    cfg = load_config("paper")["purification"]
+    each = MemoryBudget(1e9, 150.0, 7.0).peak_mb(100_000_000)  # 850 MB per 100 MP worker
+    runs = {}
+    for name, budget in (("one fits", 1.5 * each), ("two fit", 2.0 * each), ("none fits", 0.5 * each)):
+        stats: dict = {}
+        rows = score_files(jobs, cfg, 250_000_000, workers=2, cache_dir=None, stats=stats,
+                           memory=MemoryBudget(budget, 150.0, 7.0))
+        runs[name] = (rows, stats)
+        assert [r["image_id"] for r in rows] == [j["image_id"] for j in jobs]  # job order kept
+        assert all(r.get("width") == 260 and not r.get("reject_reason") for r in rows)  # none lost
+    assert runs["one fits"][1]["max_in_flight"] == 1 and runs["one fits"][1]["max_in_flight_mb"] <= 1.5 * each
+    assert runs["two fit"][1]["max_in_flight"] == 2
+    assert runs["none fits"][1]["max_in_flight"] == 1  # an image larger than the budget still runs, alone
+    stats = {}
+    free = score_files(jobs, cfg, 250_000_000, workers=2, cache_dir=None, stats=stats)
+    assert stats["max_in_flight"] == 2
+    assert _strip(free) == _strip(runs["one fits"][0]) == _strip(runs["two fit"][0])  # same scores
+
+
+def test_paper_budget_runs_two_100mp_images_side_by_side_but_not_two_at_max_pixels():
+    cfg = load_config("paper")
+    m = MemoryBudget.from_config(cfg)
+    assert m is not None and int(cfg.get("runtime.workers")) == 2
+    assert 2 * m.peak_mb(120e6) <= m.budget_mb  # the paper pool's largest (100-120 MP) images, 2 at once
+    assert 2 * m.peak_mb(int(cfg.get("io.max_pixels"))) > m.budget_mb  # two 250 MP bombs-in-waiting: one at a time
+    assert m.peak_mb(100e6) < 1024  # the per-worker target (issue 16: < 1 GB at 100 MP)
