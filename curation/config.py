@@ -3,8 +3,10 @@
 A profile file (``configs/<name>.yaml`` or any path) is merged over ``paper.yaml``.
 Only the dotted keys listed under ``overridable`` in paper.yaml may change; any other
 override (a threshold, a score definition, the 240-px flatness patch) raises
-``ProfileError``. The resolved config has a stable hash (:func:`config_hash`) that every
-manifest row records.
+``ProfileError``. The resolved profile is then checked against the schema
+(:mod:`curation.config_schema`: the type and range of every key, NaN / inf refused, no unknown
+key); a violation raises ``ConfigError`` (one line naming the key path, the value and the rule).
+The resolved config has a stable hash (:func:`config_hash`) that every manifest row records.
 """
 
 from __future__ import annotations
@@ -19,11 +21,13 @@ from typing import Any
 
 import yaml
 
+from curation.config_schema import ConfigError, validate_config
+
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 
 
-class ProfileError(ValueError):
-    """A profile tried to change something other than a size or a count."""
+class ProfileError(ConfigError):
+    """A profile tried to change something other than a size or a count (or does not exist)."""
 
 
 def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
@@ -92,8 +96,21 @@ def config_hash(data: dict) -> str:
 
 
 def _read_yaml(path: Path) -> dict:
-    with open(path) as fh:
-        return yaml.safe_load(fh) or {}
+    """The mapping in YAML file ``path``; unreadable, malformed or not a mapping -> ConfigError (one line)."""
+    try:
+        with open(path) as fh:
+            data = yaml.safe_load(fh)
+    except OSError as exc:
+        raise ConfigError(f"cannot read config {path}: {exc.strerror or exc}") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1} column {mark.column + 1}" if mark is not None else ""
+        raise ConfigError(f"config {path}{where} is not valid YAML: {getattr(exc, 'problem', None) or exc}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config {path} must hold a mapping of keys, not a {type(data).__name__}")
+    return data
 
 
 def load_config(profile: str | os.PathLike | None = None, config_dir: str | os.PathLike | None = None) -> Config:
@@ -107,7 +124,7 @@ def load_config(profile: str | os.PathLike | None = None, config_dir: str | os.P
         profile = "paper"
     profile = str(profile)
     if profile == "paper":
-        return Config("paper", base)
+        return Config("paper", validate_config(base, "paper", str(config_dir / "paper.yaml")))
     path = Path(profile)
     if not path.suffix:
         path = config_dir / f"{profile}.yaml"
@@ -125,4 +142,4 @@ def load_config(profile: str | os.PathLike | None = None, config_dir: str | os.P
             )
         _set(merged, key, value)
     merged["profile"] = name
-    return Config(name, merged)
+    return Config(name, validate_config(merged, name, str(path)))

@@ -36,14 +36,19 @@ def test_config_hash_is_stable_and_profile_specific():
 
 
 def _changed(value):
-    """Another value of the same kind."""
+    """Another value of the same kind, valid under the schema (curation/config_schema.py): a
+    fraction stays in (0, 1), a numeric [lo, hi] pair stays an ordered pair."""
     if isinstance(value, bool):
         return not value
+    if isinstance(value, float) and 0 < value < 1:
+        return value / 2
     if isinstance(value, (int, float)):
         return value + 1
     if isinstance(value, str):
         return value + "-x"
     if isinstance(value, list):
+        if value and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
+            return [v + 1 for v in value]
         return value + value[-1:] if value else [1]
     return 1  # None
 
