@@ -44,8 +44,13 @@ def upscale_cmd(src, dst, scale, backend_name, tile, overlap, pad, ramp, prompt,
         engine = TiledUpscaler(backend, TileSpec(tile=tile, overlap=overlap, pad=pad, ramp=ramp), workers)
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from None
+    from curation.imageio import ImageReadError, default_max_pixels
+
     backend.begin_image(prompt=prompt)
-    source = open_source(src)
+    try:  # IN is an input image: the reader contract with the input pixel limit (io.max_pixels)
+        source = open_source(src, max_pixels=default_max_pixels())
+    except ImageReadError as exc:
+        raise click.ClickException(f"{src}: {exc.reason}: {exc.detail}") from None
     try:
         n_tiles = engine.plan(source.height, source.width).n_tiles
         with click.progressbar(length=n_tiles, label=f"upscale {scale}x ({n_tiles} tiles)", file=sys.stderr) as bar:

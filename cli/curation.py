@@ -28,7 +28,8 @@ def score_image_cmd(paths: tuple[str, ...], as_json: bool, profile: str) -> None
         else:
             scores = ", ".join(f"{k}={rec[k]:.4g}" for k in ("exposure_fraction", "laplacian_var", "flat_fraction",
                                                               "entropy") if rec[k] is not None)
-            click.echo(f"{path}: {rec['verdict']} ({rec['width']}x{rec['height']}) {scores}")
+            why = f" -- {rec['reject_detail']}" if rec.get("reject_detail") else ""
+            click.echo(f"{path}: {rec['verdict']} ({rec['width']}x{rec['height']}) {scores}{why}")
     if failed == len(paths):
         sys.exit(1)
 

@@ -85,8 +85,9 @@ def _as_pil(image: Any):
     if isinstance(image, Image.Image):
         return image
     if isinstance(image, (str, os.PathLike)):
-        Image.MAX_IMAGE_PIXELS = None
-        with Image.open(image) as im:
+        from curation.imageio import open_checked  # the reader contract: pixel limit before decode
+
+        with open_checked(image) as im:
             return im.convert("RGB")
     a = np.asarray(image)
     if a.dtype != np.uint8 or a.ndim not in (2, 3):

@@ -241,26 +241,32 @@ def _metric_record(m: Any, value: float | None, reason: str | None, extra: Mappi
 
 
 def _image_info(path: str, hash_images: bool = True) -> dict[str, Any]:
-    from PIL import Image
+    """Bytes, sha256, size, format and mode of a bench image through the reader contract
+    (:func:`curation.imageio.read_checked`: a regular file, ``io.max_pixels`` before any decode,
+    complete and undamaged data); a refused file gets ``error`` and ``reject_reason``."""
+    from curation.imageio import ImageReadError, default_max_pixels, read_checked, read_source
 
-    Image.MAX_IMAGE_PIXELS = None
-    info: dict[str, Any] = {"bytes": os.path.getsize(path)}
-    if hash_images:
-        info["sha256"] = sha256_file(path)
+    info: dict[str, Any] = {}
     try:
-        with Image.open(path) as im:
-            info.update(width=int(im.size[0]), height=int(im.size[1]), format=(im.format or "").lower(), mode=im.mode)
-    except (OSError, ValueError, SyntaxError) as exc:
-        info["error"] = f"{type(exc).__name__}: {exc}"
+        src = read_source(path, default_max_pixels())
+        info["bytes"] = src.size
+        if hash_images:
+            info["sha256"] = src.sha256
+        h = read_checked(src).header
+        w, ht = (h.height, h.width) if h.orientation in (5, 6, 7, 8) else (h.width, h.height)
+        info.update(width=int(w), height=int(ht), format=h.format, mode=h.mode)
+    except ImageReadError as exc:
+        info.update(error=f"{exc.reason}: {exc.detail}", reject_reason=exc.reason)
     return info
 
 
 def _thumbnail(path: str, dest: Path) -> str | None:
     from PIL import Image
 
-    Image.MAX_IMAGE_PIXELS = None
+    from curation.imageio import open_checked
+
     try:
-        with Image.open(path) as im:
+        with open_checked(path) as im:
             im.draft("RGB", (THUMB_PX * 2, THUMB_PX * 2))  # JPEG: decode at a reduced scale
             im = im.convert("RGB")
             im.thumbnail((THUMB_PX, THUMB_PX), Image.LANCZOS)

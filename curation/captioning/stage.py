@@ -29,6 +29,7 @@ from typing import Any, Callable
 from curation import reasons
 from curation.atomic import read_json, write_json
 from curation.config import Config
+from curation.imageio import ImageReadError, hash_regular_file
 from curation.layout import DataLayout
 from curation.manifest import CAPTIONS, read_manifest
 from curation.stages.fingerprint import input_key, stage_fingerprint
@@ -112,7 +113,16 @@ def caption_row(layout: DataLayout, corpus_row: dict, cfg: Config, backends: dic
            "parent_id": corpus_row.get("parent_id"), "config_hash": fingerprint,
            "code_version": code_version("captions"), "passed": False}
     try:
-        rec = caption_image(str(layout.resolve(corpus_row["output_path"])), corpus_row["image_id"],
+        image = str(layout.resolve(corpus_row["output_path"]))
+        try:  # the blob must still hold the bytes its id names (streamed hash; read by regions below)
+            hash_regular_file(image, corpus_row.get("sha256") or corpus_row["image_id"])
+        except ImageReadError as exc:
+            if exc.reason != reasons.SOURCE_CHANGED:
+                raise
+            row.update(reject_reason=reasons.SOURCE_CHANGED, reject_detail=exc.detail, caption_complete=False,
+                       seconds=time.perf_counter() - t0)
+            return row
+        rec = caption_image(image, corpus_row["image_id"],
                             tagger=backends["tagger"], grounder=backends["grounder"],
                             segmenter=backends["segmenter"], llm=clients["llm"], vlm=clients["vlm"],
                             params=cfg["captions"], check_artifacts=True, artifact_judge=clients["judge"],
@@ -147,7 +157,7 @@ def caption_row(layout: DataLayout, corpus_row: dict, cfg: Config, backends: dic
     return row
 
 
-_RETRY = (reasons.JUDGE_FAILED, reasons.CAPTION_FAILED)
+_RETRY = (reasons.JUDGE_FAILED, reasons.CAPTION_FAILED, reasons.SOURCE_CHANGED)
 
 
 def run_captions(layout: DataLayout, shard: str, cfg: Config, clients: dict | None = None,

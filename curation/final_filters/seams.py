@@ -166,11 +166,16 @@ def _seam_check(src: Any, stride: int, r_t: float, n: int, eps: float, box: int,
 
 def seam_check_record(path: str, stride: int = STRIDE, r_t: float = R_T) -> dict:
     """The ``uhr seam-check`` line of one file: ``path, max_ratio, seams, flagged``; an unreadable
-    file gets ``flagged: None`` and ``error`` instead of raising."""
+    file gets ``flagged: None`` and ``error`` instead of raising (and ``reason`` when the reader
+    contract of :mod:`curation.imageio` refused it: ``not_a_regular_file``, ``too_many_pixels``...)."""
+    from curation.imageio import ImageReadError
+
     rec: dict = {"path": path}
     try:
         r = seam_check(path, stride=stride, r_t=r_t)
         rec.update(max_ratio=r.max_ratio, seams=r.seams, flagged=r.flagged)
+    except ImageReadError as exc:  # the reader contract refused the file: its reason and detail
+        rec.update(max_ratio=None, seams=0, flagged=None, error=f"{exc.reason}: {exc.detail}", reason=exc.reason)
     except Exception as exc:  # unreadable file: report, keep going
         rec.update(max_ratio=None, seams=0, flagged=None, error=f"{type(exc).__name__}: {exc}")
     return rec

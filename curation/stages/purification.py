@@ -157,7 +157,8 @@ def run_image_scores(layout: DataLayout, shard: str, cfg: Config, scorers: list 
     key = input_key(fp, upstream_versions(layout, "image_scores", shard),
                     {"scorers": [f"{s.name}={s.version}" for s in scorers]})
     dst = layout.manifest("image_scores", shard)
-    res = reuse_committed(dst, key, {"unavailable_scorers": dict(unavailable or {}), "seconds_total": 0.0})
+    res = reuse_committed(dst, key, {"unavailable_scorers": dict(unavailable or {}), "seconds_total": 0.0},
+                          retry=(reasons.SOURCE_CHANGED,))  # a source that had changed is read again
     if res is not None:
         return res
     thumb_px = int(cfg.get("report.thumb_px"))
@@ -165,6 +166,7 @@ def run_image_scores(layout: DataLayout, shard: str, cfg: Config, scorers: list 
         {
             "path": str(layout.resolve(r["source_path"])),
             "image_id": r["image_id"],
+            "sha256": r.get("sha256"),  # the bytes decoded must still be those raw_pool hashed
             "thumb_path": str(layout.thumb(r["image_id"])),
             "thumb_px": thumb_px,
             "view_path": str(layout.view(r["image_id"])) if scorers else None,

@@ -115,14 +115,26 @@ class RegionSource(Protocol):
     def read(self, y0: int, y1: int, x0: int = 0, x1: int | None = None) -> np.ndarray: ...
 
 
-def _as_rgb(a: np.ndarray) -> np.ndarray:
-    if a.ndim == 2:
+def _as_rgb(a: np.ndarray, associated: bool = False) -> np.ndarray:
+    """Pixels of a region -> ``(h, w, 3)`` uint8 RGB with the reader contract's rules (those of
+    :func:`curation.imageio.decode_rgb`): grey replicated, grey + alpha and RGBA composited over
+    white (``associated``: premultiplied alpha), never an alpha channel dropped or passed on."""
+    if a.ndim == 3 and a.shape[2] == 3 and a.dtype == np.uint8:
+        return a
+    if a.ndim == 2 and a.dtype == np.uint8:
         return np.repeat(a[:, :, None], 3, axis=2)
-    if a.ndim == 3 and a.shape[2] == 1:
+    if a.ndim == 3 and a.shape[2] == 1 and a.dtype == np.uint8:
         return np.repeat(a, 3, axis=2)
-    if a.ndim == 3 and a.shape[2] == 4:
-        return a[:, :, :3]
-    return a
+    from curation.decoders import strip_to_rgb
+
+    n = 1 if a.ndim == 2 else a.shape[2]
+    kind = {1: "grey", 2: "ga", 3: "rgb", 4: "rgba"}.get(n)
+    if kind is None or a.ndim not in (2, 3):
+        from curation.imageio import ImageReadError
+        from curation.reasons import UNSUPPORTED_FORMAT
+
+        raise ImageReadError(UNSUPPORTED_FORMAT, f"{n} samples per pixel (shape {a.shape})")
+    return strip_to_rgb(a, kind + ("_assoc" if associated and kind in ("ga", "rgba") else ""))
 
 
 class ArraySource:
@@ -168,13 +180,24 @@ class TiffRegionSource:
     :meth:`reduced` picks the one to downscale from.
     """
 
-    def __init__(self, path: str | os.PathLike, cache_bytes: int = 96 << 20, workers: int = 2):
+    def __init__(self, path: str | os.PathLike, cache_bytes: int = 96 << 20, workers: int = 2,
+                 max_pixels: int | None = None):
         import tifffile
 
+        from curation.imageio import ImageReadError, check_regular, output_max_pixels
+        from curation.reasons import TOO_MANY_PIXELS
+
+        check_regular(path)  # a FIFO / device / broken link is refused, never opened
         self.path = str(path)
         self._tf = tifffile.TiffFile(self.path)
         try:
             self._setup(self._tf.pages[0], cache_bytes, workers)
+            limit = int(max_pixels or output_max_pixels())
+            if self.width * self.height > limit:  # before any segment is decoded
+                raise ImageReadError(TOO_MANY_PIXELS, f"{self.width}x{self.height} = {self.width * self.height} > {limit}")
+        except ImageReadError:
+            self._tf.close()
+            raise
         except ValueError as e:
             self._tf.close()
             raise ValueError(f"{path}: {e}") from None
@@ -189,6 +212,15 @@ class TiffRegionSource:
             raise ValueError(f"only 8-bit TIFF supported for region reads, got {page.dtype}")
         if page.planarconfig != 1 and page.samplesperpixel > 1:
             raise ValueError("planar (separate) TIFF not supported for region reads")
+        spp, photometric = int(page.samplesperpixel), int(page.photometric)
+        # region reads hand the stored samples on: only layouts that need no colour conversion
+        # (palette, CMYK, YCbCr, min-is-white, Lab, ... and any EXIF rotation take the decoder)
+        if not ((photometric == 1 and spp in (1, 2)) or (photometric == 2 and spp in (3, 4))):
+            raise ValueError(f"TIFF photometric {photometric} with {spp} samples is decoded whole, not by region")
+        tag = page.tags.get(274)  # Orientation
+        if tag is not None and int(tag.value) != 1:
+            raise ValueError(f"TIFF orientation {int(tag.value)} is decoded whole, not by region")
+        self.associated = tuple(getattr(page, "extrasamples", ()) or ())[:1] == (1,) and spp in (2, 4)
         self.page = page
         self.height, self.width = int(page.imagelength), int(page.imagewidth)
         self.samples = int(page.samplesperpixel)
@@ -312,7 +344,7 @@ class TiffRegionSource:
                 a0, a1 = max(y0, sy), min(y1, sy + self.seg_h, self.height)
                 b0, b1 = max(x0, sx), min(x1, sx + self.seg_w, self.width)
                 out[a0 - y0:a1 - y0, b0 - x0:b1 - x0] = seg[a0 - sy:a1 - sy, b0 - sx:b1 - sx]
-        return _as_rgb(out)
+        return _as_rgb(out, self.associated)
 
     def close(self) -> None:
         self._cache.clear()
@@ -331,49 +363,93 @@ class TiffRegionSource:
         self.close()
 
 
-def read_image(path: str | os.PathLike, max_pixels: int = 10**9) -> np.ndarray:
-    """Decode a whole image to ``(H, W, 3)`` uint8 RGB (PNG/JPEG/WebP/TIFF via curation.imageio,
-    JPEG XL via imagecodecs, ``.npy`` via numpy)."""
+def read_image(path: str | os.PathLike, max_pixels: int | None = None) -> np.ndarray:
+    """Decode a whole image to ``(H, W, 3)`` uint8 RGB through the reader contract of
+    :mod:`curation.imageio` (a regular file, bounded bytes, the header within ``max_pixels``,
+    complete data; default limit: :func:`curation.imageio.output_max_pixels`, the largest SR
+    output): PNG/JPEG/WebP/TIFF via :func:`~curation.imageio.decode_rgb` (plain 8-bit RGB / grey
+    TIFFs, the corpus' own, with tifffile's threads; WebP with imagecodecs), JPEG XL via
+    imagecodecs, ``.npy`` via numpy (shape checked on a memory map first)."""
+    from curation.imageio import (ImageReadError, check_regular, decode_rgb, output_max_pixels, probe,
+                                  read_source, validate)
+    from curation.reasons import TOO_MANY_PIXELS
+
+    limit = int(max_pixels or output_max_pixels())
     p = Path(path)
     suffix = p.suffix.lower()
     if suffix == ".npy":
+        check_regular(p)
+        shape = np.load(p, mmap_mode="r").shape
+        if len(shape) >= 2 and shape[0] * shape[1] > limit:
+            raise ImageReadError(TOO_MANY_PIXELS, f"array of shape {shape} over {limit} pixels")
         return _as_rgb(np.load(p))
     if suffix == ".jxl":
         import imagecodecs
 
-        return _as_rgb(np.asarray(imagecodecs.jpegxl_decode(p.read_bytes(), numthreads=WRITE_WORKERS)))
-    if suffix in (".tif", ".tiff"):
-        import tifffile
-
-        a = tifffile.imread(p, maxworkers=WRITE_WORKERS)
-        if a.dtype == np.uint8:
-            return _as_rgb(a)
-    if suffix == ".webp":
+        src = read_source(p, limit)  # JPEG XL: the size is only known after decoding (corpus files)
+        return _as_rgb(np.asarray(imagecodecs.jpegxl_decode(src.data, numthreads=WRITE_WORKERS)))
+    src = read_source(p, limit)
+    head = probe(src, limit)
+    if head.format == "tiff":
+        validate(src, head)
+        a = _plain_tiff(src.data)
+        if a is not None:
+            return a
+    elif head.format == "webp":
         import imagecodecs
 
-        return _as_rgb(np.asarray(imagecodecs.webp_decode(p.read_bytes())))
-    from curation.imageio import decode_rgb
+        validate(src, head)
+        return _as_rgb(np.asarray(imagecodecs.webp_decode(src.data)))
+    return decode_rgb(src, limit)
 
-    return decode_rgb(p, max_pixels)
+
+def _plain_tiff(data: bytes) -> np.ndarray | None:
+    """An 8-bit, chunky, unrotated RGB(A) / grey(+alpha) TIFF decoded with tifffile's threads
+    (what the corpus writes); None for any other layout (the decoder's conversions apply)."""
+    import io
+
+    import tifffile
+
+    with tifffile.TiffFile(io.BytesIO(data)) as tf:
+        page = tf.pages[0]
+        try:
+            probe_src = object.__new__(TiffRegionSource)
+            probe_src._setup(page, 1 << 20, 1)  # the region-read rules: layouts without conversion
+        except ValueError:
+            return None
+        a = page.asarray(maxworkers=WRITE_WORKERS)
+    return _as_rgb(a, probe_src.associated)
 
 
-def open_source(src: Any, max_pixels: int = 10**9):
+def open_source(src: Any, max_pixels: int | None = None):
     """A region source for an array, a tiled/stripped TIFF (region reads), a ``.npy`` (memmap)
-    or any other image file (decoded whole)."""
+    or any other image file (decoded whole), within ``max_pixels`` (default: the largest SR
+    output, :func:`curation.imageio.output_max_pixels`; inputs pass ``io.max_pixels``). A path
+    that is no regular file is refused without being opened."""
     if isinstance(src, (ArraySource, TiffRegionSource)):
         return src
     if isinstance(src, np.ndarray):
         return ArraySource(src)
+    from curation.imageio import ImageReadError, check_regular, output_max_pixels
+    from curation.reasons import TOO_MANY_PIXELS
+
+    limit = int(max_pixels or output_max_pixels())
     p = Path(src)
+    check_regular(p)
     suffix = p.suffix.lower()
     if suffix == ".npy":
-        return ArraySource(np.load(p, mmap_mode="r"))
+        a = np.load(p, mmap_mode="r")
+        if a.ndim >= 2 and a.shape[0] * a.shape[1] > limit:
+            raise ImageReadError(TOO_MANY_PIXELS, f"array of shape {a.shape} over {limit} pixels")
+        return ArraySource(a)
     if suffix in (".tif", ".tiff"):
         try:
-            return TiffRegionSource(p)
+            return TiffRegionSource(p, max_pixels=limit)
+        except ImageReadError:
+            raise
         except ValueError:
             pass
-    return ArraySource(read_image(p, max_pixels))
+    return ArraySource(read_image(p, limit))
 
 
 # -- writers ---------------------------------------------------------------------------------
@@ -529,7 +605,7 @@ def _tiles_from_rows(rows: Rows, width: int, height: int, tile: int,
 
 
 def _write_tiff(tmp: Path, rows: Rows, width: int, height: int, compression: str | None, level: int | None,
-                tile: int, workers: int, pyramid: bool = True) -> None:
+                tile: int, workers: int, pyramid: bool = True, pyramid_first: int | None = None) -> None:
     import tifffile
 
     comp = (compression or TIFF_COMPRESSION).lower()
@@ -543,7 +619,7 @@ def _write_tiff(tmp: Path, rows: Rows, width: int, height: int, compression: str
         if comp in ("zstd", "zlib", "lzw", "lzma"):
             kw["predictor"] = True
     tile_bytes = tile * tile * 3
-    factors = pyramid_factors(width, height, tile) if pyramid else []
+    factors = pyramid_factors(width, height, tile, pyramid_first) if pyramid else []
     pyr = _Pyramid(width, height, factors) if factors else None
     ov_size = overview_size(width, height) if pyramid else None
     ov = _Overview(width, height, ov_size) if ov_size else None
@@ -708,11 +784,12 @@ def encode_webp(rgb: np.ndarray, method: int = 0) -> bytes:
 def write_rows(path: str | os.PathLike, width: int, height: int, rows: Rows, fmt: str | None = None, *,
                compression: str | None = None, level: int | None = None, tile: int = TIFF_TILE,
                png_filter: str | None = None, workers: int = WRITE_WORKERS, effort: int = 1,
-               pyramid: bool = True) -> dict:
+               pyramid: bool = True, pyramid_first: int | None = None) -> dict:
     """Write row bands ``(y0, (h, width, 3) uint8)`` (in order, covering ``height`` rows) to
     ``path`` in ``fmt`` (default: from the suffix). Returns ``{"path", "format", "bytes"}``.
     ``pyramid`` (TIFF only): also write the reduced-resolution levels, overview and pyramid
-    (module docstring).
+    (module docstring); ``pyramid_first``: the side reduction of the first pyramid level
+    (default :data:`TIFF_PYRAMID_FIRST` = 4; 2 adds a 1/2 level, +~1/4 of the image's pixels).
 
     Memory: TIFF and PNG hold one band of rows plus the encoder's buffers (a TIFF also its
     reduced levels, 1/16 + 1/64 + ... of the image, until it is written, and for the overview a
@@ -724,7 +801,7 @@ def write_rows(path: str | os.PathLike, width: int, height: int, rows: Rows, fmt
     tmp = path.with_name(path.name + ".tmp")
     try:
         if fmt == "tiff":
-            _write_tiff(tmp, rows, width, height, compression, level, tile, workers, pyramid)
+            _write_tiff(tmp, rows, width, height, compression, level, tile, workers, pyramid, pyramid_first)
         elif fmt == "png":
             _write_png(tmp, rows, width, height, level, png_filter, workers)
         elif fmt == "jxl":

@@ -9,13 +9,14 @@ from evaluation.metrics.base import PER_IMAGE, Metric, MetricResult, register
 
 
 def image_header(path: str | os.PathLike) -> dict[str, Any]:
-    """Width, height, format and mode from the file header (no pixel decode)."""
-    from PIL import Image
+    """Width, height, format and mode from the file header (no pixel decode), through the reader
+    contract's header step (:func:`curation.imageio.probe`: a regular file, a read format, one
+    frame, within ``io.max_pixels``; the stored size, EXIF orientation not applied, as Pillow's)."""
+    from curation.imageio import default_max_pixels, probe
 
-    Image.MAX_IMAGE_PIXELS = None  # header only: nothing is decoded
-    with Image.open(path) as img:
-        return {"width": int(img.size[0]), "height": int(img.size[1]),
-                "format": (img.format or "").lower(), "mode": img.mode}
+    h = probe(path, default_max_pixels())
+    w, ht = (h.height, h.width) if h.orientation in (5, 6, 7, 8) else (h.width, h.height)
+    return {"width": int(w), "height": int(ht), "format": h.format, "mode": h.mode}
 
 
 @register

@@ -47,11 +47,13 @@ FIDHELPER_VERSION = "0.1.3"
 
 # ---- preprocessing ----------------------------------------------------------------------------
 def open_rgb(path: str | os.PathLike):
-    """Pillow ``Image.open(path).convert("RGB")`` (loaded, file closed)."""
-    from PIL import Image
+    """Pillow ``Image.open(path).convert("RGB")`` (loaded, file closed) of the bytes that passed the
+    reader contract (:func:`curation.imageio.open_checked`: a regular file, the pixel limit
+    ``io.max_pixels`` before any decode, complete and undamaged data); a refused file raises
+    :class:`~curation.imageio.ImageReadError` (a ``ValueError``) with its reason."""
+    from curation.imageio import open_checked
 
-    Image.MAX_IMAGE_PIXELS = None
-    with Image.open(path) as im:
+    with open_checked(path) as im:
         return im.convert("RGB")
 
 

@@ -113,11 +113,15 @@ def grey_from_array(rgb: np.ndarray) -> np.ndarray:
 
 
 def load_grey(path: str | os.PathLike) -> tuple[np.ndarray, dict[str, Any]]:
-    """Open an image file with Pillow and return its reference grey and notes (format, mode)."""
-    from PIL import Image
+    """Open an image file with Pillow and return its reference grey and notes (format, mode).
 
-    Image.MAX_IMAGE_PIXELS = None  # as the reference; the corpus enforces its own pixel limit
-    with Image.open(path) as img:
+    The bytes pass the reader contract first (:func:`curation.imageio.open_checked`: a regular
+    file, the pixel limit ``io.max_pixels`` before any decode, complete and undamaged data); the
+    decode and grey conversion are then Pillow's, as the reference's. A refused file raises
+    :class:`~curation.imageio.ImageReadError` (a ``ValueError``) with its reason."""
+    from curation.imageio import open_checked
+
+    with open_checked(path) as img:
         fmt = (img.format or "").lower()
         img.load()
         grey, notes = grey_from_pil(img)

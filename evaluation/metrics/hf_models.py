@@ -167,12 +167,12 @@ def architecture_mismatches(config: Any, expected: Mapping[str, Any]) -> list[st
 
 
 def open_image(path: str | os.PathLike):
-    """``PIL.Image.open`` with the decompression-bomb limit off, as the reference sets it
-    (``Image.MAX_IMAGE_PIXELS = None``); loaded, file closed, mode unchanged."""
-    from PIL import Image
+    """``PIL.Image.open`` as the reference (loaded, file closed, mode unchanged), of bytes that
+    passed the reader contract (:func:`curation.imageio.open_checked`): the reference turns
+    Pillow's decompression-bomb limit off, ours is ``io.max_pixels``, checked before any decode."""
+    from curation.imageio import open_checked
 
-    Image.MAX_IMAGE_PIXELS = None
-    with Image.open(path) as im:
+    with open_checked(path) as im:
         im.load()
         return im.copy()
 

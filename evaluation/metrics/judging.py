@@ -146,14 +146,14 @@ class JudgedMetric(Metric):
         return self._gate()
 
     def _read_rgb(self, path: str, prepare: Callable[[Any], Any] | None = None) -> tuple[Any, MetricResult | None]:
-        """``(image, None)``: ``Image.open(path).convert("RGB")`` (no decompression-bomb limit),
-        then ``prepare`` of it when given; ``(None, result "unreadable: ...")`` when either fails
-        with ``OSError`` / ``ValueError`` / ``SyntaxError``."""
-        from PIL import Image
+        """``(image, None)``: ``Image.open(path).convert("RGB")`` of bytes that passed the reader
+        contract (:func:`curation.imageio.open_checked`: the pixel limit ``io.max_pixels`` before
+        any decode), then ``prepare`` of it when given; ``(None, result "unreadable: ...")`` when
+        either fails with ``OSError`` / ``ValueError`` (a refused file's reason) / ``SyntaxError``."""
+        from curation.imageio import open_checked
 
-        Image.MAX_IMAGE_PIXELS = None
         try:
-            with Image.open(path) as im:
+            with open_checked(path) as im:
                 img = im.convert("RGB")
                 return (prepare(img) if prepare is not None else img), None
         except (OSError, ValueError, SyntaxError) as exc:
