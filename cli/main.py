@@ -56,9 +56,9 @@ def is_known(exc: BaseException) -> bool:
 def error_line(exc: BaseException) -> str:
     """The one line ``uhr`` prints (after ``Error: ``) for ``exc``."""
     msg = str(exc)
-    if isinstance(exc, KeyError) and len(exc.args) == 1:
-        msg = str(exc.args[0])  # KeyError's str() quotes its message
     if is_known(exc):
+        if isinstance(exc, KeyError) and len(exc.args) == 1:
+            msg = str(exc.args[0])  # KeyError's str() quotes its message
         return one_line(msg or type(exc).__name__)
     return one_line(f"{type(exc).__name__}: {msg}" if msg else type(exc).__name__) + \
         " (unexpected error; `uhr --debug ...` shows the traceback)"
