@@ -41,10 +41,11 @@ def export_training_cmd(out_dir: str, data_root: str, release: str | None, capti
     folder (metadata.jsonl + hard-linked images; `--train_data_dir OUT_DIR`)."""
     from curation.captioning.export import export_training_set
     from curation.layout import DataLayout
-    from curation.release import ReleaseError
+    from curation.release import ReleaseError, check_name
 
     store = None
     if release:
+        check_name(release)  # before the store is opened or anything is written
         from orchestration.resources import platform_resources_from_env
 
         store = platform_resources_from_env()["store"].store_or_default(data_root)

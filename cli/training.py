@@ -28,6 +28,10 @@ def train_cmd(scheme: str, data_root: str, profile: str, tiers: str | None, back
     in ladder order; prints where each checkpoint (safetensors) and its MLflow run are."""
     from orchestration.runs import definitions_for, instance_for, run_training_ladder
 
+    if release is not None:
+        from curation.release import check_name
+
+        check_name(release)  # before any run starts
     tier_list = [t.strip() for t in tiers.split(",") if t.strip()] if tiers else None
     defs = definitions_for(data_root, profile=profile)
     log = (lambda m: click.echo(m, err=True))

@@ -79,6 +79,7 @@ def test_readers_refuse_traversal(tmp_path):
 @pytest.mark.parametrize("args", [
     ["audit", "v1/../v1"], ["audit", "../../../../etc/passwd"], ["release", "a..b"], ["release", "v2.lock"],
     ["release", "x."], ["release", "v1\n"], ["lineage", "../../etc/passwd"], ["export-training", "OUT", "--release", "../x"],
+    ["captions", "../../etc/passwd"], ["train", "I-Full", "--release", "v1/../v1"],
 ])
 def test_cli_refuses_bad_names_and_ids_in_one_line(tmp_path, args):
     """``uhr audit v1/../v1`` used to answer OK, ``uhr audit ../../../../etc/passwd`` ended in a

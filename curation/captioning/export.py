@@ -40,9 +40,9 @@ def _caption_ids(layout: DataLayout) -> dict[str, str]:
 def resolve_caption_id(layout: DataLayout, prefix: str) -> str:
     """A captioned image's full id from its id or a unique prefix (>= 6 characters); a raw pool
     id (the parent of an upscaled corpus image) resolves to its captioned child."""
-    prefix = (prefix or "").strip().lower()
-    if len(prefix) < 6:
-        raise ValueError("give at least 6 characters of the image id")
+    from curation.lineage.core import check_image_id
+
+    prefix = check_image_id(prefix)  # hex only: a path or '..' is refused by name
     ids = _caption_ids(layout)
     if not ids:
         raise KeyError(f"no captions manifests under {layout.root}/manifests/captions: materialise captions first")
