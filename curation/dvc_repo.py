@@ -169,7 +169,7 @@ class DvcRepo:
     def _retrying(self, what: str, fn):
         """``fn()`` retried while the remote is unreachable; :class:`DvcError` (one line) when the
         budget is spent. ``dvc push`` is idempotent: a retry sends only what the remote lacks."""
-        from curation.store.retry import RetryPolicy, ServiceUnavailable, call_with_retry
+        from curation.retry import RetryPolicy, ServiceUnavailable, call_with_retry
 
         try:
             return call_with_retry(fn, what, self.retry or RetryPolicy(), transient=is_transient_remote_error)

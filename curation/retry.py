@@ -1,5 +1,8 @@
 """Bounded retries with exponential backoff for calls to a service that may be briefly away (an
-S3 server restarting, a dropped connection): no Dagster here.
+S3 server or a database restarting, a dropped connection): no Dagster here.
+
+Classifiers: :func:`is_transient_network_error` (S3 / HTTP), :func:`is_database_unavailable`
+(PostgreSQL or sqlite behind Dagster's run storage or MLflow's backend store).
 
 :func:`call_with_retry` runs ``fn`` until it returns, raises an error that is not transient, or
 the policy's budget is spent -- whichever comes first -- and then raises
@@ -16,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import random
+import re
 import socket
 import time
 from dataclasses import dataclass
@@ -97,6 +101,38 @@ def is_transient_network_error(exc: BaseException) -> bool:
 
 _TRANSIENT_S3_CODES = frozenset({"InternalError", "ServiceUnavailable", "SlowDown", "RequestTimeout",
                                  "RequestTimeTooSkewed", "XMinioServerNotInitialized", "OperationAborted"})
+
+
+#: what a database that is restarting, down or busy says (psycopg2 / SQLAlchemy / sqlite / Dagster)
+_DB_DOWN = re.compile(
+    r"Connection refused|could not connect|server closed the connection|terminating connection|"
+    r"the database system is (?:starting up|shutting down|in recovery mode)|connection (?:reset|timed out)|"
+    r"too many retries for DB connection|SSL SYSCALL error|database is locked|Max retries exceeded|"
+    r"ConnectionError|RemoteDisconnected|Temporary failure in name resolution", re.I)
+
+
+def _chain(exc: BaseException | None):
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        yield exc
+        exc = exc.__cause__ or exc.__context__
+
+
+def is_database_unavailable(exc: BaseException) -> bool:
+    """The error (or one in its cause chain) says the database or tracking server could not be
+    reached or dropped the connection -- not that the query or the data was wrong."""
+    for e in _chain(exc):
+        name = type(e).__name__
+        if name in ("OperationalError", "InterfaceError", "DisconnectionError", "DagsterPostgresException") \
+                and _DB_DOWN.search(str(e)):
+            return True
+        if isinstance(e, (ConnectionError, socket.timeout)):
+            return True
+        if name in ("MlflowException", "RestException", "DagsterUserCodeExecutionError",
+                    "DagsterExecutionStepExecutionError") and _DB_DOWN.search(str(e)):
+            return True
+    return False
 
 
 def call_with_retry(fn: Callable[[], T], what: str, policy: RetryPolicy = RetryPolicy(), *,

@@ -126,15 +126,32 @@ class PostgresServer(_Server):
                             f"--pwfile={pwfile}", "-E", "UTF8", "--no-sync"]),
                 check=True, capture_output=True,
             )
+        self._cmd = _as_nobody([str(PG_BIN / "postgres"), "-D", str(data), "-h", "127.0.0.1", "-p", str(self.port),
+                                "-k", str(sock), "-c", "fsync=off", "-c", "max_connections=60"])
+        self._launch()
+        return self
+
+    def _launch(self) -> None:
         log = self.root / "postgres.log"
-        self.proc = subprocess.Popen(
-            _as_nobody([str(PG_BIN / "postgres"), "-D", str(data), "-h", "127.0.0.1", "-p", str(self.port),
-                        "-k", str(sock), "-c", "fsync=off", "-c", "max_connections=60"]),
-            stdout=open(log, "ab"), stderr=subprocess.STDOUT, start_new_session=True,
-        )
+        self.proc = subprocess.Popen(self._cmd, stdout=open(log, "ab"), stderr=subprocess.STDOUT,
+                                     start_new_session=True)
         wait_for_port(self.port, 60, self.proc, log)
         self._wait_ready()
-        return self
+
+    def restart(self, down_s: float = 0.0, mode: str = "fast") -> float:
+        """A fault: shut the server down (``fast``: SIGINT to the postmaster, sessions cut and open
+        transactions rolled back, as ``pg_ctl restart -m fast``; ``immediate``: SIGQUIT, a crash
+        with recovery at start), stay down ``down_s`` seconds, start it again on the same data
+        and port. Returns the seconds it was unreachable (until it accepts logins again)."""
+        sig = {"fast": signal.SIGINT, "immediate": signal.SIGQUIT}[mode]
+        pid_file = self._work / "data" / "postmaster.pid"
+        postmaster = int(pid_file.read_text().split()[0])
+        t0 = time.monotonic()
+        os.kill(postmaster, sig)
+        self.proc.wait(timeout=30)
+        time.sleep(down_s)
+        self._launch()
+        return time.monotonic() - t0
 
     def _wait_ready(self, timeout: float = 30.0) -> None:
         import psycopg2
@@ -183,6 +200,15 @@ class S3Server(_Server):
     @property
     def endpoint_url(self) -> str:
         return f"http://{self.endpoint}"
+
+    def restart(self, down_s: float = 0.0) -> float:
+        """A fault: stop the server (its process group), stay down ``down_s`` seconds, start it
+        again on the same data folder and S3 port; the seconds it was unreachable."""
+        t0 = time.monotonic()
+        self.stop()
+        time.sleep(down_s)
+        self.start()
+        return time.monotonic() - t0
 
     def start(self) -> "S3Server":
         weed = shutil.which("weed", path=str(VENV_BIN)) or shutil.which("weed")

@@ -19,12 +19,17 @@ from pathlib import Path
 from dagster import AssetKey, DagsterInstance, Definitions
 
 from curation.raw_pool import list_shards
+from curation.retry import RetryPolicy, call_with_retry, is_database_unavailable
 
 def curation_assets() -> tuple[str, ...]:
     """The stage-table stages in materialisation order (= ``uhr materialize --asset`` choices)."""
     from curation.stages.table import STAGES
 
     return STAGES.names()
+
+
+#: a job whose run storage could not be reached is run again within this budget (not in paper)
+RUN_STORAGE_RETRY = RetryPolicy(attempts=5, backoff_s=2.0, backoff_max_s=30.0, deadline_s=180.0)
 
 
 def dagster_home_for(data_root: str | Path) -> Path:
@@ -121,9 +126,13 @@ def materialize_all(defs: Definitions, instance: DagsterInstance, raw_root: str 
 
     def run(job_name: str, label: str, key: str, shard: str | None, only: list[str] | None = None):
         t0 = time.perf_counter()
-        res = defs.resolve_job_def(job_name).execute_in_process(
+        # run storage briefly unreachable (Postgres restarting): the job again, bounded; its stages
+        # reuse what they committed. Any other failure propagates at once.
+        res = call_with_retry(lambda: defs.resolve_job_def(job_name).execute_in_process(
             partition_key=shard, instance=instance, raise_on_error=True,
-            asset_selection=[AssetKey(a) for a in only] if only else None)
+            asset_selection=[AssetKey(a) for a in only] if only else None),
+            f"{label}{f' [{shard}]' if shard else ''}: Dagster run storage", RUN_STORAGE_RETRY,
+            transient=is_database_unavailable)
         timings[key] = time.perf_counter() - t0
         stage_counts(res, counts)
         log(f"  {label}{f' [{shard}]' if shard else ''}: {'ok' if res.success else 'FAILED'} ({timings[key]:.1f} s)")

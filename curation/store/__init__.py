@@ -12,7 +12,7 @@ Modules:
 * :mod:`curation.store.backends` -- the :class:`ObjectStore` interface, :class:`LocalStore`,
   :class:`S3Store` (every call retried with backoff within a :class:`RetryPolicy`, then
   :class:`StoreUnavailable` with a one-line message), the errors and key helpers;
-* :mod:`curation.store.retry` -- :func:`call_with_retry` and :class:`RetryPolicy` (bounded
+* :mod:`curation.retry` (re-exported) -- :func:`call_with_retry` and :class:`RetryPolicy` (bounded
   attempts and deadline, exponential backoff with jitter);
 * :mod:`curation.store.blobs` -- content-addressed blobs: put/get (hash checked), digest and
   verify, :func:`publish_blobs`, :func:`restore_sources`;
@@ -41,7 +41,7 @@ from curation.store.backends import (
     raw_shard_prefix,
     sha256_file,
 )
-from curation.store.retry import RetryPolicy, ServiceUnavailable, call_with_retry
+from curation.retry import RetryPolicy, ServiceUnavailable, call_with_retry
 from curation.store.blobs import (
     blob_digest,
     blob_key,

@@ -24,7 +24,7 @@ from pathlib import Path, PurePosixPath
 from typing import Mapping
 
 from curation.hashing import md5_file, sha256_file
-from curation.store.retry import RetryPolicy, ServiceUnavailable, call_with_retry
+from curation.retry import RetryPolicy, ServiceUnavailable, call_with_retry
 
 BLOBS = "blobs"
 MANIFESTS = "manifests"
