@@ -24,8 +24,7 @@ test-fast: env
 	$(PY) -m pytest -q -m "not slow" -x
 
 ui: env
-	@mkdir -p $(DATA)/dagster_home
-	@test -f $(DATA)/dagster_home/dagster.yaml || printf 'telemetry:\n  enabled: false\n' > $(DATA)/dagster_home/dagster.yaml
+	@$(PY) -c "from orchestration.pipeline import dagster_home_for; dagster_home_for('$(DATA)')"
 	DAGSTER_HOME=$(abspath $(DATA))/dagster_home UHR_DATA_ROOT=$(abspath $(DATA)) UHR_RAW_ROOT=$(abspath $(DATA))/raw \
 	UHR_PROFILE=$(PROFILE) $(VENV)/bin/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
 

@@ -5,10 +5,11 @@ UTF-8 surrogate-escaped (``os.fsdecode``). Arrow strings must be valid UTF-8, an
 and the UI must not receive control characters (a newline or an escape sequence in a name).
 :func:`encode_name` maps any name or path (``bytes`` or such a ``str``) to text that is both:
 
-* valid UTF-8 without a backslash and without a control, format or line-separator character ->
-  unchanged (every ordinary name, so ordinary manifests read as before);
+* valid UTF-8 without a backslash and with only printable characters (:meth:`str.isprintable`:
+  no control, format -- bidi overrides, zero-width --, separator other than the space, unassigned
+  or private-use character) -> unchanged (every ordinary name: ordinary manifests read as before);
 * otherwise a backslash becomes ``\\\\``, each byte that is not valid UTF-8 becomes ``\\xNN``, and
-  each byte of a control / format / separator character becomes ``\\xNN`` (``a\\nb`` -> ``a\\x0ab``).
+  each byte of a character that is not printable becomes ``\\xNN`` (``a\\nb`` -> ``a\\x0ab``).
 
 The mapping is one-to-one (an unchanged name holds no backslash, an escaped one always holds one),
 so :func:`decode_name` gives back the exact bytes and :func:`fs_path` a path ``open`` accepts.
@@ -18,27 +19,23 @@ The raw pool also keeps the original bytes of an escaped path (``source_path_byt
 from __future__ import annotations
 
 import os
-import unicodedata
 
-#: Unicode categories escaped for display: control, format (bidi overrides, zero-width),
-#: line / paragraph separators, lone surrogates
-_UNSAFE_CATEGORIES = frozenset({"Cc", "Cf", "Zl", "Zp", "Cs"})
 _HEX = frozenset("0123456789abcdefABCDEF")
 
 
 def _as_bytes(name: str | bytes | os.PathLike) -> bytes:
     if isinstance(name, bytes):
         return name
-    return os.fsencode(os.fspath(name))
+    name = os.fspath(name)
+    try:
+        return os.fsencode(name)
+    except UnicodeEncodeError:  # a lone surrogate that no file name gives (text from elsewhere)
+        return name.encode("utf-8", "surrogatepass")
 
 
 def _plain(text: str) -> bool:
-    """True when ``text`` is stored as it is (no backslash, nothing unsafe to print)."""
-    if "\\" in text:
-        return False
-    if text.isascii():
-        return text.isprintable()
-    return not any(unicodedata.category(c) in _UNSAFE_CATEGORIES for c in text)
+    """True when ``text`` is stored as it is (no backslash, nothing :meth:`str.isprintable` refuses)."""
+    return "\\" not in text and text.isprintable()
 
 
 def encode_name(name: str | bytes | os.PathLike) -> str:
@@ -54,7 +51,7 @@ def encode_name(name: str | bytes | os.PathLike) -> str:
             out.append("\\\\")
         elif 0xDC80 <= o <= 0xDCFF:  # a byte that is not UTF-8
             out.append(f"\\x{o - 0xDC00:02x}")
-        elif unicodedata.category(c) in _UNSAFE_CATEGORIES:
+        elif not c.isprintable():
             out.append("".join(f"\\x{b:02x}" for b in c.encode("utf-8")))
         else:
             out.append(c)

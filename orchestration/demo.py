@@ -145,6 +145,7 @@ def bench_demo(data_root: str | Path, instance, log=print, resources: dict | Non
     from orchestration.bench_resources import bench_settings_from_env
     from orchestration.definitions import build_definitions
     from orchestration.resources import curation_resources
+    from orchestration.runs import worker_tags
 
     data_root = Path(data_root).resolve()
     t0 = time.perf_counter()
@@ -160,7 +161,7 @@ def bench_demo(data_root: str | Path, instance, log=print, resources: dict | Non
     per_model = {}
     for key in keys:
         t1 = time.perf_counter()
-        job.execute_in_process(partition_key=key, instance=instance, raise_on_error=True)
+        job.execute_in_process(partition_key=key, instance=instance, raise_on_error=True, tags=worker_tags())
         per_model[key] = time.perf_counter() - t1
         log(f"  bench_scores [{key}]: ok ({per_model[key]:.1f} s)")
     table = settings.report_dir() / "table3.md"

@@ -13,6 +13,7 @@ here the store only lists the raw shards when it is their source (``raw_prefix``
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from dagster import AssetKey, DagsterInstance, Definitions
 
 from curation.raw_pool import list_shards
 from curation.retry import RetryPolicy, call_with_retry, is_database_unavailable
+from orchestration.runs import fail_orphaned_runs, worker_tags
 
 def curation_assets() -> tuple[str, ...]:
     """The stage-table stages in materialisation order (= ``uhr materialize --asset`` choices)."""
@@ -28,17 +30,42 @@ def curation_assets() -> tuple[str, ...]:
     return STAGES.names()
 
 
+#: the ``dagster.yaml`` written into a new Dagster home (values not in paper: operations settings).
+#: ``run_monitoring``: the daemon (``make ui`` / ``dagster dev``) fails a run stuck starting or
+#: canceling for 3 minutes, a run whose launcher reports its worker dead, and frees the concurrency
+#: slots of a finished run after a minute; runs that ``uhr`` executes itself carry their worker
+#: process (:data:`orchestration.runs.WORKER_TAG`) and are failed by
+#: :func:`orchestration.runs.fail_orphaned_runs` once that process is gone.
+DAGSTER_YAML = """\
+telemetry:
+  enabled: false
+run_monitoring:
+  enabled: true
+  start_timeout_seconds: 180
+  cancel_timeout_seconds: 180
+  max_resume_run_attempts: 0
+  poll_interval_seconds: 60
+  free_slots_after_run_end_seconds: 60
+"""
+
+#: what earlier versions wrote (upgraded to :data:`DAGSTER_YAML` when found unchanged)
+_OLD_DAGSTER_YAML = "telemetry:\n  enabled: false\n"
+
+
 #: a job whose run storage could not be reached is run again within this budget (not in paper)
 RUN_STORAGE_RETRY = RetryPolicy(attempts=5, backoff_s=2.0, backoff_max_s=30.0, deadline_s=180.0)
 
 
 def dagster_home_for(data_root: str | Path) -> Path:
-    """The embedded default: sqlite storage under ``<data_root>/dagster_home``."""
+    """The embedded default: sqlite storage under ``<data_root>/dagster_home`` (its ``dagster.yaml``
+    is :data:`DAGSTER_YAML` unless someone wrote their own)."""
     home = Path(data_root).resolve() / "dagster_home"
     home.mkdir(parents=True, exist_ok=True)
     cfg = home / "dagster.yaml"
-    if not cfg.exists():
-        cfg.write_text("telemetry:\n  enabled: false\n")
+    if not cfg.exists() or cfg.read_text() == _OLD_DAGSTER_YAML:
+        tmp = cfg.with_name(f".dagster.yaml.{os.getpid()}.tmp")
+        tmp.write_text(DAGSTER_YAML)
+        os.replace(tmp, cfg)
     return home
 
 
@@ -111,6 +138,8 @@ def materialize_all(defs: Definitions, instance: DagsterInstance, raw_root: str 
         where = str(raw_root)
     if not shards:
         raise RuntimeError(f"no shard folders under {where}")
+    for run_id in fail_orphaned_runs(instance):  # a killed earlier run holds no slot, shows no STARTED
+        log(f"  run {run_id}: its process is gone, marked failed")
     known = set(instance.get_dynamic_partitions("shards"))
     new = [s for s in shards if s not in known]
     if new:
@@ -129,7 +158,7 @@ def materialize_all(defs: Definitions, instance: DagsterInstance, raw_root: str 
         # run storage briefly unreachable (Postgres restarting): the job again, bounded; its stages
         # reuse what they committed. Any other failure propagates at once.
         res = call_with_retry(lambda: defs.resolve_job_def(job_name).execute_in_process(
-            partition_key=shard, instance=instance, raise_on_error=True,
+            partition_key=shard, instance=instance, raise_on_error=True, tags=worker_tags(),
             asset_selection=[AssetKey(a) for a in only] if only else None),
             f"{label}{f' [{shard}]' if shard else ''}: Dagster run storage", RUN_STORAGE_RETRY,
             transient=is_database_unavailable)

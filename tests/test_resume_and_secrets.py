@@ -105,8 +105,24 @@ def test_a_killed_uhr_materialize_resumes_decoding_only_uncached_images(material
     assert layout.manifest("raw_pool", first).exists()  # committed before the kill ...
     assert not layout.manifest("image_scores", first).exists()  # ... the shard being decoded was not
 
+    # the killed run is left STARTED by the kill, tagged with the process that ran it
+    from dagster import DagsterInstance, DagsterRunStatus
+
+    from orchestration.runs import WORKER_TAG
+
+    def started_runs():
+        with DagsterInstance.from_config(str(data / "dagster_home")) as inst:
+            return [r.dagster_run for r in inst.get_run_records() if r.dagster_run.status == DagsterRunStatus.STARTED]
+
+    (killed,) = started_runs()
+    assert killed.tags[WORKER_TAG].split(":")[1] == str(proc.pid), killed.tags
+
     res = subprocess.run([UHR, *args, "--json"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    # ... and the re-run marked it failed (issue 15: no run stays STARTED after its worker died)
+    assert started_runs() == []
+    with DagsterInstance.from_config(str(data / "dagster_home")) as inst:
+        assert inst.get_run_by_id(killed.run_id).status == DagsterRunStatus.FAILURE
     counts = {s["stage"]: s for s in json.loads(res.stdout.strip().splitlines()[-1])["stages"]}
     n_decoded = sum(len(_passed_ids(clean, "raw_pool", s)) for s in shards)
     # the re-run decoded exactly the images the killed run had not cached, in every shard
