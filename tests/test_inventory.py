@@ -143,7 +143,6 @@ def test_every_directory_entry_gets_a_row(hostile, tmp_path, test_cfg):
     from curation.layout import DataLayout
     from curation.names import decode_name, encode_name
     from curation.stages import run_raw_pool
-    from curation.stages.conservation import conserved
 
     raw, expected = hostile
     assert len(expected) == 34 and len(os.listdir(raw / SHARD)) == 35  # + lic.json, the sidecar
@@ -182,6 +181,8 @@ def test_every_directory_entry_gets_a_row(hostile, tmp_path, test_cfg):
     never = {n for n, reason in expected.items() if reason == NOT_REGULAR} | {b"nowhere.jpg", b"inner.jpg"}
     assert not [p for p in opened if p.rsplit(b"/", 1)[-1] in never], opened
     # rows in = passed + rejected, every entry matched by name
+    from curation.stages.conservation import conserved
+
     c = conserved(layout, "raw_pool", SHARD, raw)
     assert c.ok and c.rows_in == 34 and c.passed + c.rejected == 34, c.summary()
 
