@@ -25,7 +25,10 @@ every PixVerve-Bench id (:func:`curation.stages.final.bench_ids`); the audit the
 ``corpus_100mp`` rows with null caption columns, as releases made before the captions stage did.
 
 Release names are immutable: the same name with the same content returns the existing
-release; with different content it is refused.
+release; with different content it is refused. A name is checked by :func:`check_name` (the one
+validator: a full match that is also a valid git ref and a DVC path of its own) before anything
+is read or written, and every reader by name goes through it (no traversal). A release that
+fails at any step takes back what it wrote (:class:`_Undo`), so a retry starts clean.
 """
 
 from __future__ import annotations
