@@ -12,7 +12,9 @@ The conversions (the rules of the whole-image path they replace, kept bit for bi
 * alpha over white: ``rint((c / S * a / S + (1 - a / S)) * 255)`` in float32, ``S`` = 65535
   for 16-bit samples, else 255 (the float32 formula of the old path; for 8-bit samples a
   65,536-entry table built from that very formula, so the result is the same by construction);
-* associated (premultiplied) alpha in TIFF: ``c + (1 - a)`` in the same float32 arithmetic;
+* TIFF alpha: unassociated alpha is composited once by the rule above (OpenCV's libtiff RGBA
+  path had already premultiplied 8-bit unassociated alpha, so it was applied twice); associated
+  (premultiplied) alpha: ``c + (1 - a)`` in the same float32 arithmetic;
 * grey + alpha: the grey channel composited, then replicated;
 * palette: the palette (composited when it carries tRNS alpha) looked up per index;
 * CMYK TIFF: libtiff's RGBA rule ``r = (255 - k) * (255 - c) // 255`` (what OpenCV returned);
@@ -24,16 +26,17 @@ Sources, per format:
 
 * **PNG**: parsed here; the IDAT stream is inflated with :mod:`zlib` a band of rows at a time
   (bounded ``max_length``) and unfiltered by a small C kernel (``png_unfilter.c``, built by
-  :mod:`curation.ckernels`), so a 16-bit RGBA PNG never exists at full size. 8-bit RGB without
-  rotation goes to OpenCV's whole-image decode straight into RGB (fastest, no conversion).
+  :mod:`curation.ckernels`), so no PNG layout exists at full size in its own sample type; for
+  8-bit RGB this is also faster and smaller than OpenCV's whole-image decode (``benchmarks/decode.py``).
   Interlaced (Adam7) PNGs, and every PNG when no C compiler is present, take the whole-image
   path (same pixels, more memory).
-* **TIFF**: tifffile's strips / tiles (uncompressed contiguous data is read a band at a time
-  from the file) for chunky 8/16-bit grey, grey + alpha, RGB, RGBA and CMYK; other TIFFs
-  (planar, palette, YCbCr, float, ...) take the whole-image path.
-* **JPEG**: OpenCV (libjpeg-turbo) straight into RGB (measured fastest of OpenCV, simplejpeg
-  and pyspng/libspng for PNG: ``benchmarks/decode.py``); orientations 2-4 in place, 5-8 through
-  a second ``(W, H, 3)`` array (JPEG has no row-wise decoder here).
+* **TIFF**: tifffile's strips / tiles (uncompressed contiguous data is read a band at a time)
+  for chunky 8/16-bit grey, grey + alpha, RGB, RGBA and CMYK; other TIFFs (planar, palette,
+  YCbCr, float, ...) take the whole-image path (planar grey + alpha: tifffile, whole).
+* **JPEG**: libjpeg-turbo via simplejpeg straight into RGB for YCbCr / grey (5x faster than
+  OpenCV at 100 MP, same pixels: tested per subsampling, baseline and progressive); CMYK / YCCK
+  through OpenCV (its CMYK rule, as before). Orientations 2-4 in place, 5-8 through a second
+  ``(W, H, 3)`` array (no row-wise JPEG decoder here).
 * **WebP** and the fallbacks: OpenCV ``IMREAD_UNCHANGED`` (Pillow if OpenCV refuses), then the
   same strip conversion into the output.
 
@@ -288,7 +291,25 @@ def decode_whole(path, orientation: int, data: bytes | None = None) -> np.ndarra
 
 
 def decode_jpeg(path, orientation: int, data: bytes | None = None) -> np.ndarray:
-    """OpenCV straight into RGB (JPEG: libjpeg-turbo converts grey and CMYK; also 8-bit RGB PNG)."""
+    """JPEG straight into RGB: libjpeg-turbo via simplejpeg for YCbCr and grey files (the fastest
+    decoder measured, same pixels as OpenCV: ``benchmarks/decode.py``), OpenCV for CMYK / YCCK
+    (its CMYK -> RGB rule) and for anything simplejpeg refuses."""
+    data = data if data is not None else Path(path).read_bytes()
+    img = None
+    try:
+        import simplejpeg
+
+        if simplejpeg.decode_jpeg_header(data)[2] in ("Gray", "YCbCr", "RGB"):
+            img = simplejpeg.decode_jpeg(data, colorspace="RGB", fastdct=False, fastupsample=False)
+    except (ImportError, ValueError):
+        img = None
+    if img is None:
+        return decode_opencv_rgb(path, orientation, data)
+    return _orient_whole(img, orientation)
+
+
+def decode_opencv_rgb(path, orientation: int, data: bytes | None = None) -> np.ndarray:
+    """OpenCV straight into RGB (libjpeg-turbo converts grey and CMYK; EXIF left to us)."""
     buf = np.frombuffer(data if data is not None else Path(path).read_bytes(), dtype=np.uint8)
     img = cv2.imdecode(buf, cv2.IMREAD_COLOR_RGB | cv2.IMREAD_IGNORE_ORIENTATION)  # EXIF applied by us
     del buf
@@ -436,12 +457,11 @@ def decode_png(path, orientation: int, data: bytes | None = None) -> np.ndarray:
     fh = io.BytesIO(data) if data is not None else open(path, "rb")
     try:
         info, idat_len = _read_png_head(fh)
-        plain_rgb = info.color_type == 2 and info.depth == 8 and info.trns is None
         fn, _why = _unfilter_kernel()
-        if info.interlace or fn is None or (plain_rgb and orientation in (0, 1)):
+        if info.interlace or fn is None:
             fh.close()
-            if plain_rgb:  # OpenCV straight into RGB: no conversion to do
-                return decode_jpeg(path, orientation, data)
+            if info.color_type == 2 and info.depth == 8 and info.trns is None:  # no conversion to do
+                return decode_opencv_rgb(path, orientation, data)
             return decode_whole(path, orientation, data)
         return _decode_png_rows(fh, idat_len, info, orientation, fn)
     finally:
@@ -572,7 +592,7 @@ def _tiff_bands(tf, page, h: int, w: int, spp: int):
     y0 = 0
     filled = 0  # rows of `band` complete
     row_cover = 0  # columns received for the current segment row (tiles)
-    for seg, idx, _shape in page.segments(maxworkers=1):
+    for seg, idx, _shape in page.segments(maxworkers=1, buffersize=STRIP_BYTES):  # default reads 256 MB at once
         _s, _d, sy, sx, _c = idx
         ly = sy - y0
         if seg is None:

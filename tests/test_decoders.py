@@ -290,6 +290,16 @@ def test_cmyk_tiff_matches_opencv_and_planar_falls_back(tmp_path):
 # -- JPEG and decode_rgb ---------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("subsampling", [0, 1, 2])
+@pytest.mark.parametrize("progressive", [False, True])
+def test_jpeg_decoder_gives_opencvs_pixels(tmp_path, subsampling, progressive):
+    """simplejpeg (libjpeg-turbo) is adopted for YCbCr / grey JPEGs only where its pixels are
+    OpenCV's: 4:4:4, 4:2:2 and 4:2:0 (fancy upsampling, accurate IDCT), baseline and progressive."""
+    f = io.BytesIO()
+    Image.fromarray(_rand((H, W, 3), 8)).save(f, "JPEG", quality=85, subsampling=subsampling, progressive=progressive)
+    np.testing.assert_array_equal(_decode(tmp_path, f.getvalue(), "jpeg"), _old_decode(f.getvalue()))
+
+
 def test_jpeg_grey_and_cmyk_match(tmp_path):
     grey = _rand((H, W), 8)
     ok, enc = cv2.imencode(".jpg", grey)
