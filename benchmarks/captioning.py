@@ -4,7 +4,10 @@ The image is the project's generator photo (:func:`curation.synth.generate_photo
 11547 x 8660 at ``--mp 100``) written as the corpus writes it (:func:`write_array`: tiled
 zstd-3 TIFF with its reduced-resolution levels -- a 1/4, 1/8, ... pyramid and a 2048-px
 overview) and, for comparison, the same pixels without levels (``pyramid=False``: corpus files
-written before the levels existed). Measured:
+written before the levels existed) and with an extra 1/2 level (``pyramid_first=2``, an option:
+its bytes are reported). Every image sent to the VLM is at most ``captions.vlm_max_pixels``
+(the VLM's image processor budget) and read from the coarsest stored level that still has that
+resolution. Measured:
 
 * **per-image overhead** (one process, ``--repeat`` rounds, best of each; the ratios are
   against a full decode, ``read_image``, of the same file timed in the same process and round):
@@ -14,12 +17,16 @@ written before the levels existed). Measured:
   answer parsing, record, instance decision, row) plus the row's cache JSON and its manifest
   table -- minus the stand-ins' own time (``model.*`` steps); split into the decode of
   instance crops (pixels the VLM must get, ~ the crops' share of the image) and everything
-  else; on the corpus file and on the file without levels. With the offline heuristic backends
+  else; on the corpus file, on the file without levels and on the one with a 1/2 level. With
+  the offline heuristic backends
   and VLM (which do look at the images) once more: overhead (all but ``model.*``) and model
   seconds.
 * **crops vs full decode**: 16 instance crops of typical size (5 % padding, boxes from 256 to
-  2048 px), 4 large ones (3000-6000 px, downscaled to a 2048 long edge while read) and the
-  highlight thumbnail (1024 long edge), each in a fresh child, against a full decode there;
+  2048 px), 4 large ones (3000-6000 px), each downscaled to the VLM budget while read, and the
+  highlight thumbnail (1024 long edge), each in a fresh child, against a full decode there, on
+  the corpus file and on the one with a 1/2 level; with the pixels decoded (tiles touched x
+  tile size, per level) and the pixels the VLM gets, both over the image's pixels: the floor
+  of a crop read is the VLM's pixels, decoded at the cost per pixel of a full decode;
 * **RLE of a 100 MP mask**: the encoder from a 256x256 low-resolution mask (``encode_lowres``)
   vs materialising the full mask and ``pycocotools.mask.encode``; full decode
   (``pycocotools.mask.decode``) and the sampled decode used for highlights;
@@ -72,6 +79,17 @@ def _low_mask(seed: int = 0) -> np.ndarray:
     return (noise > np.quantile(noise, 0.6)).astype(np.float32) * 0.9 + 0.05
 
 
+def full_decode(path) -> np.ndarray:
+    """The reference: the whole image's pixels decoded (tifffile, its tiles over
+    ``WRITE_WORKERS`` threads: the fastest full decode of the corpus file we have; ``read_image``
+    adds the reader contract's checks on top)."""
+    import tifffile
+
+    from curation.upscale.storage import WRITE_WORKERS
+
+    return tifffile.imread(path, maxworkers=WRITE_WORKERS)
+
+
 def _child(task: str, path: str, opts: dict, q) -> None:
     try:
         q.put(_task(task, path, opts))
@@ -98,6 +116,7 @@ def _stage_once(path: str, cache_dir: Path, heuristic: bool = False) -> tuple[fl
     from curation.manifest import CAPTIONS, to_table
 
     cfg = load_config()
+    sha = _sha256(path)
     if heuristic:
         from curation.captioning import GROUNDERS, SEGMENTERS, TAGGERS
         from curation.vlm import create_vlm_client
@@ -112,8 +131,8 @@ def _stage_once(path: str, cache_dir: Path, heuristic: bool = False) -> tuple[fl
     with client:
         clients = {k: CountingClient(client, k) for k in ("llm", "vlm", "judge")}
         t0 = time.perf_counter()
-        row = caption_row(_Layout(), {"image_id": "bench", "shard": "bench", "output_path": str(path), "parent_id": None},
-                          cfg, backends, clients, "bench", tim)
+        row = caption_row(_Layout(), {"image_id": "bench", "shard": "bench", "output_path": str(path), "parent_id": None,
+                                      "sha256": sha}, cfg, backends, clients, "bench", tim)
         with _timed(tim, "stage_io"):
             write_json(cache_dir / "bench-cache.json", row)
             to_table([row], CAPTIONS)
@@ -121,6 +140,19 @@ def _stage_once(path: str, cache_dir: Path, heuristic: bool = False) -> tuple[fl
     if row.get("reject_detail") and not row.get("caption_complete"):
         raise RuntimeError(f"captions failed: {row['reject_detail']}")
     return wall, tim, row
+
+
+_SHA: dict = {}
+
+
+def _sha256(path) -> str:
+    """The file's sha256 as the corpus manifest records it (computed once, outside the timing)."""
+    if str(path) not in _SHA:
+        import hashlib
+
+        with open(path, "rb") as fh:
+            _SHA[str(path)] = hashlib.file_digest(fh, "sha256").hexdigest()
+    return _SHA[str(path)]
 
 
 def _timed(tim: dict, name: str):
@@ -151,24 +183,35 @@ def _overhead(path: str, opts: dict) -> dict:
 
     with open_source(path) as src:
         W, H = src.width, src.height
-    files = {"corpus": path, "no_levels": opts["flat"]}
+    files = {"corpus": path, "no_levels": opts["flat"], "half_level": opts["half"]}
     rounds: list[dict] = []
     with tempfile.TemporaryDirectory() as d:
         _stage_once(path, Path(d))                       # warm: imports, codecs, thread pools
         for _ in range(int(opts["repeat"])):
             t0 = time.perf_counter()
-            a = read_image(path)
+            a = full_decode(path)
             dec = time.perf_counter() - t0
             del a
             trim_memory()
-            r = {"decode_s": dec}
+            t0 = time.perf_counter()
+            a = read_image(path)
+            dec_ri = time.perf_counter() - t0
+            del a
+            trim_memory()
+            t0 = time.perf_counter()
+            _SHA.pop(str(path), None)
+            _sha256(path)
+            sha_s = time.perf_counter() - t0
+            r = {"decode_s": dec, "read_image_s": dec_ri, "sha256_s": sha_s}
             for name, f in files.items():
                 r[name] = _split(*_stage_once(f, Path(d)), W, H)
             rounds.append(r)
         wall, tim, row = _stage_once(path, Path(d), heuristic=True)
         heur = _split(wall, tim, row, W, H)
     dec = min(r["decode_s"] for r in rounds)
-    out: dict = {"decode_s_best": round(dec, 4), "decode_s_all": [round(r["decode_s"], 4) for r in rounds]}
+    out: dict = {"decode_s_best": round(dec, 4), "decode_s_all": [round(r["decode_s"], 4) for r in rounds],
+                 "read_image_s_best": round(min(r["read_image_s"] for r in rounds), 4),
+                 "file_sha256_s_best": round(min(r["sha256_s"] for r in rounds), 4)}
     for name in files:
         best_run = min((r[name] for r in rounds), key=lambda x: x["overhead_s"])
         out[name] = {**best_run,
@@ -197,18 +240,34 @@ def _task(task: str, path: str, opts: dict | None = None) -> dict:
     out: dict = {}
     t0 = time.perf_counter()
     if task == "full_decode":
+        a = full_decode(path)
+        out["shape"] = list(a.shape)
+    elif task == "read_image":
         a = read_image(path)
         out["shape"] = list(a.shape)
     elif task in ("crops_typical", "crops_large"):
+        from curation.config import load_config
+
         n, lo, hi = (16, 256, 2048) if task == "crops_typical" else (4, 3000, 6000)
+        budget = load_config()["captions"]["vlm_max_pixels"]
         with open_source(path) as src:
             boxes = _boxes(src.width, src.height, n, lo, hi)
-            px = 0
+            px = vlm_px = 0
             for b in boxes:
-                crop, cb = G.read_crop(src, b, 0.05, 2048)
+                crop, cb = G.read_crop(src, b, 0.05, 2048, 1024, budget)
                 px += (cb[2] - cb[0]) * (cb[3] - cb[1])
+                vlm_px += crop.shape[0] * crop.shape[1]
+            n_px = src.width * src.height
             out["n_crops"] = n
-            out["crop_megapixels_read"] = round(px / 1e6, 1)
+            out["vlm_max_pixels"] = budget
+            out["crop_megapixels_in_image"] = round(px / 1e6, 1)
+            out["vlm_pixels_over_image"] = round(vlm_px / n_px, 4)   # the floor: pixels the VLM gets
+            dec = {"1": src.decoded_segments * src.seg_h * src.seg_w}
+            for lv in getattr(src, "levels", list)():
+                if lv.decoded_segments:
+                    dec[f"{lv.fx:g}"] = lv.decoded_segments * lv.seg_h * lv.seg_w
+            out["decoded_pixels_over_image_by_reduction"] = {k: round(v / n_px, 4) for k, v in dec.items()}
+            out["decoded_pixels_over_image"] = round(sum(dec.values()) / n_px, 4)
             out["decoded_tiles"] = src.decoded_segments
             out["tiles_in_file"] = len(src.page.dataoffsets)
     elif task == "highlight_thumb":
@@ -346,24 +405,30 @@ def main() -> None:
     from curation.upscale.storage import write_array
 
     with tempfile.TemporaryDirectory() as d:
-        path, flat = Path(d) / "bench.tif", Path(d) / "bench_no_levels.tif"
+        path, flat, half = Path(d) / "bench.tif", Path(d) / "bench_no_levels.tif", Path(d) / "bench_half_level.tif"
         img = make_image(args.mp)
         res: dict = {"image": {"width": img.shape[1], "height": img.shape[0], "generator": "generate_photo(seed=0)"},
                      "loadavg": {"start": [round(x, 2) for x in os.getloadavg()]}}
-        for name, p, pyr in (("corpus", path, True), ("no_levels", flat, False)):
+        for name, p, pyr, first in (("corpus", path, True, None), ("no_levels", flat, False, None),
+                                    ("half_level", half, True, 2)):
             t0 = time.perf_counter()
-            info = write_array(p, img, pyramid=pyr)
+            info = write_array(p, img, pyramid=pyr, pyramid_first=first)
             res["image"][name] = {"bytes": info["bytes"], "write_s": round(time.perf_counter() - t0, 2)}
         del img
         res["image"]["levels_bytes_over_image"] = round(res["image"]["corpus"]["bytes"] / res["image"]["no_levels"]["bytes"] - 1, 4)
+        res["image"]["half_level_bytes_over_image"] = round(res["image"]["half_level"]["bytes"]
+                                                            / res["image"]["no_levels"]["bytes"] - 1, 4)
         print("image", json.dumps(res["image"]), flush=True)
-        res["overhead"] = in_child("overhead", str(path), {"flat": str(flat), "repeat": args.repeat})
+        res["overhead"] = in_child("overhead", str(path), {"flat": str(flat), "half": str(half), "repeat": args.repeat})
         print("overhead", json.dumps(res["overhead"]), flush=True)
         res["loadavg"]["after_overhead"] = [round(x, 2) for x in os.getloadavg()]
-        for task in ("full_decode", "crops_typical", "crops_large", "highlight_thumb", "rle_stream_encode", "rle_full_encode",
+        for task in ("full_decode", "read_image", "crops_typical", "crops_large", "highlight_thumb", "rle_stream_encode", "rle_full_encode",
                      "rle_decode_full", "rle_decode_resized", "rle_area_bbox_iou", "worker", "worker_heuristic"):
             res[task] = in_child(task, str(path))
             print(task, json.dumps(res[task]), flush=True)
+        for task in ("crops_typical", "crops_large"):
+            res[task + "_half_level"] = in_child(task, str(half))
+            print(task + "_half_level", json.dumps(res[task + "_half_level"]), flush=True)
         res["worker_no_levels"] = in_child("worker", str(flat))
         print("worker_no_levels", json.dumps(res["worker_no_levels"]), flush=True)
         res["loadavg"]["end"] = [round(x, 2) for x in os.getloadavg()]
@@ -374,9 +439,13 @@ def main() -> None:
             "overhead_without_crops_over_decode": ov["corpus"]["overhead_without_crops_over_decode"],
             "crops_over_decode": ov["corpus"]["crops_over_decode"],
             "no_levels_overhead_over_decode": ov["no_levels"]["overhead_over_decode"],
+            "half_level_overhead_over_decode": ov["half_level"]["overhead_over_decode"],
+            "half_level_crops_over_decode": ov["half_level"]["crops_over_decode"],
             "heuristic_overhead_over_decode": ov["heuristic"]["overhead_over_decode"],
             "crops_typical_over_full_decode": round(res["crops_typical"]["seconds"] / dec, 4),
             "crops_large_over_full_decode": round(res["crops_large"]["seconds"] / dec, 4),
+            "crops_typical_half_level_over_full_decode": round(res["crops_typical_half_level"]["seconds"] / dec, 4),
+            "crops_large_half_level_over_full_decode": round(res["crops_large_half_level"]["seconds"] / dec, 4),
             "highlight_thumb_over_full_decode": round(res["highlight_thumb"]["seconds"] / dec, 4),
             "rle_stream_over_full_encode": round(res["rle_stream_encode"]["seconds"] / res["rle_full_encode"]["seconds"], 4),
         }

@@ -39,6 +39,12 @@ DEFAULTS: dict[str, Any] = {
     # -- the visual pair of each instance --
     "captions.crop.padding": 0.05,                   # paper 3.1.5 ("5% padding"); per side, fraction of the box side
     "captions.crop.max_long_edge": 2048,             # not in paper (crop downscaled to this long edge for the VLM)
+    # the most pixels an image sent to the VLM keeps (crops, highlights, caption view), read from the coarsest
+    # stored level that still has them: transformers 5.23's Qwen2VLImageProcessor (the one Qwen3-VL uses) resizes
+    # every image to at most size.longest_edge = 28*28*1280 px by default; a checkpoint's preprocessor_config.json
+    # may set another budget, so the VLM server is started with this one (vLLM: --mm-processor-kwargs
+    # '{"max_pixels": 1003520}'). null / 0: no limit (only crop.max_long_edge / the view long edges).
+    "captions.vlm_max_pixels": 1003520,              # not in paper
     "captions.highlight.long_edge": 1024,            # not in paper (long edge of the highlighted full image)
     "captions.highlight.dim": 0.35,                  # not in paper (brightness factor outside the mask)
     "captions.highlight.outline_px": 3,              # not in paper (outline width, highlight-image pixels)

@@ -132,16 +132,27 @@ def crop_box(box: Sequence[float], width: int, height: int, padding: float = 0.0
     return cx0, cy0, cx1, cy1
 
 
-def target_size(w: int, h: int, long_edge: int | None) -> tuple[int, int]:
-    if not long_edge or max(w, h) <= long_edge:
-        return w, h
-    s = long_edge / max(w, h)
-    return max(1, round(w * s)), max(1, round(h * s))
+def target_size(w: int, h: int, long_edge: int | None, max_pixels: int | None = None) -> tuple[int, int]:
+    """``(tw, th)``: ``w x h`` scaled by one factor (never up) so that its long edge is at most
+    ``long_edge`` (sides rounded) and then its area at most ``max_pixels`` (sides floored, so
+    ``tw * th <= max_pixels``); ``None`` / 0 drops a limit. ``max_pixels`` is the budget of the
+    VLM's image processor (``captions.vlm_max_pixels``): it resizes every image to at most that
+    many pixels, so a larger image only costs decode and transfer."""
+    tw, th = w, h
+    if long_edge and max(w, h) > long_edge:
+        s = long_edge / max(w, h)
+        tw, th = max(1, round(w * s)), max(1, round(h * s))
+    if max_pixels and tw * th > max_pixels:
+        s = math.sqrt(float(max_pixels) / (w * h))
+        tw, th = max(1, math.floor(w * s)), max(1, math.floor(h * s))
+    return tw, th
 
 
-def read_region(src: Any, box: Sequence[int], max_long_edge: int | None = None, band_rows: int = 1024) -> np.ndarray:
-    """RGB uint8 of ``box = (x0, y0, x1, y1)`` from a region source, downscaled (area) to
-    ``max_long_edge`` when larger. Reads ``band_rows`` rows at a time and resamples each band,
+def read_region(src: Any, box: Sequence[int], max_long_edge: int | None = None, band_rows: int = 1024,
+                max_pixels: int | None = None) -> np.ndarray:
+    """RGB uint8 ``(th, tw, 3)`` of ``box = (x0, y0, x1, y1)`` (full-image pixels) from a region
+    source, downscaled (area) to :func:`target_size` ``(w, h, max_long_edge, max_pixels)`` when
+    that is smaller than the box. Reads ``band_rows`` rows at a time and resamples each band,
     so memory stays ~ one band plus the output.
 
     A source with reduced-resolution levels (a TIFF with an overview / pyramid,
@@ -156,7 +167,18 @@ def read_region(src: Any, box: Sequence[int], max_long_edge: int | None = None, 
     w, h = x1 - x0, y1 - y0
     if w <= 0 or h <= 0:
         raise ValueError(f"empty region {box!r}")
-    tw, th = target_size(w, h, max_long_edge)
+    tw, th = target_size(w, h, max_long_edge, max_pixels)
+    return read_resized(src, (x0, y0, x1, y1), tw, th, band_rows)
+
+
+def read_resized(src: Any, box: Sequence[int], tw: int, th: int, band_rows: int = 1024) -> np.ndarray:
+    """RGB uint8 ``(th, tw, 3)``: ``box`` of ``src`` area-resampled to ``tw x th`` (at most the
+    box's size), from the coarsest stored level that still has that resolution (see
+    :func:`read_region`)."""
+    x0, y0, x1, y1 = (int(v) for v in box)
+    w, h = x1 - x0, y1 - y0
+    if not (0 < tw <= w and 0 < th <= h):
+        raise ValueError(f"cannot read {box!r} at {tw}x{th}: only downscaling")
     if (tw, th) == (w, h):
         return np.ascontiguousarray(src.read(y0, y1, x0, x1))
     if hasattr(src, "reduced"):
@@ -190,15 +212,18 @@ def _resampled(src: Any, box: tuple[int, int, int, int], tw: int, th: int, band_
 
 
 def read_crop(src: Any, box: Sequence[float], padding: float = 0.05, max_long_edge: int | None = 2048,
-              band_rows: int = 1024) -> tuple[np.ndarray, tuple[int, int, int, int]]:
-    """The padded instance crop (see :func:`crop_box`) and its box in full-image pixels."""
+              band_rows: int = 1024, max_pixels: int | None = None) -> tuple[np.ndarray, tuple[int, int, int, int]]:
+    """The padded instance crop (see :func:`crop_box`), at most ``max_long_edge`` long and
+    ``max_pixels`` large (:func:`read_region`: from the coarsest stored level that still has
+    that resolution), and its box in full-image pixels."""
     cb = crop_box(box, src.width, src.height, padding)
-    return read_region(src, cb, max_long_edge, band_rows), cb
+    return read_region(src, cb, max_long_edge, band_rows, max_pixels), cb
 
 
-def downscaled_read(src: Any, long_edge: int, band_rows: int = 1024) -> np.ndarray:
-    """The whole image with its long edge at ``long_edge`` (never upscaled), read in bands."""
-    return read_region(src, (0, 0, src.width, src.height), long_edge, band_rows)
+def downscaled_read(src: Any, long_edge: int | None, band_rows: int = 1024, max_pixels: int | None = None) -> np.ndarray:
+    """The whole image with its long edge at ``long_edge`` and at most ``max_pixels`` pixels
+    (:func:`target_size`, never upscaled), read in bands."""
+    return read_region(src, (0, 0, src.width, src.height), long_edge, band_rows, max_pixels)
 
 
 # =============================================================================================

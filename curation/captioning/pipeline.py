@@ -72,18 +72,18 @@ def _result_prov(res: Any, parsed: A.Parsed | None = None) -> Provenance:
     return Provenance(res.backend, res.model, res.prompt_hash)
 
 
-def _views(src: Any, edges: Mapping[str, int], band: int) -> dict[str, np.ndarray]:
-    """The downscaled whole-image views by long edge: the largest read band-wise from the file
-    (from its coarsest pyramid level that is still large enough, when it has levels), each
-    smaller one area-resampled from it once per size (so the file is read once)."""
+def _views(src: Any, sizes: Mapping[str, tuple[int, int]], band: int) -> dict[str, np.ndarray]:
+    """The downscaled whole-image views by name, ``sizes[name] = (w, h)`` (each a
+    :func:`~curation.captioning.geometry.target_size` of the image): the largest read band-wise
+    from the file (from its coarsest stored level that still has that resolution, when it has
+    levels), each smaller one area-resampled from it once per size (so the file is read once)."""
     import cv2
 
-    big_edge = max(edges.values())
-    big = G.downscaled_read(src, big_edge, band)
+    bw, bh = max(sizes.values(), key=lambda s: (s[0] * s[1], s))
+    big = G.read_resized(src, (0, 0, int(src.width), int(src.height)), bw, bh, band)
     by_size: dict[tuple[int, int], np.ndarray] = {big.shape[:2]: big}
     out = {}
-    for k, e in edges.items():
-        tw, th = G.target_size(src.width, src.height, e)
+    for k, (tw, th) in sizes.items():
         if (th, tw) not in by_size:
             by_size[(th, tw)] = cv2.resize(big, (tw, th), interpolation=cv2.INTER_AREA)
         out[k] = by_size[(th, tw)]
@@ -112,9 +112,11 @@ def _run(src: Any, image_id: str, p: dict, tagger, grounder, segmenter, llm, vlm
     band = int(p["captions.read.band_rows"])
     rec = CaptionRecord(image_id=image_id, width=W, height=H,
                         params={k: v for k, v in p.items() if not k.startswith("captions.models.")})
+    vlm_px = int(p["captions.vlm_max_pixels"] or 0) or None   # the VLM's image budget (None: no limit)
     edges = {k: int(p[f"captions.{k}"]) for k in ("analysis_long_edge", "highlight.long_edge", "caption_view_long_edge")}
+    sizes = {k: G.target_size(W, H, e, None if k == "analysis_long_edge" else vlm_px) for k, e in edges.items()}
     with _timed(timings, "views"):  # one band-wise pass over the file; smaller views derived from it
-        views = _views(src, edges, band)
+        views = _views(src, sizes, band)
     view = views["analysis_long_edge"]
     vh, vw = view.shape[:2]
     sx, sy = W / vw, H / vh
@@ -203,7 +205,7 @@ def _run(src: Any, image_id: str, p: dict, tagger, grounder, segmenter, llm, vlm
     with _timed(timings, "crops"):   # top to bottom, so overlapping crops find their tiles still decoded
         for k in sorted(range(len(rec.instances)), key=lambda k: (rec.instances[k].box[1], rec.instances[k].box[0])):
             crops[k], cb = G.read_crop(src, rec.instances[k].box, float(p["captions.crop.padding"]),
-                                       int(p["captions.crop.max_long_edge"]), band)
+                                       int(p["captions.crop.max_long_edge"]), band, vlm_px)
             rec.instances[k].crop_box = list(cb)
     pairs = []
     with _timed(timings, "highlights"):   # one allocation for all of them (page faults, not pixels, cost most)
@@ -217,8 +219,10 @@ def _run(src: Any, image_id: str, p: dict, tagger, grounder, segmenter, llm, vlm
     reqs = []
     for inst, (crop, hl) in zip(rec.instances, pairs):
         x0, y0, x1, y1 = inst.box
+        # the id names the crop's box and the size it is sent at ("caption-crop<w>x<h>"; ids before the
+        # VLM pixel budget were "caption-crop", so no answer cached for another crop or highlight is reused)
         pid = patch_image_id(image_id, (inst.crop_box[0], inst.crop_box[1], inst.crop_box[2] - inst.crop_box[0],
-                                        inst.crop_box[3] - inst.crop_box[1]), "caption-crop")
+                                        inst.crop_box[3] - inst.crop_box[1]), f"caption-crop{crop.shape[1]}x{crop.shape[0]}")
         reqs.append(VLMRequest("caption_instance_description", pid + f"|{inst.label}", [crop, hl],
                                {"label": inst.label, "box": [round(x0 / W, 4), round(y0 / H, 4), round(x1 / W, 4),
                                                              round(y1 / H, 4)],
@@ -245,9 +249,10 @@ def _run(src: Any, image_id: str, p: dict, tagger, grounder, segmenter, llm, vlm
     del pairs, hls
 
     # -- aesthetics analysis, long and short caption ------------------------------------------------
-    cv_edge = edges["caption_view_long_edge"]
     cview = views["caption_view_long_edge"]
-    vid = image_id if max(W, H) <= cv_edge else patch_image_id(image_id, (0, 0, W, H), f"view{cv_edge}")
+    # the whole image when sent unscaled, else "view<w>x<h>" (ids before the VLM pixel budget were "view<edge>")
+    vid = image_id if cview.shape[:2] == (H, W) else \
+        patch_image_id(image_id, (0, 0, W, H), f"view{cview.shape[1]}x{cview.shape[0]}")
     with _timed(timings, "model.aesthetics_analysis"):
         res = vlm.run_one(VLMRequest("caption_aesthetics_analysis", vid, [cview]))
     parsed = A.parse_aesthetics_analysis(res.answer) if res.ok else None
