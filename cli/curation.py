@@ -13,23 +13,33 @@ import click
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line (the CLI contract).")
 @click.option("--profile", default="paper", show_default=True, help="Config profile (paper, demo, test or a YAML path).")
 def score_image_cmd(paths: tuple[str, ...], as_json: bool, profile: str) -> None:
-    """Purification scores and per-image verdict of each PATH (relative cuts excluded)."""
+    """Purification scores and per-image verdict of each PATH (relative cuts excluded); a file that
+    cannot be used says why (``reject_detail``). Names print escaped (``\\xNN``) when they are not
+    UTF-8 or hold control characters."""
     from curation import reasons
     from curation.config import load_config
     from curation.purify import SCORE_KEYS, score_image_record
+
+    from curation.names import safe_text
 
     cfg = load_config(profile)
     failed = 0
     for path in paths:
         rec = score_image_record(path, cfg)
         failed += rec["verdict"] in reasons.FILE_REASONS
+        # printed names and details are escaped (curation.names): one line per file, valid UTF-8,
+        # no control character from a hostile name; decode_name gives the bytes back
+        rec["path"] = path = safe_text(path)
+        if rec.get("reject_detail"):
+            rec["reject_detail"] = safe_text(str(rec["reject_detail"]))
         if as_json:
             click.echo(json.dumps({k: rec[k] for k in SCORE_KEYS}))
         else:
             scores = ", ".join(f"{k}={rec[k]:.4g}" for k in ("exposure_fraction", "laplacian_var", "flat_fraction",
                                                               "entropy") if rec[k] is not None)
             why = f" -- {rec['reject_detail']}" if rec.get("reject_detail") else ""
-            click.echo(f"{path}: {rec['verdict']} ({rec['width']}x{rec['height']}) {scores}{why}")
+            size = f" ({rec['width']}x{rec['height']})" if rec["width"] else ""
+            click.echo(f"{path}: {rec['verdict']}{size} {scores}{why}".replace("  ", " ").rstrip())
     if failed == len(paths):
         sys.exit(1)
 

@@ -354,3 +354,28 @@ def test_a_run_killed_with_its_worker_is_failed_and_a_rerun_starts(tmp_path):
     assert rerun.returncode == 0, rerun.stderr[-2000:]
     statuses = sorted(r.dagster_run.status.value for r in instance.get_run_records())
     assert statuses == ["FAILURE", "SUCCESS"], statuses
+
+
+def test_score_image_names_print_safely_and_errors_say_why(tmp_path):
+    """``uhr score-image`` on a JPEG whose name is not UTF-8 and holds a newline, and on a FIFO:
+    one line per file, the name escaped (and decodable back), the FIFO refused with a detail."""
+    from click.testing import CliRunner
+
+    from cli.main import cli
+    from curation.names import decode_name
+
+    name = b"\xff\nbad.jpg"
+    bad = os.path.join(os.fsencode(tmp_path), name)
+    with open(bad, "wb") as fh:
+        fh.write(_image("JPEG", 40))
+    os.mkfifo(tmp_path / "fifo.jpg")
+    args = ["score-image", "--profile", "test", os.fsdecode(bad), str(tmp_path / "fifo.jpg")]
+    text = CliRunner().invoke(cli, args)
+    assert text.exit_code == 0, text.output
+    lines = text.output.splitlines()
+    assert len(lines) == 2 and lines[0].startswith(f"{tmp_path}/\\xff\\x0abad.jpg: "), lines
+    assert "not_a_regular_file" in lines[1] and " -- " in lines[1], lines
+    out = CliRunner().invoke(cli, args + ["--json"])
+    recs = [json.loads(line) for line in out.output.splitlines()]
+    assert decode_name(recs[0]["path"]) == bad and recs[0]["image_id"], recs[0]
+    assert recs[1]["verdict"] == "not_a_regular_file" and recs[1]["reject_detail"], recs[1]
