@@ -38,8 +38,10 @@ def score_image_cmd(paths: tuple[str, ...], as_json: bool, profile: str) -> None
             scores = ", ".join(f"{k}={rec[k]:.4g}" for k in ("exposure_fraction", "laplacian_var", "flat_fraction",
                                                               "entropy") if rec[k] is not None)
             why = f" -- {rec['reject_detail']}" if rec.get("reject_detail") else ""
-            size = f" ({rec['width']}x{rec['height']})" if rec["width"] else ""
-            click.echo(f"{path}: {rec['verdict']}{size} {scores}{why}".replace("  ", " ").rstrip())
+            parts = [f"{path}: {rec['verdict']}"]
+            parts += [f"({rec['width']}x{rec['height']})"] if rec["width"] else []
+            parts += [scores] if scores else []
+            click.echo(" ".join(parts) + why)
     if failed == len(paths):
         sys.exit(1)
 
