@@ -219,10 +219,11 @@ def _run(src: Any, image_id: str, p: dict, tagger, grounder, segmenter, llm, vlm
     reqs = []
     for inst, (crop, hl) in zip(rec.instances, pairs):
         x0, y0, x1, y1 = inst.box
-        # the id names the crop's box and the size it is sent at ("caption-crop<w>x<h>"; ids before the
-        # VLM pixel budget were "caption-crop", so no answer cached for another crop or highlight is reused)
+        # the id names the crop's box and the sizes the pair is sent at ("caption-crop<w>x<h>+hl<w>x<h>"; ids
+        # before the VLM pixel budget were "caption-crop", so no answer cached for another pair is reused)
         pid = patch_image_id(image_id, (inst.crop_box[0], inst.crop_box[1], inst.crop_box[2] - inst.crop_box[0],
-                                        inst.crop_box[3] - inst.crop_box[1]), f"caption-crop{crop.shape[1]}x{crop.shape[0]}")
+                                        inst.crop_box[3] - inst.crop_box[1]),
+                             f"caption-crop{crop.shape[1]}x{crop.shape[0]}+hl{hl.shape[1]}x{hl.shape[0]}")
         reqs.append(VLMRequest("caption_instance_description", pid + f"|{inst.label}", [crop, hl],
                                {"label": inst.label, "box": [round(x0 / W, 4), round(y0 / H, 4), round(x1 / W, 4),
                                                              round(y1 / H, 4)],
