@@ -101,13 +101,16 @@ def test_raw_shards_upload_list_download_and_restore(tmp_path):
     shard.mkdir(parents=True)
     (shard / "a.jpg").write_bytes(b"A" * 100)
     (shard / "a.json").write_text('{"licence": "cc-by"}')
-    only_sidecar = tmp_path / "raw" / "shard-00004"
-    only_sidecar.mkdir()
-    (only_sidecar / "x.json").write_text("{}")
+    lone_json = tmp_path / "raw" / "shard-00004"
+    lone_json.mkdir()
+    (lone_json / "x.json").write_text("{}")
     assert upload_shard(store, shard) == 2
-    upload_shard(store, only_sidecar)
-    assert list_raw_shards(store) == ["shard-00003"]  # a shard needs an ingestible file
+    upload_shard(store, lone_json)
+    # a.json is a.jpg's sidecar (no row); a lone x.json is an input like any file (issue 15: every
+    # entry gets a row, decoded by content), so shard-00004 is a shard
+    assert list_raw_shards(store) == ["shard-00003", "shard-00004"]
     assert raw_shard_status(store)["shard-00003"]["files"] == 1
+    assert raw_shard_status(store)["shard-00004"]["files"] == 1
     got = download_shard(store, "shard-00003", tmp_path / "worker")
     assert got["files"] == 2 and (tmp_path / "worker" / "shard-00003" / "a.json").exists()
     assert download_shard(store, "shard-00003", tmp_path / "worker")["downloaded"] == 0
