@@ -24,7 +24,8 @@ static inline int sq_at(const uint8_t *r0, const uint8_t *r1, const uint8_t *r2,
     return gx * gx + gy * gy;
 }
 
-/* One row of one tile: squared gradient magnitudes into sq[0..p-1] (rows r0, r1, r2 = above,
+/* One row of one tile: squared gradient magnitudes into sq[0..p-1] (`sq` holds 4p + 2 ints: its
+   tail is scratch for the p square roots) (rows r0, r1, r2 = above,
    this, below, already reflected inside the tile), their exact sum into *ssq and the sum of
    their square roots added to *sm in a fixed order: four lane sums over x = 4k + lane, the
    tail into lane 0, then (l0 + l1) + (l2 + l3). */
@@ -40,11 +41,14 @@ static inline void tile_row(const uint8_t *r0, const uint8_t *r1, const uint8_t 
     int64_t rs = 0;
     for (int x = 0; x < p; x++) rs += sq[x];
     *ssq += rs;
+    /* the square roots first (independent: the widest vectors), then the sums in the fixed order */
+    double *rt = (double *)(sq + p + (p & 1)); /* scratch after sq: p doubles, 8-byte aligned */
+    for (int x = 0; x < p; x++) rt[x] = sqrt((double)sq[x]);
     double a[4] = {0.0, 0.0, 0.0, 0.0};
     int x = 0;
     for (; x + 4 <= p; x += 4)
-        for (int k = 0; k < 4; k++) a[k] += sqrt((double)sq[x + k]);
-    for (; x < p; x++) a[0] += sqrt((double)sq[x]);
+        for (int k = 0; k < 4; k++) a[k] += rt[x + k];
+    for (; x < p; x++) a[0] += rt[x];
     *sm += (a[0] + a[1]) + (a[2] + a[3]);
 }
 
@@ -55,8 +59,8 @@ static inline double tile_var(int64_t ssq, double sm, int64_t p) {
 
 UHR_CLONES
 int uhr_flat_tiles(const uint8_t *g, int64_t stride, int64_t ny, int64_t nx, int64_t p, double *out) {
-    if (p < 2 || p > 65536) return 1;
-    int sq[p];
+    if (p < 2 || p > 8192) return 1; /* larger tiles take the OpenCV path (stack scratch 16p bytes) */
+    int sq[4 * p + 2] __attribute__((aligned(32))); /* p ints, then p doubles (tile_row's scratch) */
     for (int64_t ty = 0; ty < ny; ty++) {
         for (int64_t tx = 0; tx < nx; tx++) {
             const uint8_t *base = g + ty * p * stride + tx * p;
@@ -92,10 +96,10 @@ UHR_CLONES
 int uhr_score_rows(const uint8_t *buf, int64_t stride, int64_t b0, int64_t y0, int64_t y1, int64_t h, int64_t w,
                    int64_t p, int64_t ny, int64_t nx, int64_t *acc, int64_t *tile_ssq, double *tile_sm,
                    double *flat_out) {
-    if (w < 1 || h < 1 || y0 < 0 || y1 > h || (nx > 0 && (p < 2 || p > 65536 || nx * p > w))) return 1;
+    if (w < 1 || h < 1 || y0 < 0 || y1 > h || (nx > 0 && (p < 2 || p > 8192 || nx * p > w))) return 1;
     uint32_t hist[4][256];
     memset(hist, 0, sizeof(hist));
-    int sq[p > 1 ? p : 1];
+    int sq[4 * (p > 1 ? p : 1) + 2] __attribute__((aligned(32))); /* p ints, then p doubles (tile_row) */
     int64_t since_flush = 0;
     for (int64_t y = y0; y < y1; y++) {
         const uint8_t *c = buf + (y - b0) * stride;

@@ -229,15 +229,18 @@ def _grey_bands(grey: np.ndarray, rows: int):
 
 
 def _rgb_bands(rgb: np.ndarray, rows: int):
-    """Grey bands of an RGB image converted on the fly (:func:`curation.imageio.to_grey` of the
-    band plus its one-row halo), so no full-size grey image is ever held."""
-    from curation.imageio import to_grey
-
-    h = rgb.shape[0]
+    """Grey bands of an RGB image converted on the fly into one reused ``(rows + 2, W)`` buffer
+    (OpenCV RGB2GRAY of the band plus its one-row halo: the values of
+    :func:`curation.imageio.to_grey`), so no full-size grey image is ever held and no new pages
+    are faulted in per band."""
+    h, w = rgb.shape[:2]
+    buf = np.empty((min(h, rows + 2), w), dtype=np.uint8)
     for y0 in range(0, h, rows):
         y1 = min(h, y0 + rows)
         b0, b1 = max(0, y0 - 1), min(h, y1 + 1)
-        yield to_grey(rgb[b0:b1]), b0, y0, y1
+        band = buf[: b1 - b0]
+        cv2.cvtColor(rgb[b0:b1], cv2.COLOR_RGB2GRAY, dst=band)
+        yield band, b0, y0, y1
 
 
 def purification_parts(image: np.ndarray, cfg_purification: dict | None = None, rows: int = BAND_ROWS
