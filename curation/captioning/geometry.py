@@ -148,8 +148,28 @@ def target_size(w: int, h: int, long_edge: int | None, max_pixels: int | None = 
     return tw, th
 
 
+def reduce_fast(a: np.ndarray, tw: int, th: int) -> np.ndarray:
+    """``(th, tw, 3)`` uint8: ``a`` (``(h, w, 3)``, at least ``tw x th``) downscaled the way a
+    pyramid level is read -- means of ``k x k`` blocks for the integer part ``k`` of the
+    reduction (:func:`curation.upscale.storage.block_mean`, OpenCV's fast integer area path),
+    then bilinear for the remaining factor (< 2). An antialiased downscale within ~1-2 grey
+    levels (mean) of the area resampling (``cv2.INTER_AREA``), which at a non-integer factor
+    costs about as much as decoding the pixels (~5-10x this)."""
+    import cv2
+
+    from curation.upscale.storage import block_mean
+
+    h, w = a.shape[:2]
+    k = max(1, min(w // tw, h // th))
+    if k > 1:
+        a = block_mean(np.ascontiguousarray(a), k)
+    if a.shape[:2] == (th, tw):
+        return np.ascontiguousarray(a)
+    return cv2.resize(a, (tw, th), interpolation=cv2.INTER_LINEAR).reshape(th, tw, -1)
+
+
 def read_region(src: Any, box: Sequence[int], max_long_edge: int | None = None, band_rows: int = 1024,
-                max_pixels: int | None = None) -> np.ndarray:
+                max_pixels: int | None = None, fast: bool = False) -> np.ndarray:
     """RGB uint8 ``(th, tw, 3)`` of ``box = (x0, y0, x1, y1)`` (full-image pixels) from a region
     source, downscaled (area) to :func:`target_size` ``(w, h, max_long_edge, max_pixels)`` when
     that is smaller than the box. Reads ``band_rows`` rows at a time and resamples each band,
@@ -162,17 +182,24 @@ def read_region(src: Any, box: Sequence[int], max_long_edge: int | None = None, 
     downscale of the whole image to its size (the same pixels as reading it here without
     levels); a pyramid level is made of ``f x f`` block means, so a read from it is an
     antialiased downscale of the image like the area one, not the same pixels (fine texture
-    differs by a few grey levels)."""
+    differs by a few grey levels).
+
+    ``fast``: resample with :func:`reduce_fast` (block means, then bilinear) instead of the
+    band-wise area resampling -- the instance crops, whose resampling at a non-integer factor
+    would otherwise cost about as much as their decode; memory is then one band plus the block
+    means (under 4x the output). The whole-image views keep the area resampling (the overview
+    stores exactly its pixels)."""
     x0, y0, x1, y1 = (int(v) for v in box)
     w, h = x1 - x0, y1 - y0
     if w <= 0 or h <= 0:
         raise ValueError(f"empty region {box!r}")
     tw, th = target_size(w, h, max_long_edge, max_pixels)
-    return read_resized(src, (x0, y0, x1, y1), tw, th, band_rows)
+    return read_resized(src, (x0, y0, x1, y1), tw, th, band_rows, fast)
 
 
-def read_resized(src: Any, box: Sequence[int], tw: int, th: int, band_rows: int = 1024) -> np.ndarray:
-    """RGB uint8 ``(th, tw, 3)``: ``box`` of ``src`` area-resampled to ``tw x th`` (at most the
+def read_resized(src: Any, box: Sequence[int], tw: int, th: int, band_rows: int = 1024,
+                 fast: bool = False) -> np.ndarray:
+    """RGB uint8 ``(th, tw, 3)``: ``box`` of ``src`` downscaled to ``tw x th`` (at most the
     box's size), from the coarsest stored level that still has that resolution (see
     :func:`read_region`)."""
     x0, y0, x1, y1 = (int(v) for v in box)
@@ -187,8 +214,26 @@ def read_resized(src: Any, box: Sequence[int], tw: int, th: int, band_rows: int 
             lx0, ly0 = min(lv.width - 1, round(x0 / lv.fx)), min(lv.height - 1, round(y0 / lv.fy))
             lx1 = max(lx0 + 1, min(lv.width, round(x1 / lv.fx)))
             ly1 = max(ly0 + 1, min(lv.height, round(y1 / lv.fy)))
-            return _resampled(lv, (lx0, ly0, lx1, ly1), tw, th, band_rows)
+            src, (x0, y0, x1, y1) = lv, (lx0, ly0, lx1, ly1)
+    if fast:
+        return _reduced_fast(src, (x0, y0, x1, y1), tw, th, band_rows)
     return _resampled(src, (x0, y0, x1, y1), tw, th, band_rows)
+
+
+def _reduced_fast(src: Any, box: tuple[int, int, int, int], tw: int, th: int, band_rows: int) -> np.ndarray:
+    """:func:`reduce_fast` of ``box`` of ``src``: bands of a multiple of ``k`` rows reduced to
+    their block means as they are read, the bilinear step on the gathered means."""
+    from curation.upscale.storage import block_mean
+
+    x0, y0, x1, y1 = box
+    w, h = x1 - x0, y1 - y0
+    k = max(1, min(w // tw, h // th))
+    if k == 1 or h <= band_rows:
+        return reduce_fast(src.read(y0, y1, x0, x1), tw, th)
+    step = max(k, int(band_rows) - int(band_rows) % k)
+    means = np.concatenate([block_mean(np.ascontiguousarray(src.read(y0 + b0, min(y1, y0 + b0 + step), x0, x1)), k)
+                            for b0 in range(0, h, step)], axis=0)
+    return reduce_fast(means, tw, th)
 
 
 def _resampled(src: Any, box: tuple[int, int, int, int], tw: int, th: int, band_rows: int) -> np.ndarray:
@@ -212,12 +257,13 @@ def _resampled(src: Any, box: tuple[int, int, int, int], tw: int, th: int, band_
 
 
 def read_crop(src: Any, box: Sequence[float], padding: float = 0.05, max_long_edge: int | None = 2048,
-              band_rows: int = 1024, max_pixels: int | None = None) -> tuple[np.ndarray, tuple[int, int, int, int]]:
+              band_rows: int = 1024, max_pixels: int | None = None,
+              fast: bool = False) -> tuple[np.ndarray, tuple[int, int, int, int]]:
     """The padded instance crop (see :func:`crop_box`), at most ``max_long_edge`` long and
     ``max_pixels`` large (:func:`read_region`: from the coarsest stored level that still has
-    that resolution), and its box in full-image pixels."""
+    that resolution; ``fast``: block means + bilinear), and its box in full-image pixels."""
     cb = crop_box(box, src.width, src.height, padding)
-    return read_region(src, cb, max_long_edge, band_rows, max_pixels), cb
+    return read_region(src, cb, max_long_edge, band_rows, max_pixels, fast), cb
 
 
 def downscaled_read(src: Any, long_edge: int | None, band_rows: int = 1024, max_pixels: int | None = None) -> np.ndarray:
