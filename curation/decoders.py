@@ -24,10 +24,11 @@ The conversions (the rules of the whole-image path they replace, kept bit for bi
 
 Sources, per format:
 
-* **PNG**: parsed here; the IDAT stream is inflated with :mod:`zlib` a band of rows at a time
-  (bounded ``max_length``) and unfiltered by a small C kernel (``png_unfilter.c``, built by
+* **PNG**: parsed here; the IDAT stream is inflated (ISA-L's zlib) a band of rows at a time
+  (bounded ``max_length``) and unfiltered by a small C kernel (``decoders.c``, built by
   :mod:`curation.ckernels`), so no PNG layout exists at full size in its own sample type; for
-  8-bit RGB this is also faster and smaller than OpenCV's whole-image decode (``benchmarks/decode.py``).
+  8-bit RGB this is also faster and smaller than OpenCV's whole-image decode (``benchmarks/decode.py``);
+  16-bit colour + alpha is composited by a second kernel in the same float32 arithmetic.
   Interlaced (Adam7) PNGs, and every PNG when no C compiler is present, take the whole-image
   path (same pixels, more memory).
 * **TIFF**: tifffile's strips / tiles (uncompressed contiguous data is read a band at a time)
@@ -62,14 +63,36 @@ STRIP_BYTES = 4 << 20
 #: input read from the file per step when inflating PNG IDAT data
 _READ_BYTES = 1 << 20
 
-_UNFILTER_C = Path(__file__).with_name("png_unfilter.c")
+#: the C kernels' source, next to this module (compiled on first use by :mod:`curation.ckernels`)
+_KERNELS_C = Path(__file__).with_name("decoders.c")
 
 
 def _unfilter_kernel():
     from curation.ckernels import load_kernel
 
     i64, ptr = ctypes.c_int64, ctypes.c_void_p
-    return load_kernel("png_unfilter", _UNFILTER_C, "uhr_png_unfilter", [ptr, i64, i64, i64, ptr], restype=i64)
+    return load_kernel("png_unfilter", _KERNELS_C, "uhr_png_unfilter", [ptr, i64, i64, i64, ptr], restype=i64)
+
+
+def _composite16_kernel():
+    from curation.ckernels import load_kernel
+
+    i64, ptr = ctypes.c_int64, ctypes.c_void_p
+    return load_kernel("composite16", _KERNELS_C, "uhr_composite16", [ptr, i64, i64, i64, i64, ptr], restype=i64)
+
+
+def composite16(raw: np.ndarray, width: int, nch: int, big_endian: bool, associated: bool = False) -> np.ndarray | None:
+    """``(rows, width * nch * 2)`` bytes (or a C-contiguous ``(rows, width, nch)`` uint16 array,
+    native order) of 16-bit colour + alpha -> ``(rows, width, nch - 1)`` uint8 over white, by the
+    C kernel (the float32 rule of :func:`_composite_f32`, bit for bit); None without the kernel."""
+    fn, _why = _composite16_kernel()
+    if fn is None:
+        return None
+    raw = np.ascontiguousarray(raw)
+    rows = raw.shape[0]
+    out = np.empty((rows, width, nch - 1), dtype=np.uint8)
+    fn(_ptr(raw), rows * width, nch, int(big_endian), int(associated), _ptr(out))
+    return out
 
 
 def _ptr(a: np.ndarray) -> int:
@@ -147,6 +170,11 @@ def strip_to_rgb(band: np.ndarray, kind: str, bgr: bool = False) -> np.ndarray:
     if kind == "grey":
         g = to_uint8(band if band.ndim == 2 else band[..., 0])
         return np.repeat(g[..., None], 3, axis=2)
+    if kind in ("ga", "ga_assoc", "rgba", "rgba_assoc") and band.dtype == np.uint16 and band.flags.c_contiguous:
+        out = composite16(band, band.shape[1], band.shape[2], False, kind.endswith("_assoc"))
+        if out is not None:
+            out = np.repeat(out, 3, axis=2) if kind.startswith("ga") else out
+            return out[..., ::-1] if bgr else out
     if kind in ("ga", "ga_assoc"):
         g = composite_over_white(band[..., 0:1], band[..., 1], associated=kind == "ga_assoc")
         return np.repeat(g, 3, axis=2)
@@ -433,8 +461,12 @@ class _PngConverter:
         return v[..., None]
 
     def rgb(self, lines: np.ndarray) -> np.ndarray:
-        s = self.samples(lines)
         ct = self.info.color_type
+        if ct in (4, 6) and self.info.depth == 16:  # straight from the big-endian bytes
+            out = composite16(lines, self.info.width, self.info.channels, True)
+            if out is not None:
+                return np.repeat(out, 3, axis=2) if ct == 4 else out
+        s = self.samples(lines)
         if ct == 3:
             return self.lut[s[..., 0]]
         if ct == 0:
@@ -468,6 +500,18 @@ def decode_png(path, orientation: int, data: bytes | None = None) -> np.ndarray:
         fh.close()
 
 
+def _inflater():
+    """``(module, its error)`` for inflating: ISA-L's zlib (``isal``, about 2x the standard
+    library's zlib here: ``benchmarks/decode.py``), else :mod:`zlib`. Inflate is lossless, so
+    both give the same bytes."""
+    try:
+        from isal import isal_zlib
+
+        return isal_zlib, isal_zlib.error
+    except ImportError:  # pragma: no cover - isal is in the lock
+        return zlib, zlib.error
+
+
 def _decode_png_rows(fh, idat_len: int, info: _PngInfo, orientation: int, unfilter) -> np.ndarray:
     h, w, rb = info.height, info.width, info.row_bytes
     conv = _PngConverter(info)
@@ -475,7 +519,8 @@ def _decode_png_rows(fh, idat_len: int, info: _PngInfo, orientation: int, unfilt
     rows = _strip_rows(rb + 1)
     band = np.empty(rows * (rb + 1), dtype=np.uint8)
     prev = np.zeros(rb, dtype=np.uint8)
-    z = zlib.decompressobj()
+    inflate, zerror = _inflater()
+    z = inflate.decompressobj()
     pieces = _idat_pieces(fh, idat_len)
     pending = b""
     y = 0
@@ -501,7 +546,7 @@ def _decode_png_rows(fh, idat_len: int, info: _PngInfo, orientation: int, unfilt
             lines = band[:need].reshape(n, rb + 1)[:, 1:]
             place(out, conv.rgb(lines), y, h, orientation)
             y += n
-    except zlib.error as exc:
+    except zerror as exc:
         raise ImageReadError(reasons.CORRUPT, f"PNG image data: {exc}") from exc
     return out
 

@@ -329,3 +329,29 @@ def test_decode_rgb_rotates_once_when_the_file_carries_exif(tmp_path, fmt):
     Image.fromarray(_rand((H, W, 3), 8), "RGB").save(p, "PNG" if fmt == "png" else "JPEG", exif=exif)
     got = decode_rgb(p, 10**6)
     np.testing.assert_array_equal(got, _old_decode(p.read_bytes(), 8))
+
+
+@pytest.mark.parametrize("associated", [False, True])
+def test_composite16_kernel_is_the_float32_rule_bit_for_bit(associated):
+    c = RNG.integers(0, 65536, 400_000).astype(np.uint16)
+    a = RNG.integers(0, 65536, 400_000).astype(np.uint16)
+    a[:65536] = np.arange(65536)  # every alpha, with colours at the ends and the middle
+    c[:65536:3], c[1:65536:3] = 0, 65535
+    px = np.stack([c, a], axis=1).reshape(1, -1, 2)
+    got = decoders.composite16(px, px.shape[1], 2, big_endian=False, associated=associated)
+    assert got is not None, "no C compiler: the kernel is what this test checks"
+    np.testing.assert_array_equal(got[0, :, 0], decoders._composite_f32(c[:, None], a[:, None], associated)[:, 0])
+    be = decoders.composite16(px.astype(">u2").view(np.uint8), px.shape[1], 2, big_endian=True, associated=associated)
+    np.testing.assert_array_equal(be, got)
+
+
+def test_without_c_kernels_the_pixels_are_the_same(tmp_path, monkeypatch):
+    monkeypatch.setattr(decoders, "_unfilter_kernel", lambda: (None, "off"))
+    monkeypatch.setattr(decoders, "_composite16_kernel", lambda: (None, "off"))
+    for name in ("rgba16", "ga8", "rgb8"):
+        ct, depth, shape = PNG_CASES[name]
+        data = _samples_png(_rand(shape, depth), ct, depth)
+        np.testing.assert_array_equal(_decode(tmp_path, data, "png", 5, name=name), _old_decode(data, 5))
+    arr = _rand((H, W, 4), 16)
+    got = _decode(tmp_path, _tiff(arr, photometric="rgb", extrasamples=["assocalpha"], rowsperstrip=3), "tiff", 2)
+    np.testing.assert_array_equal(got, decoders.orient(_raw_normalised(arr, True), 2))

@@ -1,4 +1,6 @@
-/* PNG row unfiltering (PNG spec, section 9: filter types 0-4), in place, one band of rows.
+/* Decoder kernels (curation/decoders.py), compiled on first use by curation/ckernels.py.
+ *
+ * PNG row unfiltering (PNG spec, section 9: filter types 0-4), in place, one band of rows.
  *
  * rows:     nrows rows of (1 + rowbytes) bytes each: the filter-type byte, then the filtered
  *           scanline; on return each scanline (bytes 1..rowbytes) holds the reconstructed bytes.
@@ -48,5 +50,40 @@ int64_t uhr_png_unfilter(uint8_t *rows, int64_t nrows, int64_t rowbytes, int64_t
         }
     }
     if (nrows > 0) memcpy(prev, rows + (nrows - 1) * (rowbytes + 1) + 1, (size_t)rowbytes);
+    return 0;
+}
+
+/* 16-bit colour + alpha over white -> 8-bit, in the float32 arithmetic of the whole-image rule
+ * (numpy: a = A / 65535.0f; c = C / 65535.0f; out = c * a + (1 - a)  [associated: c + (1 - a)];
+ * rint(out * 255) clipped to 0..255). Every operation is one IEEE float32 operation in the
+ * same order, so the bytes equal numpy's (no FMA contraction: -std=c99 keeps -ffp-contract=off;
+ * out >= 0, so adding and removing 2^23 is rint in the default rounding mode).
+ *
+ * src:      n pixels of nch 16-bit samples (colour first, alpha last), byte order big_endian
+ *           (PNG) or native; read through bytes, so any alignment works.
+ * dst:      n pixels of nch - 1 bytes.
+ */
+static inline uint16_t rd16(const uint8_t *p, int be) {
+    if (be) return (uint16_t)((p[0] << 8) | p[1]);
+    uint16_t v;
+    memcpy(&v, p, 2);
+    return v;
+}
+
+int64_t uhr_composite16(const uint8_t *src, int64_t n, int64_t nch, int64_t big_endian, int64_t associated,
+                        uint8_t *dst) {
+    const int64_t nc = nch - 1;
+    for (int64_t i = 0; i < n; i++) {
+        const uint8_t *p = src + i * nch * 2;
+        float a = (float)rd16(p + nc * 2, (int)big_endian) / 65535.0f;
+        float inv = 1.0f - a;
+        for (int64_t k = 0; k < nc; k++) {
+            float c = (float)rd16(p + k * 2, (int)big_endian) / 65535.0f;
+            float o = associated ? c + inv : c * a + inv;
+            o = o * 255.0f;
+            o = (o + 8388608.0f) - 8388608.0f; /* rint for 0 <= o < 2^23: ties to even, as np.rint */
+            dst[i * nc + k] = (uint8_t)(o < 0.0f ? 0.0f : (o > 255.0f ? 255.0f : o));
+        }
+    }
     return 0;
 }
