@@ -18,7 +18,7 @@ The conversions (the rules of the whole-image path they replace, kept bit for bi
 * grey + alpha: the grey channel composited, then replicated;
 * palette: the palette (composited when it carries tRNS alpha) looked up per index;
 * CMYK TIFF: libtiff's RGBA rule ``r = (255 - k) * (255 - c) // 255`` (what OpenCV returned);
-  CMYK JPEG: OpenCV's JPEG decoder (as before);
+  CMYK JPEG (Adobe, inverted): OpenCV's rule ``r = k - ((255 - c) * k >> 8)``, in place;
 * EXIF orientation: each converted strip is rotated / mirrored and written straight into its
   place in the oriented output.
 
@@ -36,8 +36,9 @@ Sources, per format:
   YCbCr, float, ...) take the whole-image path (planar grey + alpha: tifffile, whole).
 * **JPEG**: libjpeg-turbo via simplejpeg straight into RGB for YCbCr / grey (5x faster than
   OpenCV at 100 MP, same pixels: tested per subsampling, baseline and progressive); CMYK / YCCK
-  through OpenCV (its CMYK rule, as before). Orientations 2-4 in place, 5-8 through a second
-  ``(W, H, 3)`` array (no row-wise JPEG decoder here).
+  decoded to CMYK and converted in place (one ``(H, W, 4)`` buffer, shrunk to RGB). OpenCV is
+  the fallback. Orientations 2-4 in place, 5-8 through a second ``(W, H, 3)`` array (no
+  row-wise JPEG decoder here).
 * **WebP** and the fallbacks: OpenCV ``IMREAD_UNCHANGED`` (Pillow if OpenCV refuses), then the
   same strip conversion into the output.
 
@@ -319,21 +320,52 @@ def decode_whole(path, orientation: int, data: bytes | None = None) -> np.ndarra
 
 
 def decode_jpeg(path, orientation: int, data: bytes | None = None) -> np.ndarray:
-    """JPEG straight into RGB: libjpeg-turbo via simplejpeg for YCbCr and grey files (the fastest
-    decoder measured, same pixels as OpenCV: ``benchmarks/decode.py``), OpenCV for CMYK / YCCK
-    (its CMYK -> RGB rule) and for anything simplejpeg refuses."""
+    """JPEG straight into RGB with libjpeg-turbo via simplejpeg (the fastest decoder measured,
+    OpenCV's pixels: ``benchmarks/decode.py``, tests): YCbCr / grey / RGB files decode to RGB;
+    CMYK / YCCK decode to CMYK and become RGB in place by OpenCV's rule
+    (:func:`cmyk_to_rgb_in_place`). OpenCV for anything simplejpeg refuses."""
     data = data if data is not None else Path(path).read_bytes()
     img = None
     try:
         import simplejpeg
 
-        if simplejpeg.decode_jpeg_header(data)[2] in ("Gray", "YCbCr", "RGB"):
+        space = simplejpeg.decode_jpeg_header(data)[2]
+        if space in ("Gray", "YCbCr", "RGB"):
             img = simplejpeg.decode_jpeg(data, colorspace="RGB", fastdct=False, fastupsample=False)
+        elif space in ("CMYK", "YCCK"):
+            img = cmyk_to_rgb_in_place(simplejpeg.decode_jpeg(data, colorspace="CMYK", fastdct=False, fastupsample=False))
     except (ImportError, ValueError):
         img = None
     if img is None:
         return decode_opencv_rgb(path, orientation, data)
     return _orient_whole(img, orientation)
+
+
+def cmyk_to_rgb_in_place(cmyk: np.ndarray) -> np.ndarray:
+    """``(H, W, 4)`` uint8 CMYK as a JPEG stores it (Adobe, inverted) -> ``(H, W, 3)`` RGB by
+    OpenCV's rule ``v = k - ((255 - v) * k >> 8)``, written strip by strip into the front of the
+    same buffer (a strip's RGB ends before the next strip's CMYK begins), which is then shrunk:
+    no second full-size array. A buffer it does not own is converted into a new array."""
+    h, w = cmyk.shape[:2]
+    if not (cmyk.flags.owndata and cmyk.flags.c_contiguous):
+        out = np.empty((h, w, 3), np.uint8)
+        for y in range(0, h, _strip_rows(w * 4)):
+            out[y : y + _strip_rows(w * 4)] = _cmyk_jpeg_rule(cmyk[y : y + _strip_rows(w * 4)])
+        return out
+    flat = cmyk.reshape(-1)
+    rows = _strip_rows(w * 4)
+    for y in range(0, h, rows):
+        n = min(rows, h - y)
+        rgb = _cmyk_jpeg_rule(cmyk[y : y + n].copy())
+        flat[y * w * 3 : (y + n) * w * 3] = rgb.reshape(-1)
+    del flat
+    cmyk.resize(h * w * 3, refcheck=False)  # realloc: the tail is given back, the front kept
+    return cmyk.reshape(h, w, 3)
+
+
+def _cmyk_jpeg_rule(cmyk: np.ndarray) -> np.ndarray:
+    k = cmyk[..., 3:4].astype(np.uint16)
+    return (k - (((255 - cmyk[..., :3].astype(np.uint16)) * k) >> 8)).astype(np.uint8)
 
 
 def decode_opencv_rgb(path, orientation: int, data: bytes | None = None) -> np.ndarray:

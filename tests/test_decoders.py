@@ -355,3 +355,12 @@ def test_without_c_kernels_the_pixels_are_the_same(tmp_path, monkeypatch):
     arr = _rand((H, W, 4), 16)
     got = _decode(tmp_path, _tiff(arr, photometric="rgb", extrasamples=["assocalpha"], rowsperstrip=3), "tiff", 2)
     np.testing.assert_array_equal(got, decoders.orient(_raw_normalised(arr, True), 2))
+
+
+def test_cmyk_in_place_conversion_owned_and_borrowed_buffers():
+    cmyk = _rand((H, W, 4), 8)
+    k = cmyk[..., 3:4].astype(int)
+    want = (k - ((255 - cmyk[..., :3].astype(int)) * k >> 8)).astype(np.uint8)  # OpenCV's rule
+    np.testing.assert_array_equal(decoders.cmyk_to_rgb_in_place(cmyk.copy()), want)
+    borrowed = np.frombuffer(cmyk.tobytes(), np.uint8).reshape(H, W, 4)
+    np.testing.assert_array_equal(decoders.cmyk_to_rgb_in_place(borrowed), want)
