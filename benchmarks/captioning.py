@@ -10,15 +10,18 @@ its bytes are reported). Every image sent to the VLM is at most ``captions.vlm_m
 resolution. Measured:
 
 * **per-image overhead** (one process, ``--repeat`` rounds, best of each; the ratios are
-  against a full decode, ``read_image``, of the same file timed in the same process and round):
+  against a full decode (:func:`full_decode`) of the same file timed in the same process and round):
   the captions stage's own work on one image with zero-cost model stand-ins (fixed tags, 16
   boxes of 256-4096 px, elliptic 64x64 masks, canned VLM answers that never look at the
   images) -- ``caption_row`` (views, RLE, selection, crops, highlights, request building,
   answer parsing, record, instance decision, row) plus the row's cache JSON and its manifest
-  table -- minus the stand-ins' own time (``model.*`` steps); split into the decode of
-  instance crops (pixels the VLM must get, ~ the crops' share of the image) and everything
-  else; on the corpus file, on the file without levels and on the one with a 1/2 level. With
-  the offline heuristic backends
+  table -- minus the stand-ins' own time (``model.*`` steps); split into the source hash (the
+  stage re-hashes the whole corpus file, ``source_hash``), the decode of instance crops
+  (pixels the VLM must get) and the fixed rest; also as CPU seconds over the decode's CPU
+  seconds (less sensitive to other jobs on shared cores); on the corpus file, on the file
+  without levels and on the one with a 1/2 level. The reference is :func:`full_decode`
+  (``read_image``, with the reader contract's checks, is reported beside it). With the offline
+  heuristic backends
   and VLM (which do look at the images) once more: overhead (all but ``model.*``) and model
   seconds.
 * **crops vs full decode**: 16 instance crops of typical size (5 % padding, boxes from 256 to
@@ -106,10 +109,10 @@ class _Layout:
         return Path(p)
 
 
-def _stage_once(path: str, cache_dir: Path, heuristic: bool = False) -> tuple[float, dict, dict]:
+def _stage_once(path: str, cache_dir: Path, heuristic: bool = False) -> tuple[float, dict, dict, float]:
     """The captions stage's work on one image, as ``run_captions`` does it per image: the row
-    (``caption_row``: pipeline, record, instance decision), its cache JSON and its manifest
-    table. Returns (wall seconds, step timings, row)."""
+    (``caption_row``: the source hash, pipeline, record, instance decision), its cache JSON and
+    its manifest table. Returns (wall seconds, step timings, row, CPU seconds of the process)."""
     from curation.atomic import write_json
     from curation.captioning.stage import CountingClient, caption_row
     from curation.config import load_config
@@ -130,16 +133,16 @@ def _stage_once(path: str, cache_dir: Path, heuristic: bool = False) -> tuple[fl
     tim: dict = {}
     with client:
         clients = {k: CountingClient(client, k) for k in ("llm", "vlm", "judge")}
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         row = caption_row(_Layout(), {"image_id": "bench", "shard": "bench", "output_path": str(path), "parent_id": None,
                                       "sha256": sha}, cfg, backends, clients, "bench", tim)
         with _timed(tim, "stage_io"):
             write_json(cache_dir / "bench-cache.json", row)
             to_table([row], CAPTIONS)
-        wall = time.perf_counter() - t0
+        wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     if row.get("reject_detail") and not row.get("caption_complete"):
         raise RuntimeError(f"captions failed: {row['reject_detail']}")
-    return wall, tim, row
+    return wall, tim, row, cpu
 
 
 _SHA: dict = {}
@@ -161,15 +164,20 @@ def _timed(tim: dict, name: str):
     return t(tim, name)
 
 
-def _split(wall: float, tim: dict, row: dict, width: int, height: int) -> dict:
-    """Overhead of one stage run: wall time minus the model stand-ins' steps, by step."""
+def _split(wall: float, tim: dict, row: dict, cpu: float, width: int, height: int) -> dict:
+    """Overhead of one stage run: wall time minus the model stand-ins' steps, by step; the
+    source hash (the stage re-hashes the whole corpus file before reading it by regions) apart;
+    ``cpu_s``: the CPU seconds of the run (all threads; the stand-ins' are negligible)."""
     model = sum(v for k, v in tim.items() if k.startswith("model."))
     over = wall - model
     steps = {k: round(v, 4) for k, v in sorted(tim.items()) if not k.startswith("model.")}
     steps["other"] = round(over - sum(v for k, v in tim.items() if not k.startswith("model.")), 4)
     rec = json.loads(row["record"]) if isinstance(row.get("record"), str) else (row.get("record") or {})
     crop_px = sum((c[2] - c[0]) * (c[3] - c[1]) for c in (i.get("crop_box") for i in rec.get("instances", [])) if c)
-    return {"wall_s": round(wall, 4), "model_s": round(model, 4), "overhead_s": round(over, 4),
+    src_hash = tim.get("source_hash", 0.0)
+    return {"wall_s": round(wall, 4), "model_s": round(model, 4), "overhead_s": round(over, 4), "cpu_s": round(cpu, 4),
+            "source_hash_s": round(src_hash, 4), "overhead_without_source_hash_s": round(over - src_hash, 4),
+            "fixed_s": round(over - src_hash - tim.get("crops", 0.0), 4),
             "crops_s": round(tim.get("crops", 0.0), 4), "overhead_without_crops_s": round(over - tim.get("crops", 0.0), 4),
             "steps_s": steps, "n_instances": row.get("n_instances"),
             "crop_fraction_of_image": round(crop_px / (width * height), 4)}
@@ -188,9 +196,9 @@ def _overhead(path: str, opts: dict) -> dict:
     with tempfile.TemporaryDirectory() as d:
         _stage_once(path, Path(d))                       # warm: imports, codecs, thread pools
         for _ in range(int(opts["repeat"])):
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             a = full_decode(path)
-            dec = time.perf_counter() - t0
+            dec, dec_cpu = time.perf_counter() - t0, time.process_time() - c0
             del a
             trim_memory()
             t0 = time.perf_counter()
@@ -202,21 +210,30 @@ def _overhead(path: str, opts: dict) -> dict:
             _SHA.pop(str(path), None)
             _sha256(path)
             sha_s = time.perf_counter() - t0
-            r = {"decode_s": dec, "read_image_s": dec_ri, "sha256_s": sha_s}
+            r = {"decode_s": dec, "decode_cpu_s": dec_cpu, "read_image_s": dec_ri, "sha256_s": sha_s}
             for name, f in files.items():
                 r[name] = _split(*_stage_once(f, Path(d)), W, H)
             rounds.append(r)
-        wall, tim, row = _stage_once(path, Path(d), heuristic=True)
-        heur = _split(wall, tim, row, W, H)
+        heur = _split(*_stage_once(path, Path(d), heuristic=True), W, H)
     dec = min(r["decode_s"] for r in rounds)
     out: dict = {"decode_s_best": round(dec, 4), "decode_s_all": [round(r["decode_s"], 4) for r in rounds],
                  "read_image_s_best": round(min(r["read_image_s"] for r in rounds), 4),
-                 "file_sha256_s_best": round(min(r["sha256_s"] for r in rounds), 4)}
+                 "file_sha256_s_best": round(min(r["sha256_s"] for r in rounds), 4),
+                 "decode_cpu_s_best": round(min(r["decode_cpu_s"] for r in rounds), 4)}
+    dec_cpu = out["decode_cpu_s_best"]
+
+    def best(name: str, key: str) -> float:
+        return min(r[name][key] for r in rounds)
+
     for name in files:
         best_run = min((r[name] for r in rounds), key=lambda x: x["overhead_s"])
         out[name] = {**best_run,
                      "overhead_s_all": [r[name]["overhead_s"] for r in rounds],
                      "overhead_over_decode": round(best_run["overhead_s"] / dec, 4),
+                     "overhead_without_source_hash_over_decode": round(best(name, "overhead_without_source_hash_s") / dec, 4),
+                     "fixed_over_decode": round(best(name, "fixed_s") / dec, 4),
+                     "source_hash_over_decode": round(best(name, "source_hash_s") / dec, 4),
+                     "cpu_over_decode_cpu": round(best(name, "cpu_s") / dec_cpu, 4),
                      "overhead_without_crops_over_decode": round(min(r[name]["overhead_without_crops_s"]
                                                                      for r in rounds) / dec, 4),
                      "crops_over_decode": round(min(r[name]["crops_s"] for r in rounds) / dec, 4)}
@@ -436,6 +453,13 @@ def main() -> None:
         ov = res["overhead"]
         res["ratios"] = {
             "overhead_over_decode": ov["corpus"]["overhead_over_decode"],
+            "overhead_without_source_hash_over_decode": ov["corpus"]["overhead_without_source_hash_over_decode"],
+            "fixed_over_decode": ov["corpus"]["fixed_over_decode"],
+            "source_hash_over_decode": ov["corpus"]["source_hash_over_decode"],
+            "cpu_over_decode_cpu": ov["corpus"]["cpu_over_decode_cpu"],
+            "no_levels_overhead_without_source_hash_over_decode": ov["no_levels"]["overhead_without_source_hash_over_decode"],
+            "half_level_overhead_without_source_hash_over_decode":
+                ov["half_level"]["overhead_without_source_hash_over_decode"],
             "overhead_without_crops_over_decode": ov["corpus"]["overhead_without_crops_over_decode"],
             "crops_over_decode": ov["corpus"]["crops_over_decode"],
             "no_levels_overhead_over_decode": ov["no_levels"]["overhead_over_decode"],

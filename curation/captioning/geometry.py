@@ -12,8 +12,10 @@ a 100 MP image is never decoded whole into memory:
   ``0.05 x box width``, top and bottom by ``0.05 x box height`` -- so the crop stays centred on
   the box and is 10 % wider and taller than it; at an image border the crop is clipped (it is
   not shifted), so it then has less margin on that side only. A crop larger than
-  ``max_long_edge`` is downscaled band by band while it is read (from a reduced-resolution
-  level of the file when it has one fine enough, :func:`read_region`);
+  ``max_long_edge`` or ``max_pixels`` (the VLM's image budget, ``captions.vlm_max_pixels``: its
+  image processor would resize it to that anyway) is downscaled while it is read
+  (:func:`read_region`), from the coarsest stored level of the file that still has the output's
+  resolution (full resolution otherwise), by block means then bilinear (:func:`reduce_fast`);
 * the **highlighted full image** (:func:`downscaled_read`, :func:`render_highlight`,
   :func:`highlight_image`): the whole image downscaled to ``long_edge`` by reading row bands
   (of a pyramid level when the file has one) and area-resampling each one (bounded memory),

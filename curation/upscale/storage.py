@@ -40,16 +40,22 @@ Nothing here ever needs the full decoded output in memory unless the *format* fo
 * an **overview** (an image with a long edge of at least 4x 2048 px): the image area-resampled
   to a long edge of :data:`TIFF_OVERVIEW_LONG_EDGE` (2048) in bands of
   :data:`TIFF_OVERVIEW_BAND_ROWS` rows -- the same pixels as a band-wise downscaled read of the
-  full image (``curation.captioning.geometry.downscaled_read(src, 2048, 1024)``), i.e. the
-  captions views, which are then read instead of computed (the analysis copies of the
-  region-artifact check and MSFI are 2048 too).
+  full image (``curation.captioning.geometry.downscaled_read(src, 2048, 1024)``), read instead
+  of computed by whoever wants a 2048 view (the analysis copies of the region-artifact check and
+  MSFI are 2048 too; the captions views, at most ``captions.vlm_max_pixels`` = 1 MP, come from
+  the 1/8 level).
 
 Together +14 % on the file (100 MP photo: pyramid 10 %, overview 4 %). A reader that wants a
-downscaled whole image or a large downscaled crop decodes the coarsest level that still has the
+downscaled whole image or a downscaled crop decodes the coarsest level that still has the
 resolution it needs (:meth:`TiffRegionSource.reduced`, used by
 :func:`curation.captioning.geometry.read_region`): the overview is ~1/30 of the pixels of a full
 decode. Readers that know nothing of SubIFDs (tifffile, PIL) see the full-resolution image as
-before. ``write_rows(..., pyramid=False)`` writes neither.
+before. ``write_rows(..., pyramid=False)`` writes neither. ``write_rows(..., pyramid_first=2)``
+adds a **1/2 level** (not the default): +42 % instead of +14 % on the file (100 MP photo: 210
+instead of 168 MB, 148 MB without levels), for crops that need a 2-4x reduction (a 1-4 MP
+region sent to the VLM at ~1 MP), which then decode 1/4 of the pixels (``benchmarks/captioning.py``:
+the 16 typical instance crops decode 0.28 instead of 0.38 of the image's pixels, 4 large ones 0.10
+instead of 0.30). Files with any set of levels are read alike.
 
 The corpus default is the tiled zstd-3 TIFF (measured in ``benchmarks/out/storage.md``, 100 MP,
 2 threads: encode 2.3 s, decode 1.1 s, 0.49 of raw, a random 1024² crop in ~18 ms; OpenCV's
