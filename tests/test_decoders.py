@@ -364,3 +364,23 @@ def test_cmyk_in_place_conversion_owned_and_borrowed_buffers():
     np.testing.assert_array_equal(decoders.cmyk_to_rgb_in_place(cmyk.copy()), want)
     borrowed = np.frombuffer(cmyk.tobytes(), np.uint8).reshape(H, W, 4)
     np.testing.assert_array_equal(decoders.cmyk_to_rgb_in_place(borrowed), want)
+
+
+@pytest.mark.skipif(not __import__("sys").platform.startswith("linux"), reason="madvise(MADV_DONTNEED) is Linux's")
+def test_a_transposing_orientation_releases_the_decoded_rows_it_has_placed():
+    """Orientations 5-8 of a whole decode fill a (W, H, 3) array; the source rows already placed
+    are given back as they go (their pages read as zeros), so both never exist in full."""
+    src = np.full((600, 500, 3), 7, np.uint8)
+    keep = src.copy()
+    out = decoders._orient_whole(src, 6)
+    np.testing.assert_array_equal(out, decoders.orient(keep, 6))
+    assert (src == 0).mean() > 0.9  # released (all but partial pages at the ends)
+
+
+def test_release_rows_stays_inside_the_array():
+    block = np.full(3 * 65536, 5, np.uint8)  # one allocation: the middle third is "the array"
+    arr = block[65536 : 2 * 65536].reshape(256, 256)
+    assert decoders.release_rows(arr, 200, 10_000) or not __import__("sys").platform.startswith("linux")
+    assert (block[2 * 65536 :] == 5).all() and (block[:65536] == 5).all()
+    page_rows = -(-__import__("os").sysconf("SC_PAGE_SIZE") // 256)
+    assert (arr[: 200 - page_rows] == 5).all()  # at most the page holding row 200's start goes too
