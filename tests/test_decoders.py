@@ -384,3 +384,9 @@ def test_release_rows_stays_inside_the_array():
     assert (block[2 * 65536 :] == 5).all() and (block[:65536] == 5).all()
     page_rows = -(-__import__("os").sysconf("SC_PAGE_SIZE") // 256)
     assert (arr[: 200 - page_rows] == 5).all()  # at most the page holding row 200's start goes too
+
+
+@pytest.mark.parametrize("orientation", [1, 3, 6])
+def test_webp_with_alpha_matches(tmp_path, orientation):
+    ok, enc = cv2.imencode(".webp", _rand((H, W, 4), 8), [cv2.IMWRITE_WEBP_QUALITY, 101])  # lossless
+    np.testing.assert_array_equal(_decode(tmp_path, enc.tobytes(), "webp", orientation), _old_decode(enc.tobytes(), orientation))
