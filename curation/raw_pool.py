@@ -123,13 +123,24 @@ def list_shard_files(shard_dir: str | os.PathLike) -> list[Path]:
     return [e.path for e in list_shard_entries(shard_dir)]
 
 
-def list_shards(raw_root: str | os.PathLike) -> list[str]:
-    """Shard names = sub-folders of the raw root (hidden ones excepted) that hold at least one entry."""
-    raw_root = Path(raw_root)
+def _shard_folders(raw_root: Path) -> list[str]:
     if not raw_root.exists():
         return []
     return sorted(d.name for d in raw_root.iterdir()
                   if d.is_dir() and not d.name.startswith(".") and any(os.scandir(d)))
+
+
+def list_shards(raw_root: str | os.PathLike) -> list[str]:
+    """Shard names = sub-folders of the raw root (hidden ones excepted) that hold at least one entry
+    and whose name can be a shard key (:func:`unusable_shards` lists the others)."""
+    return [n for n in _shard_folders(Path(raw_root)) if encode_name(n) == n]
+
+
+def unusable_shards(raw_root: str | os.PathLike) -> list[str]:
+    """Shard folders whose name cannot be a shard key (not UTF-8, a control character, a
+    backslash: it names partitions, manifests and object keys), escaped for printing; they are
+    not ingested until renamed."""
+    return [encode_name(n) for n in _shard_folders(Path(raw_root)) if encode_name(n) != n]
 
 
 class NotRegularError(OSError):

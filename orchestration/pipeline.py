@@ -19,7 +19,7 @@ from pathlib import Path
 
 from dagster import AssetKey, DagsterInstance, Definitions
 
-from curation.raw_pool import list_shards
+from curation.raw_pool import list_shards, unusable_shards
 from curation.retry import RetryPolicy, call_with_retry, is_database_unavailable
 from orchestration.runs import fail_orphaned_runs, worker_tags
 
@@ -136,6 +136,8 @@ def materialize_all(defs: Definitions, instance: DagsterInstance, raw_root: str 
     else:
         shards = list_shards(raw_root)
         where = str(raw_root)
+        for name in unusable_shards(raw_root):  # never ingested under a mangled key: said, not hidden
+            log(f"  shard folder '{name}' skipped: its name is not a printable UTF-8 shard key; rename it")
     if not shards:
         raise RuntimeError(f"no shard folders under {where}")
     for run_id in fail_orphaned_runs(instance):  # a killed earlier run holds no slot, shows no STARTED

@@ -232,7 +232,8 @@ def test_names_round_trip_and_print_safely():
 @pytest.mark.slow
 def test_materialize_finishes_every_shard_after_a_hostile_one(hostile, tmp_path):
     """``materialize_all`` (what ``uhr materialize`` runs) over the hostile shard then a normal one:
-    both shards committed with every rows_conserved check passed; ``uhr lineage`` of the image whose
+    both shards committed with every rows_conserved check passed (a shard folder whose name cannot
+    be a shard key is skipped and said, not a crash); ``uhr lineage`` of the image whose
     name is not UTF-8 prints its escaped name (text and JSON), no surrogate, no control character."""
     from click.testing import CliRunner
 
@@ -247,11 +248,15 @@ def test_materialize_finishes_every_shard_after_a_hostile_one(hostile, tmp_path)
     raw, expected = hostile
     make_raw_pool(tmp_path / "pool", 18, 1, load_config("test"))
     shutil.copytree(tmp_path / "pool" / SHARD, raw / "shard-00001")
+    os.mkdir(os.path.join(os.fsencode(raw), b"shard-\xff"))  # a folder name that cannot be a shard key
+    shutil.copy(raw / SHARD / "a.jpg", os.path.join(os.fsencode(raw), b"shard-\xff", b"a.jpg"))
     data = tmp_path / "data"
     instance = instance_for(data)
-    out = materialize_all(definitions_for(data, raw, "test"), instance, raw, log=lambda *_: None,
+    said = []
+    out = materialize_all(definitions_for(data, raw, "test"), instance, raw, log=said.append,
                           assets=["raw_pool", "image_scores"])
     assert out["shards"] == [SHARD, "shard-00001"]
+    assert any("shard folder 'shard-\\xff' skipped" in line for line in said), said
     layout = DataLayout.at(data)
     for stage in ("raw_pool", "image_scores"):
         for shard in out["shards"]:
@@ -312,6 +317,7 @@ def _claimed(instance, pool: str) -> int:
     return len(instance.event_log_storage.get_concurrency_info(pool).claimed_slots)
 
 
+@pytest.mark.slow
 def test_a_run_killed_with_its_worker_is_failed_and_a_rerun_starts(tmp_path):
     from dagster import DagsterInstance, DagsterRunStatus
 
