@@ -292,7 +292,12 @@ def build_raw_pool_rows(
             except NotRegularError as exc:  # swapped for a non-regular entry since the listing
                 row.update(reject_reason=reasons.NOT_A_REGULAR_FILE, reject_detail=str(exc))
             except OSError as exc:
-                row.update(reject_reason=reasons.UNREADABLE, reject_detail=safe_text(f"open: {exc.strerror or exc}"))
+                if exc.errno == errno.ELOOP:  # O_NOFOLLOW met a symlink put there since the listing
+                    row.update(reject_reason=reasons.NOT_A_REGULAR_FILE,
+                               reject_detail="symlink (was a regular file when listed; not followed)")
+                else:
+                    row.update(reject_reason=reasons.UNREADABLE,
+                               reject_detail=safe_text(f"open: {exc.strerror or exc}"))
         row["image_id"] = image_id_from_hash(sha) if sha else _name_id(shard, e.name)
         row["sha256"] = sha
         if sha is None:

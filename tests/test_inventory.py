@@ -385,3 +385,25 @@ def test_score_image_names_print_safely_and_errors_say_why(tmp_path):
     recs = [json.loads(line) for line in out.output.splitlines()]
     assert decode_name(recs[0]["path"]) == bad and recs[0]["image_id"], recs[0]
     assert recs[1]["verdict"] == "not_a_regular_file" and recs[1]["reject_detail"], recs[1]
+
+
+def test_an_entry_swapped_after_the_listing_is_still_never_opened(tmp_path, test_cfg):
+    """A regular file replaced by a FIFO or a symlink between the listing and the read: the
+    ``O_NOFOLLOW | O_NONBLOCK`` open + ``fstat`` rejects it (no hang, no followed link)."""
+    from curation.raw_pool import build_raw_pool_rows, list_shard_entries
+
+    d = tmp_path / SHARD
+    d.mkdir()
+    for n in ("a.jpg", "b.jpg", "c.jpg"):
+        (d / n).write_bytes(_image("JPEG", ord(n[0])))
+    entries = list_shard_entries(d)
+    assert [e.kind for e in entries] == ["file"] * 3
+    (d / "a.jpg").unlink()
+    os.mkfifo(d / "a.jpg")
+    (d / "b.jpg").unlink()
+    os.symlink("c.jpg", d / "b.jpg")
+    rows = build_raw_pool_rows(SHARD, entries, test_cfg, {}, "v")
+    got = {r["source_path"].rsplit("/", 1)[-1]: (r.get("reject_reason"), r.get("reject_detail")) for r in rows}
+    assert got["a.jpg"] == ("not_a_regular_file", "fifo (was a regular file when listed)"), got
+    assert got["b.jpg"] == ("not_a_regular_file", "symlink (was a regular file when listed; not followed)"), got
+    assert got["c.jpg"] == (None, None), got
