@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import cv2
 import numpy as np
+import pytest
 
 from curation.config import load_config
 from curation.purify import MemoryBudget, score_files
@@ -54,3 +55,45 @@ def test_paper_budget_runs_two_100mp_images_side_by_side_but_not_two_at_max_pixe
     assert 2 * m.peak_mb(120e6) <= m.budget_mb  # the paper pool's largest (100-120 MP) images, 2 at once
     assert 2 * m.peak_mb(int(cfg.get("io.max_pixels"))) > m.budget_mb  # two 250 MP bombs-in-waiting: one at a time
     assert m.peak_mb(100e6) < 1024  # the per-worker target (issue 16: < 1 GB at 100 MP)
+
+
+def _score_shard(root: str, shard: str, q) -> None:
+    from curation.config import load_config
+    from curation.layout import DataLayout
+    from curation.stages.purification import run_image_scores
+
+    res = run_image_scores(DataLayout.at(root), shard, load_config("test"))
+    q.put((shard, res.summary.get("computed")))
+
+
+@pytest.mark.slow
+def test_two_shards_score_at_once_into_one_data_root(materialised, tmp_path):
+    """image_scores of two shards in two processes at the same time (what two Dagster runs of the
+    stage do) on one data root: each commits its own manifest, equal to the sequential run's."""
+    import multiprocessing as mp
+    import shutil
+
+    from curation.manifest import read_manifest
+
+    root = materialised.copy(tmp_path / "data")
+    layout = materialised.layout
+    shards = sorted(p.stem for p in layout.manifests("image_scores"))
+    assert len(shards) >= 2
+    shards = shards[:2]
+    for sub in ("manifests/image_scores", "cache/image_scores", "thumbs"):
+        shutil.rmtree(root / sub, ignore_errors=True)
+    ctx = mp.get_context("spawn")
+    q = ctx.Queue()
+    procs = [ctx.Process(target=_score_shard, args=(str(root), s, q)) for s in shards]
+    for p in procs:
+        p.start()
+    done = dict(q.get(timeout=600) for _ in procs)
+    for p in procs:
+        p.join()
+    assert sorted(done) == shards and all(done[s] > 0 for s in shards)  # both computed, none reused
+    drop = {"seconds"}
+    for s in shards:
+        new = read_manifest(root / "manifests" / "image_scores" / f"{s}.parquet").to_pylist()
+        old = read_manifest(layout.manifest("image_scores", s)).to_pylist()
+        assert [{k: v for k, v in r.items() if k not in drop} for r in new] == \
+               [{k: v for k, v in r.items() if k not in drop} for r in old]
