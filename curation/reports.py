@@ -105,13 +105,15 @@ def corpus_contact_sheet(rows: list[dict], out_path: str | os.PathLike, crop: in
                          max_rows: int = 6, root: str | os.PathLike | None = None) -> Path | None:
     """Native vs SR, side by side: per SR image a ``crop``-px input crop (nearest-zoomed to the
     SR scale) next to the same region of the SR output, both shown at ``zoom``x."""
+    from curation.names import fs_path
     from curation.upscale.storage import open_source
 
     panels = []
     for r in [r for r in rows if r.get("tier") in ("2x", "4x") and r.get("output_path")][:max_rows]:
         try:
             base = Path(root) if root is not None else Path.cwd()
-            lr, sr = open_source(str(base / r["source_path"])), open_source(str(base / r["output_path"]))
+            lr = open_source(str(base / fs_path(r["source_path"])))  # an escaped name: its real bytes
+            sr = open_source(str(base / r["output_path"]))
             s = int(r["scale"])
             y0, x0 = max(0, lr.height // 2 - crop // 2), max(0, lr.width // 2 - crop // 2)
             a = lr.read(y0, min(lr.height, y0 + crop), x0, min(lr.width, x0 + crop))

@@ -407,3 +407,18 @@ def test_an_entry_swapped_after_the_listing_is_still_never_opened(tmp_path, test
     assert got["a.jpg"] == ("not_a_regular_file", "fifo (was a regular file when listed)"), got
     assert got["b.jpg"] == ("not_a_regular_file", "symlink (was a regular file when listed; not followed)"), got
     assert got["c.jpg"] == (None, None), got
+
+
+def test_a_failed_judgement_says_why():
+    """``judge_failed`` carries the judge's own errors (the reject_detail of captions and corpus rows)."""
+    from curation.final_filters.judging import decide, run_judge
+
+    def down(patches):
+        raise ConnectionError("http://127.0.0.1:9/v1: connection refused")
+
+    d = decide(run_judge(down, [np.zeros((4, 4, 3), np.uint8)] * 3), max_flagged=1)
+    assert d["decision"] == "judge_failed"
+    assert d["reason"] == "3 of 3 judgements failed: ConnectionError: http://127.0.0.1:9/v1: connection refused"
+    mixed = decide([{"status": "judge_failed", "reason": "invalid answer: not JSON"}, True,
+                    {"status": "judge_failed", "reason": "invalid answer: not JSON"}], max_flagged=5)
+    assert mixed["reason"] == "2 of 3 judgements failed: invalid answer: not JSON"
