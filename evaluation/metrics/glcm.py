@@ -19,7 +19,9 @@ kernels reproduce it exactly (to float rounding, tested to 1e-9):
 
 * ``"c"``: a small C kernel compiled on first use with the system C compiler (``cc``) and cached
   by :mod:`curation.ckernels` (``$UHRFORGE_KERNEL_CACHE`` or ``~/.cache/uhrforge/kernels``); it streams the image patch by
-  patch (no intermediate arrays), so memory is the grey image only;
+  patch (no intermediate arrays), so memory is the grey image only (plus ~0.6 MB of tables per
+  thread); it runs on :func:`default_threads` POSIX threads (the CPUs this process may use), which
+  take rows of patches from a shared counter, and gives the same values on any number of them;
 * ``"numpy"``: a vectorised fallback (``np.bincount`` over a strip of 64 rows and 8 patches
   at once, memory bounded by the strip) used when no compiler is available; exact, but only
   about 1.5x faster than the reference loop: a 100 MP image has 1.4e9 pixel pairs to count and
