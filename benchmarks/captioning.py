@@ -26,7 +26,8 @@ resolution. Measured:
   seconds.
 * **crops vs full decode**: 16 instance crops of typical size (5 % padding, boxes from 256 to
   2048 px), 4 large ones (3000-6000 px), each downscaled to the VLM budget while read, and the
-  highlight thumbnail (1024 long edge), each in a fresh child, against a full decode there, on
+  highlight thumbnail (1024 long edge), each in a fresh child (its codec and decode threads
+  started on one corner tile first), against a full decode in another child, on
   the corpus file and on the one with a 1/2 level; with the pixels decoded (tiles touched x
   tile size, per level) and the pixels the VLM gets, both over the image's pixels: the floor
   of a crop read is the VLM's pixels, decoded at the cost per pixel of a full decode;
@@ -253,6 +254,10 @@ def _task(task: str, path: str, opts: dict | None = None) -> dict:
     opts = opts or {}
     if task == "overhead":
         return _overhead(path, opts)
+    if task.startswith(("crops_", "highlight_")):   # per process, not per image: codec and decode pool start
+        with open_source(path) as src:
+            for lv in [src] + list(getattr(src, "levels", list)()):
+                lv.read(lv.height - 1, lv.height, lv.width - 1, lv.width)   # one corner tile of each
     base = rss_mb()
     out: dict = {}
     t0 = time.perf_counter()
