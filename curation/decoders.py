@@ -244,18 +244,10 @@ def release_rows(arr: np.ndarray, y0: int, y1: int) -> bool:
     For a decoded source this module owns and has consumed up to ``y1``: the output grows
     while the source shrinks, so a whole-image conversion never holds both in full. Returns
     whether anything was released (False off Linux or for a non-contiguous array)."""
-    global _madvise
     y0, y1 = max(0, y0), min(y1, arr.shape[0])  # never past the array's own bytes
     if not arr.flags.c_contiguous or not sys.platform.startswith("linux") or y1 <= y0:
         return False
-    if _madvise is None:
-        try:
-            fn = ctypes.CDLL(None, use_errno=True).madvise
-            fn.argtypes, fn.restype = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int], ctypes.c_int
-            _madvise = fn
-        except (OSError, AttributeError):
-            _madvise = False
-    if not _madvise:
+    if not _madvise_fn():
         return False
     page = os.sysconf("SC_PAGE_SIZE")
     row, base = arr.strides[0], arr.ctypes.data
@@ -264,6 +256,36 @@ def release_rows(arr: np.ndarray, y0: int, y1: int) -> bool:
     start = max(-(-base // page) * page, (base + y0 * row) // page * page)
     end = (base + y1 * row) // page * page
     return end > start and _madvise(start, end - start, _MADV_DONTNEED) == 0
+
+
+_MADV_NOHUGEPAGE = 15  # Linux
+
+
+def _madvise_fn():
+    global _madvise
+    if _madvise is None:
+        try:
+            fn = ctypes.CDLL(None, use_errno=True).madvise
+            fn.argtypes, fn.restype = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int], ctypes.c_int
+            _madvise = fn
+        except (OSError, AttributeError):
+            _madvise = False
+    return _madvise
+
+
+def small_pages(arr: np.ndarray) -> np.ndarray:
+    """Ask Linux to back ``arr`` with 4 KiB pages, not transparent huge pages (numpy asks for
+    huge pages on large arrays): an output filled column band by column band (orientations
+    5-8) touches every row at once, and with 2 MiB pages that commits the whole array at the
+    first band. Returns ``arr``."""
+    fn = _madvise_fn() if sys.platform.startswith("linux") else None
+    if fn and arr.flags.c_contiguous and arr.nbytes:
+        page = os.sysconf("SC_PAGE_SIZE")
+        start = -(-arr.ctypes.data // page) * page
+        end = (arr.ctypes.data + arr.nbytes) // page * page
+        if end > start:
+            fn(start, end - start, _MADV_NOHUGEPAGE)
+    return arr
 
 
 def _orient_whole(img: np.ndarray, orientation: int) -> np.ndarray:
@@ -289,7 +311,7 @@ def _orient_whole(img: np.ndarray, orientation: int) -> np.ndarray:
         if flip_x and h % 2:
             img[half] = img[half, ::-1].copy()
         return img
-    out = np.empty(oriented_shape(h, w, orientation) + img.shape[2:], dtype=img.dtype)
+    out = small_pages(np.empty(oriented_shape(h, w, orientation) + img.shape[2:], dtype=img.dtype))
     for y in range(0, h, rows):
         place(out, img[y : y + rows], y, h, orientation)
         release_rows(img, y, y + rows)
@@ -307,6 +329,8 @@ def _convert_whole(img: np.ndarray, kind: str, bgr: bool, orientation: int) -> n
                 cv2.cvtColor(img[y : y + rows], cv2.COLOR_BGR2RGB, dst=img[y : y + rows])
         return _orient_whole(img, orientation)
     out = np.empty(oriented_shape(h, w, orientation) + (3,), dtype=np.uint8)
+    if orientation in (5, 6, 7, 8):
+        small_pages(out)
     rows = _strip_rows(img[0].nbytes)
     for y in range(0, h, rows):
         place(out, strip_to_rgb(img[y : y + rows], kind, bgr), y, h, orientation)
