@@ -161,12 +161,13 @@ def reduce_fast(a: np.ndarray, tw: int, th: int) -> np.ndarray:
 
     from curation.upscale.storage import block_mean
 
+    a = np.ascontiguousarray(a)
     h, w = a.shape[:2]
     k = max(1, min(w // tw, h // th))
     if k > 1:
-        a = block_mean(np.ascontiguousarray(a), k)
+        a = block_mean(a, k)
     if a.shape[:2] == (th, tw):
-        return np.ascontiguousarray(a)
+        return a
     return cv2.resize(a, (tw, th), interpolation=cv2.INTER_LINEAR).reshape(th, tw, -1)
 
 
