@@ -487,8 +487,10 @@ def _read_png_head(fh) -> tuple[_PngInfo, int]:
             info.trns = body
         elif ctype == b"IEND":
             raise ImageReadError(reasons.CORRUPT, "PNG has no IDAT")
-    if info.color_type not in (0, 2, 3, 4, 6) or info.width == 0 or info.height == 0:
-        raise ImageReadError(reasons.CORRUPT, f"PNG IHDR colour type {info.color_type}, {info.width}x{info.height}")
+    depths = {0: (1, 2, 4, 8, 16), 2: (8, 16), 3: (1, 2, 4, 8), 4: (8, 16), 6: (8, 16)}  # PNG spec 11.2.2
+    if info.depth not in depths.get(info.color_type, ()) or info.width == 0 or info.height == 0:
+        raise ImageReadError(reasons.CORRUPT, f"PNG IHDR: colour type {info.color_type} at bit depth {info.depth}, "
+                                              f"{info.width}x{info.height}")
     if info.color_type == 3 and info.palette is None:
         raise ImageReadError(reasons.CORRUPT, "PNG palette image without PLTE")
     return info, length

@@ -233,6 +233,14 @@ def test_corrupt_png_stream_is_a_reason_not_a_crash(tmp_path):
     assert err.value.reason == reasons.CORRUPT and "ends" in err.value.detail
 
 
+def test_png_with_an_impossible_bit_depth_is_corrupt(tmp_path):
+    data = bytearray(_samples_png(_rand((H, W, 3), 8), 2, 8))
+    data[24] = 4  # IHDR bit depth: RGB at 4 bits does not exist
+    with pytest.raises(ImageReadError) as err:
+        _decode(tmp_path, bytes(data), "png")
+    assert err.value.reason == reasons.CORRUPT and "bit depth 4" in err.value.detail
+
+
 # -- TIFF -------------------------------------------------------------------------------------------
 
 
