@@ -656,7 +656,7 @@ def _rows(layout, stage: str) -> int:
     return sum(read_manifest(p).num_rows for p in layout.manifests(stage))
 
 
-def fault_postgres_dagster(base: Path, down_s: float = 25.0, delay_s: float = 2.0) -> FaultResult:
+def fault_postgres_dagster(base: Path, down_s: float = 25.0, delay_s: float = 2.0, n_images: int = 24) -> FaultResult:
     """Materialise raw_pool -> candidate_pool with Dagster's run storage in Postgres; Postgres
     shut down (fast) ``delay_s`` s in, for ``down_s`` s, then started again."""
     from dagster import DagsterInstance
@@ -681,7 +681,7 @@ def fault_postgres_dagster(base: Path, down_s: float = 25.0, delay_s: float = 2.
         home.mkdir(exist_ok=True)
         shutil.copy(ROOT / "infra/dagster/postgres.yaml", home / "dagster.yaml")
         instance = DagsterInstance.from_config(str(home))
-        raw = _pool(work)
+        raw = _pool(work, n_images)
         data = work / "data"
         defs = build_definitions({"settings": CurationSettings(data_root=str(data), raw_root=str(raw), profile="test"),
                                   "aesthetics": AestheticModels(), "store": ObjectStoreResource(), "vlm": VLMEndpoint()})
@@ -692,6 +692,17 @@ def fault_postgres_dagster(base: Path, down_s: float = 25.0, delay_s: float = 2.
             back["down"] = pg.restart(down_s=down_s, mode="fast")
             back["t"] = time.monotonic()
 
+        import logging
+
+        retries: list[str] = []
+
+        class _Count(logging.Handler):  # the job re-runs materialize_all made (curation.retry warnings)
+            def emit(self, record):
+                if "Dagster run storage" in record.getMessage():
+                    retries.append(record.getMessage())
+
+        handler = _Count(logging.WARNING)
+        logging.getLogger("curation.retry").addHandler(handler)
         th = threading.Thread(target=fault)
         th.start()
         err = None
@@ -699,6 +710,8 @@ def fault_postgres_dagster(base: Path, down_s: float = 25.0, delay_s: float = 2.
             materialize_all(defs, instance, raw, log=lambda *_: None, with_corpus=False)
         except Exception as exc:  # noqa: BLE001
             err = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        finally:
+            logging.getLogger("curation.retry").removeHandler(handler)
         th.join()
         done = time.monotonic()
         layout = DataLayout.at(data)
@@ -713,10 +726,10 @@ def fault_postgres_dagster(base: Path, down_s: float = 25.0, delay_s: float = 2.
         ok = err is None and lost == 0
         return FaultResult("Dagster run storage (Postgres)",
                            f"Postgres fast shutdown {delay_s:g} s into the run, down {back.get('down', 0):.0f} s",
-                           n_in, cp, lost, 0, "survived (job re-run after the outage)" if ok and "FAILURE" in statuses
+                           n_in, rp, lost, 0, "survived (job re-run after the outage)" if ok and retries
                            else "survived" if ok else f"FAILED: {err}",
                            round(done - back["t"], 2) if ok and "t" in back else None, detail=err or "",
-                           extra={"runs": statuses})
+                           extra={"runs": statuses, "job_retries": len(retries), "candidate_pool_rows": cp})
     finally:
         if instance is not None:
             instance.dispose()
@@ -778,7 +791,12 @@ def _kill(p: subprocess.Popen) -> None:
     p.wait(timeout=10)
 
 
-def fault_vlm(base: Path) -> list[FaultResult]:
+VLM_MODES = (("slow:3", "slow (3 s per answer, timeout 1 s)"),
+             ("trickle:0.05", "trickling (1 byte / 50 ms, timeout 1 s)"),
+             ("garbage", "garbage answers (not JSON)"), ("status:503", "HTTP 503 on every call"))
+
+
+def fault_vlm(base: Path, modes=VLM_MODES, n: int = 6, kill: bool = True) -> list[FaultResult]:
     """The corpus judge's client against a VLM server process that is slow, trickles its answer,
     answers garbage, and is killed then restarted; each bounded, every request answered
     (``judge_failed`` is a failure, never a pass), a re-run after the restart passes."""
@@ -793,10 +811,7 @@ def fault_vlm(base: Path) -> list[FaultResult]:
     settings = {"model": "test-vlm", "timeout_s": 1.0, "retries": 2, "backoff_s": 0.2, "backoff_max_s": 1.0,
                 "schema_retries": 1, "max_concurrency": 4}
     out = []
-    n = 6
-    for behaviour, label in (("slow:3", "slow (3 s per answer, timeout 1 s)"),
-                             ("trickle:0.05", "trickling (1 byte / 50 ms, timeout 1 s)"),
-                             ("garbage", "garbage answers (not JSON)"), ("status:503", "HTTP 503 on every call")):
+    for behaviour, label in modes:
         port = free_port()
         srv = _vlm_server(port, behaviour)
         try:
@@ -813,6 +828,8 @@ def fault_vlm(base: Path) -> list[FaultResult]:
         out.append(FaultResult("corpus judge (VLM)", label, n, len(res), n - len(res), 0,
                                "clear failure (judge_failed)" if failed == n else f"FAILED: {passed} passed",
                                None, detail="; ".join(reasons), extra={"seconds": round(dt, 2)}))
+    if not kill:
+        return out
     # killed mid-batch, restarted: a re-run judges what failed
     port = free_port()
     srv = _vlm_server(port, "slow:0.3")

