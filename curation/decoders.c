@@ -87,3 +87,16 @@ int64_t uhr_composite16(const uint8_t *src, int64_t n, int64_t nch, int64_t big_
     }
     return 0;
 }
+
+/* CMYK as a JPEG stores it (Adobe, inverted) -> RGB by OpenCV's rule v = k - ((255 - v) * k >> 8),
+ * in place: pixel i's 4 bytes at 4i are read before its 3 bytes go to 3i (3i + 2 < 4(i + 1)), so a
+ * forward pass never overwrites a byte it has still to read. buf: n pixels; returns 0. */
+int64_t uhr_cmyk_to_rgb(uint8_t *buf, int64_t n) {
+    for (int64_t i = 0; i < n; i++) {
+        const int c = buf[4 * i], m = buf[4 * i + 1], y = buf[4 * i + 2], k = buf[4 * i + 3];
+        buf[3 * i] = (uint8_t)(k - (((255 - c) * k) >> 8));
+        buf[3 * i + 1] = (uint8_t)(k - (((255 - m) * k) >> 8));
+        buf[3 * i + 2] = (uint8_t)(k - (((255 - y) * k) >> 8));
+    }
+    return 0;
+}
