@@ -158,6 +158,9 @@ def main() -> None:
         "reference_over_kernel_1_thread": None if one_s is None else ref_s / one_s,
         "cpu_s": {"kernel": _CPU.get("kernel"), "kernel_1_thread": _CPU.get("kernel_1"), "reference_scaled": ref_cpu_s},
         "reference_cpu_over_kernel_cpu": ref_cpu_s / _CPU["kernel"] if _CPU.get("kernel") else None,
+        # CPU seconds per wall second of the threaded kernel: the cores it actually got (2.0 = both
+        # free; about 1 when another process holds the second core of a 2-core machine)
+        "cores_obtained": _CPU["kernel"] / fast_s if _CPU.get("kernel") else None,
         "loadavg_before": load_before,
         "loadavg_after": os.getloadavg(),
         "cpus": os.cpu_count(),
@@ -168,7 +171,8 @@ def main() -> None:
         results["numpy_scaled_s"] = np_s * n_patches / crop_patches
         results["reference_over_numpy"] = ref_crop_s / np_s
     print(json.dumps(results, indent=2))
-    print(f"\nreference / kernel = {results['reference_over_kernel']:.1f}x on {threads} threads (target >= 20); "
+    print(f"\nreference / kernel = {results['reference_over_kernel']:.1f}x on {threads} threads (target >= 20; "
+          f"cores obtained {results['cores_obtained'] or 0:.2f}, CPU-time ratio {results['reference_cpu_over_kernel_cpu'] or 0:.1f}x); "
           f"kernel / PNG decode = {results['kernel_over_decode']:.2f}x (target <= 1); "
           f"max |diff| = {max_diff:.1e} (target <= 1e-9)")
     path.unlink()
