@@ -984,8 +984,14 @@ def render(inputs: dict[str, dict[str, Cell]], faults: list[FaultResult], meta: 
                 for cell in [inputs[e].get(c.tag)] if cell and cell.outcome not in ("rejected", "accepted")]
     if problems:
         L += ["", "### Open problems (details)", ""]
-        for e, tag, cell in problems:
-            L.append(f"* `{e}` / {tag}: **{cell.outcome}**" + (f" -- {str(cell.detail)[:200]}" if cell.detail else ""))
+        groups: dict[tuple, list[str]] = {}
+        for e, tag, cell in problems:  # one line per entry point, outcome and detail
+            detail = str(cell.detail or "")[:200]
+            if meta.get("work"):
+                detail = detail.replace(str(meta["work"]), "<work>")
+            groups.setdefault((e, cell.outcome, detail), []).append(tag)
+        for (e, outcome, detail), tags in groups.items():
+            L.append(f"* `{e}` / {', '.join(tags)}: **{outcome}**" + (f" -- {detail}" if detail else ""))
     L += ["", "## Faults injected into the real services", "",
           "Each fault is injected into the real server process (SeaweedFS `weed mini`, PostgreSQL 15, the "
           "local OpenAI-compatible VLM server run as its own process, a tmpfs data root) while the stage "
@@ -993,7 +999,10 @@ def render(inputs: dict[str, dict[str, Cell]], faults: list[FaultResult], meta: 
           "| stage | fault | rows in | rows out | lost | corrupted | outcome | recover s | detail |",
           "|---|---|---|---|---|---|---|---|---|"]
     for f in faults:
-        det = (f.detail or "").replace("|", "/").replace("\n", " ")[:160]
+        det = (f.detail or "").replace("|", "/").replace("\n", " ")
+        if meta.get("work"):
+            det = det.replace(str(meta["work"]), "<work>")
+        det = det[:160]
         extra = f" ({', '.join(f'{k}={v}' for k, v in f.extra.items())})" if f.extra else ""
         L.append(f"| {f.stage} | {f.fault} | {f.rows_in} | {f.rows_out} | {f.lost} | {f.corrupted} | {f.outcome} | "
                  f"{'' if f.recover_s is None else f'{f.recover_s:.1f}'} | {det}{extra} |")
@@ -1046,7 +1055,7 @@ def main(argv: list[str] | None = None) -> int:
         inputs = run_inputs(work / "inputs", entries, log=lambda m: print(m, file=sys.stderr))
         faults = [] if a.no_faults else run_faults(work / "faults", a.quick, log=lambda m: print(m, file=sys.stderr))
         meta = _meta(a.quick, t0, load0)
-        text = render(inputs, faults, meta)
+        text = render(inputs, faults, {**meta, "work": str(work)})
         Path(a.out).parent.mkdir(parents=True, exist_ok=True)
         Path(a.out).write_text(text)
         if a.json:
