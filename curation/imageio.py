@@ -330,24 +330,35 @@ def sniff_format(head: bytes) -> str | None:
     return None
 
 
-def _pillow_frames(fp) -> int:
+def _pillow_frames(fp, max_pixels: int) -> tuple[int, tuple[int, int] | None]:
+    """``(frames, size)`` of an image Pillow can open (size None otherwise); the size is checked
+    against ``max_pixels`` before the frames are counted (counting may decode a frame)."""
     try:
         fp.seek(0)
         with Image.open(fp) as im:
-            return int(getattr(im, "n_frames", 1) or 1)
+            w, h = im.size
+            if w * h > max_pixels:
+                return 1, (w, h)
+            return int(getattr(im, "n_frames", 1) or 1), (w, h)
     except Exception:  # a format Pillow cannot open: one frame as far as we know
-        return 1
+        return 1, None
 
 
 def probe(path: str | os.PathLike | Source, max_pixels: int) -> ImageHeader:
     """Read format and size from the header only (steps 1 and 3 of the contract); raise
     ``not_a_regular_file``, ``not_an_image``, ``unsupported_format``, ``animated``,
     ``too_many_pixels``, ``truncated`` or ``corrupt``. A path is opened (regular files only),
-    never read whole; a :class:`Source` is probed from its bytes."""
+    never read whole; a :class:`Source` is probed from its bytes. Nothing is decoded: the pixel
+    limit is checked on the declared size before anything else is asked of Pillow."""
     if isinstance(path, Source):
         return _probe(io.BytesIO(path.data), path, max_pixels)
     with open_regular(path) as fh:
         return _probe(fh, path, max_pixels)
+
+
+def _too_many(w: int, h: int, max_pixels: int) -> None:
+    if w * h > max_pixels:
+        raise ImageReadError(reasons.TOO_MANY_PIXELS, f"{w}x{h} = {w * h} > {max_pixels}")
 
 
 def _probe(fp, where, max_pixels: int) -> ImageHeader:
@@ -360,7 +371,9 @@ def _probe(fp, where, max_pixels: int) -> ImageHeader:
         other = _other_image_format(head)
         if other is None:
             raise ImageReadError(reasons.NOT_AN_IMAGE, "unknown magic bytes" if head else "empty file")
-        frames = _pillow_frames(fp)
+        frames, size = _pillow_frames(fp, max_pixels)
+        if size is not None:
+            _too_many(*size, max_pixels)
         if frames > 1:
             raise ImageReadError(reasons.ANIMATED, f"{other} with {frames} frames")
         raise ImageReadError(reasons.UNSUPPORTED_FORMAT, f"{other} image (read: PNG, JPEG, TIFF, WebP)")
@@ -369,15 +382,15 @@ def _probe(fp, where, max_pixels: int) -> ImageHeader:
         with Image.open(fp, formats=None) as im:
             w, h = im.size
             mode = im.mode
+            _too_many(w, h, max_pixels)  # before n_frames / EXIF, which may make Pillow decode
             frames = int(getattr(im, "n_frames", 1) or 1)
-            orientation = 1
-            try:
-                orientation = int(im.getexif().get(_EXIF_ORIENTATION, 1) or 1)
-            except Exception:  # malformed EXIF: treat as no rotation
-                orientation = 1
+            orientation = _orientation(im, fmt, fp)
+    except ImageReadError:
+        raise
     except Exception as exc:  # Pillow refuses the header
         if fmt == "tiff":  # TIFFs Pillow does not read (e.g. 16-bit grey + alpha): tifffile's header
             w, h, mode, frames, orientation = _tiff_header(fp, exc)
+            _too_many(w, h, max_pixels)
         else:
             _header_failure(fp, fmt, exc)
     if orientation not in range(1, 9):
@@ -386,11 +399,43 @@ def _probe(fp, where, max_pixels: int) -> ImageHeader:
         raise ImageReadError(reasons.CORRUPT, f"bad size {w}x{h}")
     if frames > 1:
         raise ImageReadError(reasons.ANIMATED, f"{frames} frames")
-    if w * h > max_pixels:
-        raise ImageReadError(reasons.TOO_MANY_PIXELS, f"{w}x{h} = {w * h} > {max_pixels}")
     if orientation in (5, 6, 7, 8):
         w, h = h, w
     return ImageHeader(fmt, w, h, orientation, mode)
+
+
+def _orientation(im, fmt: str, fp) -> int:
+    """The EXIF orientation tag (1 when absent or malformed), without decoding: Pillow's
+    ``getexif`` of a PNG decodes the whole image to look for an eXIf chunk after the pixel
+    data, so for PNG the chunks are walked here instead."""
+    try:
+        if fmt == "png":
+            raw = im.info.get("exif")
+            if raw is None:
+                raw = _png_exif_chunk(fp)
+            if not raw:
+                return 1
+            ex = Image.Exif()
+            ex.load(raw if raw.startswith(b"Exif\x00\x00") else b"Exif\x00\x00" + raw)
+            return int(ex.get(_EXIF_ORIENTATION, 1) or 1)
+        return int(im.getexif().get(_EXIF_ORIENTATION, 1) or 1)
+    except Exception:  # malformed EXIF: treat as no rotation
+        return 1
+
+
+def _png_exif_chunk(fp) -> bytes | None:
+    """The body of a PNG's eXIf chunk wherever it is (chunk headers walked, nothing inflated)."""
+    fp.seek(8)
+    while True:
+        hdr = fp.read(8)
+        if len(hdr) < 8:
+            return None
+        length, ctype = struct.unpack(">I4s", hdr)
+        if ctype == b"eXIf":
+            return fp.read(length)
+        if ctype == b"IEND":
+            return None
+        fp.seek(length + 4, os.SEEK_CUR)
 
 
 def _header_failure(fp, fmt: str, exc: Exception):

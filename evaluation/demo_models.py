@@ -114,7 +114,9 @@ def build_demo_bench(root: str | os.PathLike, n: int = 5, size: tuple[int, int] 
             rgb = generate_photo(w, h, seed + i)
             Image.fromarray(rgb).save(ref, compress_level=1)
         else:
-            with Image.open(ref) as im:
+            from curation.imageio import open_checked  # the reader contract, as every reader
+
+            with open_checked(ref) as im:
                 rgb = np.asarray(im.convert("RGB"))
         for m, p in outs.items():
             if force or not p.exists():
