@@ -147,3 +147,33 @@ def test_reliability_report_reduced_no_row_lost_no_silent_pass(tmp_path):
     md = R.render(res, [], {"date": "test", "commit": "test", "cpus": 1, "load_before": "0", "load_after": "0",
                             "seconds": 0.0})
     assert "rows lost: 0**" in md and "silent passes: 0**" in md or PENDING
+
+
+@pytest.mark.slow
+def test_full_disk_in_a_scoring_worker_fails_the_stage_instead_of_rejecting_images(tmp_path, test_cfg):
+    """Thumbnails written by worker processes onto a full file system: the error propagates (the
+    stage fails, a re-run redoes it); before, each image was recorded ``unreadable`` and cached."""
+    import subprocess
+
+    from curation.purify import score_files
+
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    mnt = tmp_path / "full"
+    mnt.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16k", "tmpfs", str(mnt)], capture_output=True).returncode:
+        pytest.skip("mount refused")
+    try:
+        jobs = []
+        for i in range(4):
+            p = tmp_path / f"img{i}.jpg"
+            p.write_bytes(R._jpeg(10 + i))
+            jobs.append({"path": str(p), "image_id": f"{i:020x}", "thumb_path": str(mnt / f"t{i}.jpg"), "thumb_px": 256})
+        with pytest.raises(OSError) as ei:
+            score_files(jobs, test_cfg["purification"], 10**8, workers=2, cache_dir=tmp_path / "cache")
+        assert "No space left on device" in str(ei.value)
+        assert not list((tmp_path / "cache").glob("*.json")) or all(
+            "unreadable" not in p.read_text() for p in (tmp_path / "cache").glob("*.json"))
+        assert not [p for p in mnt.iterdir() if p.name.startswith(".")]  # no temporary file left behind
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
