@@ -855,60 +855,90 @@ def fault_vlm(base: Path, modes=VLM_MODES, n: int = 6, kill: bool = True) -> lis
     return out
 
 
-def fault_full_disk(base: Path, size: str = "200k") -> FaultResult:
-    """raw_pool + image_scores on a data root that is a ``size`` tmpfs (mounted here, as root);
-    it fills, the stage fails with one line, nothing partial is left; the tmpfs is grown and a
-    re-run completes with every row."""
+def _stages_until_error(data_root: Path, raw: Path, shard: str = "shard-00000") -> str | None:
+    """raw_pool then image_scores of ``shard`` on ``data_root``; the first error as one string."""
     from curation.config import load_config
     from curation.layout import DataLayout
-    from curation.manifest import read_manifest
     from curation.stages import run_image_scores, run_raw_pool
 
-    cfg = load_config("test")
+    cfg, layout = load_config("test"), DataLayout.at(data_root)
+    for fn in (lambda: run_raw_pool(layout, raw, shard, cfg), lambda: run_image_scores(layout, shard, cfg)):
+        try:
+            fn()
+        except Exception as exc:  # noqa: BLE001 - the outcome under test
+            return f"{type(exc).__name__}: {exc}"
+    return None
+
+
+_RLIMIT_CHILD = """
+import resource, sys
+sys.path.insert(0, sys.argv[1]); sys.path.insert(0, sys.argv[1] + "/benchmarks")
+resource.setrlimit(resource.RLIMIT_FSIZE, (int(sys.argv[4]), resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
+import reliability
+from pathlib import Path
+print(reliability._stages_until_error(Path(sys.argv[2]), Path(sys.argv[3])) or "")
+"""
+
+
+def fault_full_disk(base: Path, size: str = "200k", rlimit: bool | None = None) -> FaultResult:
+    """raw_pool + image_scores on a data root that is a ``size`` tmpfs (mounted here, as root);
+    it fills, the stage fails with one line, nothing partial is left; the tmpfs is grown and a
+    re-run completes with every row. Where mounting is refused (not root), or with ``rlimit``,
+    the first run is a child process whose files may not grow past 8 KB (``RLIMIT_FSIZE``:
+    ``EFBIG``, the same class of error) and the re-run is this process, without the limit."""
+    from curation.manifest import read_manifest
+
     work = base / "disk"
     work.mkdir(parents=True, exist_ok=True)
     raw = _pool(work)
     mnt = work / "mnt"
     mnt.mkdir(exist_ok=True)
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mnt)], capture_output=True, text=True)
-    if r.returncode != 0:
-        return FaultResult("purification (data root)", f"full disk ({size} tmpfs)", 0, 0, 0, 0,
-                           f"skipped: mount refused ({r.stderr.strip()[:100]})")
+    mounted = False
+    if not rlimit:
+        r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mnt)], capture_output=True,
+                           text=True)
+        mounted = r.returncode == 0
+    how = f"full disk ({size} tmpfs), grown to 64 MB, re-run" if mounted else \
+        "file size limit (RLIMIT_FSIZE 8 KB) in the first run, lifted, re-run"
     try:
-        layout = DataLayout.at(mnt / "data")
-        shard = "shard-00000"
-        errors = []
-        for fn in (lambda: run_raw_pool(layout, raw, shard, cfg), lambda: run_image_scores(layout, shard, cfg)):
-            try:
-                fn()
-            except Exception as exc:  # noqa: BLE001
-                errors.append(f"{type(exc).__name__}: {exc}")
-                break
+        data = mnt / "data"
+        if mounted:
+            err = _stages_until_error(data, raw)
+        else:
+            child = subprocess.run([sys.executable, "-c", _RLIMIT_CHILD, str(ROOT), str(data), str(raw), "8192"],
+                                   capture_output=True, text=True, timeout=300)
+            err = (child.stdout.strip().splitlines() or [None])[-1] or \
+                (f"child exited {child.returncode}: {child.stderr.strip()[-200:]}" if child.returncode else None)
         leftovers = _leftovers(mnt)
         partial = []
-        for p in (mnt / "data" / "manifests").rglob("*.parquet") if (mnt / "data" / "manifests").exists() else []:
+        for p in (data / "manifests").rglob("*.parquet") if (data / "manifests").exists() else []:
             try:
                 read_manifest(p)
             except Exception:  # noqa: BLE001
                 partial.append(str(p))
-        subprocess.run(["mount", "-o", "remount,size=64m", str(mnt)], check=True)
+        if mounted:
+            subprocess.run(["mount", "-o", "remount,size=64m", str(mnt)], check=True)
         t0 = time.monotonic()
-        run_raw_pool(layout, raw, shard, cfg)
-        run_image_scores(layout, shard, cfg)
+        err2 = _stages_until_error(data, raw)
         done = time.monotonic()
+        shard = "shard-00000"
         n_in = _entries(raw / shard)
-        rp = read_manifest(layout.manifest("raw_pool", shard)).to_pylist()
-        sc = read_manifest(layout.manifest("image_scores", shard)).num_rows
+        from curation.layout import DataLayout
+
+        layout = DataLayout.at(data)
+        rp = read_manifest(layout.manifest("raw_pool", shard)).to_pylist() if err2 is None else []
+        sc = read_manifest(layout.manifest("image_scores", shard)).num_rows if err2 is None else 0
         passed = sum(r["passed"] for r in rp)
         lost = (n_in - len(rp)) + (passed - sc)
-        one_line = bool(errors) and "\n" not in errors[0]
-        outcome = ("clear failure, re-run completed" if errors and one_line and not leftovers and not partial
-                   and lost == 0 else f"FAILED: errors={errors} leftovers={leftovers} partial={partial}")
-        return FaultResult("purification (data root)", f"full disk ({size} tmpfs), grown to 64 MB, re-run", n_in,
-                           len(rp), lost, len(partial) + len(leftovers), outcome, round(done - t0, 2),
-                           detail=(errors[0] if errors else "no error: the disk did not fill")[:200])
+        one_line = bool(err) and "\n" not in err
+        outcome = ("clear failure, re-run completed" if err and one_line and not leftovers and not partial
+                   and lost == 0 and err2 is None
+                   else f"FAILED: error={err} leftovers={leftovers} partial={partial} rerun={err2}")
+        return FaultResult("purification (data root)", how, n_in, len(rp), lost, len(partial) + len(leftovers),
+                           outcome, round(done - t0, 2), detail=(err or "no error: the disk did not fill")[:200])
     finally:
-        subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+        if mounted:
+            subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
 
 
 def run_faults(base: Path, quick: bool = False, log=print) -> list[FaultResult]:
@@ -917,7 +947,7 @@ def run_faults(base: Path, quick: bool = False, log=print) -> list[FaultResult]:
              ("dvc push", lambda: [fault_dvc_push(base, down_s=8.0)]),
              ("postgres dagster", lambda: [fault_postgres_dagster(base, down_s=20.0 if quick else 30.0)]),
              ("vlm", lambda: fault_vlm(base)),
-             ("full disk", lambda: [fault_full_disk(base)])]
+             ("full disk", lambda: [fault_full_disk(base / "tmpfs"), fault_full_disk(base / "rlimit", rlimit=True)])]
     if not quick:
         steps.insert(3, ("postgres mlflow", lambda: [fault_postgres_mlflow(base)]))
     for name, fn in steps:

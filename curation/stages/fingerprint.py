@@ -87,13 +87,13 @@ def snapshot_config(layout, cfg, stage: str, table: StageTable = STAGES) -> Path
     if not path.exists():
         spec = table[stage]
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps({
+        from curation.atomic import write_text
+
+        write_text(path, json.dumps({  # a failed write (full disk) leaves no temporary file
             "config_hash": fp, "stage": stage, "code_version": spec.code_version, "profile": cfg.name,
             "reads": stage_reads(cfg, stage, table), "upstream": {u: fps[u] for u in spec.upstream},
             "config": cfg.data,
         }, sort_keys=True, indent=1, default=str))
-        os.replace(tmp, path)
     return path
 
 
