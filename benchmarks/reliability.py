@@ -941,6 +941,60 @@ def fault_full_disk(base: Path, size: str = "200k", rlimit: bool | None = None) 
             subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
 
 
+def fault_full_disk_corpus(base: Path) -> FaultResult:
+    """The 100 MP corpus stage on a tmpfs data root that holds the purification stages with 3 MB
+    to spare: the first upscaled output fills it; the stage must fail (no ``upscale_failed``
+    verdict recorded, no partial output left), and after growing the tmpfs a re-run gives every
+    candidate its row."""
+    from curation.config import load_config
+    from curation.corpus import run_corpus
+    from curation.layout import DataLayout
+    from curation.manifest import read_manifest
+    from curation.stages import run_candidate_pool, run_image_scores, run_raw_pool, run_thresholds
+
+    cfg = load_config("test")
+    work = base / "disk-corpus"
+    work.mkdir(parents=True, exist_ok=True)
+    raw = _pool(work)
+    mnt = work / "mnt"
+    mnt.mkdir(exist_ok=True)
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(mnt)], capture_output=True, text=True)
+    if r.returncode != 0:
+        return FaultResult("corpus_100mp (data root)", "full disk during SR", 0, 0, 0, 0,
+                           f"skipped: mount refused ({r.stderr.strip()[:100]})")
+    try:
+        layout, shard = DataLayout.at(mnt / "data"), "shard-00000"
+        run_raw_pool(layout, raw, shard, cfg)
+        run_image_scores(layout, shard, cfg)
+        run_thresholds(layout, cfg)
+        run_candidate_pool(layout, shard, cfg)
+        n_in = sum(r["passed"] for r in read_manifest(layout.manifest("candidate_pool", shard)).to_pylist())
+        used = int(subprocess.run(["df", "-k", "--output=used", str(mnt)], capture_output=True,
+                                  text=True).stdout.split()[-1])
+        subprocess.run(["mount", "-o", f"remount,size={used + 3000}k", str(mnt)], check=True)
+        err = None
+        try:
+            run_corpus(layout, shard, cfg)
+        except Exception as exc:  # noqa: BLE001
+            err = f"{type(exc).__name__}: {exc}"
+        committed = layout.manifest("corpus_100mp", shard).exists()
+        leftovers = _leftovers(mnt) + [str(p) for p in (mnt / "data" / "corpus" / "_work").glob("*")]
+        subprocess.run(["mount", "-o", "remount,size=512m", str(mnt)], check=True)
+        t0 = time.monotonic()
+        res = run_corpus(layout, shard, cfg)
+        done = time.monotonic()
+        rows = res.rows
+        wrong = sum(1 for r in rows if r.get("reject_reason") == "upscale_failed")
+        ok = err is not None and "\n" not in err and not committed and not leftovers and len(rows) == n_in and not wrong
+        return FaultResult("corpus_100mp (data root)", "full disk at the first SR output (3 MB free), grown, re-run",
+                           n_in, len(rows), n_in - len(rows), len(leftovers),
+                           "clear failure, re-run completed" if ok else
+                           f"FAILED: error={err} committed={committed} leftovers={leftovers} upscale_failed={wrong}",
+                           round(done - t0, 2), detail=(err or "no error: the disk did not fill")[:200])
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+
+
 def run_faults(base: Path, quick: bool = False, log=print) -> list[FaultResult]:
     out: list[FaultResult] = []
     steps = [("s3 upload", lambda: [fault_s3_upload(base, down_s=6.0)]),
@@ -948,6 +1002,8 @@ def run_faults(base: Path, quick: bool = False, log=print) -> list[FaultResult]:
              ("postgres dagster", lambda: [fault_postgres_dagster(base, down_s=20.0 if quick else 30.0)]),
              ("vlm", lambda: fault_vlm(base)),
              ("full disk", lambda: [fault_full_disk(base / "tmpfs"), fault_full_disk(base / "rlimit", rlimit=True)])]
+    if not quick:
+        steps.append(("full disk corpus", lambda: [fault_full_disk_corpus(base)]))
     if not quick:
         steps.insert(3, ("postgres mlflow", lambda: [fault_postgres_mlflow(base)]))
     for name, fn in steps:

@@ -153,8 +153,10 @@ def process_image(row: dict, layout: DataLayout, cfg: Config, backend_name: str,
             lr = _read_input(source, int(cfg.get("io.max_pixels")), row.get("sha256") or row["image_id"])
             try:
                 info = upscale_image(lr, tmp_out, backend, spec, prompt=row.get("caption"), seed=0)
-            except BaseException:
+            except BaseException as exc:
                 tmp_out.unlink(missing_ok=True)  # no half-written output left on a full disk
+                if isinstance(exc, OSError) and is_disk_full(exc) and not exc.filename:
+                    raise OSError(exc.errno, exc.strerror or str(exc), str(tmp_out)) from exc
                 raise
             sha = content_hash(tmp_out)
             image_id = image_id_from_hash(sha)
