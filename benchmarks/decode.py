@@ -2,9 +2,10 @@
 
 1. Decoders on the project's generator image (8-bit RGB, 100 MP) saved as PNG (OpenCV's default
    level) and JPEG (quality 95): OpenCV as the old path used it (``IMREAD_UNCHANGED`` + BGR->RGB),
-   OpenCV straight into RGB (``IMREAD_COLOR_RGB``, what decoders.py uses), simplejpeg
-   (libjpeg-turbo), pyspng (libspng, when installed) and this project's row-band PNG path;
-   best-of-``repeat`` seconds and whether the pixels equal the old path's.
+   OpenCV straight into RGB (``IMREAD_COLOR_RGB``, decoders.py's fallback), simplejpeg
+   (libjpeg-turbo, adopted for JPEG), pyspng (libspng, when installed) and this project's
+   row-band PNG path (adopted); best-of-``repeat`` seconds and whether the pixels equal the old
+   path's.
 2. ``uhr score-image`` on one file per layout (8-bit RGB PNG / JPEG / TIFF, RGBA PNG, 16-bit RGBA
    PNG, 16-bit RGB TIFF, grey + alpha PNG, palette + tRNS PNG, CMYK JPEG, 8-bit RGB JPEG with EXIF
    orientation 6): wall seconds and peak RSS of each CLI process (its ``ru_maxrss``), and
@@ -18,7 +19,7 @@
 compresses like a photo, not like noise). Alpha: a diagonal ramp with a fully transparent corner.
 
     .venv/bin/python benchmarks/decode.py [--mp 100] [--repeat 2] [--before /tmp/old-tree]
-                                          [--layouts png_rgb8,png_rgba16] [--skip-decoders]
+                                          [--layouts png_rgb8,png_rgba16] [--skip-decoders | --skip-cli]
 """
 
 from __future__ import annotations
@@ -136,13 +137,13 @@ def decoder_table(png: Path, jpg: Path, repeat: int) -> dict:
         ref = cv2.cvtColor(cv2.imdecode(buf, cv2.IMREAD_UNCHANGED), cv2.COLOR_BGR2RGB)
         cands = {
             "opencv_unchanged_bgr2rgb (old)": lambda: cv2.cvtColor(cv2.imdecode(buf, cv2.IMREAD_UNCHANGED), cv2.COLOR_BGR2RGB),
-            "opencv_color_rgb (adopted)": lambda: cv2.imdecode(buf, cv2.IMREAD_COLOR_RGB | cv2.IMREAD_IGNORE_ORIENTATION),
+            "opencv_color_rgb (fallback)": lambda: cv2.imdecode(buf, cv2.IMREAD_COLOR_RGB | cv2.IMREAD_IGNORE_ORIENTATION),
         }
         if name == "jpeg":
             try:
                 import simplejpeg
 
-                cands["simplejpeg"] = lambda: simplejpeg.decode_jpeg(data, colorspace="RGB")
+                cands["simplejpeg (adopted)"] = lambda: simplejpeg.decode_jpeg(data, colorspace="RGB")
             except ImportError:
                 out["simplejpeg"] = "not installed"
         else:
@@ -152,15 +153,49 @@ def decoder_table(png: Path, jpg: Path, repeat: int) -> dict:
                 cands["pyspng"] = lambda: pyspng.load(data)
             except ImportError:
                 out["pyspng"] = "not installed"
-            cands["uhr_png_rows (rotation 3)"] = lambda: decoders.decode_png(path, 3, data)
+            cands["uhr_png_rows (adopted)"] = lambda: decoders.decode_png(path, 1, data)
         row = {"file_mb": len(data) / 1e6}
+        if name == "png":
+            row["inflate_seconds"] = inflate_table(data, repeat)
         for cname, fn in cands.items():
             img = fn()
-            if "rotation 3" in cname:
-                img = decoders.orient(img, 3)
             row[cname] = {"seconds": best(fn, repeat), "identical": bool(np.array_equal(img, ref))}
             del img
         out[name] = row
+    return out
+
+
+def inflate_table(png: bytes, repeat: int) -> dict:
+    """Seconds to inflate a PNG's IDAT stream 1 MiB of input at a time into 4 MiB outputs (the
+    row path's pattern) with the standard library's zlib and with ISA-L (isal), when installed."""
+    import zlib
+
+    pos, idat = 8, []
+    while pos < len(png):
+        n, t = struct.unpack(">I4s", png[pos : pos + 8])
+        if t == b"IDAT":
+            idat.append(png[pos + 8 : pos + 8 + n])
+        pos += 12 + n
+    stream = b"".join(idat)
+
+    def run(mod) -> int:
+        d, i, pending, total = mod.decompressobj(), 0, b"", 0
+        while True:
+            if not pending:
+                if i >= len(stream):
+                    return total
+                pending, i = stream[i : i + (1 << 20)], i + (1 << 20)
+            total += len(d.decompress(pending, 4 << 20))
+            pending = d.unconsumed_tail
+
+    out = {"zlib": best(lambda: run(zlib), repeat)}
+    try:
+        from isal import isal_zlib
+
+        assert run(isal_zlib) == run(zlib), "isal inflated a different number of bytes"
+        out["isal (adopted)"] = best(lambda: run(isal_zlib), repeat)
+    except ImportError:
+        out["isal (adopted)"] = "not installed"
     return out
 
 
@@ -218,6 +253,7 @@ def main() -> None:
     ap.add_argument("--before", type=Path, default=None, help="source tree of the code before, run in the same session")
     ap.add_argument("--layouts", default=",".join(LAYOUTS))
     ap.add_argument("--skip-decoders", action="store_true")
+    ap.add_argument("--skip-cli", action="store_true", help="only the decoder table")
     ap.add_argument("--keep", type=Path, default=None, help="folder to write / reuse the files in")
     args = ap.parse_args()
     cv2.setNumThreads(1)
@@ -245,6 +281,8 @@ def main() -> None:
     if not args.skip_decoders:
         results["decoders"] = decoder_table(files["png_rgb8"], files["jpeg_rgb8"], args.repeat)
         print(json.dumps(results["decoders"], indent=2), flush=True)
+    if args.skip_cli:
+        return
     trees = {"after": ROOT}
     if args.before:
         trees["before"] = args.before
