@@ -539,6 +539,30 @@ def _leftovers(root: Path) -> list[str]:
     return [str(p) for p in root.rglob("*") if p.name.startswith(".") and (".tmp" in p.name or p.name.endswith(".part"))]
 
 
+class _RetryCounter:
+    """Counts the retry warnings of :mod:`curation.retry` whose message holds ``needle``."""
+
+    def __init__(self, needle: str):
+        import logging
+
+        self.needle, self.n = needle, 0
+        outer = self
+
+        class _H(logging.Handler):
+            def emit(self, record):
+                if outer.needle in record.getMessage():
+                    outer.n += 1
+
+        self._h, self._log = _H(logging.WARNING), logging.getLogger("curation.retry")
+
+    def __enter__(self):
+        self._log.addHandler(self._h)
+        return self
+
+    def __exit__(self, *exc):
+        self._log.removeHandler(self._h)
+
+
 def fault_s3_upload(base: Path, down_s: float = 6.0, n: int = 40) -> FaultResult:
     """Upload ``n`` blobs while the S3 server is stopped for ``down_s`` s and restarted."""
     from curation.store import RetryPolicy, S3Store, blob_digest, put_blob
@@ -587,6 +611,75 @@ def fault_s3_upload(base: Path, down_s: float = 6.0, n: int = 40) -> FaultResult
                            n - lost, lost, bad, outcome,
                            round(done - back["t"], 2) if "t" in back and err is None else None, detail=err or "")
     finally:
+        s3.stop()
+
+
+def fault_s3_pipeline(base: Path, down_s: float = 8.0, delay_s: float = 2.0) -> FaultResult:
+    """``materialize_all`` (raw_pool -> candidate_pool) publishing blobs and manifests to S3 (the
+    stage sync of every asset), the S3 server stopped ``delay_s`` s in for ``down_s`` s."""
+    from dagster import DagsterInstance
+
+    from curation.layout import DataLayout
+    from curation.store import S3Store, blob_key, remote_shards
+    from infra.services import S3Server
+    from orchestration.definitions import build_definitions
+    from orchestration.pipeline import materialize_all
+    from orchestration.resources import AestheticModels, CurationSettings, ObjectStoreResource, VLMEndpoint
+
+    work = base / "s3-pipeline"
+    work.mkdir(parents=True, exist_ok=True)
+    s3 = S3Server(work / "s3").start()
+    instance = None
+    try:
+        raw = _pool(work)
+        data = work / "data"
+        store = ObjectStoreResource(endpoint=s3.endpoint_url, bucket="uhrforge", access_key=s3.access_key,
+                                    secret_key=s3.secret_key, retry_deadline_s=90.0)
+        defs = build_definitions({"settings": CurationSettings(data_root=str(data), raw_root=str(raw), profile="test"),
+                                  "aesthetics": AestheticModels(), "store": store, "vlm": VLMEndpoint()})
+        home = work / "dagster_home"
+        home.mkdir(exist_ok=True)
+        (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+        instance = DagsterInstance.from_config(str(home))
+        back = {}
+
+        def fault():
+            time.sleep(delay_s)
+            s3.stop()
+            time.sleep(down_s)
+            s3.start()
+            back["t"] = time.monotonic()
+
+        th = threading.Thread(target=fault)
+        th.start()
+        err = None
+        with _RetryCounter("S3 ") as retried:
+            try:
+                materialize_all(defs, instance, raw, log=lambda *_: None, with_corpus=False)
+            except Exception as exc:  # noqa: BLE001
+                err = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        th.join()
+        done = time.monotonic()
+        st = S3Store(s3.endpoint_url, "uhrforge", access_key=s3.access_key, secret_key=s3.secret_key)
+        layout = DataLayout.at(data)
+        from curation.manifest import read_manifest
+
+        stages = ("raw_pool", "image_scores", "candidate_pool")
+        missing = [s for s in stages if "shard-00000" not in remote_shards(st, s)]
+        rp = read_manifest(layout.manifest("raw_pool", "shard-00000")).to_pylist() if not err else []
+        blobs = set(st.list("blobs/"))
+        no_blob = sum(1 for r in rp if r["passed"] and blob_key(r["sha256"]) not in blobs)
+        n_in = _entries(raw / "shard-00000")
+        lost = (n_in - len(rp)) + no_blob + len(missing)
+        ok = err is None and lost == 0
+        return FaultResult("store sync (materialize -> S3)", f"S3 server stopped {delay_s:g} s into the run for "
+                           f"{down_s:g} s", n_in, len(rp), lost, 0, "survived" if ok else f"FAILED: {err}",
+                           round(done - back["t"], 2) if ok and "t" in back else None, detail=err or "",
+                           extra={"manifests_missing_in_s3": len(missing), "blobs_missing": no_blob,
+                                  "s3_calls_retried": retried.n})
+    finally:
+        if instance is not None:
+            instance.dispose()
         s3.stop()
 
 
@@ -998,6 +1091,7 @@ def fault_full_disk_corpus(base: Path) -> FaultResult:
 def run_faults(base: Path, quick: bool = False, log=print) -> list[FaultResult]:
     out: list[FaultResult] = []
     steps = [("s3 upload", lambda: [fault_s3_upload(base, down_s=6.0)]),
+             ("s3 pipeline", lambda: [fault_s3_pipeline(base)]),
              ("dvc push", lambda: [fault_dvc_push(base, down_s=8.0)]),
              ("postgres dagster", lambda: [fault_postgres_dagster(base, down_s=20.0 if quick else 30.0)]),
              ("vlm", lambda: fault_vlm(base)),
