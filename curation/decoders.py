@@ -29,8 +29,8 @@ Sources, per format:
   :mod:`curation.ckernels`), so no PNG layout exists at full size in its own sample type; for
   8-bit RGB this is also faster and smaller than OpenCV's whole-image decode (``benchmarks/decode.py``);
   16-bit colour + alpha is composited by a second kernel in the same float32 arithmetic.
-  Interlaced (Adam7) PNGs, and every PNG when no C compiler is present, take the whole-image
-  path (same pixels, more memory).
+  Interlaced (Adam7) PNGs decode pass by pass, each scattered into the output, then oriented.
+  Without a C compiler every PNG takes the whole-image path (same pixels, more memory).
 * **TIFF**: tifffile's strips / tiles (uncompressed contiguous data is read a band at a time)
   for chunky 8/16-bit grey, grey + alpha, RGB, RGBA and CMYK; other TIFFs (planar, palette,
   YCbCr, float, ...) take the whole-image path (planar grey + alpha: tifffile, whole).
@@ -554,10 +554,11 @@ class _PngConverter:
         if ct == 2 and info.trns is not None and len(info.trns) >= 6:  # RGB colour key -> alpha 0
             self.key = np.array(struct.unpack(">HHH", info.trns[:6]), dtype=np.uint16 if d == 16 else np.uint8)
 
-    def samples(self, lines: np.ndarray) -> np.ndarray:
-        """``(rows, row_bytes)`` unfiltered bytes -> ``(rows, W, C)`` samples (uint8 or uint16)."""
+    def samples(self, lines: np.ndarray, w: int) -> np.ndarray:
+        """``(rows, row_bytes)`` unfiltered bytes of rows ``w`` pixels wide -> ``(rows, w, C)``
+        samples (uint8 or uint16)."""
         info = self.info
-        w, c, d = info.width, info.channels, info.depth
+        c, d = info.channels, info.depth
         if d == 16:
             return lines.view(">u2").reshape(lines.shape[0], w, c).astype(np.uint16)
         if d == 8:
@@ -567,13 +568,14 @@ class _PngConverter:
             v = v * np.uint8({1: 255, 2: 85, 4: 17}[d])
         return v[..., None]
 
-    def rgb(self, lines: np.ndarray) -> np.ndarray:
+    def rgb(self, lines: np.ndarray, w: int) -> np.ndarray:
+        """``(rows, row_bytes)`` unfiltered bytes of rows ``w`` pixels wide -> ``(rows, w, 3)`` RGB."""
         ct = self.info.color_type
         if ct in (4, 6) and self.info.depth == 16:  # straight from the big-endian bytes
-            out = composite16(lines, self.info.width, self.info.channels, True)
+            out = composite16(lines, w, self.info.channels, True)
             if out is not None:
                 return np.repeat(out, 3, axis=2) if ct == 4 else out
-        s = self.samples(lines)
+        s = self.samples(lines, w)
         if ct == 3:
             return self.lut[s[..., 0]]
         if ct == 0:
@@ -597,7 +599,7 @@ def decode_png(path, orientation: int, data: bytes | None = None) -> np.ndarray:
     try:
         info, idat_len = _read_png_head(fh)
         fn, _why = _unfilter_kernel()
-        if info.interlace or fn is None:
+        if fn is None:
             fh.close()
             if info.color_type == 2 and info.depth == 8 and info.trns is None:  # no conversion to do
                 return decode_opencv_rgb(path, orientation, data)
@@ -619,43 +621,72 @@ def _inflater():
         return zlib, zlib.error
 
 
-def _decode_png_rows(fh, idat_len: int, info: _PngInfo, orientation: int, unfilter) -> np.ndarray:
-    h, w, rb = info.height, info.width, info.row_bytes
-    conv = _PngConverter(info)
-    out = np.empty(oriented_shape(h, w, orientation) + (3,), dtype=np.uint8)
+#: Adam7 passes (PNG spec 8.2): first column, first row, column step, row step
+_ADAM7 = ((0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4), (0, 2, 2, 4), (1, 0, 2, 2), (0, 1, 1, 2))
+
+
+class _Inflate:
+    """The IDAT zlib stream, inflated on demand into caller-sized pieces (bounded memory)."""
+
+    def __init__(self, fh, idat_len: int):
+        module, self.error = _inflater()
+        self.z = module.decompressobj()
+        self.pieces = _idat_pieces(fh, idat_len)
+        self.pending = b""
+
+    def fill(self, band: np.ndarray, need: int, where: str) -> None:
+        """Fill ``band[:need]`` with the next ``need`` inflated bytes or raise ``corrupt``."""
+        got = 0
+        while got < need:
+            if not self.pending:
+                self.pending = next(self.pieces, b"")
+                if not self.pending:
+                    raise ImageReadError(reasons.CORRUPT, f"PNG image data ends {where}")
+            chunk = self.z.decompress(self.pending, need - got)
+            self.pending = self.z.unconsumed_tail
+            band[got : got + len(chunk)] = np.frombuffer(chunk, np.uint8)
+            got += len(chunk)
+            if self.z.eof and got < need:
+                raise ImageReadError(reasons.CORRUPT, f"PNG zlib stream ends {where}")
+
+
+def _png_scanlines(zin: _Inflate, unfilter, info: _PngInfo, width: int, height: int, what: str = ""):
+    """``(y, (rows, row_bytes) unfiltered bytes)`` bands of a ``width`` x ``height`` (sub-)image."""
+    rb = (width * info.channels * info.depth + 7) // 8
     rows = _strip_rows(rb + 1)
-    band = np.empty(rows * (rb + 1), dtype=np.uint8)
+    band = np.empty(min(rows, height) * (rb + 1), dtype=np.uint8)
     prev = np.zeros(rb, dtype=np.uint8)
-    inflate, zerror = _inflater()
-    z = inflate.decompressobj()
-    pieces = _idat_pieces(fh, idat_len)
-    pending = b""
-    y = 0
+    for y in range(0, height, rows):
+        n = min(rows, height - y)
+        need = n * (rb + 1)
+        zin.fill(band, need, f"at row {y}{what} of {height}")
+        bad = unfilter(_ptr(band), n, rb, info.bpp, _ptr(prev))
+        if bad:
+            raise ImageReadError(reasons.CORRUPT, f"PNG row {y + bad - 1}{what}: filter type out of range")
+        yield y, band[:need].reshape(n, rb + 1)[:, 1:]
+
+
+def _decode_png_rows(fh, idat_len: int, info: _PngInfo, orientation: int, unfilter) -> np.ndarray:
+    h, w = info.height, info.width
+    conv = _PngConverter(info)
+    zin = _Inflate(fh, idat_len)
     try:
-        while y < h:
-            n = min(rows, h - y)
-            need = n * (rb + 1)
-            got = 0
-            while got < need:
-                if not pending:
-                    pending = next(pieces, b"")
-                    if not pending:
-                        raise ImageReadError(reasons.CORRUPT, f"PNG image data ends at row {y + got // (rb + 1)} of {h}")
-                chunk = z.decompress(pending, need - got)
-                pending = z.unconsumed_tail
-                band[got : got + len(chunk)] = np.frombuffer(chunk, np.uint8)
-                got += len(chunk)
-                if z.eof and got < need:
-                    raise ImageReadError(reasons.CORRUPT, f"PNG zlib stream ends at row {y + got // (rb + 1)} of {h}")
-            bad = unfilter(_ptr(band), n, rb, info.bpp, _ptr(prev))
-            if bad:
-                raise ImageReadError(reasons.CORRUPT, f"PNG row {y + bad - 1}: filter type out of range")
-            lines = band[:need].reshape(n, rb + 1)[:, 1:]
-            place(out, conv.rgb(lines), y, h, orientation)
-            y += n
-    except zerror as exc:
+        if not info.interlace:
+            out = np.empty(oriented_shape(h, w, orientation) + (3,), dtype=np.uint8)
+            for y, lines in _png_scanlines(zin, unfilter, info, w, h):
+                place(out, conv.rgb(lines, w), y, h, orientation)
+            return out
+        # Adam7: each pass is a small image of its own, scattered into place; then the orientation
+        out = np.empty((h, w, 3), dtype=np.uint8)
+        for k, (x0, y0, dx, dy) in enumerate(_ADAM7):
+            pw, ph = -(-(w - x0) // dx), -(-(h - y0) // dy)
+            if pw <= 0 or ph <= 0:  # an empty pass has no scanlines at all
+                continue
+            for y, lines in _png_scanlines(zin, unfilter, info, pw, ph, f" of Adam7 pass {k + 1}"):
+                out[y0 + y * dy : y0 + (y + lines.shape[0]) * dy : dy, x0::dx] = conv.rgb(lines, pw)
+        return _orient_whole(out, orientation)
+    except zin.error as exc:
         raise ImageReadError(reasons.CORRUPT, f"PNG image data: {exc}") from exc
-    return out
 
 
 # -- TIFF ------------------------------------------------------------------------------------------

@@ -188,29 +188,68 @@ def test_every_orientation_matches_for_row_and_whole_paths(tmp_path, orientation
     np.testing.assert_array_equal(_decode(tmp_path, jpg.tobytes(), "jpeg", orientation), _old_decode(jpg.tobytes(), orientation))
 
 
-def _adam7_png(samples: np.ndarray) -> bytes:
-    """8-bit RGBA PNG, interlaced (Adam7): each pass filtered on its own, all filter types."""
+def _pack(sub: np.ndarray, depth: int) -> np.ndarray:
+    """Samples ``(h, w[, C])`` -> packed scanlines ``(h, row_bytes)`` uint8 at ``depth`` bits."""
+    h = sub.shape[0]
+    if depth == 16:
+        return sub.astype(">u2").view(np.uint8).reshape(h, -1)
+    if depth == 8:
+        return sub.reshape(h, -1).astype(np.uint8)
+    v = sub.reshape(h, -1).astype(np.uint8)
+    bits = ((v[..., None] >> np.arange(depth - 1, -1, -1)) & 1).reshape(h, -1).astype(np.uint8)
+    return np.packbits(bits, axis=1)
+
+
+def _adam7_png(samples: np.ndarray, color_type: int, depth: int, plte: bytes = b"") -> bytes:
+    """An interlaced (Adam7) PNG: each pass packed and filtered on its own, all filter types."""
+    channels = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}[color_type]
+    bpp = max(1, channels * depth // 8)
     raw = bytearray()
     for x0, y0, dx, dy in ((0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4), (0, 2, 2, 4), (1, 0, 2, 2), (0, 1, 1, 2)):
         sub = samples[y0::dy, x0::dx]
-        if sub.size == 0:
+        if sub.shape[0] == 0 or sub.shape[1] == 0:
             continue
-        up = np.zeros(sub.shape[1] * 4, np.uint8)
-        for y, row in enumerate(sub.reshape(sub.shape[0], -1)):
+        lines = _pack(sub, depth)
+        up = np.zeros(lines.shape[1], np.uint8)
+        for y, row in enumerate(lines):
             raw.append(y % 5)
-            raw += _filter_row(y % 5, row, up, 4).tobytes()
+            raw += _filter_row(y % 5, row, up, bpp).tobytes()
             up = row
-    plain = _png(samples.reshape(H, -1), 6, 8)
-    body = struct.pack(">IIBBBBB", W, H, 8, 6, 0, 0, 1)
-    ihdr = struct.pack(">I", 13) + b"IHDR" + body + struct.pack(">I", zlib.crc32(b"IHDR" + body) & 0xFFFFFFFF)
+
+    def chunk(t: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + t + body + struct.pack(">I", zlib.crc32(t + body) & 0xFFFFFFFF)
+
+    h, w = samples.shape[:2]
+    out = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, depth, color_type, 0, 0, 1))
+    if plte:
+        out += chunk(b"PLTE", plte)
     z = zlib.compress(bytes(raw))
-    idat = struct.pack(">I", len(z)) + b"IDAT" + z + struct.pack(">I", zlib.crc32(b"IDAT" + z) & 0xFFFFFFFF)
-    return plain[:8] + ihdr + idat + plain[-12:]
+    for i in range(0, len(z), 11):
+        out += chunk(b"IDAT", z[i : i + 11])
+    return out + chunk(b"IEND", b"")
 
 
-def test_interlaced_and_opencv_written_pngs_match(tmp_path):
-    data = _adam7_png(_rand((H, W, 4), 8))  # Adam7: the whole-image path
+@pytest.mark.parametrize("name", ["rgba8", "rgba16", "grey2", "ga16", "rgb8"])
+def test_interlaced_pngs_decode_pass_by_pass(tmp_path, name):
+    ct, depth, shape = PNG_CASES[name]
+    data = _adam7_png(_rand(shape, depth), ct, depth)
+    assert data[28] == 1  # IHDR interlace method: Adam7
     np.testing.assert_array_equal(_decode(tmp_path, data, "png", 7), _old_decode(data, 7))
+
+
+@pytest.mark.parametrize("size", [(1, 1), (2, 3), (5, 1), (3, 7)])
+def test_interlaced_tiny_pngs_skip_their_empty_passes(tmp_path, size):
+    data = _adam7_png(_rand(size + (4,), 16), 6, 16)
+    p = tmp_path / "tiny.png"
+    p.write_bytes(data)
+    got = decoders.decode_to_rgb(p, ImageHeader("png", size[1], size[0], 1, "RGBA"))
+    np.testing.assert_array_equal(got, _old_decode(data))
+
+
+def test_interlaced_palette_and_opencv_written_pngs_match(tmp_path):
+    plte = RNG.integers(0, 256, (16, 3)).astype(np.uint8).tobytes()
+    data = _adam7_png(_rand((H, W), 4), 3, 4, plte=plte)
+    np.testing.assert_array_equal(_decode(tmp_path, data, "png"), _old_decode(data))
     ok, enc = cv2.imencode(".png", _rand((H, W, 4), 16))
     np.testing.assert_array_equal(_decode(tmp_path, enc.tobytes(), "png", 3), _old_decode(enc.tobytes(), 3))
 
