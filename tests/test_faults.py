@@ -56,7 +56,7 @@ def test_s3_store_down_fails_in_one_line_within_its_deadline():
     assert 1.0 < took < 4.0, took  # retried for the deadline, not once, not forever
     assert "\n" not in msg and "gave up after" in msg and "Connection refused" in msg
     assert f"s3://bucket/blobs/x at http://127.0.0.1:{port}" in msg
-    assert "secret" not in msg and "b" != msg
+    assert "secret" not in msg.lower()
 
 
 def test_retry_policy_refuses_bad_budgets():
@@ -146,7 +146,8 @@ def test_reliability_report_reduced_no_row_lost_no_silent_pass(tmp_path):
     assert tried["purification"] == sum(R.applies(c, "purification") for c in R.CLASSES)
     md = R.render(res, [], {"date": "test", "commit": "test", "cpus": 1, "load_before": "0", "load_after": "0",
                             "seconds": 0.0})
-    assert "rows lost: 0**" in md and "silent passes: 0**" in md or PENDING
+    if not PENDING:  # the published summary says so too
+        assert "**rows lost: 0**" in md and "**silent passes: 0**" in md
 
 
 @pytest.mark.slow
