@@ -7,7 +7,7 @@
    row-band PNG path (adopted); best-of-``repeat`` seconds and whether the pixels equal the old
    path's.
 2. ``uhr score-image`` on one file per layout (8-bit RGB PNG / JPEG / TIFF, RGBA PNG, 16-bit RGBA
-   PNG, 16-bit RGB TIFF, grey + alpha PNG, palette + tRNS PNG, CMYK JPEG, 8-bit RGB JPEG with EXIF
+   PNG, 16-bit RGB TIFF chunky and planar, grey + alpha PNG, palette + tRNS PNG, CMYK JPEG, 8-bit RGB JPEG with EXIF
    orientation 6): wall seconds and peak RSS of each CLI process (its ``ru_maxrss``), and
    their ratios against the 8-bit RGB file of the same container in the same run (PNG for the
    layouts without one). ``--before DIR`` runs the same CLI from another source tree (e.g. a
@@ -52,6 +52,7 @@ LAYOUTS = {
     "png_la8": ("png", "png_rgb8"),
     "png_palette_trns": ("png", "png_rgb8"),
     "tiff_rgb16": ("tiff", "tiff_rgb8"),
+    "tiff_rgb16_planar": ("tiff", "tiff_rgb8"),
     "jpeg_cmyk": ("jpeg", "jpeg_rgb8"),
     "jpeg_rgb8_rot6": ("jpeg", "jpeg_rgb8"),
 }
@@ -104,6 +105,11 @@ def make_file(layout: str, rgb: np.ndarray, folder: Path) -> Path:
         hi = rgb.astype(np.uint16) << 8
         hi |= np.roll(rgb, 1, axis=1)
         tifffile.imwrite(path, hi, photometric="rgb", compression="zlib", compressionargs={"level": 1})
+    elif layout == "tiff_rgb16_planar":
+        hi = rgb.astype(np.uint16) << 8
+        hi |= np.roll(rgb, 1, axis=1)
+        tifffile.imwrite(path, np.moveaxis(hi, 2, 0), photometric="rgb", planarconfig="separate", compression="zlib",
+                         compressionargs={"level": 1})
     elif layout == "png_rgba8":
         cv2.imwrite(str(path), np.dstack([bgr(rgb), _alpha(h, w)]))
     elif layout == "png_rgba16":

@@ -31,9 +31,10 @@ Sources, per format:
   16-bit colour + alpha is composited by a second kernel in the same float32 arithmetic.
   Interlaced (Adam7) PNGs decode pass by pass, each scattered into the output, then oriented.
   Without a C compiler every PNG takes the whole-image path (same pixels, more memory).
-* **TIFF**: tifffile's strips / tiles (uncompressed contiguous data is read a band at a time)
-  for chunky 8/16-bit grey, grey + alpha, RGB, RGBA and CMYK; other TIFFs (planar, palette,
-  YCbCr, float, ...) take the whole-image path (planar grey + alpha: tifffile, whole).
+* **TIFF**: strips / tiles read one row of them at a time and decoded by tifffile (chunky or
+  planar; uncompressed contiguous data is read a band of rows at a time) for 8/16-bit grey,
+  grey + alpha, RGB, RGBA and CMYK; other TIFFs (palette, YCbCr, float, ...) take the
+  whole-image path.
 * **JPEG**: libjpeg-turbo via simplejpeg straight into RGB for YCbCr / grey (1.4x faster than
   OpenCV at 100 MP, same pixels: tested per subsampling, baseline and progressive); CMYK / YCCK
   decoded to CMYK and converted in place by a C kernel (one ``(H, W, 4)`` buffer, shrunk to RGB). OpenCV is
@@ -695,7 +696,7 @@ def _decode_png_rows(fh, idat_len: int, info: _PngInfo, orientation: int, unfilt
 def _tiff_kind(page) -> str | None:
     """The strip kind of a TIFF page this module decodes itself, or None (whole-image path)."""
     spp = int(page.samplesperpixel)
-    if page.dtype not in (np.uint8, np.uint16) or int(page.planarconfig) != 1 and spp > 1:
+    if page.dtype not in (np.uint8, np.uint16):
         return None
     if page.is_subsampled or page.imagedepth != 1 or int(page.bitspersample) not in (8, 16):
         return None
@@ -756,7 +757,8 @@ def _tiff_bands(tf, page, h: int, w: int, spp: int):
     """``(y0, (rows, W, spp) samples)`` bands of at least a strip's / tile row's height."""
     dtype = np.dtype(page.dtype).newbyteorder(tf.byteorder)
     row_bytes = w * spp * dtype.itemsize
-    if int(page.compression) == 1 and not page.is_tiled and page.is_contiguous and int(page.fillorder) == 1:
+    planar = spp > 1 and int(page.planarconfig) == 2
+    if int(page.compression) == 1 and not (page.is_tiled or planar) and page.is_contiguous and int(page.fillorder) == 1:
         offset = int(page.dataoffsets[0])  # uncompressed, one block: read a band of rows at a time
         fh = tf.filehandle
         rows = _strip_rows(row_bytes)
@@ -768,35 +770,41 @@ def _tiff_bands(tf, page, h: int, w: int, spp: int):
                 raise ImageReadError(reasons.TRUNCATED, f"TIFF data ends at row {y}")
             yield y, np.frombuffer(raw, dtype).reshape(n, w, spp).astype(page.dtype, copy=False)
         return
-    seg_h = int(page.tilelength) if page.is_tiled else int(page.rowsperstrip or h)
-    seg_h = max(1, min(seg_h, h))
+    if page.is_tiled:
+        seg_h, seg_w = int(page.tilelength), int(page.tilewidth)
+    else:
+        seg_h, seg_w = max(1, min(int(page.rowsperstrip or h), h)), w
+    across, down = -(-w // seg_w), -(-h // seg_h)
+    per_plane = across * down
+    offsets, counts = page.dataoffsets, page.databytecounts
+    if len(offsets) < (spp if planar else 1) * per_plane or len(counts) < len(offsets):
+        raise ImageReadError(reasons.CORRUPT, f"TIFF has {len(offsets)} strips/tiles, its layout needs "
+                                              f"{(spp if planar else 1) * per_plane}")
+    args: dict = {"_fullsize": bool(page.is_tiled)}
+    if int(page.compression) in (6, 7, 34892, 33007):  # JPEG inside TIFF (as tifffile's segments())
+        args.update(jpegtables=page.jpegtables, jpegheader=page.keyframe.jpegheader)
+    fh = tf.filehandle
     rows = max(seg_h, (_strip_rows(row_bytes) // seg_h) * seg_h)
-    band = np.zeros((rows, w, spp), dtype=page.dtype)
+    band = np.zeros((min(rows, -(-h // seg_h) * seg_h), w, spp), dtype=page.dtype)
     y0 = 0
-    filled = 0  # rows of `band` complete
-    row_cover = 0  # columns received for the current segment row (tiles)
-    for seg, idx, _shape in page.segments(maxworkers=1, buffersize=STRIP_BYTES):  # default reads 256 MB at once
-        _s, _d, sy, sx, _c = idx
-        ly = sy - y0
-        if seg is None:
-            seg_rows = min(seg_h, h - sy)
-            band[ly : ly + seg_rows, sx : sx + (int(page.tilewidth) if page.is_tiled else w)] = 0
-            seg_w = int(page.tilewidth) if page.is_tiled else w
-        else:
-            seg = seg.reshape(seg.shape[-3], seg.shape[-2], seg.shape[-1])
-            seg_rows = min(seg.shape[0], h - sy)
-            seg_w = min(seg.shape[1], w - sx)
-            band[ly : ly + seg_rows, sx : sx + seg_w] = seg[:seg_rows, :seg_w]
-        row_cover += min(seg_w, w - sx)
-        if row_cover >= w:
-            row_cover = 0
-            filled = ly + seg_rows
-            if filled >= rows or sy + seg_rows >= h:
-                yield y0, band[:filled]
-                y0 += filled
-                filled = 0
-    if filled:
-        yield y0, band[:filled]
+    for sy in range(down):  # one row of strips / tiles, every plane, into the band
+        top = sy * seg_h
+        n, ly = min(seg_h, h - top), top - y0
+        for plane in range(spp if planar else 1):
+            for sx in range(across):
+                k = plane * per_plane + sy * across + sx
+                left = sx * seg_w
+                cols = min(seg_w, w - left)
+                dst = band[ly : ly + n, left : left + cols, plane : plane + 1] if planar else band[ly : ly + n, left : left + cols]
+                if not counts[k] or not offsets[k]:  # an empty strip / tile: zeros, as tifffile
+                    dst[...] = 0
+                    continue
+                fh.seek(offsets[k])
+                seg = page.decode(fh.read(counts[k]), k, **args)[0]
+                dst[...] = seg.reshape(seg.shape[-3], seg.shape[-2], seg.shape[-1])[:n, :cols]
+        if ly + n >= band.shape[0] or top + n >= h:
+            yield y0, band[: ly + n]
+            y0 = top + n
 
 
 # -- entry point -----------------------------------------------------------------------------------
