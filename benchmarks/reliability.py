@@ -1208,7 +1208,20 @@ def render(inputs: dict[str, dict[str, Cell]], faults: list[FaultResult], meta: 
           "* **Full disk** (`curation.atomic.replacing`): every manifest, cache entry, thumbnail, model view "
           "and corpus file is written to a temporary file and renamed; a failed write removes the "
           "temporary file and names the target; a disk error fails the stage (never recorded as a "
-          "verdict on an image), so the re-run redoes exactly that work.", ""]
+          "verdict on an image), so the re-run redoes exactly that work.", "",
+          "## What this report does not cover", "",
+          "* The VLM faults drive the judge client the corpus stage uses (with its answer cache), not a whole "
+          "`corpus_100mp` run; that the stage retries `judge_failed` rows on its next run is its own code path "
+          "(`curation/corpus.py`, tested in `tests/test_corpus.py`).",
+          "* MLflow is faulted with a `postgresql://` tracking URI (the client's own store); behind an "
+          "`mlflow server` the server's connection pool meets the outage and the client sees HTTP 5xx, which "
+          "MLflow's REST client and `RetryingClient` both retry, but that path is not injected here.",
+          "* S3 faults stop the server between requests and during small uploads; a server killed in the "
+          "middle of a multipart upload of a large blob is not tried (S3 never shows an incomplete object).",
+          "* Full-disk faults cover the purification and corpus stages; the release writer, the captions "
+          "export and the bench's reports are not run on a full disk here.",
+          "* `tests/test_faults.py` runs the faults with short outages and the input half on `purification` and "
+          "`score-image` only (the other entry points run here, in the full report).", ""]
     return "\n".join(L) + "\n"
 
 
