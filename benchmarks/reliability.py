@@ -1034,6 +1034,59 @@ def fault_full_disk(base: Path, size: str = "200k", rlimit: bool | None = None) 
             subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
 
 
+def fault_vlm_corpus(base: Path) -> FaultResult:
+    """``corpus_100mp`` with its region judge on an HTTP VLM endpoint that is down (nothing
+    listening): every judged row is ``judge_failed`` (never a pass), in bounded time; the server
+    process is started and the stage run again: those rows are judged, no row lost."""
+    from curation.config import load_config
+    from curation.corpus import run_corpus
+    from curation.layout import DataLayout
+    from curation.manifest import read_manifest
+    from curation.stages import run_candidate_pool, run_image_scores, run_raw_pool, run_thresholds
+    from curation.vlm import create_vlm_client
+    from infra.services import free_port
+
+    cfg = load_config("test")
+    work = base / "vlm-corpus"
+    work.mkdir(parents=True, exist_ok=True)
+    raw = _pool(work)
+    layout, shard = DataLayout.at(work / "data"), "shard-00000"
+    run_raw_pool(layout, raw, shard, cfg)
+    run_image_scores(layout, shard, cfg)
+    run_thresholds(layout, cfg)
+    run_candidate_pool(layout, shard, cfg)
+    n_in = sum(r["passed"] for r in read_manifest(layout.manifest("candidate_pool", shard)).to_pylist())
+    port = free_port()
+    model = cfg.get("judges.corpus")["model"]
+    settings = {"endpoint": f"http://127.0.0.1:{port}", "model": model, "timeout_s": 2.0, "retries": 2,
+                "backoff_s": 0.1, "backoff_max_s": 0.5, "cache_dir": str(work / "vlm-cache")}
+    client = create_vlm_client(settings)
+    t0 = time.perf_counter()
+    first = run_corpus(layout, shard, cfg, judge_client=client).rows
+    t_down = time.perf_counter() - t0
+    failed = sum(r.get("reject_reason") == "judge_failed" for r in first)
+    leaked = sum(bool(r.get("passed")) for r in first if r.get("tier") in ("2x", "4x"))
+    srv = subprocess.Popen([sys.executable, str(ROOT / "tests" / "vlm_server.py"), "--port", str(port),
+                            "--model", model], stdout=subprocess.PIPE, start_new_session=True)
+    try:
+        srv.stdout.readline()
+        t_back = time.monotonic()
+        second = run_corpus(layout, shard, cfg, judge_client=client).rows
+        done = time.monotonic()
+    finally:
+        _kill(srv)
+        client.close()
+    still = sum(r.get("reject_reason") == "judge_failed" for r in second)
+    ok = failed > 0 and leaked == 0 and still == 0 and len(first) == len(second) == n_in
+    return FaultResult("corpus_100mp (VLM judge)", "endpoint down for a whole run, then started; re-run", n_in,
+                       len(second), n_in - len(second), 0,
+                       "clear failure, re-run completed" if ok else
+                       f"FAILED: judge_failed {failed}, upscaled passed while down {leaked}, still failed {still}",
+                       round(done - t_back, 2),
+                       detail=f"first run: {failed} of {len(first)} rows judge_failed in {t_down:.0f} s, none passed; "
+                              f"re-run: {still} judge_failed")
+
+
 def fault_full_disk_corpus(base: Path) -> FaultResult:
     """The 100 MP corpus stage on a tmpfs data root that holds the purification stages with 3 MB
     to spare: the first upscaled output fills it; the stage must fail (no ``upscale_failed``
@@ -1097,6 +1150,7 @@ def run_faults(base: Path, quick: bool = False, log=print) -> list[FaultResult]:
              ("vlm", lambda: fault_vlm(base)),
              ("full disk", lambda: [fault_full_disk(base / "tmpfs"), fault_full_disk(base / "rlimit", rlimit=True)])]
     if not quick:
+        steps.append(("vlm corpus", lambda: [fault_vlm_corpus(base)]))
         steps.append(("full disk corpus", lambda: [fault_full_disk_corpus(base)]))
     if not quick:
         steps.insert(3, ("postgres mlflow", lambda: [fault_postgres_mlflow(base)]))
@@ -1210,9 +1264,8 @@ def render(inputs: dict[str, dict[str, Cell]], faults: list[FaultResult], meta: 
           "temporary file and names the target; a disk error fails the stage (never recorded as a "
           "verdict on an image), so the re-run redoes exactly that work.", "",
           "## What this report does not cover", "",
-          "* The VLM faults drive the judge client the corpus stage uses (with its answer cache), not a whole "
-          "`corpus_100mp` run; that the stage retries `judge_failed` rows on its next run is its own code path "
-          "(`curation/corpus.py`, tested in `tests/test_corpus.py`).",
+          "* The slow / trickling / garbage / 503 VLM faults drive the judge client alone; only \"endpoint down "
+          "for a whole run\" goes through `corpus_100mp` itself (full report only).",
           "* MLflow is faulted with a `postgresql://` tracking URI (the client's own store); behind an "
           "`mlflow server` the server's connection pool meets the outage and the client sees HTTP 5xx, which "
           "MLflow's REST client and `RetryingClient` both retry, but that path is not injected here.",
