@@ -33,13 +33,14 @@ Sources, per format:
   Without a C compiler every PNG takes the whole-image path (same pixels, more memory).
 * **TIFF**: strips / tiles read one row of them at a time and decoded by tifffile (chunky or
   planar; uncompressed contiguous data is read a band of rows at a time) for 8/16-bit grey,
-  grey + alpha, RGB, RGBA and CMYK; other TIFFs (palette, YCbCr, float, ...) take the
-  whole-image path.
+  grey + alpha, RGB, RGBA and CMYK (OpenCV misread 16-bit planar RGB; these are the file's
+  samples); other TIFFs (palette, YCbCr, float, ...) take the whole-image path.
 * **JPEG**: libjpeg-turbo via simplejpeg straight into RGB for YCbCr / grey (1.4x faster than
   OpenCV at 100 MP, same pixels: tested per subsampling, baseline and progressive); CMYK / YCCK
-  decoded to CMYK and converted in place by a C kernel (one ``(H, W, 4)`` buffer, shrunk to RGB). OpenCV is
-  the fallback. Orientations 2-4 in place; 5-8 into a ``(W, H, 3)`` array while the decoded
-  rows already placed are released (:func:`release_rows`), so the two never both exist in full.
+  decoded to CMYK and converted in place by a C kernel (one ``(H, W, 4)`` buffer, shrunk to
+  RGB). OpenCV is the fallback. Orientations 2-4 in place; 5-8 into a ``(W, H, 3)`` array
+  while the decoded rows already placed are released (:func:`release_rows`), so the two never
+  both exist in full.
 * **WebP** and the fallbacks: OpenCV ``IMREAD_UNCHANGED`` (Pillow if OpenCV refuses), then the
   same strip conversion into the output, releasing the decoded rows as they are consumed.
 
