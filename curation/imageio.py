@@ -274,8 +274,11 @@ def read_source(path: str | os.PathLike, max_pixels: int | None = None,
         if limit is not None and size > limit:
             raise ImageReadError(reasons.TOO_MANY_PIXELS,
                                  f"file of {size} bytes: more than an image of {max_pixels} pixels can be")
-        try:
-            data = fh.read() if limit is None else fh.read(limit + 1)
+        try:  # exactly the stat size (no limit-sized buffer), then whatever it grew by, bounded
+            data = fh.read(size) if size else b""
+            more = fh.read(1)
+            if more:
+                data += more + (fh.read() if limit is None else fh.read(max(0, limit + 1 - len(data) - 1)))
         except OSError as exc:
             raise ImageReadError(reasons.UNREADABLE, exc.strerror or str(exc)) from None
     if limit is not None and len(data) > limit:  # grew while being read
@@ -628,6 +631,14 @@ def read_checked(path: str | os.PathLike | Source, max_pixels: int | None = None
     header = probe(src, max_pixels)
     validate(src, header)
     return CheckedImage(src, header)
+
+
+def describe_error(exc: BaseException) -> str:
+    """One line for a failed read: ``<reason>: <detail>`` for the contract's refusals (the reason
+    first, as rows record it), else ``<ExceptionType>: <message>``."""
+    if isinstance(exc, ImageReadError):
+        return f"{exc.reason}: {exc.detail}" if exc.detail else exc.reason
+    return f"{type(exc).__name__}: {exc}"
 
 
 def open_checked(path: str | os.PathLike | Source, max_pixels: int | None = None,

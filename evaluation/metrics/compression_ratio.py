@@ -52,7 +52,9 @@ class CompressionRatioMetric(Metric):
             file_bytes = os.path.getsize(path)
             hdr = image_header(path)
         except (OSError, ValueError, SyntaxError) as exc:
-            return self.result(None, f"unreadable: {type(exc).__name__}: {exc}"), 0, 0
+            from curation.imageio import describe_error
+
+            return self.result(None, f"unreadable: {describe_error(exc)}"), 0, 0
         raw = hdr["width"] * hdr["height"] * 3
         extra = {**hdr, "file_bytes": file_bytes, "raw_rgb_bytes": raw}
         if file_bytes <= 0 or raw <= 0:

@@ -412,7 +412,9 @@ class _GlcmMetric(Metric):
         except GreyError as exc:
             return self.unavailable(str(exc))
         except (OSError, ValueError, SyntaxError) as exc:  # PIL raises these for bad files
-            return self.result(None, f"unreadable: {type(exc).__name__}: {exc}")
+            from curation.imageio import describe_error
+
+            return self.result(None, f"unreadable: {describe_error(exc)}")
         return self._score_grey(grey, notes)
 
     def _score_image(self, rgb: Any, **context: Any) -> MetricResult:

@@ -182,7 +182,9 @@ def try_open_image(path: str | os.PathLike) -> tuple[Any, str | None]:
     try:
         return open_image(path), None
     except (OSError, ValueError, SyntaxError) as exc:
-        return None, f"failed: cannot read image: {type(exc).__name__}: {exc}"
+        from curation.imageio import describe_error
+
+        return None, f"failed: cannot read image: {describe_error(exc)}"
 
 
 def image_from_rgb(rgb: Any):

@@ -157,7 +157,9 @@ class JudgedMetric(Metric):
                 img = im.convert("RGB")
                 return (prepare(img) if prepare is not None else img), None
         except (OSError, ValueError, SyntaxError) as exc:
-            return None, self.result(None, f"unreadable: {type(exc).__name__}: {exc}")
+            from curation.imageio import describe_error
+
+            return None, self.result(None, f"unreadable: {describe_error(exc)}")
 
     def prompt_hashes(self) -> dict[str, str]:
         """The sha256 of the prompt each of the metric's tasks sends (for run params)."""
