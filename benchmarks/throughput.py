@@ -175,6 +175,7 @@ def main() -> None:
                 "processes": procs, "seconds": wall, "images": n, "megapixels": mpx,
                 "images_per_s": n / wall, "megapixels_per_s": mpx / wall,
                 "peak_rss_mb_per_worker": max(peaks), "cpu_s": cpu,
+                "cores_obtained": cpu / wall,  # < processes: other load held the cores
                 "core_hours_paper_pool": paper_n * cpu / n / 3600,
             }
         one = stages["image_scores (1 process)"]
@@ -185,10 +186,11 @@ def main() -> None:
                "mean_megapixels_per_scored_image": one["megapixels"] / one["images"],
                "cpus": os.cpu_count(), "loadavg_before": load0, "loadavg_after": load1, "stages": stages}
         print(json.dumps(res, indent=2))
-        print(f"\n{'stage':36s} {'img/s':>6s} {'MP/s':>6s} {'CPU s/img':>9s} {'peak MB':>8s} {'core-h @300,316':>16s}")
+        print(f"\n{'stage':36s} {'img/s':>6s} {'MP/s':>6s} {'CPU s/img':>9s} {'cores':>5s} {'peak MB':>8s} "
+              f"{'core-h @300,316':>16s}")
         for name, s in stages.items():
             print(f"{name:36s} {s['images_per_s']:6.2f} {s['megapixels_per_s']:6.1f} {s['cpu_s'] / s['images']:9.2f} "
-                  f"{s['peak_rss_mb_per_worker']:8.0f} {s['core_hours_paper_pool']:16.0f}")
+                  f"{s['cpu_s'] / s['seconds']:5.2f} {s['peak_rss_mb_per_worker']:8.0f} {s['core_hours_paper_pool']:16.0f}")
         print(f"load average {load0[0]:.1f} -> {load1[0]:.1f} on {os.cpu_count()} cores")
         if args.json:
             Path(args.json).write_text(json.dumps(res, indent=2))
