@@ -75,6 +75,7 @@ typedef struct {
     int64_t nt;       /* number of touched bins */
     int64_t nnz;      /* non-zero entries this patch */
     uint32_t sdiag[LV], sbuf[LV * (LV - 1) / 2];
+    uint32_t sdiag2[LV], sbuf2[LV * (LV - 1) / 2];
 } acc_t;
 
 /* Read and clear the symmetric counts S = C + C^T of one offset (cells of present levels);
@@ -118,6 +119,57 @@ static double extract(uint16_t *h, const int *lv, int nl, int64_t gbase, int32_t
     }
     A->nnz += (int64_t)nd * m + (int64_t)nb * 2 * m;
     return sd + 2.0 * so;
+}
+
+/* The (group, s) bins and S log2 S sum of counts already compacted into sd[0..nd), sb[0..nb). */
+static double bin_counts(const uint32_t *sd, int nd, const uint32_t *sb, int nb, int64_t gbase, int32_t m,
+                         const double *flog, acc_t *A)
+{
+    int32_t *hk = A->hg + gbase;
+    double d = 0.0, o = 0.0;
+    for (int t = 0; t < nd; ++t) {
+        const uint32_t s = sd[t];
+        d += flog[s];
+        const int32_t old = hk[s];
+        A->touched[A->nt] = gbase + s;
+        A->nt += old == 0;
+        hk[s] = old + m;
+    }
+    for (int t = 0; t < nb; ++t) {
+        const uint32_t s = sb[t];
+        o += flog[s];
+        const int32_t old = hk[s];
+        A->touched[A->nt] = gbase + s;
+        A->nt += old == 0;
+        hk[s] = old + 2 * m;
+    }
+    A->nnz += (int64_t)nd * m + (int64_t)nb * 2 * m;
+    return d + 2.0 * o;
+}
+
+/* Two offsets' tables (ha, hb) read and cleared in one scan of the present cells. */
+static void scan_two(uint16_t *ha, uint16_t *hb, const int *lv, int nl, acc_t *A, int *nda, int *nba, int *ndb, int *nbb)
+{
+    int da = 0, ba = 0, db = 0, bb = 0;
+    for (int ii = 0; ii < nl; ++ii) {
+        const int i = lv[ii];
+        uint16_t *ra = ha + i * LV, *rb = hb + i * LV;
+        uint32_t s = 2u * ra[i], t = 2u * rb[i];
+        A->sdiag[da] = s; da += s != 0;
+        A->sdiag2[db] = t; db += t != 0;
+        for (int jj = ii + 1; jj < nl; ++jj) {
+            const int j = lv[jj];
+            s = (uint32_t)ra[j] + ha[j * LV + i];
+            t = (uint32_t)rb[j] + hb[j * LV + i];
+            A->sbuf[ba] = s; ba += s != 0;
+            A->sbuf2[bb] = t; bb += t != 0;
+        }
+    }
+    for (int ii = 0; ii < nl; ++ii) {
+        memset(ha + lv[ii] * LV, 0, LV * sizeof(uint16_t));
+        memset(hb + lv[ii] * LV, 0, LV * sizeof(uint16_t));
+    }
+    *nda = da; *nba = ba; *ndb = db; *nbb = bb;
 }
 
 /* One worker's buffers: four 64x64 count tables, the class counts and the (group, s) bins. */
@@ -189,10 +241,16 @@ static void one_patch(const job_t *J, bufs_t *B, int64_t pr, int64_t pc, int64_t
             valid_rect(J->dr[k], J->dc[k], &r0, &r1, &c0, &c1);
             count_rect(q, J->dr[k], J->dc[k], r0, r1, c0, c1, h[0]);
         }
-        for (int kk = k; kk <= kb; ++kk) {
-            const double sl = extract(kk == k ? h[0] : h[2], lv, nl,
-                                      (int64_t)J->grp[kk] * J->cid_stride, J->mult[kk], J->flog, A);
-            slice_acc += J->mult[kk] * (log2(J->tot[kk]) - sl / J->tot[kk]);
+        if (kb != k) {
+            int nda, nba, ndb, nbb;
+            scan_two(h[0], h[2], lv, nl, A, &nda, &nba, &ndb, &nbb);
+            double sl = bin_counts(A->sdiag, nda, A->sbuf, nba, (int64_t)J->grp[k] * J->cid_stride, J->mult[k], J->flog, A);
+            slice_acc += J->mult[k] * (log2(J->tot[k]) - sl / J->tot[k]);
+            sl = bin_counts(A->sdiag2, ndb, A->sbuf2, nbb, (int64_t)J->grp[kb] * J->cid_stride, J->mult[kb], J->flog, A);
+            slice_acc += J->mult[kb] * (log2(J->tot[kb]) - sl / J->tot[kb]);
+        } else {
+            const double sl = extract(h[0], lv, nl, (int64_t)J->grp[k] * J->cid_stride, J->mult[k], J->flog, A);
+            slice_acc += J->mult[k] * (log2(J->tot[k]) - sl / J->tot[k]);
         }
     }
     /* merge (group, s) bins into value classes (equal fractions across groups), then
