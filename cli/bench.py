@@ -33,7 +33,7 @@ def _list_callback(ctx: click.Context, _param: click.Parameter, value: bool) -> 
 
 @click.command("metric")
 @click.argument("name")
-@click.argument("paths", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.argument("paths", nargs=-1, required=True, type=click.Path())  # a directory or FIFO gets its own row (not_a_regular_file)
 @click.option("--json", "as_json", is_flag=True, help="One JSON line per image: path, metric, value (or null and reason).")
 @click.option("--list", "list_", is_flag=True, is_eager=True, expose_value=False, callback=_list_callback,
               help="List the registered metrics and whether each can run here, then exit.")

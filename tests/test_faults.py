@@ -178,3 +178,21 @@ def test_full_disk_in_a_scoring_worker_fails_the_stage_instead_of_rejecting_imag
         assert not [p for p in mnt.iterdir() if p.name.startswith(".")]  # no temporary file left behind
     finally:
         subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+
+
+@pytest.mark.slow
+def test_metric_cli_gives_a_directory_its_own_row_instead_of_failing_the_call(tmp_path):
+    """`uhr metric glcm a.jpg somedir`: one JSON line per path (the directory: null + reason);
+    click's own check refused the whole call before, so the good image's value was lost too."""
+    import json
+    import subprocess
+
+    img = tmp_path / "a.jpg"
+    img.write_bytes(R._jpeg(3))
+    (tmp_path / "d.jpg").mkdir()
+    out = subprocess.run([str(VENV_BIN / "uhr"), "metric", "glcm", str(img), str(tmp_path / "d.jpg"), "--json"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-500:]
+    rows = {Path(d["path"]).name: d for d in map(json.loads, out.stdout.splitlines())}
+    assert rows["a.jpg"]["value"] is not None
+    assert rows["d.jpg"]["value"] is None and "not_a_regular_file" in rows["d.jpg"]["reason"]
