@@ -56,6 +56,24 @@ _OLD_DAGSTER_YAML = "telemetry:\n  enabled: false\n"
 RUN_STORAGE_RETRY = RetryPolicy(attempts=5, backoff_s=2.0, backoff_max_s=30.0, deadline_s=180.0)
 
 
+def fail_abandoned_attempts(instance: DagsterInstance, keep: str) -> list[str]:
+    """Mark FAILED the unfinished runs of this process (its worker tag) other than ``keep``: the
+    attempts of a job that the run storage outage cut off before they could record their end
+    (materialize_all runs its jobs one at a time, so any other such run of this process is one)."""
+    from dagster import DagsterRunStatus, RunsFilter
+
+    tag = worker_tags()
+    recs = instance.get_run_records(RunsFilter(tags=tag, statuses=[
+        DagsterRunStatus.NOT_STARTED, DagsterRunStatus.STARTING, DagsterRunStatus.STARTED]))
+    failed = []
+    for rec in recs:
+        if rec.dagster_run.run_id != keep:
+            instance.report_run_failed(rec.dagster_run, "the run storage (Postgres) could not be reached during "
+                                       "this attempt; the job was run again")
+            failed.append(rec.dagster_run.run_id)
+    return failed
+
+
 def dagster_home_for(data_root: str | Path) -> Path:
     """The embedded default: sqlite storage under ``<data_root>/dagster_home`` (its ``dagster.yaml``
     is :data:`DAGSTER_YAML` unless someone wrote their own)."""
@@ -159,11 +177,21 @@ def materialize_all(defs: Definitions, instance: DagsterInstance, raw_root: str 
         t0 = time.perf_counter()
         # run storage briefly unreachable (Postgres restarting): the job again, bounded; its stages
         # reuse what they committed. Any other failure propagates at once.
+        retried = []
+
+        def storage_down(exc: BaseException) -> bool:
+            down = is_database_unavailable(exc)
+            retried.append(down)
+            return down
+
         res = call_with_retry(lambda: defs.resolve_job_def(job_name).execute_in_process(
             partition_key=shard, instance=instance, raise_on_error=True, tags=worker_tags(),
             asset_selection=[AssetKey(a) for a in only] if only else None),
             f"{label}{f' [{shard}]' if shard else ''}: Dagster run storage", RUN_STORAGE_RETRY,
-            transient=is_database_unavailable)
+            transient=storage_down)
+        if any(retried):  # the attempts cut off by the outage must not stay NOT_STARTED / STARTED
+            for run_id in fail_abandoned_attempts(instance, res.run_id):
+                log(f"  run {run_id}: an attempt cut off by the run storage outage, marked failed")
         timings[key] = time.perf_counter() - t0
         stage_counts(res, counts)
         log(f"  {label}{f' [{shard}]' if shard else ''}: {'ok' if res.success else 'FAILED'} ({timings[key]:.1f} s)")
