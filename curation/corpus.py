@@ -35,7 +35,7 @@ from typing import Callable
 
 from curation.atomic import is_disk_full, read_json, replacing, write_json
 from curation.config import Config
-from curation.imageio import ImageReadError, content_hash, copy_pinned, decode_rgb, image_id_from_hash
+from curation.imageio import ImageReadError, content_hash, copy_pinned, decode_rgb, image_id_from_hash, write_hash_stamp
 from curation.layout import DataLayout
 from curation.manifest import CORPUS, read_manifest
 from curation.stages.fingerprint import input_key, stage_fingerprint
@@ -163,6 +163,7 @@ def process_image(row: dict, layout: DataLayout, cfg: Config, backend_name: str,
             dst = corpus_blob(layout, image_id, _EXT[fmt])
             dst.parent.mkdir(parents=True, exist_ok=True)
             os.replace(tmp_out, dst)
+            write_hash_stamp(dst, sha, layout.root / "index" / "hash_stamps")  # later region readers skip the re-hash
             desc = backend.describe()
             out.update(image_id=image_id, sha256=sha, output_path=layout.rel(dst), width=int(info["width"]),
                        height=int(info["height"]), backend=backend_name,

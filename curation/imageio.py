@@ -307,11 +307,30 @@ def copy_pinned(path: str | os.PathLike, dst: str | os.PathLike, expect_sha256: 
     return sha
 
 
-def hash_regular_file(path: str | os.PathLike, expect_sha256: str | None = None) -> str:
+def hash_regular_file(path: str | os.PathLike, expect_sha256: str | None = None,
+                      stamps: str | os.PathLike | None = None) -> str:
     """sha256 (hex) of a regular file's bytes, streamed; a non-regular file raises
     ``not_a_regular_file`` without being opened for reading; ``expect_sha256`` (an id or sha
     recorded upstream) raises ``source_changed`` when the bytes no longer hash to it. For
-    readers that read a file by regions (tiled corpus TIFFs) rather than whole."""
+    readers that read a file by regions (tiled corpus TIFFs) rather than whole.
+
+    ``stamps`` (a folder) keeps, per file hashed, its ``stat`` stamp (device, inode, size,
+    mtime_ns, ctime_ns) next to the sha256 the bytes had, as git's index does: a file whose
+    stamp is unchanged is not read again (ctime cannot be set back by a user; any write,
+    rename or ``touch`` changes it). What a stamp cannot see, a bit flipped on the disk without
+    a write, the release audit finds by hashing every blob."""
+    stamp_file = None
+    if stamps is not None:
+        st = check_regular(path)
+        stamp = f"{st.st_dev} {st.st_ino} {st.st_size} {st.st_mtime_ns} {st.st_ctime_ns}"
+        key = hashlib.sha256(os.fsencode(os.path.abspath(path))).hexdigest()[:32]
+        stamp_file = Path(stamps) / key[:2] / key
+        try:
+            kept_stamp, kept_sha = stamp_file.read_text().split("\n")[:2]
+        except (OSError, ValueError):
+            kept_stamp = kept_sha = None
+        if kept_stamp == stamp and kept_sha and (not expect_sha256 or _hex_matches(kept_sha, expect_sha256)):
+            return kept_sha
     with open_regular(path) as fh:
         try:
             sha = hashlib.file_digest(fh, "sha256").hexdigest()
@@ -319,7 +338,25 @@ def hash_regular_file(path: str | os.PathLike, expect_sha256: str | None = None)
             raise ImageReadError(reasons.UNREADABLE, exc.strerror or str(exc)) from None
     if expect_sha256 and not _hex_matches(sha, expect_sha256):
         raise _changed(sha, expect_sha256)
+    if stamp_file is not None:
+        write_hash_stamp(path, sha, stamps, _stat=st)
     return sha
+
+
+def write_hash_stamp(path: str | os.PathLike, sha256_hex: str, stamps: str | os.PathLike, _stat=None) -> None:
+    """Record that ``path``, as it is now (its ``stat`` stamp), holds bytes hashing to
+    ``sha256_hex`` (see :func:`hash_regular_file`); for a writer that has just hashed what it
+    wrote. Best effort: a stamp that cannot be written only costs a later re-hash."""
+    try:
+        st = _stat or os.stat(path)
+        key = hashlib.sha256(os.fsencode(os.path.abspath(path))).hexdigest()[:32]
+        stamp_file = Path(stamps) / key[:2] / key
+        stamp_file.parent.mkdir(parents=True, exist_ok=True)
+        tmp = stamp_file.with_name(f"{stamp_file.name}.{os.getpid()}.tmp")
+        tmp.write_text(f"{st.st_dev} {st.st_ino} {st.st_size} {st.st_mtime_ns} {st.st_ctime_ns}\n{sha256_hex}\n")
+        os.replace(tmp, stamp_file)
+    except OSError:
+        pass
 
 
 # -- 3. the header ----------------------------------------------------------------------------------

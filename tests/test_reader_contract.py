@@ -588,3 +588,32 @@ def test_expect_sha256_pins_decode_rgb(tmp_path):
     with pytest.raises(ImageReadError) as e:
         decode_rgb(p, LIMIT, expect_sha256="0" * 64)
     assert e.value.reason == reasons.SOURCE_CHANGED
+
+
+def test_hash_stamp_skips_the_reread_until_the_file_is_written(tmp_path, monkeypatch):
+    """A region reader (captions) re-hashes a corpus blob only when its stat stamp changed: the
+    second check reads nothing; a rewrite with the same size and the mtime set back (ctime moves)
+    is hashed again and found ``source_changed``."""
+    import curation.imageio as imageio
+    from curation.imageio import hash_regular_file, write_hash_stamp
+
+    blob = tmp_path / "blob.png"
+    Image.fromarray(_photo(120, 90, 3)).save(blob)
+    sha = imageio.content_hash(blob)
+    stamps = tmp_path / "stamps"
+    write_hash_stamp(blob, sha, stamps)  # what the corpus stage does after writing the blob
+    reads = []
+    real_open = imageio.open_regular
+    monkeypatch.setattr(imageio, "open_regular", lambda p: reads.append(p) or real_open(p))
+    assert hash_regular_file(blob, sha[:20], stamps=stamps) == sha and reads == []
+    st = blob.stat()
+    data = bytearray(blob.read_bytes())
+    data[-20] ^= 0xFF  # same size, other bytes
+    blob.write_bytes(bytes(data))
+    os.utime(blob, ns=(st.st_atime_ns, st.st_mtime_ns))  # mtime set back: only ctime tells
+    with pytest.raises(ImageReadError) as e:
+        hash_regular_file(blob, sha[:20], stamps=stamps)
+    assert e.value.reason == reasons.SOURCE_CHANGED and len(reads) == 1
+    # a stamp never vouches for an id it was not made for
+    with pytest.raises(ImageReadError):
+        hash_regular_file(blob, sha[:20], stamps=stamps)

@@ -117,8 +117,9 @@ def caption_row(layout: DataLayout, corpus_row: dict, cfg: Config, backends: dic
         try:  # the blob must still hold the bytes its id names (streamed hash; read by regions below)
             from curation.captioning.pipeline import _timed
 
-            with _timed(timings, "source_hash"):   # the whole file: ~0.1-0.2 s for a 100 MP corpus TIFF
-                hash_regular_file(image, corpus_row.get("sha256") or corpus_row["image_id"])
+            with _timed(timings, "source_hash"):   # the whole file (~0.1-0.2 s at 100 MP) unless its stamp holds
+                hash_regular_file(image, corpus_row.get("sha256") or corpus_row["image_id"],
+                                  stamps=layout.root / "index" / "hash_stamps")  # re-read only if its stat changed
         except ImageReadError as exc:
             if exc.reason != reasons.SOURCE_CHANGED:
                 raise
