@@ -105,6 +105,15 @@ class Matching:
     missing: list[str]                    # stems without an image (bench order)
     extra: list[str]                      # image files whose stem is no bench row
     ambiguous: dict[str, list[str]]       # stem -> several files (none is used)
+    #: stem of a missing row -> why the entries named like it are no image (e.g. ``x.gif:
+    #: unsupported_format: GIF``, ``x.png: not_a_regular_file: a broken symlink``)
+    not_images: dict[str, str] = field(default_factory=dict)
+
+    def missing_reason(self, stem: str) -> str:
+        """What a bench report says of a row without an image."""
+        if stem in self.ambiguous:
+            return "ambiguous: several files " + ", ".join(self.ambiguous[stem])
+        return f"missing image ({self.not_images[stem]})" if stem in self.not_images else "missing image"
 
     def path_list(self, prompts: Sequence[BenchPrompt]) -> list[str | None]:
         return [self.paths.get(p.stem) for p in prompts]
@@ -114,15 +123,32 @@ def match_images(folder: str | os.PathLike, prompts: Sequence[BenchPrompt]) -> M
     """Match the image files directly inside ``folder`` to the bench rows by stem."""
     folder = Path(folder)
     by_stem: dict[str, list[str]] = {}
+    others: dict[str, list[Path]] = {}  # entries that are not image files by name and kind
     for p in sorted(folder.iterdir()):
         if p.is_file() and p.suffix.lower() in IMAGE_EXTS:
             by_stem.setdefault(p.stem, []).append(str(p))
+        else:
+            others.setdefault(p.stem, []).append(p)
     wanted = {p.stem for p in prompts}
     paths = {s: v[0] for s, v in by_stem.items() if s in wanted and len(v) == 1}
     ambiguous = {s: v for s, v in by_stem.items() if s in wanted and len(v) > 1}
     extra = [f for s, v in by_stem.items() if s not in wanted for f in v]
     missing = [p.stem for p in prompts if p.stem not in paths]
-    return Matching(paths, missing, sorted(extra), ambiguous)
+    not_images = {s: "; ".join(_why_not_an_image(e) for e in others[s]) for s in missing
+                  if s in others and s not in ambiguous}
+    return Matching(paths, missing, sorted(extra), ambiguous, not_images)
+
+
+def _why_not_an_image(path: Path) -> str:
+    """``name: reason: detail`` for a folder entry named like a bench row that is not used as
+    its image (header only, through the reader contract; never opened unless a regular file)."""
+    from curation.imageio import ImageReadError, default_max_pixels, probe
+
+    try:
+        hdr = probe(path, default_max_pixels())
+    except ImageReadError as exc:
+        return f"{path.name}: {exc.reason}" + (f": {exc.detail}" if exc.detail else "")
+    return f"{path.name}: a {hdr.format} image under a suffix the bench does not read ({', '.join(IMAGE_EXTS)})"
 
 
 # =============================================================================================
@@ -475,8 +501,7 @@ def score_images(inputs: BenchInputs, chosen: BenchMetrics, cfg: BenchConfig, lo
                                "values": {}, "reasons": {}, "extra": {}}
         if path is None:
             row["status"] = "ambiguous" if p.stem in matching.ambiguous else "missing"
-            why = ("ambiguous: several files " + ", ".join(matching.ambiguous[p.stem])
-                   if p.stem in matching.ambiguous else "missing image")
+            why = matching.missing_reason(p.stem)
             for k in per_image:
                 row["values"][k], row["reasons"][k] = None, why
             out_rows.append(row)

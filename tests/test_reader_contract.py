@@ -617,3 +617,22 @@ def test_hash_stamp_skips_the_reread_until_the_file_is_written(tmp_path, monkeyp
     # a stamp never vouches for an id it was not made for
     with pytest.raises(ImageReadError):
         hash_regular_file(blob, sha[:20], stamps=stamps)
+
+
+def test_bench_says_why_an_entry_named_like_a_row_is_no_image(tmp_path):
+    """``uhr bench`` on a folder whose files for three rows are a GIF, a broken symlink and a
+    JPEG under ``.JSON``: each row's reason names the entry and the contract's reason instead of
+    a bare "missing image"; a row with nothing at all still says "missing image"."""
+    from evaluation.runner import BenchPrompt, match_images
+
+    Image.fromarray(_photo(40, 30)).save(tmp_path / "a.gif")
+    (tmp_path / "b.png").symlink_to(tmp_path / "gone.png")
+    Image.fromarray(_photo(40, 30)).save(tmp_path / "c.JSON", format="JPEG")
+    prompts = [BenchPrompt(index=i, file_name=f"{s}.png", short_caption="x", long_caption="x")
+               for i, s in enumerate("abcd")]
+    m = match_images(tmp_path, prompts)
+    assert m.missing == ["a", "b", "c", "d"]
+    assert m.missing_reason("a").startswith("missing image (a.gif: unsupported_format"), m.missing_reason("a")
+    assert "b.png: not_a_regular_file: a broken symlink" in m.missing_reason("b"), m.missing_reason("b")
+    assert "c.JSON: a jpeg image under a suffix" in m.missing_reason("c"), m.missing_reason("c")
+    assert m.missing_reason("d") == "missing image"
