@@ -422,3 +422,27 @@ def test_a_failed_judgement_says_why():
     mixed = decide([{"status": "judge_failed", "reason": "invalid answer: not JSON"}, True,
                     {"status": "judge_failed", "reason": "invalid answer: not JSON"}], max_flagged=5)
     assert mixed["reason"] == "2 of 3 judgements failed: invalid answer: not JSON"
+
+
+def test_upload_shard_refuses_entries_an_object_store_cannot_hold(tmp_path):
+    """A shard with a symlink, a FIFO or a non-UTF-8 name would lose their rows on the way through
+    an object store (keys are UTF-8, objects are regular files): the upload is refused before
+    anything is written, naming them escaped; a clean shard uploads every file."""
+    from curation.store import LocalStore, upload_shard
+    from curation.store.backends import StoreError
+
+    shard = tmp_path / "shard-00000"
+    shard.mkdir()
+    (shard / "a.jpg").write_bytes(b"\xff\xd8\xff" + os.urandom(32))
+    (shard / ".hidden.jpg").write_bytes(b"\xff\xd8\xff" + os.urandom(32))
+    store = LocalStore(tmp_path / "store")
+    assert upload_shard(store, shard) == 2
+    os.mkfifo(shard / "pipe.jpg")
+    os.symlink(shard / "a.jpg", shard / "link.jpg")
+    (shard / os.fsdecode(b"caf\xe9.jpg")).write_bytes(b"x")
+    with pytest.raises(StoreError) as e:
+        upload_shard(LocalStore(tmp_path / "store2"), shard)
+    msg = str(e.value)
+    assert "pipe.jpg (not a regular file)" in msg and "link.jpg (not a regular file)" in msg, msg
+    assert "caf\\xe9.jpg (name not UTF-8)" in msg and "\n" not in msg, msg
+    assert not (tmp_path / "store2").exists() or not any((tmp_path / "store2").rglob("*.jpg"))

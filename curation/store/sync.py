@@ -158,15 +158,41 @@ def list_raw_shards(store: ObjectStore, prefix: str = RAW_PREFIX) -> list[str]:
 
 
 def upload_shard(store: ObjectStore, shard_dir: str | os.PathLike, prefix: str = RAW_PREFIX) -> int:
-    """Upload a local shard folder (sidecars included) to ``<prefix>/<shard>/``; files uploaded."""
+    """Upload a local shard folder (sidecars included) to ``<prefix>/<shard>/``; files uploaded.
+
+    An object store holds regular files under UTF-8 keys only, while the local ``raw_pool``
+    gives every entry a row (a symlink, FIFO or sub-folder a ``not_a_regular_file`` one; a name
+    that is not UTF-8 an escaped one). So that a shard gets the same rows from the store as from
+    its folder, a shard holding such entries is refused before anything is uploaded, with a
+    one-line ``StoreError`` naming them (escaped), instead of being uploaded without them."""
+    import stat as stat_mod
+
+    from curation.names import encode_name
+
     shard_dir = Path(shard_dir)
     base = raw_shard_prefix(shard_dir.name, prefix)
-    n = 0
-    for p in sorted(shard_dir.rglob("*")):
-        if p.is_file():
-            store.put_file(base + p.relative_to(shard_dir).as_posix(), p)
-            n += 1
-    return n
+    files, unstorable = [], []
+    with os.scandir(shard_dir) as it:
+        entries = sorted(it, key=lambda e: os.fsencode(e.name))
+    for e in entries:
+        mode = e.stat(follow_symlinks=False).st_mode
+        try:
+            e.name.encode("utf-8")
+            utf8 = True
+        except UnicodeEncodeError:
+            utf8 = False
+        if stat_mod.S_ISREG(mode) and utf8:
+            files.append(Path(e.path))
+        else:
+            unstorable.append(encode_name(os.fsencode(e.name)) + ("" if utf8 else " (name not UTF-8)")
+                              + ("" if stat_mod.S_ISREG(mode) else " (not a regular file)"))
+    if unstorable:
+        raise StoreError(f"shard {shard_dir.name}: {len(unstorable)} entr{'y' if len(unstorable) == 1 else 'ies'} "
+                         f"an object store cannot hold, nothing uploaded (run it from the folder, or remove "
+                         f"them): {', '.join(unstorable[:10])}" + (" ..." if len(unstorable) > 10 else ""))
+    for p in files:
+        store.put_file(base + p.name, p)
+    return len(files)
 
 
 def download_shard(store: ObjectStore, shard: str, raw_root: str | os.PathLike, prefix: str = RAW_PREFIX) -> dict:
