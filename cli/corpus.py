@@ -9,7 +9,7 @@ import click
 
 
 @click.command("upscale")
-@click.argument("src", metavar="IN", type=click.Path(exists=True, dir_okay=False))
+@click.argument("src", metavar="IN", type=click.Path())  # checked by the reader contract (reason + detail)
 @click.argument("dst", metavar="OUT", type=click.Path(dir_okay=False))
 @click.option("--scale", type=click.Choice(["2", "4"]), required=True, help="Upscaling factor.")
 @click.option("--backend", "backend_name", default="lanczos", show_default=True,

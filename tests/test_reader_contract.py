@@ -636,3 +636,22 @@ def test_bench_says_why_an_entry_named_like_a_row_is_no_image(tmp_path):
     assert "b.png: not_a_regular_file: a broken symlink" in m.missing_reason("b"), m.missing_reason("b")
     assert "c.JSON: a jpeg image under a suffix" in m.missing_reason("c"), m.missing_reason("c")
     assert m.missing_reason("d") == "missing image"
+
+
+@pytest.mark.parametrize("kind", ["broken_symlink", "symlink_loop", "directory"])
+def test_uhr_upscale_names_the_reason_for_an_input_that_is_no_file(tmp_path, kind):
+    """``uhr upscale IN``: an IN that is no regular file is refused by the reader contract with
+    its reason (one line, exit 1), not by click's bare usage check."""
+    from click.testing import CliRunner
+
+    from cli.main import cli
+
+    src = tmp_path / "in.png"
+    if kind == "broken_symlink":
+        src.symlink_to(tmp_path / "gone.png")
+    elif kind == "symlink_loop":
+        src.symlink_to(src)
+    else:
+        src.mkdir()
+    res = CliRunner().invoke(cli, ["upscale", str(src), str(tmp_path / "out.png"), "--scale", "2"])
+    assert res.exit_code == 1 and "not_a_regular_file" in res.output, res.output
