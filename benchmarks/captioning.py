@@ -16,7 +16,8 @@ resolution. Measured:
   images) -- ``caption_row`` (views, RLE, selection, crops, highlights, request building,
   answer parsing, record, instance decision, row) plus the row's cache JSON and its manifest
   table -- minus the stand-ins' own time (``model.*`` steps); split into the source hash (the
-  stage re-hashes the whole corpus file, ``source_hash``), the decode of instance crops
+  stage checks the corpus file's bytes against its id, ``source_hash``: a stat and a stamp
+  read while the stamp the corpus wrote holds, a full re-hash otherwise), the decode of instance crops
   (pixels the VLM must get) and the fixed rest; also as CPU seconds over the decode's CPU
   seconds (less sensitive to other jobs on shared cores); on the corpus file, on the file
   without levels and on the one with a 1/2 level. The reference is :func:`full_decode`
@@ -104,7 +105,11 @@ def _child(task: str, path: str, opts: dict, q) -> None:
 
 
 class _Layout:
-    """What ``caption_row`` asks of a DataLayout: the path of a corpus file."""
+    """What ``caption_row`` asks of a DataLayout: the path of a corpus file, and a data root
+    (its ``index/hash_stamps``, which the corpus stage fills when it writes a blob)."""
+
+    def __init__(self, root: Path):
+        self.root = Path(root)
 
     def resolve(self, p):
         return Path(p)
@@ -119,8 +124,12 @@ def _stage_once(path: str, cache_dir: Path, heuristic: bool = False) -> tuple[fl
     from curation.config import load_config
     from curation.manifest import CAPTIONS, to_table
 
+    from curation.imageio import write_hash_stamp
+
     cfg = load_config()
     sha = _sha256(path)
+    layout = _Layout(cache_dir)
+    write_hash_stamp(path, sha, layout.root / "index" / "hash_stamps")  # as the corpus stage does after writing
     if heuristic:
         from curation.captioning import GROUNDERS, SEGMENTERS, TAGGERS
         from curation.vlm import create_vlm_client
@@ -135,7 +144,7 @@ def _stage_once(path: str, cache_dir: Path, heuristic: bool = False) -> tuple[fl
     with client:
         clients = {k: CountingClient(client, k) for k in ("llm", "vlm", "judge")}
         t0, c0 = time.perf_counter(), time.process_time()
-        row = caption_row(_Layout(), {"image_id": "bench", "shard": "bench", "output_path": str(path), "parent_id": None,
+        row = caption_row(layout, {"image_id": "bench", "shard": "bench", "output_path": str(path), "parent_id": None,
                                       "sha256": sha}, cfg, backends, clients, "bench", tim)
         with _timed(tim, "stage_io"):
             write_json(cache_dir / "bench-cache.json", row)
