@@ -10,6 +10,8 @@ import json
 
 import click
 
+from cli.types import POSITIVE_INT
+
 
 def _metric(name: str):
     """The registered metric ``name`` with the configured model locations."""
@@ -94,7 +96,7 @@ def _summary(result) -> dict:
               help="Output folder for this model (default <data root>/bench/<name>).")
 @click.option("--name", default=None, help="Model name in reports and MLflow (default: the folder's name).")
 @click.option("--metric", "metrics", multiple=True, help="Run only these metrics (repeatable; default all).")
-@click.option("--eval-size", type=int, default=4096, show_default=True,
+@click.option("--eval-size", type=POSITIVE_INT, default=4096, show_default=True,
               help="FID evaluation size S (4096 / 8192 / 10240 for the 4K / 8K / 10K tiers).")
 @click.option("--data-root", default=None, help="Data root for default outputs and the MLflow store "
               "(default $UHR_DATA_ROOT or data/demo).")

@@ -7,6 +7,8 @@ import sys
 
 import click
 
+from cli.types import POSITIVE_INT, FiniteFloat
+
 
 @click.command("upscale")
 @click.argument("src", metavar="IN", type=click.Path())  # checked by the reader contract (reason + detail)
@@ -21,7 +23,7 @@ import click
 @click.option("--pad", type=int, default=None, help="Context in INPUT pixels around each tile (default: backend's).")
 @click.option("--ramp", type=click.Choice(["cosine", "linear"]), default="cosine", show_default=True)
 @click.option("--prompt", default=None, help="Caption or tags for text-guided backends.")
-@click.option("--workers", type=int, default=1, show_default=True, help="Tile threads (thread-safe backends).")
+@click.option("--workers", type=POSITIVE_INT, default=1, show_default=True, help="Tile threads (thread-safe backends).")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON line.")
 def upscale_cmd(src, dst, scale, backend_name, tile, overlap, pad, ramp, prompt, workers, as_json):
     """Upscale IN by --scale with a tiled, streamed backend and write OUT in the format its
@@ -68,8 +70,8 @@ def upscale_cmd(src, dst, scale, backend_name, tile, overlap, pad, ramp, prompt,
 @click.command("seam-check")
 @click.argument("paths", nargs=-1, required=True, type=click.Path())
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line (the CLI contract).")
-@click.option("--stride", type=int, default=384, show_default=True, help="Tile stride whose seams are checked.")
-@click.option("--threshold", type=float, default=2.5, show_default=True, help="r_t: flag if any seam ratio exceeds it.")
+@click.option("--stride", type=POSITIVE_INT, default=384, show_default=True, help="Tile stride whose seams are checked.")
+@click.option("--threshold", type=FiniteFloat(min=0, min_open=True), default=2.5, show_default=True, help="r_t: flag if any seam ratio exceeds it.")
 def seam_check_cmd(paths, as_json, stride, threshold):
     """Gradient ratio across every seam on the --stride grid; one line per image:
     ``{"path", "max_ratio", "seams", "flagged"}``. Exit status 0 even when flagged."""

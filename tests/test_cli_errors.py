@@ -86,3 +86,30 @@ def test_the_console_entry_point_prints_one_line(tmp_path):
     out = subprocess.run([sys.executable, "-m", "cli.main", "make-raw-pool", str(tmp_path / "p"), "--n", "12"],
                          capture_output=True, text=True, cwd=ROOT)
     assert out.returncode == 1 and out.stderr.count("\n") == 1 and out.stderr.startswith("Error: n=12"), out.stderr
+
+
+def test_number_options_refuse_nan_inf_and_out_of_range(tmp_path):
+    """click's float / FloatRange accept 'nan' and 'inf' (a NaN seam threshold flagged nothing and
+    exited 0), and a zero or negative stride ended in a per-image ValueError or 0 seams checked:
+    now each is a usage error (exit 2) naming the option, before any image is read."""
+    import numpy as np
+
+    from curation.imageio import write_image
+
+    img = tmp_path / "a.png"
+    write_image(img, np.full((64, 96, 3), 128, np.uint8))
+    for args, needle in [
+        (["seam-check", img, "--threshold", "nan"], "'nan' is not a finite number"),
+        (["seam-check", img, "--threshold", "-inf"], "'-inf' is not a finite number"),
+        (["seam-check", img, "--threshold", "0"], "--threshold"),
+        (["seam-check", img, "--stride", "0"], "--stride"),
+        (["seam-check", img, "--stride", "-3"], "--stride"),
+        (["upscale", img, tmp_path / "b.png", "--scale", "2", "--workers", "0"], "--workers"),
+        (["bench", tmp_path, "--eval-size", "0"], "--eval-size"),
+    ]:
+        res = _run(*args)
+        assert res.exit_code == 2, (args, res.exit_code, res.output)
+        assert needle in res.output and "Traceback" not in res.output, (args, res.output)
+    assert not (tmp_path / "b.png").exists()
+    ok = _run("seam-check", img, "--threshold", "2.5", "--stride", "32", "--json")
+    assert ok.exit_code == 0 and '"flagged": false' in ok.output, ok.output
