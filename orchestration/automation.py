@@ -2,10 +2,20 @@
 
 * :data:`new_shard_sensor` -- watches the raw root (a local folder, or ``<store>/<raw_prefix>/``
   when the object store is the raw source) for shard folders it has not seen, registers them as
-  ``shards`` dynamic partitions and requests a ``shard_purification`` run for each, in key order
+  ``shards`` dynamic partitions and requests a ``shard_ingest`` run (``raw_pool``) for each, in
+  key order. Ingest runs carry :data:`INGEST_TAG`, which the run queue limits to one at a time
   (``raw_pool`` dedups first-seen-wins across shards). Its cursor holds the shards already
   handled; a shard still being written (newest file younger than ``UHR_SHARD_SETTLE_S``,
   default 120 s) waits for the next tick.
+* :data:`scores_after_ingest_sensor` -- each ``shard_ingest`` run that succeeded since its cursor
+  (the storage id of the last RUN_SUCCESS event handled: sensor-launched, a retry, a re-run from
+  the UI) requests a ``shard_scores`` run (``image_scores``) for the same partition, run key
+  ``scores-after-ingest:<ingest run id>``: one scores run per ingest run, whatever the sensor
+  re-evaluates, and every success of a tick is handled in that tick, in order. Scores runs carry
+  :data:`SCORES_TAG`, which the run queue limits to a few at once (``concurrency: runs:
+  tag_concurrency_limits`` in ``infra/dagster/*.yaml``): shards score side by side while the next
+  one ingests. Runs ``uhr`` executes in its own process (``uhrforge/worker`` tag: ``uhr
+  materialize``, the demo) are not followed: ``materialize_all`` runs the scores job itself.
 * Nightly, declaratively: :func:`apply_automation` puts :func:`nightly_if_stale` on the curation
   assets downstream of ``raw_pool``; :data:`curation_automation_sensor` evaluates them. At the
   nightly tick an asset partition is requested only if it is missing, one of its parents was
@@ -64,6 +74,12 @@ GPU_ASSETS = _gpu_assets()
 RUN_RETRY_TAGS = {"dagster/max_retries": "2", "dagster/retry_strategy": "FROM_FAILURE"}
 #: ingest runs share this tag; the run queue serialises it so shards ingest in key order
 INGEST_TAG = {"uhrforge/ingest": "raw_pool"}
+#: scores runs share this tag; the run queue runs up to N at once (``tag_concurrency_limits`` in
+#: the instance yaml, default :data:`SCORES_RUN_LIMIT`). Each holds ``runtime.workers`` processes
+#: within ``runtime.memory_budget_mb``: N x that budget must fit the node that runs them.
+SCORES_TAG = {"uhrforge/pool": "scores"}
+#: the limit the shipped instance configs give :data:`SCORES_TAG` (tests keep them equal)
+SCORES_RUN_LIMIT = 2
 
 #: ``UHR_AUTOMATION_STATUS=stopped`` starts the sensors and schedules switched off (a laptop
 #: running ``dagster dev`` on demo data); production leaves them running
@@ -71,7 +87,10 @@ _STOPPED = (env_setting("UHR_AUTOMATION_STATUS") or "running").lower() == "stopp
 SENSOR_STATUS = DefaultSensorStatus.STOPPED if _STOPPED else DefaultSensorStatus.RUNNING
 SCHEDULE_STATUS = DefaultScheduleStatus.STOPPED if _STOPPED else DefaultScheduleStatus.RUNNING
 
-SHARD_JOB = "shard_purification"
+#: the per-shard jobs of the stage table that automation launches: ingest (``raw_pool``, serial)
+#: and scores (``image_scores``, parallel up to the scores tag limit)
+INGEST_JOB = "shard_ingest"
+SCORES_JOB = "shard_scores"
 BENCH_JOB = "bench_scores_job"
 
 
@@ -174,7 +193,7 @@ def _read_cursor(cursor: str | None) -> set[str]:
 
 def new_shard_requests(context: SensorEvaluationContext, settings: CurationSettings,
                        store: ObjectStoreResource | None, settle_s: float | None = None,
-                       job_name: str = SHARD_JOB) -> SensorResult | SkipReason:
+                       job_name: str = INGEST_JOB) -> SensorResult | SkipReason:
     """The sensor's body (a plain function, so it can be tested and reused)."""
     settle = float(env_setting("UHR_SHARD_SETTLE_S", default="120") if settle_s is None else settle_s)
     where, status = raw_shard_snapshot(settings, store)
@@ -209,14 +228,114 @@ def new_shard_requests(context: SensorEvaluationContext, settings: CurationSetti
 
 @sensor(
     name="new_shard_sensor",
-    job_name=SHARD_JOB,
+    job_name=INGEST_JOB,
     minimum_interval_seconds=int(env_setting("UHR_SHARD_SENSOR_INTERVAL_S", default="60")),
     default_status=SENSOR_STATUS,
     description="New raw shard folder (local raw root or the store's raw prefix) -> a `shards` partition "
-                "and a shard_purification run for it.",
+                f"and a {INGEST_JOB} run for it ({SCORES_JOB} follows from scores_after_ingest_sensor).",
 )
 def new_shard_sensor(context: SensorEvaluationContext, settings: CurationSettings, store: ObjectStoreResource):
     return new_shard_requests(context, settings, store)
+
+
+# -- scores after ingest -------------------------------------------------------------------------
+
+SCORES_SENSOR = "scores_after_ingest_sensor"
+#: ingest successes one tick handles at most (the rest wait for the next tick, in order)
+SCORES_SENSOR_BATCH = 100
+
+
+def scores_run_key(ingest_run_id: str) -> str:
+    """The run key of the scores run an ingest run requests: one per ingest run."""
+    return f"scores-after-ingest:{ingest_run_id}"
+
+
+def scores_after_ingest_request(dagster_run, job_name: str = SCORES_JOB) -> RunRequest | SkipReason:
+    """The scores run for the partition of the successful ingest run ``dagster_run``, or why none."""
+    from dagster._core.storage.tags import PARTITION_NAME_TAG
+
+    from orchestration.runs import WORKER_TAG
+
+    if dagster_run.job_name != INGEST_JOB:
+        return SkipReason(f"run {dagster_run.run_id} is a {dagster_run.job_name} run, not {INGEST_JOB}")
+    if WORKER_TAG in dagster_run.tags:  # uhr materialize / the demo: materialize_all runs the scores job itself
+        return SkipReason(f"run {dagster_run.run_id} was executed by uhr in its own process, which runs "
+                          f"{job_name} itself")
+    shard = dagster_run.tags.get(PARTITION_NAME_TAG)
+    if not shard:
+        return SkipReason(f"run {dagster_run.run_id} has no shard partition")
+    return RunRequest(run_key=scores_run_key(dagster_run.run_id), partition_key=shard, job_name=job_name,
+                      tags={**RUN_RETRY_TAGS, **SCORES_TAG, "uhrforge/trigger": SCORES_SENSOR,
+                            "uhrforge/after_run": dagster_run.run_id})
+
+
+def _read_event_cursor(cursor: str | None) -> int | None:
+    try:
+        data = json.loads(cursor) if cursor else None
+    except ValueError:
+        return None
+    after = data.get("after_event") if isinstance(data, dict) else None
+    return after if isinstance(after, int) else None
+
+
+def _ingest_successes(instance, after: int | None, limit: int, ascending: bool = True):
+    from dagster import DagsterEventType, RunStatusChangeRecordsFilter
+
+    by_job = getattr(instance.event_log_storage, "supports_run_status_change_job_name_filter", False)
+    flt = RunStatusChangeRecordsFilter(event_type=DagsterEventType.RUN_SUCCESS, after_storage_id=after,
+                                       job_names=[INGEST_JOB] if by_job else None)
+    return instance.fetch_run_status_changes(flt, limit=limit, ascending=ascending).records
+
+
+def scores_after_ingest_requests(context: SensorEvaluationContext, job_name: str = SCORES_JOB,
+                                 batch: int = SCORES_SENSOR_BATCH) -> SensorResult:
+    """The sensor's body: one scores run per ingest run that succeeded since the cursor (the
+    storage id of the last RUN_SUCCESS event handled), in the order they succeeded. The first tick
+    starts the cursor at the newest ingest success (history is not replayed: the nightly automation
+    scores what is missing)."""
+    from dagster import RunsFilter
+
+    instance = context.instance
+    after = _read_event_cursor(context.cursor)
+    cursor = lambda storage_id: json.dumps({"after_event": storage_id}, separators=(",", ":"))
+    if after is None:
+        newest = _ingest_successes(instance, None, 1, ascending=False)
+        start = newest[0].storage_id if newest else 0
+        return SensorResult(skip_reason=SkipReason(f"{SCORES_SENSOR} starts after event {start}"),
+                            cursor=cursor(start))
+    records = _ingest_successes(instance, after, batch)
+    if not records:
+        return SensorResult(skip_reason=SkipReason(f"no {INGEST_JOB} run succeeded since event {after}"),
+                            cursor=cursor(after))
+    ids = list(dict.fromkeys(r.event_log_entry.run_id for r in records))
+    runs = {r.run_id: r for r in instance.get_runs(RunsFilter(run_ids=ids))}
+    requests, skipped = [], []
+    for run_id in ids:
+        run = runs.get(run_id)
+        if run is None or run.job_name != INGEST_JOB:  # deleted, or another job (storage without job filter)
+            continue
+        out = scores_after_ingest_request(run, job_name)
+        (requests if isinstance(out, RunRequest) else skipped).append(out)
+    for why in skipped:
+        context.log.info(why.skip_message)
+    return SensorResult(
+        run_requests=requests, cursor=cursor(records[-1].storage_id),
+        skip_reason=None if requests else SkipReason(f"{len(skipped)} {INGEST_JOB} success(es), none to score: "
+                                                     + "; ".join(w.skip_message for w in skipped[:3])),
+    )
+
+
+@sensor(
+    name=SCORES_SENSOR,
+    job_name=SCORES_JOB,
+    minimum_interval_seconds=int(env_setting("UHR_SHARD_SENSOR_INTERVAL_S", default="60")),
+    default_status=SENSOR_STATUS,
+    description=f"A successful {INGEST_JOB} run for a shard -> a {SCORES_JOB} run for that shard, run key "
+                f"{scores_run_key('<ingest run id>')}; scores runs of different shards run in parallel up to "
+                "the instance's uhrforge/pool=scores limit.",
+)
+def scores_after_ingest_sensor(context: SensorEvaluationContext):
+    return scores_after_ingest_requests(context)
 
 
 # -- weekly bench ------------------------------------------------------------------------------
@@ -267,5 +386,5 @@ def weekly_bench_schedule(context: ScheduleEvaluationContext):
     return weekly_bench_request(context)
 
 
-SENSORS = [new_shard_sensor, curation_automation_sensor]
+SENSORS = [new_shard_sensor, scores_after_ingest_sensor, curation_automation_sensor]
 SCHEDULES = [weekly_bench_schedule]

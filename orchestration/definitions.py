@@ -40,7 +40,11 @@ def stage_assets(cfg=None) -> list:
 
 
 def stage_jobs() -> list:
-    """One asset job per ``job`` name of the stage table (its stages, in table order)."""
+    """One asset job per ``job`` name of the stage table (its stages, in table order).
+
+    Run tags: the retry tags, each stage's ``run_tags`` (the run queue's tag limits: ingest one at
+    a time, scores a few at once), and :data:`~orchestration.automation.INGEST_TAG` on any job
+    with a stage that reads the raw shards."""
     jobs = []
     for job, names in STAGES.jobs().items():
         specs = [STAGES[n] for n in names]
@@ -48,6 +52,8 @@ def stage_jobs() -> list:
         if len(partitioned) != 1:
             raise RuntimeError(f"job {job} mixes partitioned and global stages: {names}")
         tags = dict(RUN_RETRY_TAGS)
+        for s in specs:
+            tags.update(dict(s.run_tags))
         if any(s.reads_raw for s in specs):
             tags.update(INGEST_TAG)
         jobs.append(define_asset_job(

@@ -36,6 +36,10 @@ def curation_assets() -> tuple[str, ...]:
 #: slots of a finished run after a minute; runs that ``uhr`` executes itself carry their worker
 #: process (:data:`orchestration.runs.WORKER_TAG`) and are failed by
 #: :func:`orchestration.runs.fail_orphaned_runs` once that process is gone.
+#: ``concurrency: runs:`` the run queue's tag limits for the runs the sensors launch (the same as
+#: ``infra/dagster/*.yaml``, where the memory rule for the scores limit is spelled out): one ingest
+#: run at a time, up to two scores runs at once. ``uhr materialize`` runs jobs in its own process,
+#: one after the other, outside the queue.
 DAGSTER_YAML = """\
 telemetry:
   enabled: false
@@ -46,10 +50,22 @@ run_monitoring:
   max_resume_run_attempts: 0
   poll_interval_seconds: 60
   free_slots_after_run_end_seconds: 60
+concurrency:
+  runs:
+    tag_concurrency_limits:
+      - key: uhrforge/ingest
+        value: raw_pool
+        limit: 1
+      - key: uhrforge/pool
+        value: scores
+        limit: 2
 """
 
 #: what earlier versions wrote (upgraded to :data:`DAGSTER_YAML` when found unchanged)
-_OLD_DAGSTER_YAML = "telemetry:\n  enabled: false\n"
+_OLD_DAGSTER_YAMLS = (
+    "telemetry:\n  enabled: false\n",
+    DAGSTER_YAML.split("concurrency:\n", 1)[0],  # before the run queue's tag limits
+)
 
 
 #: a job whose run storage could not be reached is run again within this budget (not in paper)
@@ -80,7 +96,7 @@ def dagster_home_for(data_root: str | Path) -> Path:
     home = Path(data_root).resolve() / "dagster_home"
     home.mkdir(parents=True, exist_ok=True)
     cfg = home / "dagster.yaml"
-    if not cfg.exists() or cfg.read_text() == _OLD_DAGSTER_YAML:
+    if not cfg.exists() or cfg.read_text() in _OLD_DAGSTER_YAMLS:
         tmp = cfg.with_name(f".dagster.yaml.{os.getpid()}.tmp")
         tmp.write_text(DAGSTER_YAML)
         os.replace(tmp, cfg)

@@ -1,4 +1,5 @@
-"""Automation: the new-shard sensor (folder and store), the nightly stale-only conditions, the weekly bench."""
+"""Automation: the new-shard sensor (folder and store), the scores-after-ingest sensor, the nightly
+stale-only conditions, the weekly bench."""
 
 from __future__ import annotations
 
@@ -25,7 +26,8 @@ from dagster import (
 from orchestration.automation import (
     BENCH_JOB,
     GPU_POOL,
-    SHARD_JOB,
+    INGEST_JOB,
+    SCORES_JOB,
     apply_automation,
     automation_conditions,
     new_shard_requests,
@@ -76,8 +78,9 @@ def test_sensor_registers_a_new_shard_and_requests_its_run(env, monkeypatch):
     (add,) = res.dynamic_partitions_requests
     assert add.partitions_def_name == "shards" and list(add.partition_keys) == ["shard-00000"]
     (req,) = res.run_requests
-    assert isinstance(req, RunRequest) and req.partition_key == "shard-00000" and req.job_name == SHARD_JOB
+    assert isinstance(req, RunRequest) and req.partition_key == "shard-00000" and req.job_name == INGEST_JOB
     assert req.tags["dagster/max_retries"] and req.tags["uhrforge/ingest"] == "raw_pool"
+    assert "uhrforge/pool" not in req.tags  # the scores run follows the ingest run's success
     assert json.loads(res.cursor)["seen"] == ["shard-00000"]
     _apply(instance, res)
     cursor = res.cursor
@@ -125,6 +128,94 @@ def test_sensor_watches_the_store_raw_prefix(env, monkeypatch):
     _drop_shard(tmp / "raw", "shard-00099")
     res2 = new_shard_sensor(build_sensor_context(instance=instance, cursor=res.cursor, resources=resources))
     assert isinstance(res2, SkipReason)
+
+
+# -- scores after ingest ----------------------------------------------------------------------
+
+@pytest.fixture()
+def scores_sensor(tmp_path):
+    """The sensor as the code location holds it, ticked the way the daemon ticks it
+    (``evaluate_tick``: run requests resolved against the code location's jobs), on a sqlite
+    instance (a laptop's) where stand-in runs of ``shard_ingest`` / ``shard_scores`` (one no-op
+    step) succeed or fail."""
+    from dagster import Failure, job, op
+    from dagster._core.definitions.partitions.context import partition_loading_context
+
+    from orchestration.definitions import defs
+
+    sensor = defs.resolve_sensor_def("scores_after_ingest_sensor")
+    repo = defs.get_repository_def()
+    instance = DagsterInstance.local_temp(str(tmp_path))
+    instance.add_dynamic_partitions("shards", ["shard-00000", "shard-00001"])
+
+    @op(config_schema={"fail": bool})
+    def step(context):
+        if context.op_config["fail"]:
+            raise Failure("ingest failed")
+
+    def fake(name):
+        @job(name=name)
+        def _j():
+            step()
+        return _j
+
+    jobs = {n: fake(n) for n in (INGEST_JOB, SCORES_JOB)}
+    state = {"cursor": None}
+
+    def run(job_name: str, shard: str, fail: bool = False, **tags):
+        return jobs[job_name].execute_in_process(
+            instance=instance, raise_on_error=False, run_config={"ops": {"step": {"config": {"fail": fail}}}},
+            tags={"dagster/partition": shard, **tags}).dagster_run
+
+    def tick():
+        ctx = build_sensor_context(instance=instance, cursor=state["cursor"], repository_def=repo)
+        with partition_loading_context(dynamic_partitions_store=instance):
+            data = sensor.evaluate_tick(ctx)
+        state["cursor"] = data.cursor
+        return data.run_requests
+
+    run(INGEST_JOB, "shard-00001")  # before the sensor's first tick: history is not replayed
+    assert tick() == [] and state["cursor"]
+    yield {"sensor": sensor, "run": run, "tick": tick}
+    instance.dispose()
+
+
+def test_ingest_success_requests_the_scores_run_for_its_shard(scores_sensor):
+    from orchestration.automation import SCORES_TAG, scores_run_key
+
+    run, tick = scores_sensor["run"], scores_sensor["tick"]
+    assert scores_sensor["sensor"].job_name == SCORES_JOB
+    ingest = run(INGEST_JOB, "shard-00000")
+    (req,) = tick()
+    assert req.job_name == SCORES_JOB and req.partition_key == "shard-00000"
+    assert req.run_key == scores_run_key(ingest.run_id) == f"scores-after-ingest:{ingest.run_id}"
+    assert req.tags["uhrforge/pool"] == SCORES_TAG["uhrforge/pool"] == "scores"
+    assert req.tags["dagster/max_retries"] and req.tags["uhrforge/after_run"] == ingest.run_id
+    assert "uhrforge/ingest" not in req.tags
+    assert tick() == []  # handled once: the cursor moved past it
+
+    # two shards ingest one after the other between two ticks: a scores run for each, in one
+    # tick, in their order (the queue then runs them side by side)
+    a, b = run(INGEST_JOB, "shard-00000"), run(INGEST_JOB, "shard-00001")
+    reqs = tick()
+    assert [(r.partition_key, r.run_key) for r in reqs] == [
+        ("shard-00000", scores_run_key(a.run_id)), ("shard-00001", scores_run_key(b.run_id))]
+    # a re-run of shard-00000's ingest scores it again (its own run key: not deduplicated away)
+    assert len({scores_run_key(r) for r in (ingest.run_id, a.run_id)}) == 2
+
+
+def test_scores_sensor_ignores_failures_other_jobs_and_uhr_runs(scores_sensor):
+    from orchestration.runs import worker_tags
+
+    run, tick = scores_sensor["run"], scores_sensor["tick"]
+    failed = run(INGEST_JOB, "shard-00000", fail=True)
+    assert failed.status.value == "FAILURE"
+    run(SCORES_JOB, "shard-00000")  # a scores run succeeding asks for nothing
+    run(INGEST_JOB, "shard-00001", **worker_tags())  # uhr materialize runs shard_scores itself
+    assert tick() == []
+    # the retry of the failed ingest run succeeds: now its shard is scored
+    retry = run(INGEST_JOB, "shard-00000")
+    assert [(r.partition_key, r.run_key) for r in tick()] == [("shard-00000", f"scores-after-ingest:{retry.run_id}")]
 
 
 def test_weekly_bench_schedule_targets_the_newest_checkpoint(tmp_path):

@@ -14,12 +14,38 @@ def test_definitions_load_with_every_asset_and_check():
     checks = {(c.asset_key.to_user_string(), c.name) for c in graph.asset_check_keys}
     for asset in ("raw_pool", "image_scores", "candidate_pool", "captions", "final_corpus"):
         assert (asset, "rows_conserved") in checks and (asset, "manifest_schema") in checks
-    for job in ("shard_purification", "candidate_selection", "purification_thresholds_job", "corpus_100mp_job",
+    for job in ("shard_ingest", "shard_scores", "candidate_selection", "purification_thresholds_job", "corpus_100mp_job",
                 "bench_scores_job", "release_job", "training_set_job", "checkpoint_job"):
         assert defs.resolve_job_def(job) is not None
     # every asset declares a code version
     for key in graph.get_all_asset_keys():
         assert graph.get(key).code_version, key
+
+
+def test_ingest_and_scores_are_separate_jobs_with_their_run_queue_tags():
+    """raw_pool runs alone in the ingest job (serial: ``uhrforge/ingest``), image_scores alone in the
+    scores job (a few shards at once: ``uhrforge/pool``); the new-shard sensor launches the first,
+    the scores sensor the second."""
+    from curation.stages.table import STAGES
+    from orchestration.automation import INGEST_JOB, INGEST_TAG, SCORES_JOB, SCORES_TAG
+
+    assert STAGES.jobs()[INGEST_JOB] == ["raw_pool"] and STAGES.jobs()[SCORES_JOB] == ["image_scores"]
+    assert dict(STAGES["raw_pool"].run_tags) == INGEST_TAG and dict(STAGES["image_scores"].run_tags) == SCORES_TAG
+    ingest, scores = defs.resolve_job_def(INGEST_JOB), defs.resolve_job_def(SCORES_JOB)
+    assert {k.to_user_string() for k in ingest.asset_layer.selected_asset_keys} == {"raw_pool"}
+    assert {k.to_user_string() for k in scores.asset_layer.selected_asset_keys} == {"image_scores"}
+    assert ingest.partitions_def.name == scores.partitions_def.name == "shards"
+    assert ingest.run_tags["uhrforge/ingest"] == "raw_pool" and "uhrforge/pool" not in ingest.run_tags
+    assert scores.run_tags["uhrforge/pool"] == "scores" and "uhrforge/ingest" not in scores.run_tags
+    for job in (ingest, scores):
+        assert job.run_tags["dagster/max_retries"]
+    # no other job carries a run queue tag (they run as the queue's max_concurrent_runs allows)
+    for job in defs.resolve_all_job_defs():
+        if job.name not in (INGEST_JOB, SCORES_JOB):
+            assert not {"uhrforge/ingest", "uhrforge/pool"} & set(job.run_tags), job.name
+    assert defs.resolve_sensor_def("new_shard_sensor").job_name == INGEST_JOB
+    assert defs.resolve_sensor_def("scores_after_ingest_sensor").job_name == SCORES_JOB
+    assert "shard_purification" not in {j.name for j in defs.resolve_all_job_defs()}
 
 
 def test_asset_selection_strings_resolve():

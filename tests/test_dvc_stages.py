@@ -156,11 +156,12 @@ def test_dvc_repro_runs_the_dagster_assets_stage_by_stage(tmp_path):
     try:
         runs = instance.get_runs()
         assert sorted(r.job_name for r in runs) == sorted(
-            ["shard_purification"] * 2 * len(shards) + ["purification_thresholds_job"]
+            ["shard_ingest"] * len(shards) + ["shard_scores"] * len(shards) + ["purification_thresholds_job"]
             + ["candidate_selection"] * len(shards))
         assert all(r.status == DagsterRunStatus.SUCCESS for r in runs)
-        assert {tuple(k.to_user_string() for k in r.asset_selection) for r in runs
-                if r.job_name == "shard_purification"} == {("raw_pool",), ("image_scores",)}
+        assert {(r.job_name, tuple(k.to_user_string() for k in r.asset_selection)) for r in runs
+                if r.job_name.startswith("shard_")} == {("shard_ingest", ("raw_pool",)),
+                                                        ("shard_scores", ("image_scores",))}
         assert set(instance.get_dynamic_partitions("shards")) == set(shards)
         for shard in shards:
             recs = instance.fetch_materializations(

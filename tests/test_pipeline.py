@@ -187,12 +187,12 @@ def test_materialize_selected_assets_runs_only_those(run):
     new = [r for r in instance.get_runs() if r.run_id not in before]
     assert sorted(out["timings"]) == sorted([f"image_scores {s}" for s in shards] + ["purification_thresholds"])
     assert sorted((r.job_name, tuple(k.to_user_string() for k in r.asset_selection)) for r in new) == sorted(
-        [("shard_purification", ("image_scores",))] * len(shards)
+        [("shard_scores", ("image_scores",))] * len(shards)
         + [("purification_thresholds_job", ("purification_thresholds",))])
     assert all(r.status == DagsterRunStatus.SUCCESS for r in new)
     # image_scores ran before the thresholds (asset order, not argument order)
     first = {r.job_name: r for r in sorted(new, key=lambda r: instance.get_run_stats(r.run_id).start_time)}
-    assert list(first)[0] == "shard_purification"
+    assert list(first)[0] == "shard_scores"
     for key in ("raw_pool", "candidate_pool", "corpus_100mp"):
         ev = instance.get_latest_materialization_event(AssetKey(key))
         assert ev.run_id in before, key

@@ -5,6 +5,9 @@
 * ``docker-compose.yml`` parses and names every service the code expects, secrets only by reference;
 * ``infra/k8s/values.yaml`` (Dagster Helm chart): user deployment, K8sRunLauncher, GPU step config;
 * ``infra/dagster/*.yaml`` are valid instance configs, Postgres settings from env vars only;
+* every instance config (those yamls, the Helm values, the ``dagster.yaml`` uhr writes) limits the
+  ingest tag to 1 run and the scores tag to :data:`~orchestration.automation.SCORES_RUN_LIMIT`, and
+  the run queue then starts scores runs of two shards at once but never two ingest runs;
 * Definitions load with the production resources and the k8s job executor.
 """
 
@@ -296,6 +299,102 @@ def test_instance_yamls_are_valid_and_postgres_comes_from_env(tmp_path, monkeypa
         assert "concurrency" in cfg and cfg["run_retries"]["enabled"]
 
 
+# -- the run queue: ingest one at a time, scores a few at once ------------------------------------
+
+def _instance_configs() -> dict[str, dict]:
+    """name -> the run-queue part of each instance config we ship, as a dagster.yaml fragment."""
+    from orchestration.pipeline import DAGSTER_YAML
+
+    out = {}
+    for name in ("postgres", "sqlite"):
+        cfg = yaml.safe_load((ROOT / "infra/dagster" / f"{name}.yaml").read_text())
+        out[name] = {k: cfg[k] for k in ("run_coordinator", "concurrency") if k in cfg}
+    values = yaml.safe_load((ROOT / "infra/k8s/values.yaml").read_text())
+    runs = values["concurrency"]["runs"]  # the chart writes these into the daemon's dagster.yaml
+    assert values["dagsterDaemon"]["runCoordinator"]["type"] == "QueuedRunCoordinator"
+    out["k8s"] = {"concurrency": {"runs": {"max_concurrent_runs": runs["maxConcurrentRuns"],
+                                           "tag_concurrency_limits": runs["tagConcurrencyLimits"]}}}
+    out["uhr dagster_home"] = {k: v for k, v in yaml.safe_load(DAGSTER_YAML).items() if k == "concurrency"}
+    return out
+
+
+def _tag_limits(cfg: dict) -> dict[tuple[str, str], int]:
+    return {(t["key"], t["value"]): t["limit"] for t in cfg["concurrency"]["runs"]["tag_concurrency_limits"]}
+
+
+def test_every_instance_config_limits_ingest_to_one_and_scores_to_the_documented_count():
+    from orchestration.automation import INGEST_TAG, SCORES_RUN_LIMIT, SCORES_TAG
+
+    (ingest,), (scores,) = INGEST_TAG.items(), SCORES_TAG.items()
+    configs = _instance_configs()
+    assert set(configs) == {"postgres", "sqlite", "k8s", "uhr dagster_home"}
+    for name, cfg in configs.items():
+        assert _tag_limits(cfg) == {ingest: 1, scores: SCORES_RUN_LIMIT}, name
+    # what the docs say: the limit, the rule that bounds it, in the yaml comments and the README
+    for f in ("infra/dagster/postgres.yaml", "infra/dagster/sqlite.yaml", "infra/k8s/values.yaml"):
+        text = (ROOT / f).read_text()
+        assert f"uhrforge/pool=scores (shard_scores: image_scores): {SCORES_RUN_LIMIT} scores runs" in text, f
+        assert "Rule: limit x runtime.workers x one worker's peak" in text and "memory_budget_mb" in text, f
+    readme = " ".join((ROOT / "README.md").read_text().split())
+    assert f"tag `uhrforge/pool: scores`) runs up to {SCORES_RUN_LIMIT} shards at once" in readme
+    assert "limit x `runtime.workers` x one worker's peak" in readme
+    assert f"(`uhrforge/pool: scores`, limit {SCORES_RUN_LIMIT})" in " ".join(
+        (ROOT / "docs/scale.md").read_text().split())
+
+
+@pytest.mark.parametrize("name", ["postgres", "sqlite", "k8s", "uhr dagster_home"])
+def test_the_run_queue_starts_two_scores_runs_at_once_but_one_ingest_run(tmp_path, name):
+    """Dagster's own queue daemon picks what to start from queued per-shard runs, under each
+    instance config's limits (on sqlite storage): ingest runs one at a time in shard order,
+    scores runs of two shards side by side, a third when one of them ends."""
+    from dagster import DagsterEvent, DagsterEventType, DagsterInstance, DagsterRunStatus, RunsFilter
+    from dagster._core.remote_origin import RegisteredCodeLocationOrigin, RemoteJobOrigin, RemoteRepositoryOrigin
+    from dagster._core.test_utils import create_run_for_test
+    from dagster._daemon.run_coordinator.queued_run_coordinator_daemon import QueuedRunCoordinatorDaemon
+
+    from orchestration.automation import INGEST_JOB, INGEST_TAG, SCORES_JOB, SCORES_RUN_LIMIT, SCORES_TAG
+
+    (tmp_path / "dagster.yaml").write_text(yaml.safe_dump({"telemetry": {"enabled": False},
+                                                            **_instance_configs()[name]}))
+    instance = DagsterInstance.from_config(str(tmp_path))
+    daemon = QueuedRunCoordinatorDaemon(interval_seconds=1)
+    try:
+        def queue(job, tags, shard):  # as the sensors submit them: queued, from the code location
+            origin = RemoteJobOrigin(repository_origin=RemoteRepositoryOrigin(
+                RegisteredCodeLocationOrigin("uhrforge"), "__repository__"), job_name=job)
+            return create_run_for_test(instance, job_name=job, status=DagsterRunStatus.QUEUED,
+                                       remote_job_origin=origin, tags={**tags, "dagster/partition": shard}).run_id
+
+        def report(run_id, event_type):
+            run = instance.get_run_by_id(run_id)
+            instance.report_dagster_event(DagsterEvent(event_type.value, job_name=run.job_name), run_id)
+
+        def start_dequeued() -> list[tuple[str, str]]:
+            runs = daemon._get_runs_to_dequeue(instance, instance.get_concurrency_config(), None)
+            for r in runs:  # what launching does to them
+                report(r.run_id, DagsterEventType.RUN_START)
+            return sorted((r.job_name, r.tags["dagster/partition"]) for r in runs)
+
+        shards = [f"shard-{i:05d}" for i in range(4)]
+        ingest = {s: queue(INGEST_JOB, INGEST_TAG, s) for s in shards}
+        scores = {s: queue(SCORES_JOB, SCORES_TAG, s) for s in shards[:3]}
+        assert SCORES_RUN_LIMIT == 2
+        # first pass: one ingest run (the first shard: the queue is FIFO), two scores runs
+        assert start_dequeued() == [(INGEST_JOB, shards[0]), (SCORES_JOB, shards[0]), (SCORES_JOB, shards[1])]
+        assert start_dequeued() == []  # nothing else while they run
+        in_progress = instance.get_runs(RunsFilter(statuses=[DagsterRunStatus.STARTED]))
+        assert sum(r.job_name == SCORES_JOB for r in in_progress) == 2  # two scores runs at once
+        # a scores run ends: the third shard's starts; ingest still waits for its one run
+        report(scores[shards[0]], DagsterEventType.RUN_SUCCESS)
+        assert start_dequeued() == [(SCORES_JOB, shards[2])]
+        # the ingest run ends: the next shard ingests (in key order), still one at a time
+        report(ingest[shards[0]], DagsterEventType.RUN_SUCCESS)
+        assert start_dequeued() == [(INGEST_JOB, shards[1])]
+        assert start_dequeued() == []
+    finally:
+        instance.dispose()
+
+
 # -- k8s values -----------------------------------------------------------------------------------
 
 def test_helm_values_k8s_launcher_user_code_and_gpu_tags():
@@ -355,9 +454,11 @@ def test_definitions_load_with_production_resources_and_k8s_executor(monkeypatch
         if a.key.to_user_string() in conds:
             assert a.automation_conditions_by_key.get(a.key) is not None, a.key
     Definitions.validate_loadable(defs)
-    for job in ("shard_purification", "candidate_selection", "purification_thresholds_job", "bench_scores_job"):
+    for job in ("shard_ingest", "shard_scores", "candidate_selection", "purification_thresholds_job",
+                "bench_scores_job"):
         assert defs.resolve_job_def(job).executor_def.name == "k8s_job_executor"
-    assert defs.resolve_sensor_def("new_shard_sensor").job_name == "shard_purification"
+    assert defs.resolve_sensor_def("new_shard_sensor").job_name == "shard_ingest"
+    assert defs.resolve_sensor_def("scores_after_ingest_sensor").job_name == "shard_scores"
     assert defs.resolve_schedule_def("weekly_bench_schedule").job_name == "bench_scores_job"
     snap = json.dumps({k: repr(v) for k, v in defs.resources.items()})
     assert SECRET not in snap and PG_SECRET not in snap
@@ -412,7 +513,8 @@ def test_assets_sync_with_the_store_so_a_fresh_data_root_runs_from_it(tmp_path):
 
     a, b = tmp_path / "worker-a", tmp_path / "worker-b"
     layout_a, layout_b = DataLayout.at(a / "data"), DataLayout.at(b / "data")
-    run(defs_at(a), "shard_purification", shard)
+    run(defs_at(a), "shard_ingest", shard)
+    run(defs_at(a), "shard_scores", shard)
     got = sync("raw_pool")
     assert got["raw_downloaded"] == got["raw_files"] > 0 and (a / "raw" / shard).is_dir()  # raw from the store
     assert got["blobs_uploaded"] > 0 and got["published_keys"] == 1

@@ -183,7 +183,7 @@ def test_dagster_runs_and_events_are_in_postgres(stack, run):
     assert type(instance.event_log_storage).__name__ == "PostgresEventLogStorage"
     rows = _pg_rows(stack, "SELECT pipeline_name, status FROM runs")
     jobs = {r[0] for r in rows}
-    assert {"shard_purification", "purification_thresholds_job", "candidate_selection"} <= jobs
+    assert {"shard_ingest", "shard_scores", "purification_thresholds_job", "candidate_selection"} <= jobs
     assert all(r[1] == "SUCCESS" for r in rows), rows
     assert len(rows) == len(instance.get_runs())
     mats = _pg_rows(stack, "SELECT count(*) FROM event_logs WHERE dagster_event_type = 'ASSET_MATERIALIZATION'")

@@ -33,6 +33,12 @@ class StageSpec:
     * ``partitioned``: one partition per shard (``True``) or one global output (a reduce);
     * ``pool``: ``"cpu"`` or ``"gpu"`` (Dagster concurrency pool of the asset);
     * ``job`` / ``group``: the Dagster job that materialises it and the UI group;
+    * ``run_tags``: ``(key, value)`` tags on every run of its job, for the run queue: the instance's
+      ``concurrency: runs: tag_concurrency_limits`` (``infra/dagster/*.yaml``,
+      ``infra/k8s/values.yaml``) cap how many runs carrying a tag run at once --
+      ``uhrforge/ingest: raw_pool`` one (dedup is first seen wins: shards ingest one at a time, in
+      key order), ``uhrforge/pool: scores`` a few (shards score side by side; each run holds up to
+      ``runtime.memory_budget_mb``, so the limit times that must fit the node);
     * ``function``: ``"module:function"`` of its library entry point (no Dagster import there);
     * ``reads_raw``: the stage reads the raw shard folders (DVC dep on the raw root);
     * ``prompts``: the prompt files (``prompts/<name>.md``) of the model calls it makes: their
@@ -52,6 +58,7 @@ class StageSpec:
     job: str = ""
     group: str = "curation"
     reads_raw: bool = False
+    run_tags: tuple[tuple[str, str], ...] = ()
     prompts: tuple[str, ...] = ()
     description: str = ""
     extra: dict = field(default_factory=dict, compare=False, hash=False)
@@ -145,7 +152,8 @@ register_stage(StageSpec(
     name="raw_pool", code_version="raw_pool-2",
     function="curation.stages.purification:run_raw_pool",
     reads=("sizes.linear_scale", "resolution_screen", "io.max_pixels"),
-    blobs=("source_path", "sha256"), job="shard_purification", reads_raw=True,
+    blobs=("source_path", "sha256"), job="shard_ingest", reads_raw=True,
+    run_tags=(("uhrforge/ingest", "raw_pool"),),
     description="Every entry of a raw shard folder (one row each; not a regular file -> rejected unopened): content-hash id, licence, dedup (first seen wins), resolution screen.",
 ))
 register_stage(StageSpec(
@@ -156,7 +164,7 @@ register_stage(StageSpec(
            "purification.richness.histogram_bins", "purification.aesthetics.scorers",
            "purification.aesthetics.laion", "judges.artimuse",
            "io.max_pixels", "report.thumb_px"),
-    prompts=("artimuse_aesthetics",), job="shard_purification",
+    prompts=("artimuse_aesthetics",), job="shard_scores", run_tags=(("uhrforge/pool", "scores"),),
     description="Per-image purification scores (exposure, Laplacian, flatness, entropy, aesthetics), one decode each.",
 ))
 register_stage(StageSpec(
@@ -215,12 +223,14 @@ register_stage(StageSpec(
 
 def stage_table_markdown(table: StageTable = STAGES) -> str:
     """The stage table as Markdown (the README's copy is checked against this by a test)."""
-    lines = ["| stage | code version | upstream | config keys read | blobs | partitions | pool | job | library function |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| stage | code version | upstream | config keys read | blobs | partitions | pool | job | run tags "
+             "| library function |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for s in table:
         lines.append("| " + " | ".join([
             f"`{s.name}`", s.code_version, ", ".join((["raw shards"] if s.reads_raw else []) + list(s.upstream)),
             ", ".join(f"`{k}`" for k in s.reads) or "-", f"`{s.blobs[0]}`" if s.blobs else "-",
-            "shard" if s.partitioned else "global", s.pool, f"`{s.job}`", f"`{s.function}`",
+            "shard" if s.partitioned else "global", s.pool, f"`{s.job}`",
+            ", ".join(f"`{k}: {v}`" for k, v in s.run_tags) or "-", f"`{s.function}`",
         ]) + " |")
     return "\n".join(lines)
