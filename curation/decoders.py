@@ -114,6 +114,23 @@ def _strip_rows(row_bytes: int, minimum: int = 16) -> int:
     return max(minimum, STRIP_BYTES // max(1, row_bytes))
 
 
+def is_file_object(src) -> bool:
+    """Whether a decoder's ``path`` argument is a binary file object (read from its start, never
+    closed here) rather than a path."""
+    return hasattr(src, "read") and hasattr(src, "seek")
+
+
+def _whole_bytes(src, data: bytes | None) -> bytes:
+    """The file's bytes for the decoders that take one buffer: ``data`` when given, else read
+    from the path or the file object (from its start)."""
+    if data is not None:
+        return data
+    if is_file_object(src):
+        src.seek(0)
+        return src.read()
+    return Path(src).read_bytes()
+
+
 # -- sample conversions (one strip) ----------------------------------------------------------------
 
 
@@ -363,6 +380,8 @@ def _decode_with_pillow(path, data: bytes | None = None) -> np.ndarray:
 
     from PIL import Image
 
+    if data is None and is_file_object(path):
+        path.seek(0)
     try:
         with Image.open(io.BytesIO(data) if data is not None else path) as im:
             im.load()
@@ -377,7 +396,7 @@ def _decode_with_pillow(path, data: bytes | None = None) -> np.ndarray:
 
 def decode_whole(path, orientation: int, data: bytes | None = None) -> np.ndarray:
     """The general path: OpenCV ``IMREAD_UNCHANGED`` (Pillow if it refuses), converted strip-wise."""
-    buf = np.frombuffer(data if data is not None else Path(path).read_bytes(), dtype=np.uint8)
+    buf = np.frombuffer(_whole_bytes(path, data), dtype=np.uint8)
     img = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
     del buf
     if img is None:
@@ -394,8 +413,16 @@ def decode_jpeg(path, orientation: int, data: bytes | None = None) -> np.ndarray
     """JPEG straight into RGB with libjpeg-turbo via simplejpeg (the fastest decoder measured,
     OpenCV's pixels: ``benchmarks/decode.py``, tests): YCbCr / grey / RGB files decode to RGB;
     CMYK / YCCK decode to CMYK and become RGB in place by OpenCV's rule
-    (:func:`cmyk_to_rgb_in_place`). OpenCV for anything simplejpeg refuses."""
-    data = data if data is not None else Path(path).read_bytes()
+    (:func:`cmyk_to_rgb_in_place`). OpenCV for anything simplejpeg refuses.
+
+    A CMYK / YCCK JPEG given as a file object (no ``data``) is decoded from it by libjpeg-turbo
+    through Pillow's incremental decoder (:func:`decode_jpeg_cmyk_stream`): the file is fed a
+    piece at a time, so its bytes are never held beside the CMYK buffer."""
+    if data is None and is_file_object(path):
+        img = decode_jpeg_cmyk_stream(path)
+        if img is not None:
+            return _orient_whole(img, orientation)
+    data = _whole_bytes(path, data)
     img = None
     try:
         import simplejpeg
@@ -410,6 +437,52 @@ def decode_jpeg(path, orientation: int, data: bytes | None = None) -> np.ndarray
     if img is None:
         return decode_opencv_rgb(path, orientation, data)
     return _orient_whole(img, orientation)
+
+
+def decode_jpeg_cmyk_stream(fh) -> np.ndarray | None:
+    """``(H, W, 3)`` RGB (not oriented) of a CMYK / YCCK JPEG read from the binary file object
+    ``fh`` a piece at a time, or None when it is no such JPEG (the caller decodes it otherwise).
+
+    libjpeg-turbo (Pillow's build, Pillow's incremental decoder, as ``Image.load`` drives it)
+    writes the CMYK samples as the file stores them (Adobe, inverted: rawmode ``CMYK``, not
+    Pillow's ``CMYK;I``) straight into an array this module owns, which
+    :func:`cmyk_to_rgb_in_place` then shrinks to RGB: the peak is that one ``(H, W, 4)`` buffer
+    (simplejpeg's path holds the file's bytes beside it). Same libjpeg settings as simplejpeg's
+    path (accurate integer IDCT, fancy upsampling), same pixels (tests)."""
+    from PIL import Image
+
+    fh.seek(0)
+    try:
+        with Image.open(fh, formats=["JPEG"]) as im:
+            if im.mode != "CMYK" or len(im.tile) != 1 or im.tile[0][0] != "jpeg":
+                return None
+            w, h = im.size
+            _name, _extents, offset, args = im.tile[0][:4]
+            jpegmode = args[1] if isinstance(args, tuple) and len(args) > 1 else ""
+    except Exception:
+        return None
+    cmyk = np.empty((h, w, 4), np.uint8)
+    target = Image.frombuffer("CMYK", (w, h), cmyk, "raw", "CMYK", 0, 1)  # shares cmyk's memory
+    decoder = Image._getdecoder("CMYK", "jpeg", ("CMYK", jpegmode), ())
+    try:
+        decoder.setimage(target.im, (0, 0, w, h))
+        fh.seek(offset)
+        pending = b""
+        while True:  # as ImageFile.load feeds a decoder
+            piece = fh.read(1 << 16)
+            if not piece:
+                raise ImageReadError(reasons.TRUNCATED, "JPEG data ends before the last scanline")
+            pending += piece
+            n, err = decoder.decode(pending)
+            if n < 0:
+                if err < 0:
+                    raise ImageReadError(reasons.CORRUPT, f"JPEG decode: libjpeg error {err}")
+                break
+            pending = pending[n:]
+    finally:
+        decoder.cleanup()
+    del decoder, target  # nothing of Pillow's points into cmyk when it is shrunk (realloc)
+    return cmyk_to_rgb_in_place(cmyk)
 
 
 def cmyk_to_rgb_in_place(cmyk: np.ndarray) -> np.ndarray:
@@ -445,7 +518,7 @@ def _cmyk_jpeg_rule(cmyk: np.ndarray) -> np.ndarray:
 
 def decode_opencv_rgb(path, orientation: int, data: bytes | None = None) -> np.ndarray:
     """OpenCV straight into RGB (libjpeg-turbo converts grey and CMYK; EXIF left to us)."""
-    buf = np.frombuffer(data if data is not None else Path(path).read_bytes(), dtype=np.uint8)
+    buf = np.frombuffer(_whole_bytes(path, data), dtype=np.uint8)
     img = cv2.imdecode(buf, cv2.IMREAD_COLOR_RGB | cv2.IMREAD_IGNORE_ORIENTATION)  # EXIF applied by us
     del buf
     if img is None:
@@ -594,21 +667,29 @@ class _PngConverter:
 
 
 def decode_png(path, orientation: int, data: bytes | None = None) -> np.ndarray:
-    """Row-band PNG decode (inflate + C unfilter + strip conversion) into oriented RGB."""
+    """Row-band PNG decode (inflate + C unfilter + strip conversion) into oriented RGB.
+
+    ``path``: a path or a binary file object (read from its start, not closed); ``data``: the
+    file's bytes instead, when the caller holds them."""
     import io
 
-    fh = io.BytesIO(data) if data is not None else open(path, "rb")
+    borrowed = data is None and is_file_object(path)
+    if borrowed:
+        path.seek(0)
+    fh = io.BytesIO(data) if data is not None else path if borrowed else open(path, "rb")
     try:
         info, idat_len = _read_png_head(fh)
         fn, _why = _unfilter_kernel()
         if fn is None:
-            fh.close()
+            if not borrowed:
+                fh.close()
             if info.color_type == 2 and info.depth == 8 and info.trns is None:  # no conversion to do
                 return decode_opencv_rgb(path, orientation, data)
             return decode_whole(path, orientation, data)
         return _decode_png_rows(fh, idat_len, info, orientation, fn)
     finally:
-        fh.close()
+        if not borrowed:
+            fh.close()
 
 
 def _inflater():
@@ -719,13 +800,21 @@ def _tiff_kind(page) -> str | None:
 
 
 def decode_tiff(path, orientation: int, data: bytes | None = None) -> np.ndarray:
-    """Strips / tiles of a TIFF converted as they are read; odd layouts take :func:`decode_whole`."""
+    """Strips / tiles of a TIFF converted as they are read; odd layouts take :func:`decode_whole`.
+
+    ``path``: a path or a binary file object (read from its start, not closed); ``data``: the
+    file's bytes instead, when the caller holds them."""
     import io
 
     import tifffile
 
     try:
-        tf = tifffile.TiffFile(io.BytesIO(data) if data is not None else path)
+        if data is not None:
+            tf = tifffile.TiffFile(io.BytesIO(data))
+        elif is_file_object(path):  # borrowed: tifffile neither closes nor copies it
+            tf = tifffile.TiffFile(path, name="image.tif", offset=0)
+        else:
+            tf = tifffile.TiffFile(path)
     except Exception as exc:
         raise ImageReadError(reasons.UNREADABLE, f"TIFF structure: {exc}") from exc
     try:
@@ -811,9 +900,12 @@ def _tiff_bands(tf, page, h: int, w: int, spp: int):
 # -- entry point -----------------------------------------------------------------------------------
 
 
-def decode_to_rgb(path: str | os.PathLike, header: ImageHeader, data: bytes | None = None) -> np.ndarray:
-    """``(H, W, 3)`` uint8 RGB of the file (``data``: its bytes, when the caller has them), EXIF
-    orientation applied; ``H, W`` are the oriented sides. Raises :class:`ImageReadError`."""
+def decode_to_rgb(path, header: ImageHeader, data: bytes | None = None) -> np.ndarray:
+    """``(H, W, 3)`` uint8 RGB of the file, EXIF orientation applied; ``H, W`` are the oriented
+    sides. ``path``: a path, or a binary file object (an open file the caller checked: read from
+    its start, never closed here; PNG and TIFF decode from it a band at a time, the other
+    formats read it whole); ``data``: the file's bytes, when the caller holds them. Raises
+    :class:`ImageReadError`."""
     o = header.orientation
     if header.format == "png":
         return decode_png(path, o, data)

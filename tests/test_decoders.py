@@ -452,3 +452,80 @@ def test_release_rows_stays_inside_the_array():
 def test_webp_with_alpha_matches(tmp_path, orientation):
     ok, enc = cv2.imencode(".webp", _rand((H, W, 4), 8), [cv2.IMWRITE_WEBP_QUALITY, 101])  # lossless
     np.testing.assert_array_equal(_decode(tmp_path, enc.tobytes(), "webp", orientation), _old_decode(enc.tobytes(), orientation))
+
+
+# -- decoding from an open file (issue 16.1) ----------------------------------------------------------
+
+
+def _file_object_cases() -> dict:
+    """name -> (file bytes, format, the mode probe reports), one per layout the decoders branch on."""
+    cases = {}
+    for name in ("rgb8", "rgba8", "rgba16", "ga8", "grey4"):
+        ct, depth, shape = PNG_CASES[name]
+        cases[f"png_{name}"] = (_samples_png(_rand(shape, depth), ct, depth), "png", "?")
+    lut = _rand((256, 3), 8)
+    cases["png_palette_trns"] = (_samples_png(_rand((H, W), 8), 3, 8, plte=lut.tobytes(),
+                                              trns=bytes(range(0, 256, 2))), "png", "P")
+    for name in ("rgb8_lzw", "rgb16_bigendian", "rgb16_planar", "rgba8_planar_tiled", "ga8_planar", "grey16_tiled"):
+        shape, depth, kw = TIFF_CASES[name]
+        arr = _rand(shape, depth)
+        cases[f"tiff_{name}"] = (_tiff(np.moveaxis(arr, 2, 0) if "planar" in name else arr, **kw), "tiff", "?")
+    cases["tiff_float_whole"] = (_tiff(RNG.random((H, W, 3), dtype=np.float32), photometric="rgb"), "tiff", "?")
+    for sub in (0, 2):
+        f = io.BytesIO()
+        Image.fromarray(_rand((H, W, 4), 8), "CMYK").save(f, "JPEG", quality=90, subsampling=sub)
+        cases[f"jpeg_cmyk_{sub}"] = (f.getvalue(), "jpeg", "CMYK")
+    f = io.BytesIO()
+    Image.fromarray(_rand((H, W, 3), 8)).save(f, "JPEG", quality=90)
+    cases["jpeg_rgb"] = (f.getvalue(), "jpeg", "RGB")
+    f = io.BytesIO()
+    Image.fromarray(_rand((H, W, 4), 8), "RGBA").save(f, "WEBP", lossless=True)
+    cases["webp_rgba"] = (f.getvalue(), "webp", "RGBA")
+    return cases
+
+
+FILE_CASES = _file_object_cases()
+
+
+@pytest.mark.parametrize("orientation", [1, 6])
+@pytest.mark.parametrize("name", sorted(FILE_CASES))
+def test_decoding_from_a_file_object_gives_the_pixels_of_the_bytes(tmp_path, name, orientation):
+    """decode_to_rgb takes a binary file object where it takes a path (the reader contract
+    decodes from the file it hashed): the pixels are those of the bytes, it reads the file from
+    its start wherever the caller left it, and it does not close it."""
+    data, fmt, mode = FILE_CASES[name]
+    p = tmp_path / f"x.{fmt}"
+    p.write_bytes(data)
+    h, w = decoders.oriented_shape(H, W, orientation)
+    header = ImageHeader(fmt, w, h, orientation, mode)
+    want = decoders.decode_to_rgb(p, header, data)
+    with open(p, "rb") as fh:
+        fh.seek(5)  # not at the start: the decoder seeks
+        got = decoders.decode_to_rgb(fh, header)
+        assert not fh.closed
+    np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(decoders.decode_to_rgb(p, header), want)
+
+
+@pytest.mark.parametrize("subsampling", [0, 1, 2])
+@pytest.mark.parametrize("progressive", [False, True])
+def test_cmyk_jpeg_fed_a_piece_at_a_time_gives_simplejpegs_pixels(tmp_path, subsampling, progressive):
+    """CMYK JPEG from a file object: libjpeg-turbo through Pillow's incremental decoder into one
+    CMYK buffer (the file's bytes never held), the pixels of the simplejpeg path (which holds
+    them) and of OpenCV, per subsampling, baseline and progressive."""
+    f = io.BytesIO()
+    Image.fromarray(_rand((H, W, 4), 8), "CMYK").save(f, "JPEG", quality=85, subsampling=subsampling,
+                                                       progressive=progressive)
+    data = f.getvalue()
+    with io.BytesIO(data) as fh:
+        got = decoders.decode_jpeg_cmyk_stream(fh)
+    assert got is not None and got.shape == (H, W, 3) and got.flags.c_contiguous
+    np.testing.assert_array_equal(got, decoders.decode_jpeg(None, 1, data))
+    np.testing.assert_array_equal(got, _old_decode(data))
+    with io.BytesIO(data[: len(data) // 2]) as fh:  # cut short: a reason, not a crash
+        with pytest.raises(ImageReadError) as err:
+            decoders.decode_jpeg_cmyk_stream(fh)
+    assert err.value.reason == reasons.TRUNCATED
+    rgb = io.BytesIO()
+    Image.fromarray(_rand((H, W, 3), 8)).save(rgb, "JPEG")
+    assert decoders.decode_jpeg_cmyk_stream(rgb) is None  # not CMYK: the caller decodes it otherwise
