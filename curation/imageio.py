@@ -13,7 +13,10 @@ buffer is allocated):
 2. **the bytes, read once and hashed** (:func:`read_source`): bounded by the pixel limit
    (:func:`max_file_bytes`); the sha256 of exactly the bytes that are decoded is the image's
    content hash, and ``expect_sha256`` (an id or sha recorded upstream) pins the content to
-   its id: other bytes are ``source_changed``, never scored under the old id.
+   its id: other bytes are ``source_changed``, never scored under the old id. A reader that
+   decodes a path (:func:`decode_rgb`, :func:`open_pinned`) hashes PNG and TIFF a piece at a
+   time and decodes them from the same open file, whose ``fstat`` must not change in between
+   (``source_changed``): no copy of the file is held beside the decoded image.
 3. **the header** (:func:`probe`): the format from the magic bytes (PNG, JPEG, TIFF, WebP are
    read; GIF, BMP, AVIF, HEIF, JPEG XL, ... are ``unsupported_format``, or ``animated`` when
    they hold several frames; anything else is ``not_an_image``), the size (after EXIF
@@ -44,7 +47,10 @@ import os
 import re
 import stat
 import struct
+import time
 import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -113,6 +119,9 @@ class ImageReadError(ValueError):
         super().__init__(f"{reason}: {detail}" if detail else reason)
         self.reason = reason
         self.detail = detail
+        #: what was learnt of the file before the refusal (:func:`open_pinned`): ``sha256`` once
+        #: its bytes are hashed, ``header`` once probed
+        self.known: dict = {}
 
 
 @dataclass(frozen=True)
@@ -270,22 +279,32 @@ def read_source(path: str | os.PathLike, max_pixels: int | None = None,
     file size (:func:`max_file_bytes`); ``expect_sha256`` pins the content (``source_changed``)."""
     limit = max_file_bytes(max_pixels) if max_pixels else None
     with open_regular(path) as fh:
-        size = os.fstat(fh.fileno()).st_size
-        if limit is not None and size > limit:
-            raise ImageReadError(reasons.TOO_MANY_PIXELS,
-                                 f"file of {size} bytes: more than an image of {max_pixels} pixels can be")
-        try:  # exactly the stat size (no limit-sized buffer), then whatever it grew by, bounded
-            data = fh.read(size) if size else b""
-            more = fh.read(1)
-            if more:
-                data += more + (fh.read() if limit is None else fh.read(max(0, limit + 1 - len(data) - 1)))
-        except OSError as exc:
-            raise ImageReadError(reasons.UNREADABLE, exc.strerror or str(exc)) from None
-    if limit is not None and len(data) > limit:  # grew while being read
-        raise ImageReadError(reasons.TOO_MANY_PIXELS, f"file grew past {limit} bytes while being read")
-    src = Source(os.fspath(path), data, hashlib.sha256(data).hexdigest())
+        src = _read_open(fh, path, limit, max_pixels)
     check_expected(src, expect_sha256)
     return src
+
+
+def _check_size(size: int, limit: int | None, max_pixels: int | None) -> None:
+    if limit is not None and size > limit:
+        raise ImageReadError(reasons.TOO_MANY_PIXELS,
+                             f"file of {size} bytes: more than an image of {max_pixels} pixels can be")
+
+
+def _read_open(fh, path, limit: int | None, max_pixels: int | None) -> Source:
+    """The bytes of an open regular file from its start, bounded by ``limit``, hashed."""
+    size = os.fstat(fh.fileno()).st_size
+    _check_size(size, limit, max_pixels)
+    try:  # exactly the stat size (no limit-sized buffer), then whatever it grew by, bounded
+        fh.seek(0)
+        data = fh.read(size) if size else b""
+        more = fh.read(1)
+        if more:
+            data += more + (fh.read() if limit is None else fh.read(max(0, limit + 1 - len(data) - 1)))
+    except OSError as exc:
+        raise ImageReadError(reasons.UNREADABLE, exc.strerror or str(exc)) from None
+    if limit is not None and len(data) > limit:  # grew while being read
+        raise ImageReadError(reasons.TOO_MANY_PIXELS, f"file grew past {limit} bytes while being read")
+    return Source(os.fspath(path), data, hashlib.sha256(data).hexdigest())
 
 
 def copy_pinned(path: str | os.PathLike, dst: str | os.PathLike, expect_sha256: str | None = None) -> str:
@@ -491,7 +510,7 @@ def _tiff_header(fp, pil_exc: Exception) -> tuple[int, int, str, int, int]:
 
     fp.seek(0)
     try:
-        with tifffile.TiffFile(fp if isinstance(fp, io.BytesIO) else io.BytesIO(fp.read())) as tf:
+        with tifffile.TiffFile(fp, name="image.tif", offset=0) as tf:  # borrowed: not closed, not copied
             page = tf.pages[0]
             n = len(tf.pages)
             h, w = int(page.imagelength), int(page.imagewidth)
@@ -537,18 +556,40 @@ _CRITICAL = (b"IHDR", b"PLTE", b"IDAT", b"IEND")
 
 def _check_png(data: bytes, crc: bool) -> None:
     """Walk the chunks to IEND; ``crc``: check the critical chunks' CRCs (``corrupt``)."""
-    pos, size = 8, len(data)
-    mv = memoryview(data)
+    _walk_png(io.BytesIO(data), len(data), crc)
+
+
+#: bytes read per step when a check streams a file (CRCs, the hash)
+_STREAM_BYTES = 1 << 20
+
+
+def _walk_png(fh, size: int, crc: bool) -> None:
+    """:func:`_check_png` on a binary file object of ``size`` bytes: chunk headers read, bodies
+    skipped, or read ``_STREAM_BYTES`` at a time for the CRCs (the file is never held whole)."""
+    pos = 8
+    buf = memoryview(bytearray(_STREAM_BYTES)) if crc else None
     while True:
         if pos + 8 > size:
             raise ImageReadError(reasons.TRUNCATED, "PNG ends before IEND")
-        length, ctype = struct.unpack_from(">I4s", data, pos)
+        fh.seek(pos)
+        hdr = fh.read(8)
+        if len(hdr) < 8:
+            raise ImageReadError(reasons.TRUNCATED, "PNG ends before IEND")
+        length, ctype = struct.unpack(">I4s", hdr)
         end = pos + 12 + length
         if end > size:
             raise ImageReadError(reasons.TRUNCATED, f"PNG chunk {ctype.decode('latin-1')!r} runs past end of file")
         if crc and ctype in _CRITICAL:
-            (want,) = struct.unpack_from(">I", data, end - 4)
-            if zlib.crc32(mv[pos + 4:end - 4]) != want:
+            got, left = zlib.crc32(ctype), length
+            while left:
+                n = fh.readinto(buf[: min(left, _STREAM_BYTES)])
+                if not n:
+                    raise ImageReadError(reasons.TRUNCATED, f"PNG chunk {ctype.decode()} runs past end of file")
+                got, left = zlib.crc32(buf[:n], got), left - n
+            tail = fh.read(4)
+            if len(tail) < 4:
+                raise ImageReadError(reasons.TRUNCATED, f"PNG chunk {ctype.decode()} runs past end of file")
+            if got != struct.unpack(">I", tail)[0]:
                 raise ImageReadError(reasons.CORRUPT, f"PNG chunk {ctype.decode()} at byte {pos}: CRC mismatch")
         if ctype == b"IEND":
             return
@@ -616,11 +657,15 @@ def jpeg_end(data: bytes) -> int:
 
 
 def _check_tiff(data: bytes) -> None:
+    _check_tiff_file(io.BytesIO(data), len(data))
+
+
+def _check_tiff_file(fh, size: int) -> None:
+    """The strip / tile extents of a TIFF (a binary file object of ``size`` bytes) within the file."""
     import tifffile
 
-    size = len(data)
     try:
-        with tifffile.TiffFile(io.BytesIO(data)) as tf:
+        with tifffile.TiffFile(fh, name="image.tif", offset=0) as tf:  # borrowed: not closed
             page = tf.pages[0]
             ends = [o + c for o, c in zip(page.dataoffsets, page.databytecounts)]
     except Exception as exc:
@@ -696,14 +741,181 @@ def decode_rgb(path: str | os.PathLike | Source, max_pixels: int, header: ImageH
                expect_sha256: str | None = None) -> np.ndarray:
     """Decode any supported file to an ``(H, W, 3)`` uint8 RGB array, or raise ImageReadError.
 
-    The whole contract: the bytes are read once (``path`` may be a :class:`Source` already
+    The whole contract: the bytes are hashed once (``path`` may be a :class:`Source` already
     read), pinned to ``expect_sha256``, probed within ``max_pixels`` and validated before the
     decode. ``header`` is accepted for compatibility; the header is always re-read from the
-    bytes that are decoded."""
-    chk = read_checked(path, max_pixels, expect_sha256)
-    header = chk.header
+    bytes that are decoded. A path is read through :func:`open_pinned` (PNG and TIFF: checked
+    and decoded from one open file, never held whole)."""
+    if isinstance(path, Source):
+        chk = read_checked(path, max_pixels, expect_sha256)
+        return _decode_checked(chk.source.path, chk.header, chk.source.data)
+    with open_pinned(path, max_pixels, expect_sha256) as pinned:
+        return pinned.decode()
+
+
+#: formats checked (hash, header, data) and decoded from the open file, which is never held
+#: whole: their decoders read it a band at a time. JPEG (simplejpeg and the strict scan check
+#: take one buffer) and WebP are read whole.
+STREAMED_FORMATS = ("png", "tiff")
+def _decodes_from_file(header: ImageHeader) -> bool:
+    """Whether a file read whole for its checks is decoded from the open file, its bytes let go
+    first: CMYK / YCCK JPEG (libjpeg fed a piece at a time into the one CMYK buffer,
+    :func:`curation.decoders.decode_jpeg_cmyk_stream`); other JPEGs keep their (small) bytes
+    for simplejpeg, the fastest decoder, which takes one buffer."""
+    return header.format == "jpeg" and header.mode == "CMYK"
+
+
+#: a file whose status changed this recently (ns) may still change within the same tick of
+#: the file system's coarse clock without its mtime / ctime moving: the reader waits it out
+_RACY_NS = 20_000_000
+
+
+class PinnedImage:
+    """A regular file, open, that passed steps 1-4 of the contract (:func:`open_pinned`): its
+    ``sha256``, ``header`` and ``size``, and :meth:`decode`, which decodes exactly the bytes
+    that were hashed -- from the held bytes (``data``; JPEG, WebP) or from the same open file
+    descriptor (PNG, TIFF), whose ``fstat`` (size, mtime, ctime) must then be what it was
+    before the hash, else ``source_changed``."""
+
+    def __init__(self, path: str, fh, sha256: str, header: ImageHeader, size: int, data: bytes | None,
+                 stamp: tuple[int, int, int]):
+        self.path, self.sha256, self.header, self.size = path, sha256, header, size
+        self.data = data
+        self._fh, self._stamp = fh, stamp
+
+    @property
+    def image_id(self) -> str:
+        return image_id_from_hash(self.sha256)
+
+    def decode(self) -> np.ndarray:
+        """``(H, W, 3)`` uint8 RGB of the pinned bytes (see :func:`decode_rgb`)."""
+        if self.data is not None:
+            return _decode_checked(self.path, self.header, self.data)
+        if self._fh is None:
+            raise ValueError("PinnedImage.decode outside its open_pinned block")
+        self._fh.seek(0)
+        try:
+            img = _decode_checked(self._fh, self.header, None)
+        finally:
+            _check_unchanged(self._fh, self._stamp)  # a changed file's pixels are never returned
+        return img
+
+
+def _stamp(st: os.stat_result) -> tuple[int, int, int]:
+    return st.st_size, st.st_mtime_ns, st.st_ctime_ns
+
+
+def _settled_stamp(fd: int) -> tuple[int, int, int]:
+    """The ``fstat`` stamp of a file whose status did not change within the last ``_RACY_NS``
+    (a write in the same coarse clock tick as the last one could leave mtime and ctime as they
+    were; as git's "racily clean" entries, a just-changed file is waited out, once)."""
+    st = os.fstat(fd)
+    young = time.time_ns() - max(st.st_mtime_ns, st.st_ctime_ns)
+    if young < _RACY_NS:
+        time.sleep((_RACY_NS - max(young, 0)) / 1e9)
+        st = os.fstat(fd)
+    return _stamp(st)
+
+
+def _check_unchanged(fh, stamp: tuple[int, int, int]) -> None:
+    now = _stamp(os.fstat(fh.fileno()))
+    if now != stamp:
+        raise ImageReadError(reasons.SOURCE_CHANGED,
+                             f"the file changed while being read (size, mtime_ns, ctime_ns {stamp} -> {now}): "
+                             "its pixels are not those of the bytes hashed")
+
+
+def _hash_open(fh, limit: int) -> tuple[str, int]:
+    """sha256 (hex) and length of an open file's bytes from its start, read in pieces."""
+    h, n = hashlib.sha256(), 0
+    buf = memoryview(bytearray(_STREAM_BYTES))
+    fh.seek(0)
     try:
-        img = _decode_pixels(chk.source, header)
+        while k := fh.readinto(buf):
+            h.update(buf[:k])
+            n += k
+            if n > limit:
+                raise ImageReadError(reasons.TOO_MANY_PIXELS, f"file grew past {limit} bytes while being read")
+    except OSError as exc:
+        raise ImageReadError(reasons.UNREADABLE, exc.strerror or str(exc)) from None
+    return h.hexdigest(), n
+
+
+@contextmanager
+def open_pinned(path: str | os.PathLike, max_pixels: int | None = None,
+                expect_sha256: str | None = None) -> Iterator[PinnedImage]:
+    """Steps 1-4 of the contract on a file opened once (:func:`open_regular`), as a
+    :class:`PinnedImage` valid inside the ``with`` block: its sha256 (pinned to
+    ``expect_sha256``), header (within ``max_pixels``, default :func:`default_max_pixels`),
+    complete and undamaged data, and :meth:`~PinnedImage.decode`.
+
+    PNG and TIFF (:data:`STREAMED_FORMATS`) are hashed, probed and validated by reading the
+    open file in pieces, and decoded from the same file descriptor: no copy of the file is held
+    (peak memory is the decode's, not the file's plus the decode's). Other formats are read whole
+    once and checked as :func:`read_checked` does; a CMYK JPEG then lets its bytes go and is
+    decoded from the file descriptor too, the others from the bytes. The file's ``fstat`` (size,
+    mtime_ns, ctime_ns) is taken before the hash and compared after the decode: a write in
+    place (even with the mtime set back), a truncation or an append in between is
+    ``source_changed``, and so is a rename-replace of the path (the open file's bytes stay
+    intact, but its ctime moves when it is unlinked: refused, conservatively)."""
+    max_pixels = int(max_pixels) if max_pixels else default_max_pixels()
+    limit = max_file_bytes(max_pixels)
+    where = os.fspath(path)
+    with open_regular(path) as fh:
+        _check_size(os.fstat(fh.fileno()).st_size, limit, max_pixels)
+        try:
+            head = fh.read(_HEAD)
+        except OSError as exc:
+            raise ImageReadError(reasons.UNREADABLE, exc.strerror or str(exc)) from None
+        known: dict = {}  # what a refusal after the hash can still report (ImageReadError.known)
+        try:
+            stamp = _settled_stamp(fh.fileno())  # before the first byte hashed
+            if sniff_format(head) in STREAMED_FORMATS:
+                sha, size = _hash_open(fh, limit)
+                _check_unchanged(fh, stamp)  # not the bytes fstat saw: changed while being hashed
+                if expect_sha256 and not _hex_matches(sha, expect_sha256):
+                    raise _changed(sha, expect_sha256)
+                known["sha256"] = sha
+                fh.seek(0)
+                header = known["header"] = _probe(fh, where, max_pixels)
+                validate_file(fh, size, header)
+                pinned = PinnedImage(where, fh, sha, header, size, None, stamp)
+            else:
+                src = _read_open(fh, path, limit, max_pixels)
+                check_expected(src, expect_sha256)
+                known["sha256"] = src.sha256
+                known["header"] = probe(src, max_pixels)
+                validate(src, known["header"])
+                if _decodes_from_file(known["header"]):  # the bytes go before the decode
+                    pinned = PinnedImage(where, fh, src.sha256, known["header"], src.size, None, stamp)
+                else:
+                    pinned = PinnedImage(where, None, src.sha256, known["header"], src.size, src.data, stamp)
+                del src
+        except ImageReadError as exc:
+            exc.known = known
+            raise
+        try:
+            yield pinned
+        finally:
+            pinned._fh = pinned.data = None
+
+
+def validate_file(fh, size: int, header: ImageHeader) -> None:
+    """Step 4 of the contract (:func:`validate`) on an open PNG or TIFF of ``size`` bytes,
+    read in pieces: the same checks, the same reasons."""
+    if header.format == "png":
+        _walk_png(fh, size, crc=True)
+    elif header.format == "tiff":
+        _check_tiff_file(fh, size)
+    else:
+        raise ValueError(f"{header.format} is validated from its bytes (validate)")
+
+
+def _decode_checked(src, header: ImageHeader, data: bytes | None) -> np.ndarray:
+    """Decode checked bytes (``data``), or a checked open file (``src`` a binary file object),
+    with the contract's reasons for decoder failures and the decoded size checked."""
+    try:
+        img = _decode_pixels(src, header, data)
     except ImageReadError:
         raise
     except MemoryError as exc:
@@ -717,13 +929,13 @@ def decode_rgb(path: str | os.PathLike | Source, max_pixels: int, header: ImageH
     return img
 
 
-def _decode_pixels(src: Source, header: ImageHeader) -> np.ndarray:
-    """Decode checked bytes to ``(H, W, 3)`` uint8 RGB (orientation applied): the conversions
-    (bit depth, alpha over white, grey + alpha, palette, CMYK, orientation) run strip by strip in
-    :mod:`curation.decoders`."""
+def _decode_pixels(src, header: ImageHeader, data: bytes | None) -> np.ndarray:
+    """Decode checked bytes (or a checked open file) to ``(H, W, 3)`` uint8 RGB (orientation
+    applied): the conversions (bit depth, alpha over white, grey + alpha, palette, CMYK,
+    orientation) run strip by strip in :mod:`curation.decoders`."""
     from curation.decoders import decode_to_rgb
 
-    return decode_to_rgb(src.path, header, src.data)
+    return decode_to_rgb(src, header, data)
 
 
 def to_grey(rgb: np.ndarray, rows: int = 1024) -> np.ndarray:

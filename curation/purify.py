@@ -270,22 +270,30 @@ SCORE_KEYS = (
 def score_image_record(path: str, cfg) -> dict:
     """Scores, screening and per-image verdict of one file (the keys of :data:`SCORE_KEYS`;
     ``reject_detail`` says why a file cannot be used, null otherwise). Relative cuts need the
-    whole pool and are left out. The file is read once (a FIFO or device is refused unopened):
-    the id, the header and the decode all come from the same bytes."""
-    from curation.imageio import image_id_from_hash, probe, read_source
+    whole pool and are left out. The file is opened once (a FIFO or device is refused unopened):
+    the id, the header and the decode all come from the same bytes (:func:`open_pinned`: PNG,
+    TIFF and CMYK JPEG are decoded from the open file, their bytes not held)."""
+    from curation.imageio import image_id_from_hash, open_pinned
     from curation.screening import screen
 
     rec = dict.fromkeys(SCORE_KEYS)
     rec["path"] = path
     max_pixels = int(cfg.get("io.max_pixels"))
-    try:
-        src = read_source(path, max_pixels)
-        rec["image_id"] = image_id_from_hash(src.sha256)
-        head = probe(src, max_pixels)
-        rec.update(width=head.width, height=head.height, megapixels=head.pixels / 1e6)
-        rec["screening"], _ = screen(head.width, head.height, cfg.screen_bounds())
-        rgb = decode_rgb(src, max_pixels)
+
+    def header_fields(sha256: str | None, head) -> None:
+        if sha256:
+            rec["image_id"] = image_id_from_hash(sha256)
+        if head is not None:
+            rec.update(width=head.width, height=head.height, megapixels=head.pixels / 1e6)
+            rec["screening"], _ = screen(head.width, head.height, cfg.screen_bounds())
+
+    try:  # the bytes are not held during the decode where the format allows (open_pinned)
+        with open_pinned(path, max_pixels) as pinned:
+            header_fields(pinned.sha256, pinned.header)
+            rgb = pinned.decode()
     except ImageReadError as exc:
+        if rec["image_id"] is None:  # refused after the hash / the header: they are still reported
+            header_fields(exc.known.get("sha256"), exc.known.get("header"))
         rec["verdict"] = exc.reason
         rec["reject_detail"] = exc.detail or exc.reason
         return rec

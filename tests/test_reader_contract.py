@@ -655,3 +655,130 @@ def test_uhr_upscale_names_the_reason_for_an_input_that_is_no_file(tmp_path, kin
         src.mkdir()
     res = CliRunner().invoke(cli, ["upscale", str(src), str(tmp_path / "out.png"), "--scale", "2"])
     assert res.exit_code == 1 and "not_a_regular_file" in res.output, res.output
+
+
+# =============================================================================================
+# issue 16.1: the file is hashed and decoded through one open file descriptor, its bytes not held
+# =============================================================================================
+
+
+def _noise_files(tmp_path) -> dict[str, Path]:
+    """A PNG, a TIFF and a CMYK JPEG of noise (files of a few MB, larger than their headers by
+    far): the layouts decoded from the open file."""
+    import tifffile
+
+    rng = np.random.default_rng(3)
+    rgb = rng.integers(0, 256, (600, 800, 3), dtype=np.uint8)
+    out = {"png": tmp_path / "n.png", "tiff": tmp_path / "n.tif", "jpeg_cmyk": tmp_path / "n.jpg"}
+    Image.fromarray(rgb).save(out["png"], compress_level=1)
+    tifffile.imwrite(out["tiff"], rgb.astype(np.uint16) << 8, photometric="rgb", compression="zlib")
+    Image.fromarray(np.dstack([rgb, rgb[..., :1]]), "CMYK").save(out["jpeg_cmyk"], "JPEG", quality=100)
+    return out
+
+
+@pytest.mark.parametrize("kind", ["png", "tiff", "jpeg_cmyk"])
+def test_decode_rgb_decodes_from_the_open_file_with_the_bytes_let_go(tmp_path, monkeypatch, kind):
+    """decode_rgb on a path hands the decoder the open file it hashed (a file object, no bytes),
+    and no copy of the file is alive while it decodes: the peak is the decode's, not the file's
+    plus the decode's. The pixels are those of the bytes (the old path: a Source)."""
+    import tracemalloc
+
+    from curation import decoders
+    from curation.imageio import read_source
+
+    p = _noise_files(tmp_path)[kind]
+    size = p.stat().st_size
+    assert size > 1_000_000
+    want = decode_rgb(read_source(p), LIMIT)  # the bytes held, decoded from them
+    real, seen = decoders.decode_to_rgb, []
+
+    def spy(path, header, data=None):
+        seen.append((hasattr(path, "read"), data is None, tracemalloc.get_traced_memory()[0]))
+        return real(path, header, data)
+
+    monkeypatch.setattr(decoders, "decode_to_rgb", spy)
+    tracemalloc.start()
+    try:
+        got = decode_rgb(p, LIMIT)
+    finally:
+        tracemalloc.stop()
+    ((file_object, no_bytes, held),) = seen
+    assert file_object and no_bytes
+    assert held < size // 4, f"{held} bytes alive at the decode, the file has {size}"
+    np.testing.assert_array_equal(got, want)
+
+
+def _overwrite_same_size(p: Path) -> None:
+    with open(p, "r+b") as fh:
+        fh.seek(p.stat().st_size // 2)
+        fh.write(b"\x00" * 64)
+
+
+def _overwrite_mtime_set_back(p: Path) -> None:
+    st = p.stat()
+    _overwrite_same_size(p)
+    os.utime(p, ns=(st.st_atime_ns, st.st_mtime_ns))  # mtime as it was: ctime still moves
+
+
+def _append(p: Path) -> None:
+    with open(p, "ab") as fh:
+        fh.write(b"\x00" * 10)
+
+
+def _rename_replace(p: Path) -> None:
+    tmp = p.with_name("tmp" + p.suffix)
+    tmp.write_bytes(p.read_bytes())
+    os.replace(tmp, p)
+
+
+@pytest.mark.parametrize("change", [_overwrite_same_size, _overwrite_mtime_set_back, _append, _rename_replace])
+@pytest.mark.parametrize("kind", ["png", "tiff", "jpeg_cmyk"])
+def test_a_file_changed_between_its_hash_and_its_decode_is_source_changed(tmp_path, monkeypatch, kind, change):
+    """The decoder reads the open file after the hash: a write in place (same size, or with the
+    mtime set back), an append, or a rename-replace of the path (the open file's bytes intact,
+    its ctime moved: refused, conservatively) before the decode is ``source_changed`` -- pixels
+    of bytes other than the hashed ones are never returned."""
+    from curation import decoders
+
+    p = _noise_files(tmp_path)[kind]
+    real = decoders.decode_to_rgb
+
+    def write_then_decode(path, header, data=None):
+        change(p)
+        return real(path, header, data)
+
+    monkeypatch.setattr(decoders, "decode_to_rgb", write_then_decode)
+    with pytest.raises(ImageReadError) as e:
+        decode_rgb(p, LIMIT)
+    assert e.value.reason == reasons.SOURCE_CHANGED and "changed while being read" in e.value.detail
+
+
+def test_score_image_reports_the_hash_and_header_of_a_file_refused_after_them(tmp_path, test_cfg):
+    """score-image reads through open_pinned: a PNG whose IDAT CRC is wrong is ``corrupt`` and
+    still carries the id of its bytes and its size; a file changed during the decode is
+    ``source_changed`` with the id of the bytes hashed."""
+    import hashlib
+
+    from curation import decoders
+    from curation.imageio import image_id_from_hash
+    from curation.purify import score_image_record
+
+    p = tmp_path / "bad.png"
+    Image.fromarray(_photo(64, 48)).save(p)
+    data = bytearray(p.read_bytes())
+    data[data.find(b"IDAT") + 10] ^= 0xFF
+    p.write_bytes(bytes(data))
+    rec = score_image_record(str(p), test_cfg)
+    assert rec["verdict"] == reasons.CORRUPT and "CRC" in rec["reject_detail"], rec
+    assert rec["image_id"] == image_id_from_hash(hashlib.sha256(data).hexdigest())
+    assert (rec["width"], rec["height"]) == (64, 48) and rec["screening"] is not None
+
+    q = _noise_files(tmp_path)["png"]
+    sha = hashlib.sha256(q.read_bytes()).hexdigest()
+    real = decoders.decode_to_rgb
+    try:
+        decoders.decode_to_rgb = lambda path, header, data=None: (_append(q), real(path, header, data))[1]
+        rec = score_image_record(str(q), test_cfg)
+    finally:
+        decoders.decode_to_rgb = real
+    assert rec["verdict"] == reasons.SOURCE_CHANGED and rec["image_id"] == image_id_from_hash(sha), rec
