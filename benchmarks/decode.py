@@ -12,8 +12,9 @@
    their ratios against the 8-bit RGB file of the same container in the same run (PNG for the
    layouts without one). ``--before DIR`` runs the same CLI from another source tree (e.g. a
    ``git archive`` of the commit before decoders.py) in the same session, for before/after.
-   ``after_from_path``: the same decode + scores with the decoder reading the file itself, so no
-   copy of the file's bytes is held (the reader contract holds them, hashed, during the decode).
+   ``after_from_path``: the same decode + scores with the decoder given the open file (no hash,
+   no checks), the floor the reader contract's decode from its open file
+   (:func:`curation.imageio.open_pinned`: PNG, TIFF, CMYK JPEG) is measured against.
 
 16-bit samples: the photo in the high byte, the neighbouring pixel's value in the low byte (it
 compresses like a photo, not like noise). Alpha: a diagonal ramp with a fully transparent corner.
@@ -230,13 +231,14 @@ def cli_run(path: Path, tree: Path) -> dict:
 
 
 def from_path_run(path: Path) -> dict:
-    """What ``uhr score-image`` does after the reader, with ``decoders.decode_to_rgb`` reading
-    the file itself (no copy of the file's bytes held during the decode): the peak the reader
-    contract could reach by hashing while it streams. Same wrapper measurement as :func:`cli_run`."""
+    """What ``uhr score-image`` does after the reader, with ``decoders.decode_to_rgb`` given the
+    open file (PNG, TIFF and CMYK JPEG read a piece at a time, the others read whole by the
+    decoder), no hash and no checks: the floor for the reader contract's own decode from its
+    open file. Same wrapper measurement as :func:`cli_run`."""
     code = (
-        "import sys; from curation import decoders; from curation.imageio import probe, to_grey; "
-        "from curation.scores import purification_scores; "
-        "g = to_grey(decoders.decode_to_rgb(sys.argv[1], probe(sys.argv[1], 10**9))); purification_scores(g)"
+        "import sys; from curation import decoders; from curation.imageio import probe; "
+        "from curation.scores import purification_scores; fh = open(sys.argv[1], 'rb'); "
+        "purification_scores(decoders.decode_to_rgb(fh, probe(sys.argv[1], 10**9)))"  # grey band by band, as the CLI
     )
     wrapper = (
         "import json, resource, subprocess, sys, time\n"
@@ -313,7 +315,7 @@ def main() -> None:
     for lay, row in cli.items():
         cols = " ".join(f"{row[t]['peak_rss_mb']:13.0f} {row[t]['seconds']:5.1f} {row[t]['rss_over_rgb8']:6.2f}" for t in tags)
         print(f"{lay:18} {row['file_mb']:8.0f} {cols}")
-    print("(after_from_path: decoders.decode_to_rgb reading the file itself, no copy of its bytes held; "
+    print("(after_from_path: decoders.decode_to_rgb given the open file, no hash, no checks; "
           "grey + scores as in the CLI)")
     worst = max(r["after"]["peak_rss_mb"] for r in cli.values())
     worst_ratio = max(r["after"]["rss_over_rgb8"] for r in cli.values())

@@ -22,6 +22,10 @@ The conversions (the rules of the whole-image path they replace, kept bit for bi
 * EXIF orientation: each converted strip is rotated / mirrored and written straight into its
   place in the oriented output.
 
+Every decoder takes a path, the file's bytes (``data``), or a binary file object (an open file
+the reader checked and hashed: read from its start, never closed here). PNG, TIFF and CMYK JPEG
+read a file object a piece at a time; other JPEGs and WebP read it whole.
+
 Sources, per format:
 
 * **PNG**: parsed here; the IDAT stream is inflated (ISA-L's zlib) a band of rows at a time
@@ -38,7 +42,9 @@ Sources, per format:
 * **JPEG**: libjpeg-turbo via simplejpeg straight into RGB for YCbCr / grey (1.4x faster than
   OpenCV at 100 MP, same pixels: tested per subsampling, baseline and progressive); CMYK / YCCK
   decoded to CMYK and converted in place by a C kernel (one ``(H, W, 4)`` buffer, shrunk to
-  RGB). OpenCV is the fallback. Orientations 2-4 in place; 5-8 into a ``(W, H, 3)`` array
+  RGB); given an open file instead of bytes (the reader contract's decode), CMYK is fed to
+  libjpeg-turbo from it a piece at a time (Pillow's incremental decoder) into that buffer, so
+  the file's bytes are not held beside it. OpenCV is the fallback. Orientations 2-4 in place; 5-8 into a ``(W, H, 3)`` array
   while the decoded rows already placed are released (:func:`release_rows`), so the two never
   both exist in full.
 * **WebP** and the fallbacks: OpenCV ``IMREAD_UNCHANGED`` (Pillow if OpenCV refuses), then the
