@@ -17,7 +17,8 @@
   one ingests. Runs ``uhr`` executes in its own process (``uhrforge/worker`` tag: ``uhr
   materialize``, the demo) are not followed: ``materialize_all`` runs the scores job itself.
 * Nightly, declaratively: :func:`apply_automation` puts :func:`nightly_if_stale` on the curation
-  assets downstream of ``raw_pool``; :data:`curation_automation_sensor` evaluates them. At the
+  assets downstream of ``raw_pool``; :func:`automation_sensors` evaluate them (one sensor per
+  run-queue tag set of the stage table, so nightly ingest and scores runs keep their limits). At the
   nightly tick an asset partition is requested only if it is missing, one of its parents was
   updated since it last ran, or its code version changed -- so only what is stale re-runs.
 * :data:`weekly_bench_schedule` -- benches the newest registered checkpoint (today: the newest
@@ -137,15 +138,35 @@ def apply_automation(assets: list) -> list:
     return list(map_asset_specs(_set, assets))
 
 
-curation_automation_sensor = AutomationConditionSensorDefinition(
-    "curation_nightly_automation",
-    target=AssetSelection.groups(*dict.fromkeys(s.group for s in STAGES)),  # every stage-table group
-    run_tags=RUN_RETRY_TAGS,
-    default_status=SENSOR_STATUS,
-    minimum_interval_seconds=60,
-    description="Evaluates the curation assets' automation conditions: at the nightly tick, only stale "
-                "partitions (missing, parent updated, code version changed) are requested.",
-)
+def automation_sensors() -> list[AutomationConditionSensorDefinition]:
+    """The sensors that evaluate the stage table's automation conditions: one per distinct set of
+    stage ``run_tags`` (the run queue's tag limits: a nightly ``raw_pool`` re-run still ingests one
+    shard at a time, nightly ``image_scores`` runs count against the scores limit), named
+    ``curation_nightly_automation_<tag value>``, and ``curation_nightly_automation`` for every
+    other stage. A run an automation sensor launches carries its sensor's ``run_tags`` only, and
+    an asset may be targeted by one automation sensor, hence one sensor per queue."""
+    by_tags: dict[tuple, list[str]] = {}
+    for st in STAGES:
+        by_tags.setdefault(tuple(st.run_tags), []).append(st.name)
+    out = []
+    for tags, names in by_tags.items():
+        suffix = "_".join(v for _, v in tags)
+        out.append(AutomationConditionSensorDefinition(
+            "curation_nightly_automation" + (f"_{suffix}" if suffix else ""),
+            target=AssetSelection.assets(*names),
+            run_tags={**RUN_RETRY_TAGS, **dict(tags)},
+            default_status=SENSOR_STATUS,
+            minimum_interval_seconds=60,
+            description=f"Evaluates the automation conditions of {', '.join(names)}: at the nightly tick, only "
+                        "stale partitions (missing, parent updated, code version changed) are requested"
+                        + (f"; runs tagged {dict(tags)} for the run queue." if tags else "."),
+        ))
+    return out
+
+
+AUTOMATION_SENSORS = automation_sensors()
+#: the sensor of the stages without queue tags (the curation assets after purification)
+curation_automation_sensor = next(s for s in AUTOMATION_SENSORS if s.name == "curation_nightly_automation")
 
 
 # -- new shards -----------------------------------------------------------------------------
@@ -386,5 +407,5 @@ def weekly_bench_schedule(context: ScheduleEvaluationContext):
     return weekly_bench_request(context)
 
 
-SENSORS = [new_shard_sensor, scores_after_ingest_sensor, curation_automation_sensor]
+SENSORS = [new_shard_sensor, scores_after_ingest_sensor, *AUTOMATION_SENSORS]
 SCHEDULES = [weekly_bench_schedule]

@@ -301,6 +301,32 @@ def test_apply_automation_sets_conditions_and_keeps_checks():
     assert set(automation_conditions()) == {k for k, v in expected.items() if v is not None}
 
 
+def test_nightly_runs_keep_the_run_queue_tags_of_their_stage():
+    """A run an automation sensor launches carries that sensor's run tags only: with one sensor
+    for every stage, a nightly raw_pool re-run (after a code change) was not held to one ingest at
+    a time, and nightly image_scores runs escaped the scores limit. Now each stage-table asset is
+    evaluated by exactly one automation sensor whose tags are the retry tags plus the stage's own
+    run_tags (the same tags its job's runs carry)."""
+    from orchestration.automation import AUTOMATION_SENSORS, INGEST_TAG, RUN_RETRY_TAGS, SCORES_TAG
+    from curation.stages.table import STAGES
+    from orchestration.definitions import ASSETS, build_definitions, stage_jobs
+
+    owner = {}
+    for sensor in AUTOMATION_SENSORS:
+        for key in sensor.asset_selection.resolve(ASSETS):
+            assert key.to_user_string() not in owner, f"{key} targeted by two automation sensors"
+            owner[key.to_user_string()] = sensor
+    assert set(owner) == set(STAGES.names())
+    assert owner["raw_pool"].run_tags == {**RUN_RETRY_TAGS, **INGEST_TAG}
+    assert owner["image_scores"].run_tags == {**RUN_RETRY_TAGS, **SCORES_TAG}
+    assert owner["candidate_pool"].run_tags == RUN_RETRY_TAGS
+    jobs = {j.name: j for j in stage_jobs()}
+    for st in STAGES:  # nightly run tags == the stage job's run tags (what the queue limits read)
+        assert owner[st.name].run_tags == jobs[st.job].run_tags, st.name
+    names = [s.name for s in build_definitions().sensors]
+    assert all(s.name in names for s in AUTOMATION_SENSORS)
+
+
 def test_gpu_assets_are_in_the_gpu_pool_or_get_gpu_pods():
     from orchestration.automation import GPU_ASSETS
     from orchestration.definitions import ASSETS
