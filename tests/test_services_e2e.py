@@ -261,7 +261,8 @@ def test_sensor_picks_up_a_shard_dropped_into_s3_and_its_run_ingests_it(run):
     from curation.manifest import read_manifest
     from curation.store import manifest_key, upload_shard
     from curation.synth import make_raw_pool
-    from orchestration.automation import new_shard_requests
+    from orchestration.automation import (INGEST_JOB, SCORES_JOB, new_shard_requests,
+                                          scores_after_ingest_requests)
 
     instance, res, settings = run["instance"], run["res"], run["settings"]
     first = new_shard_requests(build_sensor_context(instance=instance), settings, res, settle_s=0)
@@ -280,9 +281,18 @@ def test_sensor_picks_up_a_shard_dropped_into_s3_and_its_run_ingests_it(run):
     assert list(res2.dynamic_partitions_requests[0].partition_keys) == ["shard-00001"]
     (req,) = res2.run_requests
     instance.add_dynamic_partitions("shards", ["shard-00001"])
+    # the scores sensor starts its cursor before the ingest run it must follow
+    scores_cursor = scores_after_ingest_requests(build_sensor_context(instance=instance)).cursor
     # the launched run, as on any worker: each asset fetches its inputs and publishes its outputs
     result = run["defs"].resolve_job_def(req.job_name).execute_in_process(
         partition_key=req.partition_key, instance=instance, tags=req.tags)
+    assert result.success and req.job_name == INGEST_JOB
+    # the ingest run's success makes the scores sensor ask for that shard's scores run
+    follow = scores_after_ingest_requests(build_sensor_context(instance=instance, cursor=scores_cursor))
+    (sreq,) = follow.run_requests
+    assert (sreq.job_name, sreq.partition_key) == (SCORES_JOB, "shard-00001")
+    result = run["defs"].resolve_job_def(sreq.job_name).execute_in_process(
+        partition_key=sreq.partition_key, instance=instance, tags=sreq.tags)
     assert result.success
     for stage in ("raw_pool", "image_scores"):
         assert run["store"].get_bytes(manifest_key(stage, "shard-00001")) == \
