@@ -32,7 +32,6 @@ import struct
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import cv2
@@ -209,20 +208,19 @@ def inflate_table(png: bytes, repeat: int) -> dict:
 # -- 2. the CLI ------------------------------------------------------------------------------------
 
 
-def cli_run(path: Path, tree: Path) -> dict:
-    """``uhr score-image PATH --json`` run from source tree ``tree``: wall seconds, peak RSS (MiB)
-    and verdict. The CLI runs as the only child of a fresh wrapper process, whose
-    ``RUSAGE_CHILDREN`` ``ru_maxrss`` is then the CLI's own high-water mark."""
+def _measured_child(code: str, path: Path, tree: Path) -> dict:
+    """Run ``python -c code PATH`` from source tree ``tree`` as the only child of a fresh wrapper
+    process, whose ``RUSAGE_CHILDREN`` ``ru_maxrss`` is then the child's own high-water mark:
+    ``{"seconds", "peak_rss_mb", "ok", "last_line", "stderr"}`` (the last line of its stdout, the
+    last 300 characters of its stderr)."""
     wrapper = (
-        "import json, os, resource, subprocess, sys, time\n"
+        "import json, resource, subprocess, sys, time\n"
         "t0 = time.perf_counter()\n"
-        "p = subprocess.run([sys.executable, '-c', \"import sys; from cli.main import main; "
-        "sys.argv = ['uhr', 'score-image', sys.argv[1], '--json']; main()\", sys.argv[1]], capture_output=True, text=True)\n"
+        f"p = subprocess.run([sys.executable, '-c', {code!r}, sys.argv[1]], capture_output=True, text=True)\n"
         "dt = time.perf_counter() - t0\n"
         "ru = resource.getrusage(resource.RUSAGE_CHILDREN)\n"
-        "lines = p.stdout.strip().splitlines()\n"
-        "v = json.loads(lines[-1]).get('verdict') if lines else 'error: ' + p.stderr[-300:]\n"
-        "print(json.dumps({'seconds': dt, 'peak_rss_mb': ru.ru_maxrss / 1024.0, 'verdict': v}))\n"
+        "print(json.dumps({'seconds': dt, 'peak_rss_mb': ru.ru_maxrss / 1024.0, 'ok': p.returncode == 0,\n"
+        "                  'last_line': (p.stdout.strip().splitlines() or [''])[-1], 'stderr': p.stderr[-300:]}))\n"
     )
     env = dict(os.environ, PYTHONPATH=str(tree), OMP_NUM_THREADS="1")
     r = subprocess.run([sys.executable, "-c", wrapper, str(path)], cwd=tree, env=env, capture_output=True, text=True,
@@ -230,28 +228,29 @@ def cli_run(path: Path, tree: Path) -> dict:
     return json.loads(r.stdout.strip().splitlines()[-1])
 
 
+def cli_run(path: Path, tree: Path) -> dict:
+    """``uhr score-image PATH --json`` run from source tree ``tree`` (:func:`_measured_child`):
+    wall seconds, peak RSS (MiB) and verdict."""
+    r = _measured_child("import sys; from cli.main import main; "
+                        "sys.argv = ['uhr', 'score-image', sys.argv[1], '--json']; main()", path, tree)
+    line = r.pop("last_line")
+    r["verdict"] = json.loads(line).get("verdict") if line else "error: " + r["stderr"]
+    del r["stderr"], r["ok"]
+    return r
+
+
 def from_path_run(path: Path) -> dict:
     """What ``uhr score-image`` does after the reader, with ``decoders.decode_to_rgb`` given the
     open file (PNG, TIFF and CMYK JPEG read a piece at a time, the others read whole by the
     decoder), no hash and no checks: the floor for the reader contract's own decode from its
-    open file. Same wrapper measurement as :func:`cli_run`."""
-    code = (
+    open file. Same measurement as :func:`cli_run`."""
+    r = _measured_child(
         "import sys; from curation import decoders; from curation.imageio import probe; "
         "from curation.scores import purification_scores; fh = open(sys.argv[1], 'rb'); "
-        "purification_scores(decoders.decode_to_rgb(fh, probe(sys.argv[1], 10**9)))"  # grey band by band, as the CLI
-    )
-    wrapper = (
-        "import json, resource, subprocess, sys, time\n"
-        "t0 = time.perf_counter()\n"
-        f"p = subprocess.run([sys.executable, '-c', {code!r}, sys.argv[1]], capture_output=True, text=True)\n"
-        "dt = time.perf_counter() - t0\n"
-        "ru = resource.getrusage(resource.RUSAGE_CHILDREN)\n"
-        "print(json.dumps({'seconds': dt, 'peak_rss_mb': ru.ru_maxrss / 1024.0, 'ok': p.returncode == 0}))\n"
-    )
-    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
-    r = subprocess.run([sys.executable, "-c", wrapper, str(path)], cwd=ROOT, env=env, capture_output=True, text=True,
-                       check=True)
-    return json.loads(r.stdout.strip().splitlines()[-1])
+        "purification_scores(decoders.decode_to_rgb(fh, probe(sys.argv[1], 10**9)))",  # grey band by band, as the CLI
+        path, ROOT)
+    del r["last_line"], r["stderr"]
+    return r
 
 
 def main() -> None:

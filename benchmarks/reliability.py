@@ -563,6 +563,22 @@ class _RetryCounter:
         self._log.removeHandler(self._h)
 
 
+def _s3_outage(s3, delay_s: float, down_s: float, back: dict) -> threading.Thread:
+    """Start a thread that stops the S3 server ``delay_s`` seconds from now for ``down_s`` seconds,
+    then starts it again and sets ``back["t"]`` (``time.monotonic()``); join it after the work."""
+
+    def fault():
+        time.sleep(delay_s)
+        s3.stop()
+        time.sleep(down_s)
+        s3.start()
+        back["t"] = time.monotonic()
+
+    th = threading.Thread(target=fault)
+    th.start()
+    return th
+
+
 def fault_s3_upload(base: Path, down_s: float = 6.0, n: int = 40) -> FaultResult:
     """Upload ``n`` blobs while the S3 server is stopped for ``down_s`` s and restarted."""
     from curation.store import RetryPolicy, S3Store, blob_digest, put_blob
@@ -580,16 +596,7 @@ def fault_s3_upload(base: Path, down_s: float = 6.0, n: int = 40) -> FaultResult
             p.write_bytes(os.urandom(2048) + i.to_bytes(4, "big"))
             files.append(p)
         back = {}
-
-        def fault():
-            time.sleep(0.3)
-            s3.stop()
-            time.sleep(down_s)
-            s3.start()
-            back["t"] = time.monotonic()
-
-        th = threading.Thread(target=fault)
-        th.start()
+        th = _s3_outage(s3, 0.3, down_s, back)
         keys, err = [], None
         try:
             for p in files:
@@ -642,16 +649,7 @@ def fault_s3_pipeline(base: Path, down_s: float = 8.0, delay_s: float = 2.0) -> 
         (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
         instance = DagsterInstance.from_config(str(home))
         back = {}
-
-        def fault():
-            time.sleep(delay_s)
-            s3.stop()
-            time.sleep(down_s)
-            s3.start()
-            back["t"] = time.monotonic()
-
-        th = threading.Thread(target=fault)
-        th.start()
+        th = _s3_outage(s3, delay_s, down_s, back)
         err = None
         with _RetryCounter("S3 ") as retried:
             try:
@@ -735,6 +733,21 @@ def _pool(base: Path, n: int = 24, seed: int = 1) -> Path:
     return raw
 
 
+def _to_candidates(data_root: Path, raw: Path, cfg, shard: str = "shard-00000"):
+    """Run the purification stages of ``shard`` on ``data_root``: (layout, shard, candidates passed)."""
+    from curation.layout import DataLayout
+    from curation.manifest import read_manifest
+    from curation.stages import run_candidate_pool, run_image_scores, run_raw_pool, run_thresholds
+
+    layout = DataLayout.at(data_root)
+    run_raw_pool(layout, raw, shard, cfg)
+    run_image_scores(layout, shard, cfg)
+    run_thresholds(layout, cfg)
+    run_candidate_pool(layout, shard, cfg)
+    n_in = sum(r["passed"] for r in read_manifest(layout.manifest("candidate_pool", shard)).to_pylist())
+    return layout, shard, n_in
+
+
 def _entries(shard_dir: Path) -> int:
     """Directory entries of a raw shard that must each get a row (licence sidecars ``<stem>.json``
     of another entry excepted)."""
@@ -755,7 +768,7 @@ def fault_postgres_dagster(base: Path, down_s: float = 25.0, delay_s: float = 2.
     from dagster import DagsterInstance
 
     from curation.layout import DataLayout
-    from infra.services import PostgresServer
+    from infra.services import PostgresServer, restore_environ, save_environ
     from orchestration.definitions import build_definitions
     from orchestration.pipeline import materialize_all
     from orchestration.resources import AestheticModels, CurationSettings, ObjectStoreResource, VLMEndpoint
@@ -763,8 +776,8 @@ def fault_postgres_dagster(base: Path, down_s: float = 25.0, delay_s: float = 2.
     work = base / "pg-dagster"
     work.mkdir(parents=True, exist_ok=True)
     pg = PostgresServer(work / "pg", password="uhr-faults-pg").start()
-    saved = {k: os.environ.get(k) for k in ("DAGSTER_PG_HOST", "DAGSTER_PG_PORT", "DAGSTER_PG_USER",
-                                            "DAGSTER_PG_PASSWORD", "DAGSTER_PG_DB")}
+    saved = save_environ("DAGSTER_PG_HOST", "DAGSTER_PG_PORT", "DAGSTER_PG_USER", "DAGSTER_PG_PASSWORD",
+                         "DAGSTER_PG_DB")
     instance = None
     try:
         pg.create_database("dagster")
@@ -827,11 +840,7 @@ def fault_postgres_dagster(base: Path, down_s: float = 25.0, delay_s: float = 2.
         if instance is not None:
             instance.dispose()
         pg.stop()
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+        restore_environ(saved)
 
 
 def fault_postgres_mlflow(base: Path, down_s: float = 6.0) -> FaultResult:
@@ -1040,9 +1049,6 @@ def fault_vlm_corpus(base: Path) -> FaultResult:
     process is started and the stage run again: those rows are judged, no row lost."""
     from curation.config import load_config
     from curation.corpus import run_corpus
-    from curation.layout import DataLayout
-    from curation.manifest import read_manifest
-    from curation.stages import run_candidate_pool, run_image_scores, run_raw_pool, run_thresholds
     from curation.vlm import create_vlm_client
     from infra.services import free_port
 
@@ -1050,12 +1056,7 @@ def fault_vlm_corpus(base: Path) -> FaultResult:
     work = base / "vlm-corpus"
     work.mkdir(parents=True, exist_ok=True)
     raw = _pool(work)
-    layout, shard = DataLayout.at(work / "data"), "shard-00000"
-    run_raw_pool(layout, raw, shard, cfg)
-    run_image_scores(layout, shard, cfg)
-    run_thresholds(layout, cfg)
-    run_candidate_pool(layout, shard, cfg)
-    n_in = sum(r["passed"] for r in read_manifest(layout.manifest("candidate_pool", shard)).to_pylist())
+    layout, shard, n_in = _to_candidates(work / "data", raw, cfg)
     port = free_port()
     model = cfg.get("judges.corpus")["model"]
     settings = {"endpoint": f"http://127.0.0.1:{port}", "model": model, "timeout_s": 2.0, "retries": 2,
@@ -1094,9 +1095,6 @@ def fault_full_disk_corpus(base: Path) -> FaultResult:
     candidate its row."""
     from curation.config import load_config
     from curation.corpus import run_corpus
-    from curation.layout import DataLayout
-    from curation.manifest import read_manifest
-    from curation.stages import run_candidate_pool, run_image_scores, run_raw_pool, run_thresholds
 
     cfg = load_config("test")
     work = base / "disk-corpus"
@@ -1109,12 +1107,7 @@ def fault_full_disk_corpus(base: Path) -> FaultResult:
         return FaultResult("corpus_100mp (data root)", "full disk during SR", 0, 0, 0, 0,
                            f"skipped: mount refused ({r.stderr.strip()[:100]})")
     try:
-        layout, shard = DataLayout.at(mnt / "data"), "shard-00000"
-        run_raw_pool(layout, raw, shard, cfg)
-        run_image_scores(layout, shard, cfg)
-        run_thresholds(layout, cfg)
-        run_candidate_pool(layout, shard, cfg)
-        n_in = sum(r["passed"] for r in read_manifest(layout.manifest("candidate_pool", shard)).to_pylist())
+        layout, shard, n_in = _to_candidates(mnt / "data", raw, cfg)
         used = int(subprocess.run(["df", "-k", "--output=used", str(mnt)], capture_output=True,
                                   text=True).stdout.split()[-1])
         subprocess.run(["mount", "-o", f"remount,size={used + 3000}k", str(mnt)], check=True)

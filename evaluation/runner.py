@@ -133,22 +133,32 @@ def match_images(folder: str | os.PathLike, prompts: Sequence[BenchPrompt]) -> M
     paths = {s: v[0] for s, v in by_stem.items() if s in wanted and len(v) == 1}
     ambiguous = {s: v for s, v in by_stem.items() if s in wanted and len(v) > 1}
     extra = [f for s, v in by_stem.items() if s not in wanted for f in v]
+    not_images: dict[str, str] = {}
+    for stem in [p.stem for p in prompts if p.stem not in paths and p.stem in others and p.stem not in ambiguous]:
+        # a row's only entry under another suffix (``x.JPG.json``, ``x.JSON``) is read by content
+        verdicts = [(e, _why_not_an_image(e)) for e in others[stem]]
+        images = [e for e, why in verdicts if why is None]
+        if len(images) == 1 and len(others[stem]) == 1:
+            paths[stem] = str(images[0])
+        elif images:
+            ambiguous[stem] = [str(e) for e in others[stem]]
+        else:
+            not_images[stem] = "; ".join(why for _, why in verdicts)
     missing = [p.stem for p in prompts if p.stem not in paths]
-    not_images = {s: "; ".join(_why_not_an_image(e) for e in others[s]) for s in missing
-                  if s in others and s not in ambiguous}
     return Matching(paths, missing, sorted(extra), ambiguous, not_images)
 
 
-def _why_not_an_image(path: Path) -> str:
-    """``name: reason: detail`` for a folder entry named like a bench row that is not used as
-    its image (header only, through the reader contract; never opened unless a regular file)."""
+def _why_not_an_image(path: Path) -> str | None:
+    """``name: reason: detail`` for a folder entry named like a bench row whose suffix is no image
+    suffix, or None when its header is an image the reader contract reads (header only; never
+    opened unless a regular file)."""
     from curation.imageio import ImageReadError, default_max_pixels, probe
 
     try:
-        hdr = probe(path, default_max_pixels())
+        probe(path, default_max_pixels())
     except ImageReadError as exc:
         return f"{path.name}: {exc.reason}" + (f": {exc.detail}" if exc.detail else "")
-    return f"{path.name}: a {hdr.format} image under a suffix the bench does not read ({', '.join(IMAGE_EXTS)})"
+    return None
 
 
 # =============================================================================================

@@ -620,22 +620,24 @@ def test_hash_stamp_skips_the_reread_until_the_file_is_written(tmp_path, monkeyp
 
 
 def test_bench_says_why_an_entry_named_like_a_row_is_no_image(tmp_path):
-    """``uhr bench`` on a folder whose files for three rows are a GIF, a broken symlink and a
-    JPEG under ``.JSON``: each row's reason names the entry and the contract's reason instead of
+    """``uhr bench`` on a folder whose files for four rows are a GIF, a broken symlink, a JPEG
+    under ``.JSON`` and a text file under ``.json``: the JPEG is read by its content (as the
+    shard lister does); the others' reasons name the entry and the contract's reason instead of
     a bare "missing image"; a row with nothing at all still says "missing image"."""
     from evaluation.runner import BenchPrompt, match_images
 
     Image.fromarray(_photo(40, 30)).save(tmp_path / "a.gif")
     (tmp_path / "b.png").symlink_to(tmp_path / "gone.png")
     Image.fromarray(_photo(40, 30)).save(tmp_path / "c.JSON", format="JPEG")
+    (tmp_path / "e.json").write_text('{"caption": "not an image"}')
     prompts = [BenchPrompt(index=i, file_name=f"{s}.png", short_caption="x", long_caption="x")
-               for i, s in enumerate("abcd")]
+               for i, s in enumerate("abcde")]
     m = match_images(tmp_path, prompts)
-    assert m.missing == ["a", "b", "c", "d"]
+    assert m.missing == ["a", "b", "d", "e"] and m.paths == {"c": str(tmp_path / "c.JSON")}
     assert m.missing_reason("a").startswith("missing image (a.gif: unsupported_format"), m.missing_reason("a")
     assert "b.png: not_a_regular_file: a broken symlink" in m.missing_reason("b"), m.missing_reason("b")
-    assert "c.JSON: a jpeg image under a suffix" in m.missing_reason("c"), m.missing_reason("c")
     assert m.missing_reason("d") == "missing image"
+    assert m.missing_reason("e").startswith("missing image (e.json: not_an_image"), m.missing_reason("e")
 
 
 @pytest.mark.parametrize("kind", ["broken_symlink", "symlink_loop", "directory"])

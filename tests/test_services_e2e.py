@@ -22,7 +22,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from infra.services import PG_BIN, MLflowServer, PostgresServer, S3Server
+from infra.services import PG_BIN, MLflowServer, PostgresServer, S3Server, restore_environ, save_environ
 
 pytestmark = [pytest.mark.services, pytest.mark.slow]
 
@@ -50,9 +50,8 @@ def stack(tmp_path_factory):
     pg = PostgresServer(base / "pg", password=PG_PASSWORD).start()
     timings["postgres_start_s"] = time.perf_counter() - t0
     s3 = mlflow = thread = None
-    saved = {k: os.environ.get(k) for k in
-             ("DAGSTER_PG_HOST", "DAGSTER_PG_PORT", "DAGSTER_PG_USER", "DAGSTER_PG_PASSWORD", "DAGSTER_PG_DB",
-              "UHR_S3_ACCESS_KEY", "UHR_S3_SECRET_KEY", "DAGSTER_HOME")}
+    saved = save_environ("DAGSTER_PG_HOST", "DAGSTER_PG_PORT", "DAGSTER_PG_USER", "DAGSTER_PG_PASSWORD",
+                         "DAGSTER_PG_DB", "UHR_S3_ACCESS_KEY", "UHR_S3_SECRET_KEY", "DAGSTER_HOME")
     try:
         t0 = time.perf_counter()
         s3 = S3Server(base / "s3", access_key=ACCESS, secret_key=SECRET).start()
@@ -89,11 +88,7 @@ def stack(tmp_path_factory):
         if s3 is not None:
             s3.stop()
         pg.stop()
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+        restore_environ(saved)
 
 
 def _wait_mlflow(stack) -> str:
