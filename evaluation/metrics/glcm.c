@@ -78,50 +78,9 @@ typedef struct {
     uint32_t sdiag2[LV], sbuf2[LV * (LV - 1) / 2];
 } acc_t;
 
-/* Read and clear the symmetric counts S = C + C^T of one offset (cells of present levels);
-   add its entries to the (group, s) bins and return sum over its entries of S log2 S. */
-static double extract(uint16_t *h, const int *lv, int nl, int64_t gbase, int32_t m,
-                      const double *flog, acc_t *A)
-{
-    int nd = 0, nb = 0;
-    for (int ii = 0; ii < nl; ++ii) {
-        const int i = lv[ii];
-        uint32_t s = 2u * h[i * LV + i];
-        h[i * LV + i] = 0;
-        A->sdiag[nd] = s;
-        nd += s != 0;
-        for (int jj = ii + 1; jj < nl; ++jj) {
-            const int j = lv[jj];
-            s = (uint32_t)h[i * LV + j] + h[j * LV + i];
-            h[i * LV + j] = 0;
-            h[j * LV + i] = 0;
-            A->sbuf[nb] = s; /* branch-free compaction of the non-zero counts */
-            nb += s != 0;
-        }
-    }
-    int32_t *hk = A->hg + gbase;
-    double sd = 0.0, so = 0.0;
-    for (int t = 0; t < nd; ++t) { /* diagonal entries: one entry, S = 2 C[i][i] */
-        const uint32_t s = A->sdiag[t];
-        sd += flog[s];
-        const int32_t old = hk[s];
-        A->touched[A->nt] = gbase + s;
-        A->nt += old == 0;
-        hk[s] = old + m;
-    }
-    for (int t = 0; t < nb; ++t) { /* off-diagonal: two entries, S[i][j] and S[j][i] */
-        const uint32_t s = A->sbuf[t];
-        so += flog[s];
-        const int32_t old = hk[s];
-        A->touched[A->nt] = gbase + s;
-        A->nt += old == 0;
-        hk[s] = old + 2 * m;
-    }
-    A->nnz += (int64_t)nd * m + (int64_t)nb * 2 * m;
-    return sd + 2.0 * so;
-}
-
-/* The (group, s) bins and S log2 S sum of counts already compacted into sd[0..nd), sb[0..nb). */
+/* Add the (group, s) bins of the non-zero symmetric counts sd[0..nd) (diagonal, one entry,
+   S = 2 C[i][i]) and sb[0..nb) (off-diagonal, two entries S[i][j] and S[j][i]); return the
+   sum over those entries of S log2 S. */
 static double bin_counts(const uint32_t *sd, int nd, const uint32_t *sb, int nb, int64_t gbase, int32_t m,
                          const double *flog, acc_t *A)
 {
@@ -145,6 +104,30 @@ static double bin_counts(const uint32_t *sd, int nd, const uint32_t *sb, int nb,
     }
     A->nnz += (int64_t)nd * m + (int64_t)nb * 2 * m;
     return d + 2.0 * o;
+}
+
+/* Read and clear the symmetric counts S = C + C^T of one offset (cells of present levels);
+   add its entries to the (group, s) bins and return sum over its entries of S log2 S. */
+static double extract(uint16_t *h, const int *lv, int nl, int64_t gbase, int32_t m,
+                      const double *flog, acc_t *A)
+{
+    int nd = 0, nb = 0;
+    for (int ii = 0; ii < nl; ++ii) {
+        const int i = lv[ii];
+        uint32_t s = 2u * h[i * LV + i];
+        h[i * LV + i] = 0;
+        A->sdiag[nd] = s;
+        nd += s != 0;
+        for (int jj = ii + 1; jj < nl; ++jj) {
+            const int j = lv[jj];
+            s = (uint32_t)h[i * LV + j] + h[j * LV + i];
+            h[i * LV + j] = 0;
+            h[j * LV + i] = 0;
+            A->sbuf[nb] = s; /* branch-free compaction of the non-zero counts */
+            nb += s != 0;
+        }
+    }
+    return bin_counts(A->sdiag, nd, A->sbuf, nb, gbase, m, flog, A);
 }
 
 /* Two offsets' tables (ha, hb) read and cleared in one scan of the present cells. */
