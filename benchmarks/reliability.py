@@ -49,6 +49,7 @@ import zlib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
+from unittest import mock
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -768,7 +769,7 @@ def fault_postgres_dagster(base: Path, down_s: float = 25.0, delay_s: float = 2.
     from dagster import DagsterInstance
 
     from curation.layout import DataLayout
-    from infra.services import PostgresServer, restore_environ, save_environ
+    from infra.services import PostgresServer
     from orchestration.definitions import build_definitions
     from orchestration.pipeline import materialize_all
     from orchestration.resources import AestheticModels, CurationSettings, ObjectStoreResource, VLMEndpoint
@@ -776,8 +777,8 @@ def fault_postgres_dagster(base: Path, down_s: float = 25.0, delay_s: float = 2.
     work = base / "pg-dagster"
     work.mkdir(parents=True, exist_ok=True)
     pg = PostgresServer(work / "pg", password="uhr-faults-pg").start()
-    saved = save_environ("DAGSTER_PG_HOST", "DAGSTER_PG_PORT", "DAGSTER_PG_USER", "DAGSTER_PG_PASSWORD",
-                         "DAGSTER_PG_DB")
+    saved = mock.patch.dict(os.environ)  # the DAGSTER_PG_* settings below are put back after
+    saved.start()
     instance = None
     try:
         pg.create_database("dagster")
@@ -840,7 +841,7 @@ def fault_postgres_dagster(base: Path, down_s: float = 25.0, delay_s: float = 2.
         if instance is not None:
             instance.dispose()
         pg.stop()
-        restore_environ(saved)
+        saved.stop()
 
 
 def fault_postgres_mlflow(base: Path, down_s: float = 6.0) -> FaultResult:

@@ -30,20 +30,6 @@ PG_BIN = Path(os.environ.get("UHR_PG_BIN", "/usr/lib/postgresql/15/bin"))
 VENV_BIN = Path(sys.executable).parent
 
 
-def save_environ(*keys: str) -> dict[str, str | None]:
-    """The current values of ``keys`` (None where unset), for :func:`restore_environ`."""
-    return {k: os.environ.get(k) for k in keys}
-
-
-def restore_environ(saved: dict[str, str | None]) -> None:
-    """Put back what :func:`save_environ` recorded: a value is reset, an unset key removed."""
-    for k, v in saved.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
-
-
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -18,11 +18,12 @@ import shutil
 import threading
 import time
 from pathlib import Path
+from unittest import mock
 
 import pyarrow.parquet as pq
 import pytest
 
-from infra.services import PG_BIN, MLflowServer, PostgresServer, S3Server, restore_environ, save_environ
+from infra.services import PG_BIN, MLflowServer, PostgresServer, S3Server
 
 pytestmark = [pytest.mark.services, pytest.mark.slow]
 
@@ -50,8 +51,8 @@ def stack(tmp_path_factory):
     pg = PostgresServer(base / "pg", password=PG_PASSWORD).start()
     timings["postgres_start_s"] = time.perf_counter() - t0
     s3 = mlflow = thread = None
-    saved = save_environ("DAGSTER_PG_HOST", "DAGSTER_PG_PORT", "DAGSTER_PG_USER", "DAGSTER_PG_PASSWORD",
-                         "DAGSTER_PG_DB", "UHR_S3_ACCESS_KEY", "UHR_S3_SECRET_KEY", "DAGSTER_HOME")
+    saved = mock.patch.dict(os.environ)  # the settings set below are put back after
+    saved.start()
     try:
         t0 = time.perf_counter()
         s3 = S3Server(base / "s3", access_key=ACCESS, secret_key=SECRET).start()
@@ -88,7 +89,7 @@ def stack(tmp_path_factory):
         if s3 is not None:
             s3.stop()
         pg.stop()
-        restore_environ(saved)
+        saved.stop()
 
 
 def _wait_mlflow(stack) -> str:
