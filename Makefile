@@ -18,7 +18,7 @@ demo: env
 	$(VENV)/bin/uhr demo --data-root $(DATA) --profile $(PROFILE)
 
 test: env
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=15
 
 test-fast: env
 	$(PY) -m pytest -q -m "not slow" -x
