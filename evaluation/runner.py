@@ -120,7 +120,9 @@ class Matching:
 
 
 def match_images(folder: str | os.PathLike, prompts: Sequence[BenchPrompt]) -> Matching:
-    """Match the image files directly inside ``folder`` to the bench rows by stem."""
+    """Match the image files directly inside ``folder`` to the bench rows by stem: files with an
+    image suffix (``IMAGE_EXTS``); for a row without one, its only entry under another suffix
+    when the reader contract's header probe finds an image in it."""
     folder = Path(folder)
     by_stem: dict[str, list[str]] = {}
     others: dict[str, list[Path]] = {}  # entries that are not image files by name and kind
@@ -135,7 +137,7 @@ def match_images(folder: str | os.PathLike, prompts: Sequence[BenchPrompt]) -> M
     extra = [f for s, v in by_stem.items() if s not in wanted for f in v]
     not_images: dict[str, str] = {}
     for stem in [p.stem for p in prompts if p.stem not in paths and p.stem in others and p.stem not in ambiguous]:
-        # a row's only entry under another suffix (``x.JPG.json``, ``x.JSON``) is read by content
+        # a row's only entry under another suffix (``x.JSON``, ``x.jpeg_``) is read by content
         verdicts = [(e, _why_not_an_image(e)) for e in others[stem]]
         images = [e for e, why in verdicts if why is None]
         if len(images) == 1 and len(others[stem]) == 1:
