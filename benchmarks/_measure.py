@@ -1,10 +1,12 @@
 """What every benchmark measures the same way: peak and current RSS from ``/proc/self/status``,
-and the best of ``repeat`` timed calls."""
+the best of ``repeat`` timed calls, and the code state a result was measured on."""
 
 from __future__ import annotations
 
 import resource
+import subprocess
 import time
+from pathlib import Path
 from typing import Callable
 
 
@@ -92,3 +94,18 @@ class PeakRSS:
     def __exit__(self, *exc) -> None:
         self.peak_mb = peak_rss_mb()
         self.rise_mb = self.peak_mb - self.before_mb
+
+
+def git_state(*paths: str) -> dict:
+    """``{"head": short HEAD, "dirty": porcelain lines}`` of the checkout this file is in: the
+    uncommitted files among ``paths`` (the whole tree when none), so a result does not claim a
+    commit whose code it was not measured on (the checkout is shared). Empty values without git."""
+    root = Path(__file__).resolve().parent.parent
+
+    def git(*args):
+        try:
+            return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, timeout=30).stdout
+        except (OSError, subprocess.SubprocessError):
+            return ""
+    return {"head": git("rev-parse", "--short", "HEAD").strip(),  # porcelain lines keep their leading blank
+            "dirty": git("status", "--porcelain", "--", *paths).splitlines()}

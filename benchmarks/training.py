@@ -57,7 +57,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks._measure import PeakRSS, best, trim_memory  # noqa: E402
+from benchmarks._measure import PeakRSS, best, git_state, trim_memory  # noqa: E402
 
 TOKENS = {"4K": 65536, "8K": 262144, "10K": 409600}
 KLEIN_BLOCKS = (5, 20)       # FLUX.2-klein-4B: double-stream, single-stream blocks
@@ -474,22 +474,6 @@ def _markdown(info, thr, loader_info, loader, gen, flops, meas) -> str:
 PARTS = ("throughput", "loader", "generation", "flops", "attention")
 
 
-def _git_state() -> dict:
-    """HEAD and the uncommitted files among the code measured (the checkout is shared)."""
-    import subprocess
-
-    root = Path(__file__).resolve().parent.parent
-
-    def git(*args):
-        try:
-            return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, timeout=30).stdout.strip()
-        except (OSError, subprocess.SubprocessError):
-            return ""
-    return {"head": git("rev-parse", "--short", "HEAD"),
-            "dirty": git("status", "--porcelain", "--", "training", "curation/upscale/storage.py",
-                         "curation/synth", "benchmarks/training.py", "benchmarks/_measure.py").splitlines()}
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -535,7 +519,8 @@ def main() -> None:
     info = {"torch": torch.__version__, "threads": torch.get_num_threads(), "cpus": os.cpu_count(),
             "device": "cuda" if torch.cuda.is_available() else "cpu",
             "memory": "process RSS (VmHWM reset through /proc/self/clear_refs, after gc + malloc_trim)",
-            "args": vars(a), "git": _git_state()}
+            "args": vars(a), "git": git_state("training", "curation/upscale/storage.py", "curation/synth",
+                                                 "benchmarks/training.py", "benchmarks/_measure.py")}
     t_all = time.perf_counter()
     timings: dict[str, float] = {}
     loads = {"start": [round(x, 2) for x in os.getloadavg()]}  # 1/5/15-min load: other work on the cores skews times
